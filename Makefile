@@ -1,0 +1,44 @@
+# `make test` sets everything up in .venv (idempotent: stamps skip finished steps)
+# and runs the test suite. `make bench` runs the benchmarks.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMPS := $(VENV)/.stamps
+EXT_SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/cuda/*.cu csrc/cuda/*.cuh)
+
+.PHONY: all install test bench lint format clean
+
+all: test
+
+$(STAMPS)/venv:
+	$(PYTHON) -m venv $(VENV)
+	mkdir -p $(STAMPS) && touch $@
+
+$(STAMPS)/deps: requirements.txt $(STAMPS)/venv
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
+	touch $@
+
+$(STAMPS)/build: $(STAMPS)/deps setup.py pyproject.toml $(EXT_SOURCES)
+	SCOPS_FAST_STRICT_BUILD=1 $(PY) -m pip install --disable-pip-version-check -q \
+		--no-build-isolation --no-deps -e .
+	touch $@
+
+install: $(STAMPS)/build
+
+test: install
+	$(VENV)/bin/ruff check scops_fast tests benchmarks
+	$(PY) -m pytest tests -q
+
+bench: install
+	$(PY) -m pytest benchmarks --benchmark-only
+
+lint: install
+	$(VENV)/bin/ruff check scops_fast tests benchmarks
+	$(VENV)/bin/ruff format --check scops_fast tests benchmarks
+
+format: install
+	$(VENV)/bin/ruff format scops_fast tests benchmarks
+	$(VENV)/bin/ruff check --fix scops_fast tests benchmarks
+
+clean:
+	rm -rf $(VENV) build *.egg-info scops_fast/*.so scops_fast/_build_errors

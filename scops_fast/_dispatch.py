@@ -1,0 +1,140 @@
+"""Backend selection: which implementation of an op runs for a given call.
+
+A backend is a module under `scops_fast.backends` that exposes
+- `DEVICES`: the device types it runs on,
+- `probe()`: None when usable in this process, else the reason it is not,
+- `OPS`: {op name: implementation}, each taking the reference's positional arguments.
+
+Adding a backend means writing that module and naming it in `BACKEND_MODULES`;
+no public function changes. Precedence for a call: the explicit `backend=`
+argument, then `set_backend()`, then the `SCOPS_FAST_BACKEND` environment
+variable, then "auto".
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+
+ENV_VAR = "SCOPS_FAST_BACKEND"
+
+BACKEND_MODULES = {
+    "reference": "scops_fast.backends.reference",
+    "cpp": "scops_fast.backends.cpp",
+    "triton": "scops_fast.backends.triton",
+    "cuda": "scops_fast.backends.cuda",
+}
+BACKENDS = tuple(BACKEND_MODULES)
+CHOICES = ("auto", *BACKENDS)
+
+# "auto" tries these in order for the tensors' device type; "reference" runs anywhere.
+AUTO_ORDER = {
+    "cpu": ("cpp", "reference"),
+    "cuda": ("cuda", "triton", "reference"),
+}
+AUTO_FALLBACK = ("reference",)
+
+
+class BackendUnavailableError(RuntimeError):
+    """A backend was asked for by name but cannot run here."""
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    module: object | None
+    reason: str | None
+
+
+_loaded: dict[str, _Loaded] = {}
+_process_default: str | None = None
+
+
+def _load(name: str) -> _Loaded:
+    if name not in _loaded:
+        try:
+            module = importlib.import_module(BACKEND_MODULES[name])
+        except Exception as exc:  # a broken optional backend must not break the package
+            _loaded[name] = _Loaded(None, f"import failed: {type(exc).__name__}: {exc}")
+        else:
+            _loaded[name] = _Loaded(module, module.probe())
+    return _loaded[name]
+
+
+def check_name(name, *, argument: str = "backend") -> str:
+    if not isinstance(name, str) or name not in CHOICES:
+        raise ValueError(f"{argument}: expected one of {list(CHOICES)} or None, got {name!r}")
+    return name
+
+
+def set_backend(name: str | None) -> None:
+    """Set the process-wide default backend; None goes back to the environment / "auto"."""
+    global _process_default
+    _process_default = None if name is None else check_name(name)
+
+
+def get_backend() -> str:
+    """The backend a call with `backend=None` uses."""
+    if _process_default is not None:
+        return _process_default
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return check_name(env, argument=f"environment variable {ENV_VAR}")
+    return "auto"
+
+
+def unavailable_reason(name: str, op: str | None = None, device_type: str | None = None):
+    """None when backend `name` can run `op` on `device_type`, else why not."""
+    loaded = _load(name)
+    if loaded.module is None or loaded.reason is not None:
+        return loaded.reason
+    if device_type is not None and device_type not in loaded.module.DEVICES:
+        return f"it runs on {'/'.join(loaded.module.DEVICES)} tensors, not {device_type}"
+    if op is not None and op not in loaded.module.OPS:
+        return f"it does not implement {op}"
+    return None
+
+
+def resolve(op: str, backend: str | None, device_type: str):
+    """The implementation of `op` that a call with `backend=` on `device_type` runs."""
+    name = get_backend() if backend is None else check_name(backend)
+    if name == "auto":
+        for candidate in AUTO_ORDER.get(device_type, AUTO_FALLBACK):
+            if unavailable_reason(candidate, op, device_type) is None:
+                return _load(candidate).module.OPS[op]
+        raise BackendUnavailableError(f"no backend can run {op} on {device_type} tensors")
+    reason = unavailable_reason(name, op, device_type)
+    if reason is not None:
+        raise BackendUnavailableError(
+            f"backend {name!r} is not available for {op} on {device_type} tensors: {reason}"
+        )
+    return _load(name).module.OPS[op]
+
+
+class BackendReport(dict):
+    """{name: devices it runs on} for the usable backends, with `.unavailable`
+    {name: reason} for the others. `in` and iteration see only usable ones."""
+
+    def __init__(self, usable: dict, unavailable: dict):
+        super().__init__(usable)
+        self.unavailable = dict(unavailable)
+
+    def __str__(self) -> str:
+        lines = [f"{name:10s} usable on {', '.join(devs)}" for name, devs in self.items()]
+        lines += [f"{name:10s} unavailable: {why}" for name, why in self.unavailable.items()]
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"BackendReport(usable={dict(self)!r}, unavailable={self.unavailable!r})"
+
+
+def available_backends() -> BackendReport:
+    """What is usable in this process and, for every backend that is not, why."""
+    usable, unavailable = {}, {}
+    for name in BACKENDS:
+        reason = unavailable_reason(name)
+        if reason is None:
+            usable[name] = tuple(_load(name).module.DEVICES)
+        else:
+            unavailable[name] = reason
+    return BackendReport(usable, unavailable)

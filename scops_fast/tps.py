@@ -1,0 +1,162 @@
+"""Thin-plate-spline warps (SPEC section 6): the fixed 5x5 target grid, the sampling
+grid of a spline, the warp itself and the random warp generator of SCOPS."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from scops_fast import _validate as check
+from scops_fast import reference as _ref
+from scops_fast._dispatch import resolve
+
+#: The 25 target control points (x, y) of the 5x5 grid over [-1, 1]^2, x the slow index.
+TARGET_POINTS = _ref.target_points(dtype=torch.float32)
+
+MODES = ("affine", "projective")
+
+# Ranges of the random similarity (SPEC section 6), in degrees and normalised units.
+MAX_ANGLE_DEG = 60.0
+MAX_TILT_DEG = 10.0  # rotations about x and y in projective mode
+MAX_TRANSLATION = 0.1
+
+
+def tps_grid(source_points, height, width):
+    """Sampling grid (B, H, W, 2) that maps output pixels to input positions, as
+    `F.grid_sample(align_corners=True)` expects, for source points (B, 25, 2)."""
+    check.source_points("source_points", source_points)
+    return _ref.tps_grid(source_points, check.size("height", height), check.size("width", width))
+
+
+def tps_warp(x, source_points, *, padding_mode="zeros", backend=None):
+    """Warp x (B, C, H, W) by the spline of `source_points` (B, 25, 2): bilinear,
+    align_corners=True, `zeros` or `border` padding. Output has x's shape."""
+    check.tensor("x", x, 4, "(B, C, H, W)")
+    check.source_points("source_points", source_points, x.shape[0])
+    check.padding_mode(padding_mode)
+    check.same_device(x=x, source_points=source_points)
+    return resolve("tps_warp", backend, x.device.type)(x, source_points, padding_mode)
+
+
+def _uniform(generator, low, high, *shape):
+    return low + (high - low) * torch.rand(*shape, generator=generator, dtype=torch.float64)
+
+
+def _rotation(axis: int, angle: torch.Tensor) -> torch.Tensor:
+    """Batch of 3x3 rotations (B, 3, 3) about coordinate axis 0 (x), 1 (y) or 2 (z)."""
+    c, s = torch.cos(angle), torch.sin(angle)
+    rot = torch.zeros(angle.shape[0], 3, 3, dtype=angle.dtype)
+    i, j = [a for a in range(3) if a != axis]
+    rot[:, axis, axis] = 1.0
+    rot[:, i, i] = c
+    rot[:, j, j] = c
+    # Right-handed: about y the sine signs flip relative to x and z.
+    sign = -1.0 if axis == 1 else 1.0
+    rot[:, i, j] = -s * sign
+    rot[:, j, i] = s * sign
+    return rot
+
+
+class RandTPS(torch.nn.Module):
+    """Random thin-plate-spline warp of a batch, as used for the equivariance losses.
+
+    Same constructor as the original, plus `generator` (a CPU `torch.Generator`) for
+    repeatable draws. `reset_control_points()` draws new source points; `forward(x)`
+    warps x with them. Move the module with `.to(device)` to keep the points beside x.
+    """
+
+    def __init__(
+        self,
+        width,
+        height,
+        batch_size=16,
+        sigma=0.01,
+        border_padding=False,
+        random_mirror=True,
+        random_scale=(0.7, 1.1),
+        mode="affine",
+        generator=None,
+    ):
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"mode: expected one of {list(MODES)}, got {mode!r}")
+        if random_scale is not None:
+            low, high = random_scale
+            if not 0 < low <= high:
+                raise ValueError(
+                    f"random_scale: expected (low, high) with 0 < low <= high, got {random_scale!r}"
+                )
+        self.width = check.size("width", width)
+        self.height = check.size("height", height)
+        self.batch_size = check.size("batch_size", batch_size)
+        self.sigma = float(sigma)
+        self.border_padding = bool(border_padding)
+        self.random_mirror = bool(random_mirror)
+        self.random_scale = None if random_scale is None else tuple(random_scale)
+        self.mode = mode
+        self.generator = generator
+        self.register_buffer("target_control_points", TARGET_POINTS.clone())
+        self.register_buffer(
+            "source_control_points", TARGET_POINTS.expand(self.batch_size, -1, -1).clone()
+        )
+        self._grid = None
+        self.reset_control_points()
+
+    def _draw_scale(self) -> torch.Tensor:
+        if self.random_scale is None:
+            return torch.ones(self.batch_size, dtype=torch.float64)
+        low, high = self.random_scale
+        # Inverse range: the spline maps target to source, so a source shrunk by s
+        # enlarges the image by 1/s.
+        return _uniform(self.generator, 1.0 / high, 1.0 / low, self.batch_size)
+
+    def reset_control_points(self) -> None:
+        """Draw new source control points (SPEC section 6)."""
+        g, b = self.generator, self.batch_size
+        points = _ref.target_points().expand(b, -1, -1)
+        points = points + _uniform(g, -self.sigma, self.sigma, b, _ref.N_CONTROL, 2)
+        homogeneous = torch.cat((points, torch.ones(b, _ref.N_CONTROL, 1, dtype=points.dtype)), -1)
+        deg = math.pi / 180.0
+        angle = _uniform(g, -MAX_ANGLE_DEG * deg, MAX_ANGLE_DEG * deg, b)
+        scale = self._draw_scale()
+        if self.mode == "affine":
+            shift = _uniform(g, -MAX_TRANSLATION, MAX_TRANSLATION, b, 2)
+            cos, sin = scale * torch.cos(angle), scale * torch.sin(angle)
+            affine = torch.stack(
+                (
+                    torch.stack((cos, -sin, shift[:, 0]), -1),
+                    torch.stack((sin, cos, shift[:, 1]), -1),
+                ),
+                dim=1,
+            )  # (B, 2, 3)
+            points = homogeneous @ affine.transpose(1, 2)
+        else:
+            tilt_x = _uniform(g, -MAX_TILT_DEG * deg, MAX_TILT_DEG * deg, b)
+            tilt_y = _uniform(g, -MAX_TILT_DEG * deg, MAX_TILT_DEG * deg, b)
+            rz = _rotation(2, angle)
+            rz[:, :2, :2] *= scale[:, None, None]  # the scale multiplies the in-plane rotation
+            matrix = rz @ _rotation(1, tilt_y) @ _rotation(0, tilt_x)
+            projected = homogeneous @ matrix.transpose(1, 2)
+            points = projected[..., :2] / projected[..., 2:]
+        if self.random_mirror and bool(torch.rand(1, generator=g) < 0.5):
+            points = points * torch.tensor([-1.0, 1.0], dtype=points.dtype)
+        self.source_control_points.copy_(points.to(self.source_control_points.dtype))
+        self._grid = None
+
+    @property
+    def grid(self) -> torch.Tensor:
+        """Sampling grid (B, H, W, 2) of the current source points."""
+        if self._grid is None or self._grid.device != self.source_control_points.device:
+            self._grid = _ref.tps_grid(self.source_control_points, self.height, self.width)
+        return self._grid
+
+    def forward(self, x, padding_mode=None):
+        """Warp x (B, C, H, W) with the current source points; padding defaults to
+        `border` when the module was built with `border_padding=True`, else `zeros`."""
+        if padding_mode is None:
+            padding_mode = "border" if self.border_padding else "zeros"
+        return tps_warp(x, self.source_control_points.to(x.device), padding_mode=padding_mode)
+
+
+__all__ = ["MODES", "TARGET_POINTS", "RandTPS", "tps_grid", "tps_warp"]

@@ -1,0 +1,31 @@
+import pathlib
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+
+SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared"
+
+
+def rel_error(actual, expected) -> float:
+    """max |a - e| / max |e|: one scale for the whole tensor, so near-zero entries of a
+    tensor with large ones are judged at the tensor's scale."""
+    actual, expected = (
+        torch.as_tensor(actual).detach().double(),
+        torch.as_tensor(expected).detach().double(),
+    )
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    scale = expected.abs().max().clamp_min(1e-300)
+    return float((actual - expected).abs().max() / scale)
+
+
+def assert_rel(actual, expected, rtol, what=""):
+    err = rel_error(actual, expected)
+    assert err <= rtol, f"{what}: relative error {err:.3e} > {rtol:.0e}"
+
+
+@pytest.fixture
+def gen():
+    return torch.Generator().manual_seed(1234)

@@ -1,0 +1,212 @@
+"""Public names, backend selection and argument errors."""
+
+import pytest
+import torch
+
+import scops_fast
+from scops_fast import _dispatch, losses, reference, tps
+
+
+def test_public_names():
+    for name in [
+        "concentration_loss",
+        "batch_get_centers",
+        "semantic_consistency_loss",
+        "semantic_consistency_loss_lowres",
+        "orthonormal_loss",
+        "orthonomal_loss",
+        "equivariance_losses",
+    ]:
+        assert callable(getattr(losses, name))
+    for name in ["tps_grid", "tps_warp", "RandTPS"]:
+        assert callable(getattr(tps, name))
+    assert tps.TARGET_POINTS.shape == (25, 2)
+    warp = tps.RandTPS(16, 12)
+    assert warp.source_control_points.shape == (16, 25, 2)
+    assert warp.grid.shape == (16, 12, 16, 2)
+
+
+def test_available_backends_reports_reasons():
+    report = scops_fast.available_backends()
+    assert "reference" in report
+    for name in _dispatch.BACKENDS:
+        assert (name in report) != (name in report.unavailable)
+        if name in report.unavailable:
+            assert report.unavailable[name]
+            assert name in str(report)
+
+
+@pytest.fixture
+def restore_default():
+    yield
+    scops_fast.set_backend(None)
+
+
+def test_backend_precedence(monkeypatch, restore_default):
+    monkeypatch.delenv(_dispatch.ENV_VAR, raising=False)
+    assert scops_fast.get_backend() == "auto"
+    monkeypatch.setenv(_dispatch.ENV_VAR, "reference")
+    assert scops_fast.get_backend() == "reference"
+    scops_fast.set_backend("auto")
+    assert scops_fast.get_backend() == "auto"
+    scops_fast.set_backend(None)
+    assert scops_fast.get_backend() == "reference"
+    monkeypatch.setenv(_dispatch.ENV_VAR, "fastest")
+    with pytest.raises(ValueError, match=_dispatch.ENV_VAR):
+        scops_fast.get_backend()
+
+
+def test_unknown_backend_name_is_a_value_error(restore_default):
+    pred = torch.randn(1, 3, 4, 4)
+    with pytest.raises(ValueError, match="backend"):
+        losses.concentration_loss(pred, backend="fortran")
+    with pytest.raises(ValueError, match="backend"):
+        scops_fast.set_backend("fortran")
+
+
+def test_unavailable_backend_names_itself_and_the_reason():
+    report = scops_fast.available_backends()
+    pred = torch.randn(1, 3, 4, 4)
+    for name, reason in report.unavailable.items():
+        with pytest.raises(scops_fast.BackendUnavailableError) as info:
+            losses.concentration_loss(pred, backend=name)
+        assert repr(name) in str(info.value) and reason in str(info.value)
+    # A GPU backend is never usable for CPU tensors, even where it is built.
+    with pytest.raises(scops_fast.BackendUnavailableError, match="cuda"):
+        losses.concentration_loss(pred, backend="cuda")
+
+
+def test_auto_falls_back_to_a_cpu_backend(monkeypatch):
+    pred = torch.randn(2, 3, 5, 5, dtype=torch.float64)
+    expected = reference.concentration_loss(pred)
+    for backend in (None, "auto", "reference"):
+        assert torch.allclose(
+            losses.concentration_loss(pred, backend=backend), expected, rtol=1e-10
+        )
+    picked = _dispatch.resolve("concentration_loss", "auto", "cpu")
+    owner = next(
+        n
+        for n in _dispatch.AUTO_ORDER["cpu"]
+        if _dispatch.unavailable_reason(n, "concentration_loss", "cpu") is None
+    )
+    assert owner in ("cpp", "reference")
+    assert picked is _dispatch._load(owner).module.OPS["concentration_loss"]
+
+
+def test_a_registered_backend_is_picked_up_without_touching_the_face(monkeypatch):
+    calls = []
+
+    class Fake:
+        DEVICES = ("cpu",)
+        OPS = {"concentration_loss": lambda pred: calls.append(pred.shape) or pred.sum()}
+
+        @staticmethod
+        def probe():
+            return None
+
+    monkeypatch.setitem(_dispatch._loaded, "cpp", _dispatch._Loaded(Fake, None))
+    pred = torch.randn(1, 3, 4, 4)
+    losses.concentration_loss(pred, backend="cpp")
+    assert calls == [pred.shape]
+
+
+BAD_INPUTS = [
+    (lambda: losses.concentration_loss(torch.randn(3, 4, 4)), ValueError, "pred.*4-D"),
+    (lambda: losses.concentration_loss(torch.randn(2, 1, 4, 4)), ValueError, "pred.*2 channels"),
+    (lambda: losses.concentration_loss(torch.zeros(0, 3, 4, 4)), ValueError, "pred.*non-empty"),
+    (
+        lambda: losses.concentration_loss(torch.ones(2, 3, 4, 4, dtype=torch.long)),
+        TypeError,
+        "pred.*floating",
+    ),
+    (lambda: losses.concentration_loss([[1.0]]), TypeError, "pred.*Tensor"),
+    (lambda: losses.batch_get_centers(torch.rand(2, 4, 4)), ValueError, "part_probs"),
+    (
+        lambda: losses.semantic_consistency_loss(
+            torch.randn(2, 5, 4, 4), torch.randn(2, 3, 4, 4), torch.rand(2, 6)
+        ),
+        ValueError,
+        "basis.*C =",
+    ),
+    (
+        lambda: losses.semantic_consistency_loss(
+            torch.randn(2, 5, 4, 3), torch.randn(2, 3, 4, 4), torch.rand(2, 5)
+        ),
+        ValueError,
+        "features.*spatial",
+    ),
+    (
+        lambda: losses.semantic_consistency_loss(
+            torch.randn(1, 5, 4, 4), torch.randn(2, 3, 4, 4), torch.rand(2, 5)
+        ),
+        ValueError,
+        "features.*batch",
+    ),
+    (
+        lambda: losses.semantic_consistency_loss(
+            torch.randn(2, 5, 4, 4), torch.randn(2, 3, 4, 4), torch.rand(3, 5)
+        ),
+        ValueError,
+        "basis.*K =",
+    ),
+    (
+        lambda: losses.semantic_consistency_loss_lowres(
+            [], torch.randn(2, 3, 4, 4), torch.rand(2, 5)
+        ),
+        ValueError,
+        "features",
+    ),
+    (
+        lambda: losses.semantic_consistency_loss_lowres(
+            torch.randn(2, 5, 2, 2), torch.randn(2, 3, 4, 4), torch.rand(2, 5), torch.rand(2, 4, 5)
+        ),
+        ValueError,
+        "saliency",
+    ),
+    (lambda: losses.orthonormal_loss(torch.rand(5)), ValueError, "w.*2-D"),
+    (
+        lambda: tps.tps_warp(torch.randn(2, 3, 4, 4), torch.rand(2, 16, 2)),
+        ValueError,
+        "source_points.*25",
+    ),
+    (
+        lambda: tps.tps_warp(torch.randn(2, 3, 4, 4), torch.rand(3, 25, 2)),
+        ValueError,
+        "source_points.*batch",
+    ),
+    (
+        lambda: tps.tps_warp(torch.randn(2, 3, 4, 4), torch.rand(2, 25, 2), padding_mode="reflect"),
+        ValueError,
+        "padding_mode",
+    ),
+    (
+        lambda: losses.equivariance_losses(
+            torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 5), torch.rand(2, 25, 2)
+        ),
+        ValueError,
+        "pred_tps",
+    ),
+    (
+        lambda: losses.equivariance_losses(
+            torch.randn(2, 3, 4, 4),
+            torch.randn(2, 3, 4, 4),
+            torch.rand(2, 25, 2, dtype=torch.complex64),
+        ),
+        TypeError,
+        "source_points",
+    ),
+    (lambda: tps.tps_grid(torch.rand(2, 25, 2), 0, 4), ValueError, "height"),
+]
+
+
+@pytest.mark.parametrize("call, error, pattern", BAD_INPUTS)
+def test_bad_inputs_raise_clear_errors(call, error, pattern):
+    with pytest.raises(error, match=pattern):
+        call()
+
+
+def test_meta_tensors_trace_shapes():
+    # The reference has no hard-coded device: it runs on the meta device too.
+    pred = torch.randn(2, 5, 8, 6, device="meta")
+    assert losses.concentration_loss(pred, backend="reference").shape == ()
+    assert losses.batch_get_centers(pred[:, 1:], backend="reference").shape == (2, 4, 2)
