@@ -1,0 +1,191 @@
+"""All the evaluation numbers of a set of predicted part maps, accumulated batch by batch.
+
+A trainer streams batches into a `PartEvaluator` (nothing of size (N, K+1, H, W) is kept: only part
+centres, landmarks and contingency tables), then calls `compute()`. `evaluate_predictions` is the
+one-call form for predictions that fit in memory.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .clustering import add_tables, ari_from_table, contingency_table, nmi_from_table
+from .landmarks import landmark_regression_error, part_centers_pixels
+from .segmentation import dense_part_labels, foreground_iou, keypoint_part_labels
+
+__all__ = ["PartEvaluator", "evaluate_predictions"]
+
+
+def _probs(part_probs) -> torch.Tensor:
+    p = torch.as_tensor(part_probs).detach()
+    if p.dim() != 4 or p.shape[1] < 2:
+        raise ValueError(f"part probabilities must be (N, K+1, H, W), K >= 1, got {tuple(p.shape)}")
+    return p.float() if not p.is_floating_point() else p
+
+
+def _centres(p: torch.Tensor) -> tuple[np.ndarray, int]:
+    """Part centres in pixels; a part with no mass gets the image centre (and is counted)."""
+    c = part_centers_pixels(p[:, 1:], dtype=torch.float64).cpu().numpy()
+    h, w = p.shape[-2:]
+    bad = ~np.isfinite(c).all(-1)
+    c[bad] = ((w - 1) / 2.0, (h - 1) / 2.0)
+    return c, int(bad.sum())
+
+
+class PartEvaluator:
+    """Accumulates predictions of both splits, then `compute()` returns a dict of floats.
+
+    Train split (only for fitting the landmark regressor): `add_train(probs, landmarks, scales)`.
+    Test split: `add_test(probs, landmarks=None, scales=None, parts=None, fg=None,
+    keypoints=None, visible=None)`.
+
+    probs: (B, K+1, H, W) softmax probabilities, channel 0 background (not logits).
+    landmarks: (B, L, 2) pixel (x, y) in the probs' resolution; scales: (B,) per-image normalisers
+    when `normalizer="scales"` (e.g. bounding-box sizes), else the inter-ocular distance
+    |landmarks[0] - landmarks[1]| is used. parts: (B, H, W) ground-truth part ids (0 background);
+    fg: (B, H, W) ground-truth foreground (default parts > 0). keypoints / visible: points whose
+    predicted part is compared with their id for the keypoint NMI/ARI (default: the landmarks,
+    all visible).
+
+    Keys of `compute()` (present when their inputs were given):
+      n_train, n_test, empty_parts (part maps with no mass, given the image centre);
+      landmark_error_train, landmark_error_test: SPEC §9 regression error, fractions (x100 for %);
+      keypoint_nmi, keypoint_ari: arg-max label (background included) at visible test keypoints vs
+        keypoint id;
+      part_nmi, part_ari: arg-max label vs ground-truth part id over ground-truth foreground pixels;
+      fg_iou: mean over test images of the IoU of (arg-max != 0) with fg; fg_iou_pooled: total
+        intersection / total union over the test set.
+    """
+
+    def __init__(self, normalizer: str = "iod"):
+        if normalizer not in ("iod", "scales"):
+            raise ValueError(f'normalizer must be "iod" or "scales", got {normalizer!r}')
+        self.normalizer = normalizer
+        self._centres = {"train": [], "test": []}
+        self._landmarks = {"train": [], "test": []}
+        self._scales = {"train": [], "test": []}
+        self._count = {"train": 0, "test": 0}
+        self._empty_parts = 0
+        self._kp_table = None
+        self._part_table = None
+        self._ious: list[np.ndarray] = []
+        self._inter = self._union = 0
+
+    def _add_landmarks(self, split, p, landmarks, scales):
+        if landmarks is None:
+            return
+        lm = torch.as_tensor(landmarks).detach().double().cpu().numpy()
+        if lm.ndim != 3 or lm.shape[0] != p.shape[0] or lm.shape[-1] != 2:
+            raise ValueError(f"landmarks must be ({p.shape[0]}, L, 2), got shape {lm.shape}")
+        if self.normalizer == "scales":
+            if scales is None:
+                raise ValueError('normalizer="scales" needs per-image scales')
+            s = torch.as_tensor(scales).detach().double().cpu().numpy().reshape(-1)
+            if s.shape[0] != p.shape[0]:
+                raise ValueError(f"scales must have {p.shape[0]} values, got {s.shape[0]}")
+            self._scales[split].append(s)
+        centres, empty = _centres(p)
+        self._empty_parts += empty
+        self._centres[split].append(centres)
+        self._landmarks[split].append(lm)
+
+    def add_train(self, probs, landmarks, scales=None) -> None:
+        p = _probs(probs)
+        self._count["train"] += p.shape[0]
+        self._add_landmarks("train", p, landmarks, scales)
+
+    def add_test(
+        self, probs, landmarks=None, scales=None, parts=None, fg=None, keypoints=None, visible=None
+    ) -> None:
+        p = _probs(probs)
+        self._count["test"] += p.shape[0]
+        self._add_landmarks("test", p, landmarks, scales)
+        labels = p.argmax(dim=1)
+        kp = keypoints if keypoints is not None else landmarks
+        if kp is not None:
+            pred, ids = keypoint_part_labels(labels, kp, visible)
+            table = contingency_table(pred, ids, n_a=p.shape[1], n_b=torch.as_tensor(kp).shape[1])
+            self._kp_table = add_tables(self._kp_table, table)
+        if parts is not None:
+            pred, gt = dense_part_labels(labels, parts, fg)
+            n_b = int(gt.max()) + 1 if gt.size else 1
+            self._part_table = add_tables(
+                self._part_table, contingency_table(pred, gt, n_a=p.shape[1], n_b=n_b)
+            )
+        gt_fg = (
+            fg if fg is not None else (torch.as_tensor(parts) > 0 if parts is not None else None)
+        )
+        if gt_fg is not None:
+            iou, inter, union = foreground_iou(labels, gt_fg)
+            self._ious.append(iou)
+            self._inter += inter
+            self._union += union
+
+    def compute(self) -> dict:
+        out = {"n_train": self._count["train"], "n_test": self._count["test"]}
+        if self._centres["train"] and self._centres["test"]:
+            tr_c, te_c = (np.concatenate(self._centres[s]) for s in ("train", "test"))
+            tr_l, te_l = (np.concatenate(self._landmarks[s]) for s in ("train", "test"))
+            norm = "iod"
+            if self.normalizer == "scales":
+                norm = (np.concatenate(self._scales["train"]), np.concatenate(self._scales["test"]))
+            err_tr, err_te = landmark_regression_error(tr_c, tr_l, te_c, te_l, normalizer=norm)
+            out["landmark_error_train"], out["landmark_error_test"] = err_tr, err_te
+            out["empty_parts"] = self._empty_parts
+        if self._kp_table is not None:
+            out["keypoint_nmi"] = nmi_from_table(self._kp_table)
+            out["keypoint_ari"] = ari_from_table(self._kp_table)
+        if self._part_table is not None:
+            out["part_nmi"] = nmi_from_table(self._part_table)
+            out["part_ari"] = ari_from_table(self._part_table)
+        if self._ious:
+            out["fg_iou"] = float(np.concatenate(self._ious).mean())
+            out["fg_iou_pooled"] = self._inter / self._union if self._union else 1.0
+        return out
+
+
+def evaluate_predictions(
+    probs_train,
+    landmarks_train,
+    probs_test,
+    landmarks_test,
+    parts_test=None,
+    fg_test=None,
+    normalizer="iod",
+    visible_test=None,
+    batch_size: int = 256,
+) -> dict:
+    """Every number for one set of predictions; see `PartEvaluator` for the keys.
+
+    probs_*: (N, K+1, H, W) softmax probabilities (channel 0 background); landmarks_*: (N, L, 2)
+    pixel (x, y) in the probs' resolution (landmarks_train may be None to skip the regression);
+    parts_test / fg_test: (M, H, W) ground-truth part ids / foreground. normalizer: "iod" or
+    (train_scales, test_scales). The keypoint NMI/ARI uses the test landmarks, with
+    visible_test (M, L) bool saying which are annotated.
+    """
+    scales_tr = scales_te = None
+    if isinstance(normalizer, str):
+        evaluator = PartEvaluator(normalizer)
+    else:
+        scales_tr, scales_te = normalizer
+        evaluator = PartEvaluator("scales")
+
+    def chunks(x, start):
+        return None if x is None else x[start : start + batch_size]
+
+    if landmarks_train is not None:
+        for s in range(0, len(probs_train), batch_size):
+            evaluator.add_train(
+                chunks(probs_train, s), chunks(landmarks_train, s), chunks(scales_tr, s)
+            )
+    for s in range(0, len(probs_test), batch_size):
+        evaluator.add_test(
+            chunks(probs_test, s),
+            landmarks=chunks(landmarks_test, s),
+            scales=chunks(scales_te, s),
+            parts=chunks(parts_test, s),
+            fg=chunks(fg_test, s),
+            visible=chunks(visible_test, s),
+        )
+    return evaluator.compute()
