@@ -72,7 +72,11 @@ def make_inputs(op: str, s: Size, device: str) -> dict:
     def source_points():
         # The CelebA warp flags of SPEC section 8.
         warp = tps.RandTPS(
-            s.W, s.H, batch_size=s.B, random_scale=(0.7, 2.0), random_mirror=False,
+            s.W,
+            s.H,
+            batch_size=s.B,
+            random_scale=(0.7, 2.0),
+            random_mirror=False,
             generator=torch.Generator().manual_seed(0),
         )
         return warp.source_control_points.to(device)
