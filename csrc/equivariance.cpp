@@ -1,0 +1,183 @@
+// Fused equivariance losses (SPEC section 7): the warp of pred, both channel
+// softmaxes, the KL term and the part moments of both maps in one pass; the
+// backward recomputes them and scatters the landmark gradient back through the warp.
+#include <vector>
+
+#include "kernels.h"
+
+namespace scops_fast {
+namespace {
+
+// Everything one output row of one batch element needs, in row buffers of W.
+template <typename T>
+struct RowState {
+  std::vector<Bilinear> samples;
+  std::vector<T> warped, q, logzq, p, logzp, mx, sum;
+  RowState(int64_t K1, int64_t W)
+      : samples(W), warped(K1 * W), q(K1 * W), logzq(W), p(K1 * W), logzp(W), mx(W), sum(W) {}
+
+  void compute(const T* pred, const T* pred_tps, const double* m, const T* radial, int64_t b,
+               int64_t i, int64_t K1, int64_t H, int64_t W, bool border) {
+    const int64_t plane = H * W;
+    row_samples(m + b * kMapping * 2, radial, i, H, W, border, samples.data());
+    for (int64_t c = 0; c < K1; ++c) {
+      const T* src = pred + (b * K1 + c) * plane;
+      for (int64_t j = 0; j < W; ++j) warped[c * W + j] = bilinear_read(src, samples[j]);
+    }
+    row_softmax(warped.data(), W, K1, W, q.data(), logzq.data(), mx.data(), sum.data());
+    row_softmax(pred_tps + b * K1 * plane + i * W, plane, K1, W, p.data(), logzp.data(),
+                mx.data(), sum.data());
+  }
+};
+
+}  // namespace
+
+template <typename T>
+void equivariance_forward(const T* pred, const T* pred_tps, const double* mapping,
+                          const T* radial, int64_t B, int64_t K1, int64_t H, int64_t W,
+                          bool border, double* kl, double* mom_tps, double* mom_warp,
+                          ParallelFor pf) {
+  const int64_t K = K1 - 1, plane = H * W;
+  // Per (row, batch) partials: kl, then K x 3 for each map; added in row order.
+  const int64_t stride = 1 + 6 * K;
+  std::vector<double> partial(H * B * stride, 0.0);
+  pf(H, [&](int64_t begin, int64_t end) {
+    RowState<T> row(K1, W);
+    std::vector<T> xs(W);
+    for (int64_t j = 0; j < W; ++j) xs[j] = T(loss_coord(j, W));
+    for (int64_t i = begin; i < end; ++i) {
+      const double y = loss_coord(i, H);
+      for (int64_t b = 0; b < B; ++b) {
+        row.compute(pred, pred_tps, mapping, radial, b, i, K1, H, W, border);
+        const T* tps_row = pred_tps + b * K1 * plane + i * W;
+        double* acc = partial.data() + (i * B + b) * stride;
+        T klsum = 0;
+        for (int64_t c = 0; c < K1; ++c) {
+          const T* qc = row.q.data() + c * W;
+          const T* wc = row.warped.data() + c * W;
+          const T* zc = tps_row + c * plane;
+#pragma omp simd reduction(+ : klsum)
+          for (int64_t j = 0; j < W; ++j) {
+            // KLDivLoss semantics: an underflowed target adds exactly 0.
+            const T term = qc[j] * ((wc[j] - row.logzq[j]) - (zc[j] - row.logzp[j]));
+            klsum += qc[j] > T(0) ? term : T(0);
+          }
+        }
+        acc[0] += klsum;
+        for (int64_t k = 0; k < K; ++k) {
+          const T* pk = row.p.data() + (k + 1) * W;
+          const T* qk = row.q.data() + (k + 1) * W;
+          T p0 = 0, p1 = 0, q0 = 0, q1 = 0;
+#pragma omp simd reduction(+ : p0, p1, q0, q1)
+          for (int64_t j = 0; j < W; ++j) {
+            p0 += pk[j];
+            p1 += pk[j] * xs[j];
+            q0 += qk[j];
+            q1 += qk[j] * xs[j];
+          }
+          double* t = acc + 1 + 3 * k;
+          double* w = acc + 1 + 3 * K + 3 * k;
+          t[0] += p0, t[1] += p1, t[2] += y * p0;
+          w[0] += q0, w[1] += q1, w[2] += y * q0;
+        }
+      }
+    }
+  });
+  double sx = 0, sy = 0;
+  for (int64_t j = 0; j < W; ++j) sx += loss_coord(j, W);
+  for (int64_t i = 0; i < H; ++i) sy += loss_coord(i, H);
+  const double eps[3] = {kCenterEps * double(H * W), kCenterEps * double(H) * sx,
+                         kCenterEps * double(W) * sy};
+  for (int64_t b = 0; b < B; ++b) {
+    double total = 0;
+    for (int64_t i = 0; i < H; ++i) total += partial[(i * B + b) * stride];
+    kl[b] = total;
+    for (int64_t k = 0; k < K; ++k)
+      for (int m = 0; m < 3; ++m) {
+        double t = 0, w = 0;
+        for (int64_t i = 0; i < H; ++i) {
+          t += partial[(i * B + b) * stride + 1 + 3 * k + m];
+          w += partial[(i * B + b) * stride + 1 + 3 * K + 3 * k + m];
+        }
+        mom_tps[(b * K + k) * 3 + m] = t + eps[m];
+        mom_warp[(b * K + k) * 3 + m] = w + eps[m];
+      }
+  }
+}
+
+template <typename T>
+void equivariance_backward(const T* pred, const T* pred_tps, const double* mapping,
+                           const T* radial, int64_t B, int64_t K1, int64_t H, int64_t W,
+                           bool border, const double* g_kl, const double* g_tps,
+                           const double* g_warp, T* grad_pred, T* grad_pred_tps,
+                           ParallelFor pf) {
+  const int64_t K = K1 - 1, plane = H * W;
+  // One task per batch element: it owns grad_pred[b], into which the warp scatters.
+  pf(B, [&](int64_t begin, int64_t end) {
+    RowState<T> row(K1, W);
+    std::vector<T> xs(W), sq(W), dotp(W), dotq(W), gp(K * W), gq(K * W);
+    for (int64_t j = 0; j < W; ++j) xs[j] = T(loss_coord(j, W));
+    for (int64_t b = begin; b < end; ++b) {
+      std::fill(grad_pred + b * K1 * plane, grad_pred + (b + 1) * K1 * plane, T(0));
+      const T gkl = T(g_kl[b]);
+      for (int64_t i = 0; i < H; ++i) {
+        row.compute(pred, pred_tps, mapping, radial, b, i, K1, H, W, border);
+        const T y = T(loss_coord(i, H));
+        std::fill(sq.begin(), sq.end(), T(0));
+        std::fill(dotp.begin(), dotp.end(), T(0));
+        std::fill(dotq.begin(), dotq.end(), T(0));
+        for (int64_t c = 0; c < K1; ++c) {
+          const T* qc = row.q.data() + c * W;
+#pragma omp simd
+          for (int64_t j = 0; j < W; ++j) sq[j] += qc[j] > T(0) ? qc[j] : T(0);
+        }
+        // Upstream gradient of each part's moments as a function of x: G = g0 + g1 x + g2 y.
+        for (int64_t k = 0; k < K; ++k) {
+          const double* t = g_tps + (b * K + k) * 3;
+          const double* w = g_warp + (b * K + k) * 3;
+          const T t0 = T(t[0]) + T(t[2]) * y, t1 = T(t[1]);
+          const T w0 = T(w[0]) + T(w[2]) * y, w1 = T(w[1]);
+          const T* pk = row.p.data() + (k + 1) * W;
+          const T* qk = row.q.data() + (k + 1) * W;
+#pragma omp simd
+          for (int64_t j = 0; j < W; ++j) {
+            gp[k * W + j] = t0 + t1 * xs[j];
+            gq[k * W + j] = w0 + w1 * xs[j];
+            dotp[j] += pk[j] * gp[k * W + j];
+            dotq[j] += qk[j] * gq[k * W + j];
+          }
+        }
+        for (int64_t c = 0; c < K1; ++c) {
+          const T* pc = row.p.data() + c * W;
+          const T* qc = row.q.data() + c * W;
+          T* out = grad_pred_tps + (b * K1 + c) * plane + i * W;
+          T* dst = grad_pred + (b * K1 + c) * plane;
+          for (int64_t j = 0; j < W; ++j) {
+            const T gpc = c == 0 ? T(0) : gp[(c - 1) * W + j];
+            const T gqc = c == 0 ? T(0) : gq[(c - 1) * W + j];
+            const T qpos = qc[j] > T(0) ? qc[j] : T(0);
+            out[j] = gkl * (pc[j] * sq[j] - qpos) + pc[j] * (gpc - dotp[j]);
+            bilinear_scatter(dst, row.samples[j], qc[j] * (gqc - dotq[j]));
+          }
+        }
+      }
+    }
+  });
+}
+
+template void equivariance_forward<float>(const float*, const float*, const double*,
+                                          const float*, int64_t, int64_t, int64_t, int64_t, bool,
+                                          double*, double*, double*, ParallelFor);
+template void equivariance_forward<double>(const double*, const double*, const double*,
+                                           const double*, int64_t, int64_t, int64_t, int64_t,
+                                           bool, double*, double*, double*, ParallelFor);
+template void equivariance_backward<float>(const float*, const float*, const double*,
+                                           const float*, int64_t, int64_t, int64_t, int64_t, bool,
+                                           const double*, const double*, const double*, float*,
+                                           float*, ParallelFor);
+template void equivariance_backward<double>(const double*, const double*, const double*,
+                                            const double*, int64_t, int64_t, int64_t, int64_t,
+                                            bool, const double*, const double*, const double*,
+                                            double*, double*, ParallelFor);
+
+}  // namespace scops_fast

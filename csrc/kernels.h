@@ -1,0 +1,107 @@
+// Declarations of the CPU kernels, one family per .cpp file; bindings.cpp wraps them.
+#pragma once
+
+#include "common.h"
+
+#include <algorithm>
+
+namespace scops_fast {
+
+// Channel softmax of one image row, vectorised along the row: input z[c * stride + j],
+// output probs[c * W + j]; logz[j] (if not null) receives the log-partition so that
+// log p_c = z_c - logz. mx and sum are scratch rows of W.
+template <typename T>
+inline void row_softmax(const T* z, int64_t stride, int64_t channels, int64_t W, T* probs,
+                        T* logz, T* mx, T* sum) {
+  std::copy(z, z + W, mx);
+  for (int64_t c = 1; c < channels; ++c) {
+    const T* zc = z + c * stride;
+#pragma omp simd
+    for (int64_t j = 0; j < W; ++j) mx[j] = zc[j] > mx[j] ? zc[j] : mx[j];
+  }
+  std::fill(sum, sum + W, T(0));
+  for (int64_t c = 0; c < channels; ++c) {
+    const T* zc = z + c * stride;
+    T* pc = probs + c * W;
+#pragma omp simd
+    for (int64_t j = 0; j < W; ++j) {
+      pc[j] = vexp(zc[j] - mx[j]);
+      sum[j] += pc[j];
+    }
+  }
+  if (logz != nullptr)
+    for (int64_t j = 0; j < W; ++j) logz[j] = mx[j] + std::log(sum[j]);
+#pragma omp simd
+  for (int64_t j = 0; j < W; ++j) sum[j] = T(1) / sum[j];
+  for (int64_t c = 0; c < channels; ++c) {
+    T* pc = probs + c * W;
+#pragma omp simd
+    for (int64_t j = 0; j < W; ++j) pc[j] *= sum[j];
+  }
+}
+
+// ---- moments.cpp: concentration loss and part centres (SPEC sections 2, 3) ----
+// For each (b, k): sum over pixels of m * (1, x, y, x^2 + y^2), m = P + 1e-3, where P is
+// the softmax part map of logits (from_logits, channels K+1, parts 1..K) or given
+// probabilities (channels K). out: (B, K, 4) double.
+template <typename T>
+void moments_forward(const T* z, int64_t B, int64_t channels, int64_t H, int64_t W,
+                     bool from_logits, double* out, ParallelFor pf);
+// Gradient of <grad_moments, moments> w.r.t. z. grad: (B, channels, H, W).
+template <typename T>
+void moments_backward(const T* z, const double* grad_moments, int64_t B, int64_t channels,
+                      int64_t H, int64_t W, bool from_logits, T* grad, ParallelFor pf);
+
+// Bilinear corners of every pixel of output row i under spline coefficients m.
+template <typename T>
+void row_samples(const double* m, const T* radial, int64_t i, int64_t H, int64_t W, bool border,
+                 Bilinear* out);
+
+// ---- tps_warp.cpp: grid-free thin-plate-spline warp (SPEC section 6) ----
+// mapping: (B, 28, 2) double spline coefficients; radial: (25, H, W) U terms of every
+// output pixel (batch-independent, cached by the caller). out/x: (B, C, H, W).
+template <typename T>
+void tps_warp_forward(const T* x, const double* mapping, const T* radial, int64_t B, int64_t C,
+                      int64_t H, int64_t W, bool border, T* out, ParallelFor pf);
+// Adjoint w.r.t. x: each batch element is owned by one task, which scatters its
+// pixels in a fixed order (race-free, deterministic).
+template <typename T>
+void tps_warp_backward(const T* grad_out, const double* mapping, const T* radial, int64_t B,
+                       int64_t C, int64_t H, int64_t W, bool border, T* grad_x, ParallelFor pf);
+
+// ---- equivariance.cpp: fused SPEC section 7 ----
+// kl: (B) sums of q (log q - log p_tps) over channels and pixels; mom_tps, mom_warp:
+// (B, K, 3) sums of (P + 1e-3) * (1, x, y) of the parts of softmax(pred_tps) and of
+// softmax(warp(pred)).
+template <typename T>
+void equivariance_forward(const T* pred, const T* pred_tps, const double* mapping,
+                          const T* radial, int64_t B, int64_t K1, int64_t H, int64_t W,
+                          bool border, double* kl, double* mom_tps, double* mom_warp,
+                          ParallelFor pf);
+// Gradients of <g_kl, kl> + <g_tps, mom_tps> + <g_warp, mom_warp>: w.r.t. pred_tps, and
+// w.r.t. pred through the warp of the landmark term (the KL target is detached).
+template <typename T>
+void equivariance_backward(const T* pred, const T* pred_tps, const double* mapping,
+                           const T* radial, int64_t B, int64_t K1, int64_t H, int64_t W,
+                           bool border, const double* g_kl, const double* g_tps,
+                           const double* g_warp, T* grad_pred, T* grad_pred_tps,
+                           ParallelFor pf);
+
+// ---- semantic.cpp: SPEC section 4 ----
+// Dense: loss = sum over b, c, pixels of (sum_k P_k W_kc - V_c)^2, and when grads is true
+// its gradients w.r.t. the logits and W, computed in the same single pass over V.
+template <typename T>
+double semantic_dense(const T* features, const T* pred, const T* basis, int64_t B, int64_t C,
+                      int64_t K1, int64_t H, int64_t W, bool grads, T* grad_pred,
+                      double* grad_basis, ParallelFor pf);
+// Low resolution, exact: per pixel P^T G P - 2 S P.U(A) + S^2 |U V|^2 with G = W W^T,
+// A = W V at (h, w) and |U V|^2 from the neighbour Gram maps gram (B, 5, h, w):
+// <V(y,x),V(y,x)>, <V(y,x),V(y,x+1)>, <V(y,x),V(y+1,x)>, <V(y,x),V(y+1,x+1)>,
+// <V(y,x+1),V(y+1,x)>, neighbours clamped at the edge. saliency may be null.
+template <typename T>
+double semantic_lowres(const T* pred, const T* lowres, const T* gram_basis, const T* gram,
+                       const T* saliency, int64_t B, int64_t K1, int64_t H, int64_t W,
+                       int64_t h, int64_t w, bool grads, T* grad_pred, double* grad_lowres,
+                       double* grad_gram_basis, ParallelFor pf);
+
+}  // namespace scops_fast

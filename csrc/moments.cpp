@@ -1,0 +1,152 @@
+// One pass over the logits: per-pixel channel softmax, then the four moments per
+// (b, k) from which SPEC section 3 follows by
+//   sum pdf |p - c|^2 = sum pdf (x^2 + y^2) - |c|^2.
+// Rows are grouped into fixed tiles; each tile writes its own partial sums, added in
+// tile order, so the result is the same for any number of threads.
+#include <algorithm>
+#include <vector>
+
+#include "kernels.h"
+
+namespace scops_fast {
+namespace {
+
+constexpr int64_t kTilePixels = 4096;
+
+int64_t rows_per_tile(int64_t W) { return std::max<int64_t>(1, kTilePixels / std::max<int64_t>(W, 1)); }
+
+// Probabilities of one row into probs[c * W + j]: all `channels` softmax outputs
+// (background first) from logits, or a copy of given probabilities.
+template <typename T>
+void row_probs(const T* z, int64_t channels, int64_t plane, int64_t W, bool from_logits,
+               T* probs, T* scratch) {
+  if (from_logits) {
+    row_softmax(z, plane, channels, W, probs, static_cast<T*>(nullptr), scratch, scratch + W);
+    return;
+  }
+  for (int64_t c = 0; c < channels; ++c)
+    std::copy(z + c * plane, z + c * plane + W, probs + c * W);
+}
+
+}  // namespace
+
+template <typename T>
+void moments_forward(const T* z, int64_t B, int64_t channels, int64_t H, int64_t W,
+                     bool from_logits, double* out, ParallelFor pf) {
+  const int64_t parts = from_logits ? channels - 1 : channels;
+  const int64_t rpt = rows_per_tile(W);
+  const int64_t tiles = (H + rpt - 1) / rpt;
+  const int64_t plane = H * W;
+  std::vector<double> partial(B * tiles * parts * 4, 0.0);
+  pf(B * tiles, [&](int64_t begin, int64_t end) {
+    std::vector<T> probs(channels * W), scratch(2 * W), xs(W);
+    const T* part0 = probs.data() + (from_logits ? W : 0);
+    for (int64_t j = 0; j < W; ++j) xs[j] = T(loss_coord(j, W));
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / tiles, tile = task % tiles;
+      double* acc = partial.data() + task * parts * 4;
+      for (int64_t i = tile * rpt; i < std::min(H, (tile + 1) * rpt); ++i) {
+        row_probs(z + b * channels * plane + i * W, channels, plane, W, from_logits,
+                  probs.data(), scratch.data());
+        const double y = loss_coord(i, H);
+        for (int64_t k = 0; k < parts; ++k) {
+          const T* pk = part0 + k * W;
+          T s0 = 0, s1 = 0, s2 = 0;
+#pragma omp simd reduction(+ : s0, s1, s2)
+          for (int64_t j = 0; j < W; ++j) {
+            s0 += pk[j];
+            s1 += pk[j] * xs[j];
+            s2 += pk[j] * xs[j] * xs[j];
+          }
+          acc[k * 4 + 0] += s0;
+          acc[k * 4 + 1] += s1;
+          acc[k * 4 + 2] += y * s0;
+          acc[k * 4 + 3] += s2 + y * y * s0;
+        }
+      }
+    }
+  });
+  // The eps mass is the same for every part: add it in closed form.
+  double sx = 0, sxx = 0, sy = 0, syy = 0;
+  for (int64_t j = 0; j < W; ++j) {
+    sx += loss_coord(j, W);
+    sxx += loss_coord(j, W) * loss_coord(j, W);
+  }
+  for (int64_t i = 0; i < H; ++i) {
+    sy += loss_coord(i, H);
+    syy += loss_coord(i, H) * loss_coord(i, H);
+  }
+  const double eps_terms[4] = {kCenterEps * double(H * W), kCenterEps * double(H) * sx,
+                               kCenterEps * double(W) * sy,
+                               kCenterEps * (double(H) * sxx + double(W) * syy)};
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t k = 0; k < parts; ++k)
+      for (int m = 0; m < 4; ++m) {
+        double total = 0;
+        for (int64_t tile = 0; tile < tiles; ++tile)
+          total += partial[((b * tiles + tile) * parts + k) * 4 + m];
+        out[(b * parts + k) * 4 + m] = total + eps_terms[m];
+      }
+}
+
+template <typename T>
+void moments_backward(const T* z, const double* grad_moments, int64_t B, int64_t channels,
+                      int64_t H, int64_t W, bool from_logits, T* grad, ParallelFor pf) {
+  const int64_t parts = from_logits ? channels - 1 : channels;
+  const int64_t plane = H * W;
+  pf(B * H, [&](int64_t begin, int64_t end) {
+    std::vector<T> probs(channels * W), scratch(2 * W), xs(W), dot(W);
+    for (int64_t j = 0; j < W; ++j) xs[j] = T(loss_coord(j, W));
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / H, i = task % H;
+      const int64_t row = b * channels * plane + i * W;
+      const T y = T(loss_coord(i, H));
+      const double* g = grad_moments + b * parts * 4;
+      if (!from_logits) {
+        for (int64_t k = 0; k < parts; ++k) {
+          const T g0 = T(g[k * 4]) + T(g[k * 4 + 2]) * y + T(g[k * 4 + 3]) * y * y;
+          const T g1 = T(g[k * 4 + 1]), g3 = T(g[k * 4 + 3]);
+          T* out = grad + row + k * plane;
+#pragma omp simd
+          for (int64_t j = 0; j < W; ++j) out[j] = g0 + g1 * xs[j] + g3 * xs[j] * xs[j];
+        }
+        continue;
+      }
+      row_probs(z + row, channels, plane, W, true, probs.data(), scratch.data());
+      // dz_c = p_c (G_c - sum_k p_k G_k) with G_0 = 0 for the background.
+      std::fill(dot.begin(), dot.end(), T(0));
+      for (int64_t k = 0; k < parts; ++k) {
+        const T g0 = T(g[k * 4]) + T(g[k * 4 + 2]) * y + T(g[k * 4 + 3]) * y * y;
+        const T g1 = T(g[k * 4 + 1]), g3 = T(g[k * 4 + 3]);
+        const T* pk = probs.data() + (k + 1) * W;
+        T* out = grad + row + (k + 1) * plane;
+#pragma omp simd
+        for (int64_t j = 0; j < W; ++j) {
+          out[j] = g0 + g1 * xs[j] + g3 * xs[j] * xs[j];  // G_k for now
+          dot[j] += pk[j] * out[j];
+        }
+      }
+      for (int64_t k = 0; k < parts; ++k) {
+        const T* pk = probs.data() + (k + 1) * W;
+        T* out = grad + row + (k + 1) * plane;
+#pragma omp simd
+        for (int64_t j = 0; j < W; ++j) out[j] = pk[j] * (out[j] - dot[j]);
+      }
+      // Background: p_0 (0 - dot).
+      T* out0 = grad + row;
+#pragma omp simd
+      for (int64_t j = 0; j < W; ++j) out0[j] = -probs[j] * dot[j];
+    }
+  });
+}
+
+template void moments_forward<float>(const float*, int64_t, int64_t, int64_t, int64_t, bool,
+                                     double*, ParallelFor);
+template void moments_forward<double>(const double*, int64_t, int64_t, int64_t, int64_t, bool,
+                                      double*, ParallelFor);
+template void moments_backward<float>(const float*, const double*, int64_t, int64_t, int64_t,
+                                      int64_t, bool, float*, ParallelFor);
+template void moments_backward<double>(const double*, const double*, int64_t, int64_t, int64_t,
+                                       int64_t, bool, double*, ParallelFor);
+
+}  // namespace scops_fast

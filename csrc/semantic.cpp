@@ -1,0 +1,232 @@
+// Semantic consistency (SPEC section 4) without the (B, C, H, W) residual.
+//
+// Dense: pixels are processed in tiles; for each channel the residual of the tile is
+// formed in registers, squared into the loss and, in the same pass, folded into the
+// gradients of P and W, so V is read exactly once for forward and backward together.
+//
+// Low resolution: with U the bilinear upsampling and S the saliency,
+//   sum_c (P W - S U V)_c^2 = P^T G P - 2 S P . U(A) + S^2 |U V|^2,
+// G = W W^T, A = W V at low resolution, and |U V|^2 a quadratic form of the four
+// low-resolution neighbours whose Gram entries arrive precomputed. The full-resolution
+// pass then touches K-vectors only.
+//
+// Both split work into a fixed number of chunks whose partial sums are added in order,
+// so results do not depend on the thread count.
+#include <algorithm>
+#include <vector>
+
+#include "kernels.h"
+
+namespace scops_fast {
+namespace {
+
+constexpr int64_t kDenseTile = 256;
+constexpr int64_t kMaxChunks = 64;
+
+// Upsampling source row/column of each output index (align_corners=True).
+struct Axis {
+  std::vector<int64_t> lo, hi;
+  std::vector<double> frac;
+  Axis(int64_t out, int64_t in) : lo(out), hi(out), frac(out) {
+    for (int64_t o = 0; o < out; ++o) {
+      const double src = out > 1 ? double(o) * double(in - 1) / double(out - 1) : 0.0;
+      lo[o] = std::min<int64_t>(int64_t(src), in - 1);
+      hi[o] = std::min<int64_t>(lo[o] + 1, in - 1);
+      frac[o] = src - double(lo[o]);
+    }
+  }
+};
+
+// dz_c = p_c (g_c - sum_k p_k g_k) with g_0 = 0 (background), one tile of n pixels;
+// probs (K1 x n), gparts (K x n), out strided by `stride` per channel.
+template <typename T>
+void softmax_backward_parts(const T* probs, const T* gparts, int64_t K1, int64_t n,
+                            int64_t stride, T* out) {
+  for (int64_t t = 0; t < n; ++t) {
+    T dot = 0;
+    for (int64_t k = 1; k < K1; ++k) dot += probs[k * n + t] * gparts[(k - 1) * n + t];
+    out[t] = -probs[t] * dot;
+    for (int64_t k = 1; k < K1; ++k)
+      out[k * stride + t] = probs[k * n + t] * (gparts[(k - 1) * n + t] - dot);
+  }
+}
+
+}  // namespace
+
+template <typename T>
+double semantic_dense(const T* features, const T* pred, const T* basis, int64_t B, int64_t C,
+                      int64_t K1, int64_t H, int64_t W, bool grads, T* grad_pred,
+                      double* grad_basis, ParallelFor pf) {
+  const int64_t K = K1 - 1, plane = H * W;
+  const int64_t tiles_per_image = (plane + kDenseTile - 1) / kDenseTile;
+  const int64_t tiles = B * tiles_per_image;
+  const int64_t chunks = std::min(kMaxChunks, tiles);
+  std::vector<double> loss(chunks, 0.0);
+  std::vector<double> gbasis(grads ? chunks * K * C : 0, 0.0);
+  pf(chunks, [&](int64_t begin, int64_t end) {
+    std::vector<T> probs(K1 * kDenseTile), gparts(K * kDenseTile), r(kDenseTile),
+        mx(kDenseTile), sum(kDenseTile);
+    for (int64_t chunk = begin; chunk < end; ++chunk) {
+      double* gb = grads ? gbasis.data() + chunk * K * C : nullptr;
+      for (int64_t tile = chunk * tiles / chunks; tile < (chunk + 1) * tiles / chunks; ++tile) {
+        const int64_t b = tile / tiles_per_image;
+        const int64_t p0 = (tile % tiles_per_image) * kDenseTile;
+        const int64_t n = std::min(kDenseTile, plane - p0);
+        row_softmax(pred + b * K1 * plane + p0, plane, K1, n, probs.data(),
+                    static_cast<T*>(nullptr), mx.data(), sum.data());
+        std::fill(gparts.begin(), gparts.end(), T(0));
+        double tile_loss = 0;
+        for (int64_t c = 0; c < C; ++c) {
+          const T* v = features + (b * C + c) * plane + p0;
+#pragma omp simd
+          for (int64_t t = 0; t < n; ++t) r[t] = -v[t];
+          for (int64_t k = 0; k < K; ++k) {
+            const T wkc = basis[k * C + c];
+            const T* pk = probs.data() + (k + 1) * n;
+#pragma omp simd
+            for (int64_t t = 0; t < n; ++t) r[t] += wkc * pk[t];
+          }
+          T sq = 0;
+#pragma omp simd reduction(+ : sq)
+          for (int64_t t = 0; t < n; ++t) sq += r[t] * r[t];
+          tile_loss += sq;
+          if (!grads) continue;
+          for (int64_t k = 0; k < K; ++k) {
+            const T wkc2 = T(2) * basis[k * C + c];
+            const T* pk = probs.data() + (k + 1) * n;
+            T* gk = gparts.data() + k * n;
+            T dot = 0;
+#pragma omp simd reduction(+ : dot)
+            for (int64_t t = 0; t < n; ++t) {
+              gk[t] += wkc2 * r[t];
+              dot += pk[t] * r[t];
+            }
+            gb[k * C + c] += 2.0 * double(dot);
+          }
+        }
+        loss[chunk] += tile_loss;
+        if (grads)
+          softmax_backward_parts(probs.data(), gparts.data(), K1, n, plane,
+                                 grad_pred + b * K1 * plane + p0);
+      }
+    }
+  });
+  double total = 0;
+  for (int64_t chunk = 0; chunk < chunks; ++chunk) total += loss[chunk];
+  if (grads)
+    for (int64_t e = 0; e < K * C; ++e) {
+      double s = 0;
+      for (int64_t chunk = 0; chunk < chunks; ++chunk) s += gbasis[chunk * K * C + e];
+      grad_basis[e] = s;
+    }
+  return total;
+}
+
+template <typename T>
+double semantic_lowres(const T* pred, const T* lowres, const T* gram_basis, const T* gram,
+                       const T* saliency, int64_t B, int64_t K1, int64_t H, int64_t W,
+                       int64_t h, int64_t w, bool grads, T* grad_pred, double* grad_lowres,
+                       double* grad_gram_basis, ParallelFor pf) {
+  const int64_t K = K1 - 1, plane = H * W, low = h * w;
+  const int64_t bands = std::min<int64_t>(H, 16);  // row bands per image: fixed, not per thread
+  const int64_t tasks = B * bands;
+  const Axis rows(H, h), cols(W, w);
+  std::vector<double> loss(tasks, 0.0);
+  std::vector<double> g_low(grads ? tasks * K * low : 0, 0.0);
+  std::vector<double> g_gram(grads ? tasks * K * K : 0, 0.0);
+  std::vector<double> G(K * K);
+  for (int64_t e = 0; e < K * K; ++e) G[e] = double(gram_basis[e]);
+  pf(tasks, [&](int64_t begin, int64_t end) {
+    std::vector<T> probs(K1 * W), mx(W), sum(W), gparts(K * W);
+    std::vector<double> p(K), ua(K), gp(K);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / bands, band = task % bands;
+      const T* a = lowres + b * K * low;
+      const T* d = gram + b * 5 * low;
+      double* ga = grads ? g_low.data() + task * K * low : nullptr;
+      double* gg = grads ? g_gram.data() + task * K * K : nullptr;
+      double acc = 0;
+      for (int64_t i = band * H / bands; i < (band + 1) * H / bands; ++i) {
+        row_softmax(pred + b * K1 * plane + i * W, plane, K1, W, probs.data(),
+                    static_cast<T*>(nullptr), mx.data(), sum.data());
+        const int64_t y0 = rows.lo[i], y1 = rows.hi[i];
+        const double fy = rows.frac[i];
+        for (int64_t j = 0; j < W; ++j) {
+          const int64_t x0 = cols.lo[j], x1 = cols.hi[j];
+          const double fx = cols.frac[j];
+          const double w00 = (1 - fy) * (1 - fx), w01 = (1 - fy) * fx;
+          const double w10 = fy * (1 - fx), w11 = fy * fx;
+          const int64_t o00 = y0 * w + x0, o01 = y0 * w + x1, o10 = y1 * w + x0,
+                        o11 = y1 * w + x1;
+          const double s = saliency ? double(saliency[b * plane + i * W + j]) : 1.0;
+          double quad = 0, cross = 0;
+          for (int64_t k = 0; k < K; ++k) p[k] = double(probs[(k + 1) * W + j]);
+          for (int64_t k = 0; k < K; ++k) {
+            const T* ak = a + k * low;
+            ua[k] = w00 * ak[o00] + w01 * ak[o01] + w10 * ak[o10] + w11 * ak[o11];
+            double gpk = 0;
+            for (int64_t l = 0; l < K; ++l) gpk += G[k * K + l] * p[l];
+            gp[k] = gpk;
+            quad += p[k] * gpk;
+            cross += p[k] * ua[k];
+          }
+          const double vv = w00 * w00 * d[o00] + w01 * w01 * d[o01] + w10 * w10 * d[o10] +
+                            w11 * w11 * d[o11] +
+                            2.0 * (w00 * w01 * d[low + o00] + w10 * w11 * d[low + o10] +
+                                   w00 * w10 * d[2 * low + o00] + w01 * w11 * d[2 * low + o01] +
+                                   w00 * w11 * d[3 * low + o00] + w01 * w10 * d[4 * low + o00]);
+          acc += quad - 2.0 * s * cross + s * s * vv;
+          if (!grads) continue;
+          for (int64_t k = 0; k < K; ++k) {
+            double gt = 0;  // (G^T P)_k: with gp = G P this is the gradient of P^T G P
+            for (int64_t l = 0; l < K; ++l) gt += G[l * K + k] * p[l];
+            gparts[k * W + j] = T(gp[k] + gt - 2.0 * s * ua[k]);
+            const double m = -2.0 * s * p[k];
+            double* gak = ga + k * low;
+            gak[o00] += m * w00;
+            gak[o01] += m * w01;
+            gak[o10] += m * w10;
+            gak[o11] += m * w11;
+            for (int64_t l = 0; l < K; ++l) gg[k * K + l] += p[k] * p[l];
+          }
+        }
+        if (grads)
+          softmax_backward_parts(probs.data(), gparts.data(), K1, W, plane,
+                                 grad_pred + b * K1 * plane + i * W);
+      }
+      loss[task] = acc;
+    }
+  });
+  double total = 0;
+  for (int64_t task = 0; task < tasks; ++task) total += loss[task];
+  if (grads) {
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t e = 0; e < K * low; ++e) {
+        double s = 0;
+        for (int64_t band = 0; band < bands; ++band) s += g_low[(b * bands + band) * K * low + e];
+        grad_lowres[b * K * low + e] = s;
+      }
+    for (int64_t e = 0; e < K * K; ++e) {
+      double s = 0;
+      for (int64_t task = 0; task < tasks; ++task) s += g_gram[task * K * K + e];
+      grad_gram_basis[e] = s;
+    }
+  }
+  return total;
+}
+
+template double semantic_dense<float>(const float*, const float*, const float*, int64_t, int64_t,
+                                      int64_t, int64_t, int64_t, bool, float*, double*,
+                                      ParallelFor);
+template double semantic_dense<double>(const double*, const double*, const double*, int64_t,
+                                       int64_t, int64_t, int64_t, int64_t, bool, double*,
+                                       double*, ParallelFor);
+template double semantic_lowres<float>(const float*, const float*, const float*, const float*,
+                                       const float*, int64_t, int64_t, int64_t, int64_t, int64_t,
+                                       int64_t, bool, float*, double*, double*, ParallelFor);
+template double semantic_lowres<double>(const double*, const double*, const double*,
+                                        const double*, const double*, int64_t, int64_t, int64_t,
+                                        int64_t, int64_t, int64_t, bool, double*, double*,
+                                        double*, ParallelFor);
+
+}  // namespace scops_fast
