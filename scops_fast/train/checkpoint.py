@@ -1,0 +1,47 @@
+"""Checkpoint files: written atomically, so a crash mid-write leaves the previous
+checkpoint intact."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import torch
+
+CHECKPOINT_NAME = "checkpoint.pt"
+FORMAT_VERSION = 1
+
+
+def save_atomic(obj, path: str | os.PathLike) -> None:
+    """torch.save to `path.tmp`, fsync, then rename over `path`."""
+    path = pathlib.Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    # The rename itself is durable only once the directory entry is.
+    try:
+        fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    path = pathlib.Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {str(path)!r}")
+    # weights_only=False: the file holds RNG states and the config dict, written by us.
+    ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
+        raise ValueError(f"{str(path)!r} is not a scops_fast training checkpoint")
+    return ckpt

@@ -1,0 +1,316 @@
+"""Training configuration: nested dataclasses, loaded from JSON presets (by name) or
+files (by path), validated field by field so a typo fails at start-up with the
+field's dotted name instead of hours later.
+
+Presets live in `scops_fast/train/configs/`: `celeba-k8` (SPEC section 8), `cub`,
+`demo` (small network on the synthetic data set, a few minutes on a laptop CPU).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from scops_fast._dispatch import CHOICES as BACKEND_CHOICES
+from scops_fast.models.common import BATCHNORM_MODES, IMAGENET_MEAN, IMAGENET_STD
+from scops_fast.models.vgg import FEATURE_KINDS, SCOPS_LAYERS, VGG19_RELU_INDEX
+from scops_fast.tps import MODES as TPS_MODES
+
+PRESET_DIR = pathlib.Path(__file__).parent / "configs"
+
+
+#: Fields that are free-form objects: any key may be set in them.
+FREE_FORM_FIELDS = ("data.args",)
+
+
+class ConfigError(ValueError):
+    """A configuration file or field is unreadable or invalid; the message names it."""
+
+
+def _choices(*values) -> dict:
+    return {"choices": tuple(values)}
+
+
+@dataclass
+class ModelConfig:
+    arch: str = field(default="deeplab_resnet50", metadata=_choices("deeplab_resnet50", "small"))
+    num_parts: int = field(default=8, metadata={"min": 1})
+    #: None, a path to torchvision's ImageNet resnet50 .pth, or "torchvision" (hub cache).
+    pretrained: str | None = None
+    #: Channel width of the small network (its last layer has 4x this).
+    width: int = field(default=32, metadata={"min": 1})
+    #: Dilations of the classifier's parallel 3x3 convolutions; None: the arch's default.
+    head_dilations: list[int] | None = None
+    batchnorm: str = field(default="train", metadata=_choices(*BATCHNORM_MODES))
+    #: Input normalisation `(rgb - mean) / std`, rgb in [0, 1].
+    input_mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    input_std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+
+
+@dataclass
+class DataConfig:
+    #: An alias (see scops_fast.train.data.DATASETS) or "package.module:attribute".
+    dataset: str = "synthetic"
+    #: Keyword arguments of the data set's constructor (besides `size`).
+    args: dict = field(default_factory=dict)
+    image_size: int = field(default=256, metadata={"min": 8})
+    #: Global batch: split evenly over the processes of a distributed run.
+    batch_size: int = field(default=6, metadata={"min": 1})
+    num_workers: int = field(default=0, metadata={"min": 0})
+
+
+@dataclass
+class FeaturesConfig:
+    kind: str = field(default="vgg19", metadata=_choices(*FEATURE_KINDS))
+    #: VGG-19 weights: a path, "torchvision" (hub cache) or None (only for random_vgg19).
+    weights: str | None = "torchvision"
+    layers: list[str] = field(default_factory=lambda: list(SCOPS_LAYERS))
+    #: L2-normalise each layer's features per pixel and the basis rows (SPEC section 4).
+    normalize: bool = False
+    #: Multiply the features by the data set's saliency map.
+    saliency: bool = True
+    #: Reproduce the original's BGR mean mix-up in the VGG input (SPEC section 8).
+    bgr_quirk: bool = False
+    #: Seed of the random_vgg19 weights.
+    seed: int = 0
+    #: Pooling stride of the lowlevel features.
+    stride: int = field(default=8, metadata={"min": 1})
+
+
+@dataclass
+class LossConfig:
+    concentration: float = 10.0
+    equivariance: float = 1e3
+    landmark_equivariance: float = 1e2
+    semantic: float = 1e4
+    orthonormal: float = 0.1
+    #: "lowres": semantic_consistency_loss_lowres; "full": upsample the features first.
+    semantic_form: str = field(default="lowres", metadata=_choices("lowres", "full"))
+    #: Loss backend passed as `backend=`; None: the process default.
+    backend: str | None = field(default=None, metadata=_choices(*BACKEND_CHOICES))
+
+
+@dataclass
+class WarpConfig:
+    mode: str = field(default="affine", metadata=_choices(*TPS_MODES))
+    sigma: float = field(default=0.01, metadata={"min": 0.0})
+    random_scale: list[float] | None = field(default_factory=lambda: [0.7, 2.0])
+    random_mirror: bool = False
+    #: Padding when warping the normalised images and the logits.
+    padding: str = field(default="zeros", metadata=_choices("zeros", "border"))
+
+
+@dataclass
+class JitterConfig:
+    """Colour jitter of the equivariance branch, as torchvision's ColorJitter."""
+
+    brightness: float = field(default=0.3, metadata={"min": 0.0})
+    contrast: float = field(default=0.3, metadata={"min": 0.0})
+    saturation: float = field(default=0.2, metadata={"min": 0.0})
+    hue: float = field(default=0.2, metadata={"min": 0.0, "max": 0.5})
+
+
+@dataclass
+class OptimConfig:
+    lr: float = field(default=1e-5, metadata={"min": 0.0})
+    head_lr_mult: float = 10.0
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    #: lr * (1 - t/T)^power.
+    poly_power: float = 0.9
+    grad_clip: float | None = 5.0
+    basis_lr: float = 0.01
+    basis_momentum: float = 0.9
+    basis_weight_decay: float = 5e-4
+    basis_grad_clip: float | None = 5.0
+
+
+@dataclass
+class Config:
+    name: str = "scops"
+    seed: int = 0
+    #: Total steps: the horizon of the learning-rate schedule.
+    steps: int = field(default=100_000, metadata={"min": 1})
+    device: str = field(default="auto", metadata=_choices("auto", "cpu", "cuda"))
+    log_every: int = field(default=50, metadata={"min": 1})
+    checkpoint_every: int = field(default=1000, metadata={"min": 1})
+    #: Write the HTML report (part overlays, curves) at the end of training.
+    report: bool = True
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    warp: WarpConfig = field(default_factory=WarpConfig)
+    jitter: JitterConfig = field(default_factory=JitterConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def replace(self, overrides: dict[str, Any]) -> Config:
+        """A copy with dotted-name overrides applied, e.g. {"data.batch_size": 2}."""
+        data = self.to_dict()
+        for dotted, value in overrides.items():
+            node = data
+            *parents, leaf = dotted.split(".")
+            for part in parents:
+                if not isinstance(node.get(part), dict):
+                    raise ConfigError(f"unknown field {dotted!r}; known: {', '.join(node)}")
+                node = node[part]
+            if leaf not in node and ".".join(parents) not in FREE_FORM_FIELDS:
+                raise ConfigError(f"unknown field {dotted!r}; known: {', '.join(node)}")
+            node[leaf] = value
+        return config_from_dict(data)
+
+
+# --------------------------------------------------------------------------- validation
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
+
+
+def _check_value(name: str, value, tp, meta: dict):
+    """Returns `value` converted to `tp` (int -> float only), or raises ConfigError."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        (inner,) = [t for t in options if t is not type(None)]
+        return _check_value(name, value, inner, meta)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name}: expected an object, got {value!r}")
+        return _build(tp, value, prefix=f"{name}.")
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{name}: expected a list of {_type_name(item)}, got {value!r}")
+        return [_check_value(f"{name}[{i}]", v, item, {}) for i, v in enumerate(value)]
+    if tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name}: expected an object, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name}: expected true or false, got {value!r}")
+        return value
+    if tp in (int, float):
+        ok = isinstance(value, int | float) if tp is float else isinstance(value, int)
+        if isinstance(value, bool) or not ok:
+            raise ConfigError(
+                f"{name}: expected a{'n' if tp is int else ''} {tp.__name__}, got {value!r}"
+            )
+        value = tp(value)
+        if "min" in meta and value < meta["min"]:
+            raise ConfigError(f"{name}: expected at least {meta['min']}, got {value!r}")
+        if "max" in meta and value > meta["max"]:
+            raise ConfigError(f"{name}: expected at most {meta['max']}, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name}: expected a string, got {value!r}")
+        if "choices" in meta and value not in meta["choices"]:
+            raise ConfigError(f"{name}: expected one of {list(meta['choices'])}, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {tp!r} for {name}")
+
+
+def _build(cls, data: dict, prefix: str = ""):
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        where = f" of {prefix[:-1]}" if prefix else ""
+        raise ConfigError(
+            f"unknown field {prefix}{unknown[0]!r}; known fields{where}: {', '.join(fields)}"
+        )
+    values = {
+        key: _check_value(f"{prefix}{key}", value, hints[key], dict(fields[key].metadata))
+        for key, value in data.items()
+    }
+    return cls(**values)
+
+
+def _check_semantics(cfg: Config) -> Config:
+    """Checks that involve more than one field, or the meaning of a value."""
+    for key in ("input_mean", "input_std"):
+        if len(getattr(cfg.model, key)) != 3:
+            raise ConfigError(f"model.{key}: expected 3 numbers (R, G, B)")
+    if any(s <= 0 for s in cfg.model.input_std):
+        raise ConfigError("model.input_std: expected positive numbers")
+    unknown = [name for name in cfg.features.layers if name not in VGG19_RELU_INDEX]
+    if unknown or not cfg.features.layers:
+        raise ConfigError(
+            f"features.layers: expected names from {sorted(VGG19_RELU_INDEX)}, got "
+            f"{cfg.features.layers}"
+        )
+    if cfg.warp.random_scale is not None:
+        scale = cfg.warp.random_scale
+        if len(scale) != 2 or not 0 < scale[0] <= scale[1]:
+            raise ConfigError(
+                f"warp.random_scale: expected [low, high], 0 < low <= high, got {scale}"
+            )
+    if cfg.model.head_dilations is not None and (
+        not cfg.model.head_dilations or min(cfg.model.head_dilations) < 1
+    ):
+        raise ConfigError("model.head_dilations: expected a non-empty list of positive integers")
+    return cfg
+
+
+def config_from_dict(data: dict, source: str = "config") -> Config:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a JSON object at the top level")
+    try:
+        return _check_semantics(_build(Config, data))
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.json"))
+
+
+def load_config(
+    name_or_path: str | pathlib.Path, overrides: dict[str, Any] | None = None
+) -> Config:
+    """A preset name (`celeba-k8`, `cub`, `demo`) or the path of a JSON file; fields
+    left out take the defaults of `Config` (which are SPEC section 8's)."""
+    text = str(name_or_path)
+    path = pathlib.Path(text).expanduser()
+    if not path.is_file():
+        if text in preset_names():
+            path = PRESET_DIR / f"{text}.json"
+        elif text.endswith(".json") or "/" in text:
+            raise ConfigError(f"config file {text!r} does not exist")
+        else:
+            raise ConfigError(
+                f"unknown config {text!r}: not a file, nor a preset ({', '.join(preset_names())})"
+            )
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"config file {str(path)!r} is not valid JSON: {exc.msg} at line {exc.lineno}, "
+            f"column {exc.colno}"
+        ) from None
+    cfg = config_from_dict(data, source=f"config {str(path)!r}")
+    return cfg.replace(overrides) if overrides else cfg
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`dotted.name=value`, the value parsed as JSON when it parses, else a string."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {text!r}: expected dotted.name=value")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip(), value

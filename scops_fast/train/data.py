@@ -1,0 +1,145 @@
+"""Data sets by name and the order in which a run visits them.
+
+The order is a pure function of (seed, step): the global batch of step t is a slice
+of a seeded permutation of epoch t // steps_per_epoch, and rank r of N takes the r-th
+of N equal pieces of it. So a resumed run needs no sampler state, and a distributed
+run sees exactly the batches of a single-process run with the same global batch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+
+import torch
+
+from scops_fast.train.config import ConfigError, DataConfig
+
+#: Aliases of data sets (constructor path "module:attribute"); any other
+#: "module:attribute" string works too.
+DATASETS = {
+    "synthetic": "scops_fast.data.synthetic:SyntheticParts",
+    "celeba": "scops_fast.data.celeba:CelebA",
+    "cub": "scops_fast.data.cub:CUB",
+    "folder": "scops_fast.data.folder:ImageFolder",
+}
+
+#: The keys of a data set item the trainer reads.
+BATCH_KEYS = ("img", "saliency")
+
+
+def resolve_dataset_class(name: str):
+    target = DATASETS.get(name, name)
+    module_name, sep, attr = target.partition(":")
+    if not sep:
+        raise ConfigError(
+            f"data.dataset: expected one of {sorted(DATASETS)} or 'package.module:attribute', "
+            f"got {name!r}"
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"data.dataset {name!r}: cannot import {module_name}: {exc}") from None
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise ConfigError(f"data.dataset {name!r}: {module_name} has no {attr!r}") from None
+
+
+def build_dataset(cfg: DataConfig):
+    """The data set of `cfg`; `size=image_size` is passed when the constructor takes it."""
+    factory = resolve_dataset_class(cfg.dataset)
+    kwargs = dict(cfg.args)
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        params = {}
+    if "size" in params and "size" not in kwargs:
+        kwargs["size"] = cfg.image_size
+    try:
+        return factory(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"data.args do not fit {cfg.dataset!r}: {exc}") from None
+
+
+class GlobalBatchOrder:
+    """Indices of the batch that `rank` of `world_size` trains on at a given step."""
+
+    def __init__(self, n: int, global_batch: int, seed: int, rank: int = 0, world_size: int = 1):
+        if global_batch % world_size:
+            raise ConfigError(
+                f"data.batch_size: the global batch {global_batch} does not split evenly over "
+                f"{world_size} processes"
+            )
+        if n < global_batch:
+            raise ConfigError(f"data.batch_size: {global_batch} is larger than the data set ({n})")
+        self.n, self.global_batch, self.seed = n, global_batch, seed
+        self.rank, self.world_size = rank, world_size
+        self.local_batch = global_batch // world_size
+        self.steps_per_epoch = n // global_batch
+        self._epoch, self._perm = None, None
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        if epoch != self._epoch:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._epoch, self._perm = epoch, torch.randperm(self.n, generator=gen)
+        return self._perm
+
+    def global_indices(self, step: int) -> list[int]:
+        epoch, j = divmod(step, self.steps_per_epoch)
+        return self._permutation(epoch)[
+            j * self.global_batch : (j + 1) * self.global_batch
+        ].tolist()
+
+    def local_slice(self) -> slice:
+        return slice(self.rank * self.local_batch, (self.rank + 1) * self.local_batch)
+
+    def indices(self, step: int) -> list[int]:
+        return self.global_indices(step)[self.local_slice()]
+
+    def state(self, step: int) -> dict:
+        epoch, j = divmod(step, self.steps_per_epoch)
+        return {
+            "seed": self.seed,
+            "epoch": epoch,
+            "batch_in_epoch": j,
+            "global_batch": self.global_batch,
+        }
+
+
+class _StepBatches(torch.utils.data.Sampler):
+    def __init__(self, order: GlobalBatchOrder, start: int, stop: int):
+        self.order, self.start, self.stop = order, start, stop
+
+    def __iter__(self):
+        return (self.order.indices(t) for t in range(self.start, self.stop))
+
+    def __len__(self):
+        return self.stop - self.start
+
+
+def collate(items: list[dict]) -> dict:
+    """Stacks the keys the trainer needs; other keys (landmarks of varying count,
+    part labels) are not batched."""
+    batch = {}
+    for key in BATCH_KEYS:
+        if key in items[0]:
+            batch[key] = torch.stack([torch.as_tensor(item[key]) for item in items])
+    if "img" not in batch:
+        raise KeyError("data set items must have an 'img' entry (3, H, W) in [0, 1]")
+    return batch
+
+
+def batches(dataset, order: GlobalBatchOrder, start: int, stop: int, num_workers: int = 0):
+    """Iterator over the batches of steps start..stop-1."""
+    return iter(
+        torch.utils.data.DataLoader(
+            dataset,
+            batch_sampler=_StepBatches(order, start, stop),
+            num_workers=num_workers,
+            collate_fn=collate,
+            # Worker seeds from (seed, start), not from the global RNG, so that a random
+            # transform inside the data set repeats on resume.
+            generator=torch.Generator().manual_seed(order.seed * 7919 + start),
+        )
+    )

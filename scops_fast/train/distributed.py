@@ -1,0 +1,59 @@
+"""Process-group set-up for `torchrun`: gloo on the CPU, nccl on GPUs."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def pick_device(preference: str, local_rank: int = 0) -> torch.device:
+    if preference == "cpu" or (preference == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' asked for, but torch sees no CUDA device")
+    torch.cuda.set_device(local_rank)
+    return torch.device("cuda", local_rank)
+
+
+def setup(preference: str = "auto") -> ProcessInfo:
+    """Joins the process group when launched by torchrun (WORLD_SIZE > 1), else
+    describes a single process."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = pick_device(preference, local_rank)
+    if world_size <= 1:
+        return ProcessInfo(0, 1, device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return ProcessInfo(dist.get_rank(), dist.get_world_size(), device)
+
+
+def mean_over_ranks(values: torch.Tensor, info: ProcessInfo) -> torch.Tensor:
+    if info.distributed:
+        values = values.clone()
+        dist.all_reduce(values)
+        values /= info.world_size
+    return values
+
+
+def teardown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()

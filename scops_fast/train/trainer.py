@@ -1,0 +1,340 @@
+"""SCOPS training (SPEC section 8): five losses through `scops_fast.losses`, two SGD
+optimisers (network with a poly schedule, part basis at a constant rate), seeded
+augmentation, atomic checkpoints with everything needed to resume bit for bit, and
+DistributedDataParallel under torchrun.
+
+Determinism: the network is initialised from `seed`; the basis, the warps, the
+colour jitter and the data order each draw from their own generator, derived from
+`seed`, whose states are checkpointed. The same config and seed give the same
+weights on the same machine and software, and 3 steps + resume + 3 steps give the
+weights of 6 steps.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from scops_fast import losses
+from scops_fast.models import build_features
+from scops_fast.tps import tps_warp
+from scops_fast.train import distributed
+from scops_fast.train.augment import GlobalBatchColorJitter, GlobalBatchWarps
+from scops_fast.train.checkpoint import (
+    CHECKPOINT_NAME,
+    FORMAT_VERSION,
+    load_checkpoint,
+    save_atomic,
+)
+from scops_fast.train.config import Config, ConfigError, config_from_dict
+from scops_fast.train.data import GlobalBatchOrder, batches, build_dataset
+from scops_fast.train.loading import build_network, upsample_logits
+from scops_fast.train.progress import RunLog
+
+#: Logged values, in this order: the weighted total, then each loss unweighted.
+LOSS_NAMES = ("concentration", "equivariance", "landmark_equivariance", "semantic", "orthonormal")
+LOG_NAMES = ("loss", *LOSS_NAMES)
+
+# Offsets that derive each generator's seed from the run's seed.
+_BASIS_SEED, _WARP_SEED, _JITTER_SEED = 1, 2, 3
+
+
+class SCOPSObjective(nn.Module):
+    """The trained parameters: segmentation network and part basis w (K, C). One
+    module so that DistributedDataParallel averages the basis gradient too."""
+
+    def __init__(self, net: nn.Module, channels: int, normalize_basis: bool, seed: int):
+        super().__init__()
+        self.net = net
+        gen = torch.Generator().manual_seed(seed)
+        self.basis = nn.Parameter(torch.randn(net.num_parts, channels, generator=gen).abs())
+        self.normalize_basis = normalize_basis
+
+    def part_basis(self) -> torch.Tensor:
+        """W = relu(w), rows L2-normalised when feature normalisation is on."""
+        w = F.relu(self.basis)
+        return F.normalize(w, dim=1) if self.normalize_basis else w
+
+    def forward(self, images: torch.Tensor, warped: torch.Tensor):
+        # Two passes, not one over the concatenation: BatchNorm in train mode keeps
+        # separate batch statistics for the two branches, as the original.
+        return self.net(images), self.net(warped), self.part_basis()
+
+
+def poly_lr(base: float, step: int, total: int, power: float) -> float:
+    return base * max(0.0, 1.0 - step / total) ** power
+
+
+class Trainer:
+    """One training run, writing into `out_dir`.
+
+    dataset: optional, overrides the config's data set (items as
+    `scops_fast.data`: dicts with `img` (3, H, W) in [0, 1] and `saliency` (H, W)).
+    resume: continue from `out_dir/checkpoint.pt` when it exists (its config wins,
+    except `steps` and the loss backend, which may be changed by `overrides`).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        out_dir: str | pathlib.Path,
+        *,
+        resume: bool = False,
+        dataset=None,
+        progress: bool = True,
+        tensorboard: bool = True,
+    ):
+        self.out_dir = pathlib.Path(out_dir)
+        self.checkpoint_path = self.out_dir / CHECKPOINT_NAME
+        ckpt = None
+        if resume and self.checkpoint_path.exists():
+            ckpt = load_checkpoint(self.checkpoint_path)
+            config = _resumed_config(ckpt, config)
+        self.cfg = cfg = config
+        self.proc = distributed.setup(cfg.device)
+        self.device = self.proc.device
+        self.progress, self.tensorboard = progress, tensorboard
+        if self.proc.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            if ckpt is None and self.checkpoint_path.exists():
+                warnings.warn(
+                    f"{self.checkpoint_path} exists and will be overwritten (pass resume=True / "
+                    "--resume to continue it)",
+                    stacklevel=2,
+                )
+
+        torch.manual_seed(cfg.seed)
+        self.net = build_network(cfg.model, load_pretrained=ckpt is None)
+        self.features = build_features(
+            cfg.features.kind,
+            weights=cfg.features.weights,
+            layers=cfg.features.layers,
+            seed=cfg.features.seed,
+            bgr_quirk=cfg.features.bgr_quirk,
+            stride=cfg.features.stride,
+        ).to(self.device)
+        self.objective = SCOPSObjective(
+            self.net, self.features.channels, cfg.features.normalize, cfg.seed + _BASIS_SEED
+        ).to(self.device)
+        self.module = self.objective
+        if self.proc.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.module = DistributedDataParallel(self.objective, device_ids=ids)
+
+        o = cfg.optim
+        self.net_optimizer = torch.optim.SGD(
+            [
+                {"params": list(self.net.backbone_parameters()), "lr_mult": 1.0},
+                {"params": list(self.net.head_parameters()), "lr_mult": o.head_lr_mult},
+            ],
+            lr=o.lr,
+            momentum=o.momentum,
+            weight_decay=o.weight_decay,
+        )
+        self.basis_optimizer = torch.optim.SGD(
+            [self.objective.basis],
+            lr=o.basis_lr,
+            momentum=o.basis_momentum,
+            weight_decay=o.basis_weight_decay,
+        )
+
+        self.dataset = dataset if dataset is not None else build_dataset(cfg.data)
+        self.order = GlobalBatchOrder(
+            len(self.dataset), cfg.data.batch_size, cfg.seed, self.proc.rank, self.proc.world_size
+        )
+        self.warp_generator = torch.Generator().manual_seed(cfg.seed + _WARP_SEED)
+        self.jitter_generator = torch.Generator().manual_seed(cfg.seed + _JITTER_SEED)
+        self.warps = GlobalBatchWarps(
+            cfg.warp, cfg.data.image_size, cfg.data.batch_size, self.warp_generator
+        )
+        self.jitter = GlobalBatchColorJitter(cfg.jitter, cfg.data.batch_size, self.jitter_generator)
+        self.step = 0
+        if ckpt is not None:
+            self.load_state_dict(ckpt)
+
+    # ------------------------------------------------------------------ one step
+    def compute_losses(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weighted total, the five unweighted losses) of one local batch."""
+        cfg, backend = self.cfg, self.cfg.loss.backend
+        images = batch["img"].to(self.device, torch.float32)
+        size = images.shape[-2:]
+        if tuple(size) != (cfg.data.image_size,) * 2:
+            raise ValueError(
+                f"data set images are {tuple(size)}, the config says data.image_size = "
+                f"{cfg.data.image_size}"
+            )
+        local = self.order.local_slice()
+        source_points = self.warps.draw(local).to(self.device)
+        jittered = self.jitter(images, local)
+        # Warped in normalised space: zeros padding there is the mean colour.
+        warped = tps_warp(
+            self.net.normalize(jittered),
+            source_points,
+            padding_mode=cfg.warp.padding,
+            backend=backend,
+        )
+        logits, logits_warped, basis = self.module(self.net.normalize(images), warped)
+        pred = upsample_logits(logits, size)
+        pred_warped = upsample_logits(logits_warped, size)
+
+        # The original divides by B twice; scaled so that the mean over ranks of the
+        # local losses equals the loss of the global batch.
+        con = losses.concentration_loss(pred, backend=backend) * (
+            images.shape[0] / cfg.data.batch_size
+        )
+        eqv, lmeqv = losses.equivariance_losses(
+            pred, pred_warped, source_points, padding_mode=cfg.warp.padding, backend=backend
+        )
+        sem = self._semantic_loss(images, batch, pred, basis)
+        orth = losses.orthonormal_loss(basis)
+        terms = torch.stack((con, eqv, lmeqv, sem, orth))
+        w = cfg.loss
+        total = (
+            w.concentration * con
+            + w.equivariance * eqv
+            + w.landmark_equivariance * lmeqv
+            + w.semantic * sem
+            + w.orthonormal * orth
+        )
+        return total, terms
+
+    def _semantic_loss(self, images, batch, pred, basis) -> torch.Tensor:
+        cfg = self.cfg
+        feats = self.features(images)
+        if cfg.features.normalize:
+            feats = [F.normalize(f, dim=1) for f in feats]
+        saliency = None
+        if cfg.features.saliency:
+            if "saliency" not in batch:
+                raise KeyError(
+                    "features.saliency is on but the data set items have no 'saliency'; "
+                    "set features.saliency to false"
+                )
+            saliency = batch["saliency"].to(self.device, pred.dtype)
+        backend = cfg.loss.backend
+        if cfg.loss.semantic_form == "lowres":
+            return losses.semantic_consistency_loss_lowres(
+                feats, pred, basis, saliency, backend=backend
+            )
+        full = torch.cat([upsample_logits(f, pred.shape[-2:]) for f in feats], 1)
+        if saliency is not None:
+            full = full * saliency[:, None]
+        return losses.semantic_consistency_loss(full, pred, basis, backend=backend)
+
+    def train_step(self, batch: dict) -> torch.Tensor:
+        """One optimisation step; returns the logged values (total, five losses)."""
+        o = self.cfg.optim
+        total, terms = self.compute_losses(batch)
+        self.net_optimizer.zero_grad(set_to_none=True)
+        self.basis_optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        net_params = [p for g in self.net_optimizer.param_groups for p in g["params"]]
+        if o.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(net_params, o.grad_clip)
+        if o.basis_grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_([self.objective.basis], o.basis_grad_clip)
+        lr = poly_lr(o.lr, self.step, self.cfg.steps, o.poly_power)
+        for group in self.net_optimizer.param_groups:
+            group["lr"] = lr * group["lr_mult"]
+        self.net_optimizer.step()
+        self.basis_optimizer.step()
+        self.step += 1
+        return torch.cat((total.detach()[None], terms.detach()))
+
+    # ------------------------------------------------------------------ the loop
+    def train(self, until: int | None = None) -> dict[str, float]:
+        """Trains up to step `until` (default: the config's `steps`), checkpointing every
+        `checkpoint_every` steps and at the end; returns the last logged values."""
+        cfg = self.cfg
+        stop = cfg.steps if until is None else min(int(until), cfg.steps)
+        log = RunLog(
+            self.out_dir,
+            start_step=self.step,
+            total_steps=cfg.steps,
+            log_every=cfg.log_every,
+            enabled=self.proc.is_main,
+            progress=self.progress,
+            tensorboard=self.tensorboard,
+        )
+        self.module.train()
+        running = torch.zeros(len(LOG_NAMES), dtype=torch.float64, device=self.device)
+        count, last = 0, {}
+        try:
+            for batch in batches(self.dataset, self.order, self.step, stop, cfg.data.num_workers):
+                running += self.train_step(batch).double()
+                count += 1
+                log.advance()
+                if self.step % cfg.log_every == 0 or self.step == stop:
+                    mean = distributed.mean_over_ranks(running / count, self.proc).tolist()
+                    last = dict(zip(LOG_NAMES, mean, strict=True))
+                    last["lr"] = self.net_optimizer.param_groups[0]["lr"]
+                    log.record(self.step, last)
+                    running.zero_()
+                    count = 0
+                if self.step % cfg.checkpoint_every == 0 and self.step != stop:
+                    self.save_checkpoint()
+        finally:
+            log.close()
+        self.save_checkpoint()
+        if self.proc.is_main and cfg.report and self.step == cfg.steps:
+            from scops_fast.train.report import write_training_report
+
+            write_training_report(self.out_dir, self.net, self.dataset, final=last)
+        return last
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        return {
+            "format": FORMAT_VERSION,
+            "step": self.step,
+            "config": self.cfg.to_dict(),
+            "model": self.net.state_dict(),
+            "basis": self.objective.basis.detach().clone(),
+            "optimizer": {
+                "net": self.net_optimizer.state_dict(),
+                "basis": self.basis_optimizer.state_dict(),
+            },
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                "warp": self.warp_generator.get_state(),
+                "jitter": self.jitter_generator.get_state(),
+                "data_order": self.order.state(self.step),
+            },
+            "world_size": self.proc.world_size,
+            "torch_version": torch.__version__,
+        }
+
+    def load_state_dict(self, ckpt: dict) -> None:
+        self.net.load_state_dict(ckpt["model"])
+        with torch.no_grad():
+            self.objective.basis.copy_(ckpt["basis"])
+        self.net_optimizer.load_state_dict(ckpt["optimizer"]["net"])
+        self.basis_optimizer.load_state_dict(ckpt["optimizer"]["basis"])
+        rng = ckpt["rng"]
+        torch.set_rng_state(rng["torch"])
+        if rng.get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        self.warp_generator.set_state(rng["warp"])
+        self.jitter_generator.set_state(rng["jitter"])
+        self.step = int(ckpt["step"])
+
+    def save_checkpoint(self) -> None:
+        state = self.state_dict()  # every rank: keeps collective-free code paths aligned
+        if self.proc.is_main:
+            save_atomic(state, self.checkpoint_path)
+
+
+def _resumed_config(ckpt: dict, requested: Config) -> Config:
+    """The checkpoint's config, with the run length and loss backend of `requested`."""
+    saved = config_from_dict(ckpt["config"], source="the checkpoint's config")
+    if requested.steps < int(ckpt["step"]):
+        raise ConfigError(
+            f"steps = {requested.steps} is below the checkpoint's step {ckpt['step']}"
+        )
+    return saved.replace({"steps": requested.steps, "loss.backend": requested.loss.backend})
