@@ -1,0 +1,180 @@
+"""Shared pieces of the on-disk loaders: robust image reading, cropping and resizing with point
+transforms, and a Dataset base class that skips unreadable items instead of failing an epoch.
+
+Pixel convention: points are (x, y) with x the column index (a pixel's centre is at its integer
+index), in the source image on input and in the resized output on output.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import struct
+import warnings
+import zlib
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+__all__ = [
+    "SkippingDataset",
+    "CropResize",
+    "load_rgb",
+    "load_grey",
+    "load_saliency",
+    "square_box",
+    "parse_size",
+]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
+
+# What a damaged or missing image file can raise while PIL opens and decodes it.
+UNREADABLE = (
+    OSError,  # missing file, unidentified image, truncated data
+    ValueError,
+    SyntaxError,  # PIL's PNG chunk checks
+    EOFError,
+    struct.error,
+    zlib.error,
+    Image.DecompressionBombError,
+)
+
+
+def parse_size(size) -> tuple[int, int]:
+    """int or (H, W) -> (H, W)."""
+    h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    if h < 1 or w < 1:
+        raise ValueError(f"size must be positive, got {size}")
+    return h, w
+
+
+def load_rgb(path) -> Image.Image:
+    with Image.open(path) as im:
+        return im.convert("RGB")  # forces the full decode, so damage surfaces here
+
+
+def load_grey(path) -> Image.Image:
+    with Image.open(path) as im:
+        return im.convert("L")
+
+
+def square_box(x: float, y: float, w: float, h: float, margin: float) -> tuple[int, int, int, int]:
+    """Integer square (x0, y0, x1, y1) centred on the box, side = longer side * (1 + 2 margin)."""
+    side = max(w, h) * (1.0 + 2.0 * margin)
+    cx, cy = x + w / 2.0, y + h / 2.0
+    x0, y0 = int(round(cx - side / 2.0)), int(round(cy - side / 2.0))
+    s = max(1, int(round(side)))
+    return x0, y0, x0 + s, y0 + s
+
+
+class CropResize:
+    """Crop a box (may reach outside the image: the outside is black) and resize to (H, W).
+
+    Also maps points and boxes from source pixels to output pixels, consistent with PIL's
+    resampling (pixel centres of the crop land on pixel centres of the output).
+    """
+
+    def __init__(self, box: tuple[int, int, int, int] | None, src_size, out_size):
+        w_src, h_src = src_size
+        self.box = box if box is not None else (0, 0, w_src, h_src)
+        self.out_h, self.out_w = out_size
+        x0, y0, x1, y1 = self.box
+        self.sx, self.sy = self.out_w / (x1 - x0), self.out_h / (y1 - y0)
+
+    def image(self, im: Image.Image, resample=Image.BILINEAR) -> Image.Image:
+        if self.box != (0, 0, im.width, im.height):
+            im = im.crop(self.box)
+        return im.resize((self.out_w, self.out_h), resample)
+
+    def points(self, xy: np.ndarray) -> np.ndarray:
+        xy = np.asarray(xy, dtype=np.float64)
+        out = np.empty_like(xy)
+        out[..., 0] = (xy[..., 0] + 0.5 - self.box[0]) * self.sx - 0.5
+        out[..., 1] = (xy[..., 1] + 0.5 - self.box[1]) * self.sy - 0.5
+        return out
+
+    def xywh(self, box) -> np.ndarray:
+        """(x, y, w, h) box in source pixels -> output pixels (edges, not centres, are mapped)."""
+        x, y, w, h = (float(v) for v in box)
+        return np.array(
+            [(x - self.box[0]) * self.sx, (y - self.box[1]) * self.sy, w * self.sx, h * self.sy]
+        )
+
+
+def image_tensor(im: Image.Image) -> torch.Tensor:
+    """PIL RGB -> (3, H, W) float32 in [0, 1]."""
+    return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255.0
+
+
+def grey_tensor(im: Image.Image) -> torch.Tensor:
+    """PIL L -> (H, W) float32 in [0, 1]."""
+    return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).float() / 255.0
+
+
+def find_with_stem(folder: pathlib.Path, rel_stem: str) -> pathlib.Path | None:
+    """The file folder/<rel_stem><ext> (rel_stem has no extension), preferring .png, else None."""
+    for ext in (".png", *IMAGE_EXTENSIONS):
+        p = folder / f"{rel_stem}{ext}"
+        if p.is_file():
+            return p
+    return None
+
+
+def load_saliency(folder: pathlib.Path, rel_stem: str, src_size, tf: CropResize) -> torch.Tensor:
+    """The grey map folder/<rel_stem>.png (or another image extension), brought to the source
+    image's size if it differs, then cropped and resized like the image: (H, W) in [0, 1]."""
+    path = find_with_stem(folder, rel_stem)
+    if path is None:
+        raise FileNotFoundError(f"no saliency map {folder / rel_stem}.png")
+    sal = load_grey(path)
+    if sal.size != tuple(src_size):
+        sal = sal.resize(tuple(src_size), Image.BILINEAR)
+    return grey_tensor(tf.image(sal))
+
+
+class SkippingDataset(Dataset):
+    """Base class: subclasses implement `__len__`, `_load(index) -> dict` and `_describe(index)`.
+
+    An item whose files cannot be read is skipped: a warning names it, `skipped` counts the
+    distinct unreadable items found so far, `bad_indices` holds them, and the next readable index
+    (cyclically) is returned instead, with its own index under "index". Known-bad items are passed
+    over silently afterwards. Only if no item at all can be read does `__getitem__` raise.
+
+    With DataLoader worker processes each worker counts in its own copy of the dataset; read
+    `skipped` from a loader with num_workers=0, or collect `index` from the batches.
+    """
+
+    def __init__(self):
+        self.skipped = 0
+        self.bad_indices: set[int] = set()
+
+    def _load(self, index: int) -> dict:
+        raise NotImplementedError
+
+    def _describe(self, index: int) -> str:
+        return f"item {index}"
+
+    def __getitem__(self, index: int) -> dict:
+        n = len(self)
+        if not -n <= index < n:
+            raise IndexError(f"index {index} out of range for {n} items")
+        index %= n
+        for step in range(n):
+            j = (index + step) % n
+            if j in self.bad_indices:
+                continue
+            try:
+                item = self._load(j)
+            except UNREADABLE as err:
+                self.bad_indices.add(j)
+                self.skipped = len(self.bad_indices)
+                warnings.warn(
+                    f"{type(self).__name__}: skipping unreadable {self._describe(j)}: {err}",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                continue
+            item["index"] = j
+            return item
+        raise RuntimeError(f"{type(self).__name__}: none of the {n} items could be read")
