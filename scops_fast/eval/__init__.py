@@ -12,7 +12,7 @@ from .clustering import (
     nmi_from_table,
     normalized_mutual_info,
 )
-from .evaluate import PartEvaluator, evaluate_predictions
+from .evaluate import PartEvaluator, evaluate_dataset, evaluate_predictions
 from .landmarks import fit_landmark_regressor, landmark_regression_error, part_centers_pixels
 from .segmentation import (
     dense_part_nmi_ari,
@@ -28,6 +28,7 @@ __all__ = [
     "ari_from_table",
     "contingency_table",
     "dense_part_nmi_ari",
+    "evaluate_dataset",
     "evaluate_predictions",
     "fit_landmark_regressor",
     "foreground_iou",

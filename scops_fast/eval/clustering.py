@@ -89,7 +89,7 @@ def ari_from_table(table) -> float:
     if max_index == expected:
         # Both labelings trivial in the same way (one cluster, or all singletons): they agree.
         return 1.0
-    return (sum_ij - expected) / (max_index - expected)
+    return float((sum_ij - expected) / (max_index - expected))
 
 
 def normalized_mutual_info(labels_a, labels_b) -> float:

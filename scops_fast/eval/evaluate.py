@@ -14,7 +14,7 @@ from .clustering import add_tables, ari_from_table, contingency_table, nmi_from_
 from .landmarks import landmark_regression_error, part_centers_pixels
 from .segmentation import dense_part_labels, foreground_iou, keypoint_part_labels
 
-__all__ = ["PartEvaluator", "evaluate_predictions"]
+__all__ = ["PartEvaluator", "evaluate_predictions", "evaluate_dataset"]
 
 
 def _probs(part_probs) -> torch.Tensor:
@@ -122,6 +122,12 @@ class PartEvaluator:
             self._inter += inter
             self._union += union
 
+    def drop_landmarks(self) -> None:
+        """Forget the landmarks added so far: compute() then has no landmark_error_* keys."""
+        self._centres = {"train": [], "test": []}
+        self._landmarks = {"train": [], "test": []}
+        self._scales = {"train": [], "test": []}
+
     def compute(self) -> dict:
         out = {"n_train": self._count["train"], "n_test": self._count["test"]}
         if self._centres["train"] and self._centres["test"]:
@@ -188,4 +194,65 @@ def evaluate_predictions(
             fg=chunks(fg_test, s),
             visible=chunks(visible_test, s),
         )
+    return evaluator.compute()
+
+
+def _stack(items: list[dict], key: str):
+    if key not in items[0]:
+        return None
+    return torch.stack([torch.as_tensor(it[key]) for it in items])
+
+
+def _batches(dataset, batch_size: int, limit: int | None):
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    for start in range(0, n, batch_size):
+        yield [dataset[i] for i in range(start, min(start + batch_size, n))]
+
+
+@torch.no_grad()
+def evaluate_dataset(
+    predict, train_set, test_set, batch_size: int = 16, limit: int | None = None
+) -> dict:
+    """Run `predict` over two data sets of `scops_fast.data` items and evaluate (see PartEvaluator).
+
+    predict: callable (B, 3, H, W) images in [0, 1] -> (B, K+1, h, w) softmax probabilities;
+        maps of another size than the images are bilinearly resized (align_corners=True) to them.
+    train_set: items with `landmarks`, used only to fit the landmark regressor (None to skip).
+    test_set: items with any of `landmarks` (+ `visible`), `parts`, `fg`.
+    The regression runs only when every landmark is finite (CUB's invisible keypoints are NaN:
+    its keys are then absent); the keypoint NMI/ARI use `visible` when the items have it.
+    limit: evaluate at most this many items of each set.
+    """
+
+    def probs_of(items):
+        img = _stack(items, "img")
+        p = torch.as_tensor(predict(img)).detach().float().cpu()
+        if p.shape[-2:] != img.shape[-2:]:
+            p = torch.nn.functional.interpolate(
+                p, size=img.shape[-2:], mode="bilinear", align_corners=True
+            )
+        return p
+
+    evaluator = PartEvaluator()
+    regress = train_set is not None
+    if regress:
+        for items in _batches(train_set, batch_size, limit):
+            lm = _stack(items, "landmarks")
+            if lm is None or not torch.isfinite(lm).all():
+                regress = False
+                break
+            evaluator.add_train(probs_of(items), lm)
+    for items in _batches(test_set, batch_size, limit):
+        lm = _stack(items, "landmarks")
+        regress = regress and lm is not None and bool(torch.isfinite(lm).all())
+        evaluator.add_test(
+            probs_of(items),
+            landmarks=lm if regress else None,
+            parts=_stack(items, "parts"),
+            fg=_stack(items, "fg"),
+            keypoints=lm,
+            visible=_stack(items, "visible"),
+        )
+    if not regress:  # some landmarks were missing: a partial regression would mislead
+        evaluator.drop_landmarks()
     return evaluator.compute()
