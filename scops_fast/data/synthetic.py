@@ -15,8 +15,10 @@ because the parts keep their layout. What varies per image:
   over a smooth random background, so colour alone does not separate object from clutter and
   clutter does not look like any particular part.
 
-Item i depends only on (seed, i). Rendering is vectorised torch on the CPU (a few ms per 128x128
-image). All geometry is in "half-side units": the image's shorter side spans [-1, 1].
+Item i depends only on (seed, i). Rendering is vectorised torch on the CPU: 10-15 ms per 128x128
+image on one thread (as in a DataLoader worker); in a main process whose torch threads compete
+with other work, the small tensor ops can take several times longer. All geometry is in
+"half-side units": the image's shorter side spans [-1, 1].
 """
 
 from __future__ import annotations
