@@ -227,7 +227,7 @@ def _build(cls, data: dict, prefix: str = ""):
     if unknown:
         where = f" of {prefix[:-1]}" if prefix else ""
         raise ConfigError(
-            f"unknown field {prefix}{unknown[0]!r}; known fields{where}: {', '.join(fields)}"
+            f"unknown field {prefix + unknown[0]!r}; known fields{where}: {', '.join(fields)}"
         )
     values = {
         key: _check_value(f"{prefix}{key}", value, hints[key], dict(fields[key].metadata))
@@ -282,7 +282,7 @@ def load_config(
     left out take the defaults of `Config` (which are SPEC section 8's)."""
     text = str(name_or_path)
     path = pathlib.Path(text).expanduser()
-    if not path.is_file():
+    if not path.exists():
         if text in preset_names():
             path = PRESET_DIR / f"{text}.json"
         elif text.endswith(".json") or "/" in text:
@@ -293,8 +293,9 @@ def load_config(
             )
     try:
         data = json.loads(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ConfigError(f"cannot read config file {str(path)!r}: {reason}") from None
     except json.JSONDecodeError as exc:
         raise ConfigError(
             f"config file {str(path)!r} is not valid JSON: {exc.msg} at line {exc.lineno}, "

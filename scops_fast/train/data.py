@@ -19,7 +19,7 @@ from scops_fast.train.config import ConfigError, DataConfig
 #: "module:attribute" string works too.
 DATASETS = {
     "synthetic": "scops_fast.data.synthetic:SyntheticParts",
-    "celeba": "scops_fast.data.celeba:CelebA",
+    "celeba": "scops_fast.data.celeba:CelebAWild",
     "cub": "scops_fast.data.cub:CUB",
     "folder": "scops_fast.data.folder:ImageFolder",
 }

@@ -35,10 +35,17 @@ def truncate_metrics(path: pathlib.Path, last_step: int) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
 
+_warned_no_tensorboard = False
+
+
 def _tensorboard_writer(log_dir: pathlib.Path):
+    global _warned_no_tensorboard
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
+        if _warned_no_tensorboard:
+            return None
+        _warned_no_tensorboard = True
         warnings.warn(
             "tensorboard is not installed: no TensorBoard scalars (metrics.jsonl has the same "
             "numbers); pip install tensorboard to get them",

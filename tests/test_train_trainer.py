@@ -1,0 +1,177 @@
+"""The trainer on a tiny network and data set: repeatability, exact resume,
+checkpoint contents, the data order, augmentation, the loading API."""
+
+import json
+import os
+
+import pytest
+import torch
+from train_fakes import TinyParts
+from train_helpers import assert_bitwise_equal, state_tensors, tiny_config
+
+from scops_fast import losses
+from scops_fast.train import Trainer, load_model, predict_parts
+from scops_fast.train.augment import GlobalBatchColorJitter
+from scops_fast.train.checkpoint import load_checkpoint, save_atomic
+from scops_fast.train.config import JitterConfig
+from scops_fast.train.data import GlobalBatchOrder
+from scops_fast.train.loading import upsample_logits
+from scops_fast.train.progress import read_metrics
+
+
+def make(tmp_path, name="run", resume=False, **overrides):
+    return Trainer(
+        tiny_config(**overrides), tmp_path / name, resume=resume, progress=False, tensorboard=False
+    )
+
+
+def test_same_seed_same_weights_other_seed_other_weights(tmp_path):
+    a, b, c = make(tmp_path, "a"), make(tmp_path, "b"), make(tmp_path, "c", seed=1)
+    for t in (a, b, c):
+        t.train(until=3)
+    assert_bitwise_equal(state_tensors(a), state_tensors(b))
+    assert not torch.equal(a.objective.basis, c.objective.basis)
+
+
+def test_resume_is_bitwise_identical(tmp_path):
+    straight = make(tmp_path, "straight")
+    straight.train()
+    assert straight.step == 6
+
+    first = make(tmp_path, "split")
+    first.train(until=3)
+    assert load_checkpoint(tmp_path / "split")["step"] == 3
+    del first
+    second = make(tmp_path, "split", resume=True)
+    assert second.step == 3
+    second.train()
+    assert second.step == 6
+    assert_bitwise_equal(state_tensors(straight), state_tensors(second))
+    assert [r["step"] for r in read_metrics(tmp_path / "split")] == [2, 3, 4, 6]
+
+
+def test_checkpoint_contents_and_atomic_write(tmp_path):
+    trainer = make(tmp_path)
+    trainer.train(until=2)
+    files = sorted(os.listdir(tmp_path / "run"))
+    assert "checkpoint.pt" in files and "checkpoint.pt.tmp" not in files
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert {"model", "basis", "optimizer", "step", "config", "rng"} <= set(ckpt)
+    assert set(ckpt["optimizer"]) == {"net", "basis"}
+    assert {"torch", "warp", "jitter", "data_order"} <= set(ckpt["rng"])
+    assert ckpt["step"] == 2 and ckpt["basis"].shape == (3, 11)
+    assert ckpt["config"]["model"]["num_parts"] == 3
+    assert ckpt["rng"]["data_order"]["batch_in_epoch"] == 2
+
+
+def test_save_atomic_keeps_the_old_file_on_failure(tmp_path):
+    path = tmp_path / "c.pt"
+    save_atomic({"a": 1}, path)
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        save_atomic({"a": Unpicklable()}, path)
+    assert torch.load(path) == {"a": 1}
+
+
+def test_metrics_history(tmp_path):
+    make(tmp_path).train()
+    records = read_metrics(tmp_path / "run")
+    assert [r["step"] for r in records] == [2, 4, 6]
+    keys = {"loss", "concentration", "equivariance", "landmark_equivariance", "semantic"}
+    assert keys | {"orthonormal", "lr"} <= set(records[0])
+    for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines():
+        json.loads(line)
+
+
+def test_total_is_the_weighted_sum_and_losses_use_the_backend(tmp_path, monkeypatch):
+    trainer = make(tmp_path, **{"loss.backend": "reference"})
+    seen = []
+    original = losses.concentration_loss
+
+    def spy(pred, *, backend=None):
+        seen.append(backend)
+        return original(pred, backend=backend)
+
+    monkeypatch.setattr(losses, "concentration_loss", spy)
+    batch = {"img": torch.stack([trainer.dataset[i]["img"] for i in range(2)])}
+    batch["saliency"] = torch.stack([trainer.dataset[i]["saliency"] for i in range(2)])
+    total, terms = trainer.compute_losses(batch)
+    weights = torch.tensor([10.0, 1e3, 1e2, 1e4, 0.1])
+    torch.testing.assert_close(total, (weights * terms).sum())
+    assert seen == ["reference"]
+
+
+def test_lowres_and_full_semantic_forms_agree(tmp_path):
+    values = []
+    for form in ("lowres", "full"):
+        trainer = make(tmp_path, form, **{"loss.semantic_form": form})
+        items = [trainer.dataset[i] for i in range(2)]
+        batch = {k: torch.stack([it[k] for it in items]) for k in ("img", "saliency")}
+        values.append(trainer.compute_losses(batch)[1][3])
+    torch.testing.assert_close(values[0], values[1], rtol=1e-4, atol=1e-7)
+
+
+def test_missing_saliency_is_explained(tmp_path):
+    trainer = make(tmp_path)
+    with pytest.raises(KeyError, match="features.saliency"):
+        trainer.compute_losses({"img": torch.rand(2, 3, 32, 32)})
+
+
+def test_global_batch_order():
+    whole = GlobalBatchOrder(10, 4, seed=3)
+    ranks = [GlobalBatchOrder(10, 4, seed=3, rank=r, world_size=2) for r in range(2)]
+    for step in range(6):
+        assert ranks[0].indices(step) + ranks[1].indices(step) == whole.indices(step)
+    epoch0 = whole.indices(0) + whole.indices(1)
+    assert len(set(epoch0)) == 8
+    assert whole.indices(2) != whole.indices(0)  # a new permutation each epoch
+    with pytest.raises(ValueError, match="does not split evenly"):
+        GlobalBatchOrder(10, 3, seed=0, world_size=2)
+
+
+def test_color_jitter_is_seeded_8bit_and_identity_when_off():
+    images = torch.rand(4, 3, 8, 8)
+    cfg = JitterConfig()
+
+    def jitter(seed, c=cfg, local=slice(0, 4)):
+        gen = torch.Generator().manual_seed(seed)
+        return GlobalBatchColorJitter(c, 4, gen)(images[local], local)
+
+    a, b = jitter(0), jitter(0)
+    assert torch.equal(a, b) and not torch.equal(a, jitter(1))
+    assert a.min() >= 0 and a.max() <= 1
+    assert torch.equal(torch.round(a * 255) / 255, a)
+    off = JitterConfig(brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0)
+    assert torch.equal(jitter(0, off), torch.round(images * 255) / 255)
+    # A rank's slice is the same images' jitter as in the whole batch.
+    assert torch.equal(jitter(0, local=slice(2, 4)), jitter(0)[2:])
+
+
+def test_load_model_and_predict_parts(tmp_path):
+    trainer = make(tmp_path)
+    trainer.train(until=2)
+    model = load_model(tmp_path / "run" / "checkpoint.pt")
+    assert not model.training
+    images = torch.stack([TinyParts(4, size=32)[i]["img"] for i in range(3)])
+    probs = predict_parts(model, images)
+    assert probs.shape == (3, 4, 32, 32)
+    torch.testing.assert_close(probs.sum(1), torch.ones(3, 32, 32))
+    trainer.net.eval()
+    with torch.no_grad():
+        logits = trainer.net(trainer.net.normalize(images))
+    expected = torch.softmax(upsample_logits(logits, (32, 32)), 1)
+    torch.testing.assert_close(probs, expected)
+    assert load_model(tmp_path / "run").num_parts == 3  # a run directory works too
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        predict_parts(model, images[0])
+
+
+def test_report_is_written_at_the_end(tmp_path):
+    make(tmp_path, report=True, steps=2).train()
+    html = (tmp_path / "run" / "report.html").read_text()
+    assert "parts.png" in html and "curves.png" in html
+    assert (tmp_path / "run" / "parts.png").stat().st_size > 0
