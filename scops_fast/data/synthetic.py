@@ -114,17 +114,30 @@ def _about(deg: float, pivot) -> torch.Tensor:
     return _shift(*pivot) @ _rot(deg) @ _shift(-pivot[0], -pivot[1])
 
 
-def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable blur of a (H, W) map with reflect padding."""
-    if sigma <= 0:
-        return x
-    r = max(1, int(math.ceil(3 * sigma)))
-    t = torch.arange(-r, r + 1, dtype=x.dtype)
+def _blur_matrix(n: int, sigma: float) -> torch.Tensor:
+    """(n, n) Gaussian blur along one axis with reflect padding folded in: blurred = M @ x."""
+    r = max(1, min(n - 1, int(math.ceil(3 * sigma))))
+    t = torch.arange(-r, r + 1, dtype=torch.float64)
     k = torch.exp(-0.5 * (t / sigma) ** 2)
     k = k / k.sum()
-    y = F.pad(x[None, None], (r, r, r, r), mode="reflect")
-    y = F.conv2d(y, k.view(1, 1, 1, -1))
-    return F.conv2d(y, k.view(1, 1, -1, 1))[0, 0]
+    m = torch.zeros(n, n, dtype=torch.float64)
+    rows = torch.arange(n)
+    for offset, weight in zip(range(-r, r + 1), k.tolist(), strict=True):
+        cols = (rows + offset).abs()  # reflect at 0 ...
+        cols = torch.where(cols > n - 1, 2 * (n - 1) - cols, cols)  # ... and at n - 1
+        m.index_put_((rows, cols), torch.full((n,), weight, dtype=torch.float64), accumulate=True)
+    return m.float()
+
+
+def _superellipse_level(u: torch.Tensor, v: torch.Tensor, e: float) -> torch.Tensor:
+    """(|u|^e + |v|^e)^(1/e) for unit radii; the exponents 2 and 8 avoid pow (they are common)."""
+    if e == 2.0:
+        return torch.sqrt(u * u + v * v)
+    if e == 8.0:
+        u2, v2 = u * u, v * v
+        u2, v2 = u2 * u2, v2 * v2
+        return (u2 * u2 + v2 * v2).sqrt().sqrt().sqrt()
+    return (u.abs().clamp_min(1e-6) ** e + v.abs().clamp_min(1e-6) ** e) ** (1.0 / e)
 
 
 def _texture(kind: str, u: torch.Tensor, v: torch.Tensor, freq: float, angle: float):
@@ -222,6 +235,8 @@ class SyntheticParts(Dataset):
         self.symmetric_pairs = symmetric_pairs
         self._colours = self._part_colours(symmetric_pairs)
         self._grid = self._pixel_grid(h, w)
+        sigma = saliency_blur * min(h, w)
+        self._blur = (_blur_matrix(h, sigma), _blur_matrix(w, sigma)) if sigma > 0 else None
 
     def __len__(self) -> int:
         return self.n
@@ -309,17 +324,17 @@ class SyntheticParts(Dataset):
         to_canonical = torch.linalg.inv(pose)
         canon = warped @ to_canonical[:2, :2].T.float() + to_canonical[:2, 2].float()
         to_local = torch.linalg.inv(frames).float()  # (P, 3, 3)
-        local = (
-            torch.einsum("pij,hwj->phwi", to_local[:, :2, :2], canon)
-            + to_local[:, None, None, :2, 2]
-        )
+        cx, cy = canon[None, ..., 0], canon[None, ..., 1]
+        m = to_local[:, :2, :, None, None]  # (P, 2, 3, 1, 1)
+        u = m[:, 0, 0] * cx + m[:, 0, 1] * cy + m[:, 0, 2]
+        v = m[:, 1, 0] * cx + m[:, 1, 1] * cy + m[:, 1, 2]
 
         radii = torch.tensor([_GEOMETRY[k][1] for k in PART_NAMES], dtype=torch.float32)
-        expo = torch.tensor([_GEOMETRY[k][2] for k in PART_NAMES], dtype=torch.float32)
-        u, v = local[..., 0], local[..., 1]
         a, b = radii[:, 0, None, None], radii[:, 1, None, None]
-        e = expo[:, None, None]
-        level = ((u / a).abs().clamp_min(1e-6) ** e + (v / b).abs().clamp_min(1e-6) ** e) ** (1 / e)
+        un, vn = u / a, v / b
+        level = torch.stack(
+            [_superellipse_level(un[p], vn[p], _GEOMETRY[k][2]) for p, k in enumerate(PART_NAMES)]
+        )
         # Approximate signed distance in pixels, for one-pixel anti-aliased edges.
         dist_px = (level - 1.0) * torch.minimum(a, b) * scale * half
         alpha = (0.5 - dist_px).clamp(0.0, 1.0)  # (P, H, W)
@@ -393,8 +408,7 @@ class SyntheticParts(Dataset):
             d = pix - centre[s]
             u = d[..., 0] * c + d[..., 1] * sn
             v = -d[..., 0] * sn + d[..., 1] * c
-            e = 8.0 if boxy[s] else 2.0
-            level = ((u / radii[s, 0]).abs() ** e + (v / radii[s, 1]).abs() ** e) ** (1 / e)
+            level = _superellipse_level(u / radii[s, 0], v / radii[s, 1], 8.0 if boxy[s] else 2.0)
             alpha = ((1.0 - level) * radii[s].min() * half + 0.5).clamp(0, 1)
             stripes = 0.85 + 0.15 * torch.sin(2 * math.pi * (3 + 5 * grey[s]) * u)
             img = img * (1 - alpha) + colour[s, :, None, None] * stripes * alpha
@@ -415,7 +429,8 @@ class SyntheticParts(Dataset):
                 ]
             ] = float("inf")
         sal = (d.min(dim=0).values < grow).float()
-        sal = _gaussian_blur(sal, self.saliency_blur * min(h, w))
+        if self._blur is not None:
+            sal = self._blur[0] @ sal @ self._blur[1].T
         sal = sal * (0.75 + 0.25 * float(torch.rand(1, generator=g)))
         yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
         for _ in range(int(torch.randint(0, 3, (1,), generator=g))):
@@ -432,8 +447,12 @@ class SyntheticParts(Dataset):
         target = (canon_points @ pose[:2, :2].T + pose[:2, 2]).float()
         p = target.clone()
         if self.deformation > 0:
-            for _ in range(20):
-                p = target - displacement(p)
+            for _ in range(30):
+                nxt = target - displacement(p)
+                done = float((nxt - p).abs().max()) < 1e-5
+                p = nxt
+                if done:
+                    break
         x = p[:, 0] * half + w / 2.0 - 0.5
         y = p[:, 1] * half + h / 2.0 - 0.5
         return torch.stack([x, y], dim=-1).float()
