@@ -29,7 +29,13 @@ def cpu_extension():
             # -fopenmp-simd: honour `omp simd` (vectorised reductions) without an
             # OpenMP runtime; threads come from at::parallel_for. -march defaults to
             # the build machine, since the package is built where it runs.
-            extra_compile_args=["-O3", "-fopenmp-simd", f"-march={os.environ.get('SCOPS_FAST_MARCH', 'native')}"],
+            extra_compile_args=[
+                "-O3",
+                "-fopenmp-simd",
+                "-fno-math-errno",
+                "-fno-trapping-math",
+                f"-march={os.environ.get('SCOPS_FAST_MARCH', 'native')}",
+            ],
         )
     ]
 

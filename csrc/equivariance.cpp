@@ -11,7 +11,7 @@ namespace {
 // Everything one output row of one batch element needs, in row buffers of W.
 template <typename T>
 struct RowState {
-  std::vector<Bilinear> samples;
+  RowSamples<T> samples;
   std::vector<T> warped, q, logzq, p, logzp, mx, sum;
   RowState(int64_t K1, int64_t W)
       : samples(W), warped(K1 * W), q(K1 * W), logzq(W), p(K1 * W), logzp(W), mx(W), sum(W) {}
@@ -19,11 +19,8 @@ struct RowState {
   void compute(const T* pred, const T* pred_tps, const double* m, const T* radial, int64_t b,
                int64_t i, int64_t K1, int64_t H, int64_t W, bool border) {
     const int64_t plane = H * W;
-    row_samples(m + b * kMapping * 2, radial, i, H, W, border, samples.data());
-    for (int64_t c = 0; c < K1; ++c) {
-      const T* src = pred + (b * K1 + c) * plane;
-      for (int64_t j = 0; j < W; ++j) warped[c * W + j] = bilinear_read(src, samples[j]);
-    }
+    samples.compute(m + b * kMapping * 2, radial, i, H, W, border);
+    samples.read_row(pred + b * K1 * plane, plane, K1, warped.data(), W);
     row_softmax(warped.data(), W, K1, W, q.data(), logzq.data(), mx.data(), sum.data());
     row_softmax(pred_tps + b * K1 * plane + i * W, plane, K1, W, p.data(), logzp.data(),
                 mx.data(), sum.data());
@@ -115,7 +112,7 @@ void equivariance_backward(const T* pred, const T* pred_tps, const double* mappi
   // One task per batch element: it owns grad_pred[b], into which the warp scatters.
   pf(B, [&](int64_t begin, int64_t end) {
     RowState<T> row(K1, W);
-    std::vector<T> xs(W), sq(W), dotp(W), dotq(W), gp(K * W), gq(K * W);
+    std::vector<T> xs(W), sq(W), dotp(W), dotq(W), gp(K * W), gq(K * W), dwarp(K1 * W);
     for (int64_t j = 0; j < W; ++j) xs[j] = T(loss_coord(j, W));
     for (int64_t b = begin; b < end; ++b) {
       std::fill(grad_pred + b * K1 * plane, grad_pred + (b + 1) * K1 * plane, T(0));
@@ -151,15 +148,16 @@ void equivariance_backward(const T* pred, const T* pred_tps, const double* mappi
           const T* pc = row.p.data() + c * W;
           const T* qc = row.q.data() + c * W;
           T* out = grad_pred_tps + (b * K1 + c) * plane + i * W;
-          T* dst = grad_pred + (b * K1 + c) * plane;
+          T* dw = dwarp.data() + c * W;
           for (int64_t j = 0; j < W; ++j) {
             const T gpc = c == 0 ? T(0) : gp[(c - 1) * W + j];
             const T gqc = c == 0 ? T(0) : gq[(c - 1) * W + j];
             const T qpos = qc[j] > T(0) ? qc[j] : T(0);
             out[j] = gkl * (pc[j] * sq[j] - qpos) + pc[j] * (gpc - dotp[j]);
-            bilinear_scatter(dst, row.samples[j], qc[j] * (gqc - dotq[j]));
+            dw[j] = qc[j] * (gqc - dotq[j]);  // gradient w.r.t. the warped logit
           }
         }
+        row.samples.scatter_row(grad_pred + b * K1 * plane, plane, K1, dwarp.data(), W);
       }
     }
   });

@@ -4,6 +4,7 @@
 #include "common.h"
 
 #include <algorithm>
+#include <vector>
 
 namespace scops_fast {
 
@@ -52,10 +53,55 @@ template <typename T>
 void moments_backward(const T* z, const double* grad_moments, int64_t B, int64_t channels,
                       int64_t H, int64_t W, bool from_logits, T* grad, ParallelFor pf);
 
-// Bilinear corners of every pixel of output row i under spline coefficients m.
+// Bilinear corners of every pixel of one output row, structure-of-arrays so the
+// per-channel sampling loops vectorise: offset -1 marks a corner outside the image
+// (zeros padding), which is never read.
 template <typename T>
-void row_samples(const double* m, const T* radial, int64_t i, int64_t H, int64_t W, bool border,
-                 Bilinear* out);
+struct RowSamples {
+  std::vector<int64_t> offset[4];
+  std::vector<T> weight[4];
+  std::vector<double> gx, gy;  // scratch: sampling positions
+  explicit RowSamples(int64_t W) : gx(W), gy(W) {
+    for (int c = 0; c < 4; ++c) {
+      offset[c].resize(W);
+      weight[c].resize(W);
+    }
+  }
+  // Sampling corners of output row i under spline coefficients m (28 x 2).
+  void compute(const double* m, const T* radial, int64_t i, int64_t H, int64_t W, bool border);
+
+  // out[c * out_stride + j] = sample of plane c (planes `plane` apart), for c < C.
+  void read_row(const T* src, int64_t plane, int64_t C, T* out, int64_t out_stride) const {
+    const int64_t W = int64_t(gx.size());
+    for (int64_t j = 0; j < W; ++j) {
+      const int64_t o0 = offset[0][j], o1 = offset[1][j], o2 = offset[2][j], o3 = offset[3][j];
+      const T w0 = weight[0][j], w1 = weight[1][j], w2 = weight[2][j], w3 = weight[3][j];
+      if ((o0 | o1 | o2 | o3) >= 0) {  // all four corners inside: the common case
+        for (int64_t c = 0; c < C; ++c) {
+          const T* p = src + c * plane;
+          out[c * out_stride + j] = w0 * p[o0] + w1 * p[o1] + w2 * p[o2] + w3 * p[o3];
+        }
+      } else {
+        for (int64_t c = 0; c < C; ++c) {
+          const T* p = src + c * plane;
+          out[c * out_stride + j] = (o0 >= 0 ? w0 * p[o0] : T(0)) + (o1 >= 0 ? w1 * p[o1] : T(0)) +
+                                    (o2 >= 0 ? w2 * p[o2] : T(0)) + (o3 >= 0 ? w3 * p[o3] : T(0));
+        }
+      }
+    }
+  }
+  // Adjoint of read_row: dst plane c += spread of g[c * g_stride + j].
+  void scatter_row(T* dst, int64_t plane, int64_t C, const T* g, int64_t g_stride) const {
+    const int64_t W = int64_t(gx.size());
+    for (int64_t j = 0; j < W; ++j)
+      for (int q = 0; q < 4; ++q) {
+        const int64_t o = offset[q][j];
+        if (o < 0) continue;
+        const T w = weight[q][j];
+        for (int64_t c = 0; c < C; ++c) dst[c * plane + o] += w * g[c * g_stride + j];
+      }
+  }
+};
 
 // ---- tps_warp.cpp: grid-free thin-plate-spline warp (SPEC section 6) ----
 // mapping: (B, 28, 2) double spline coefficients; radial: (25, H, W) U terms of every

@@ -8,7 +8,6 @@ any H and W.
 
 from __future__ import annotations
 
-import functools
 import itertools
 
 import torch
@@ -143,8 +142,7 @@ def radial_basis(d2: torch.Tensor) -> torch.Tensor:
     return torch.where(d2 > 0, 0.5 * d2 * torch.log(safe), torch.zeros_like(d2))
 
 
-@functools.lru_cache(maxsize=1)
-def _inverse_kernel_cpu() -> torch.Tensor:
+def _inverse_kernel() -> torch.Tensor:
     t = target_points()
     d2 = ((t[:, None, :] - t[None, :, :]) ** 2).sum(-1)
     kernel = torch.zeros(N_CONTROL + 3, N_CONTROL + 3, dtype=torch.float64)
@@ -156,13 +154,18 @@ def _inverse_kernel_cpu() -> torch.Tensor:
     return torch.linalg.inv(kernel)
 
 
+# A constant of the SPEC, inverted once at import (a plain global keeps torch.compile
+# free of cache wrappers).
+INVERSE_KERNEL = _inverse_kernel()
+
+
 def tps_mapping(source_points: torch.Tensor) -> torch.Tensor:
     """`M = L^-1 [S; 0]`: (B, 25, 2) source points -> (B, 28, 2) spline coefficients.
 
     The kernel is inverted once in float64; only its first 25 columns matter since
     the last three rows of the right-hand side are zero.
     """
-    linv = _inverse_kernel_cpu().to(device=source_points.device)
+    linv = INVERSE_KERNEL.to(device=source_points.device)
     sp = source_points.to(torch.float64)
     return torch.einsum("nm,bmd->bnd", linv[:, :N_CONTROL], sp)
 

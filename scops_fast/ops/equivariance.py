@@ -17,8 +17,10 @@ _backward_op = torch.ops.scops_fast.equivariance_backward
 def _(pred, pred_tps, mapping, border):
     b, k = pred.shape[0], pred.shape[1] - 1
     f64 = torch.float64
-    return pred.new_empty((b,), dtype=f64), pred.new_empty((b, k, 3), dtype=f64), pred.new_empty(
-        (b, k, 3), dtype=f64
+    return (
+        pred.new_empty((b,), dtype=f64),
+        pred.new_empty((b, k, 3), dtype=f64),
+        pred.new_empty((b, k, 3), dtype=f64),
     )
 
 

@@ -23,8 +23,10 @@ def _(features, pred, basis, grads):
     loss = pred.new_empty((), dtype=torch.float64)
     if not grads:
         return loss, pred.new_empty((0,)), pred.new_empty((0, basis.shape[1]))
-    return loss, torch.empty_like(pred, memory_format=torch.contiguous_format), torch.empty_like(
-        basis, dtype=pred.dtype
+    return (
+        loss,
+        torch.empty_like(pred, memory_format=torch.contiguous_format),
+        torch.empty_like(basis, dtype=pred.dtype),
     )
 
 
@@ -87,8 +89,13 @@ def neighbour_gram(v: torch.Tensor) -> torch.Tensor:
     padded = F.pad(v, (0, 1, 0, 1), mode="replicate")
     right, down, diag = padded[:, :, :-1, 1:], padded[:, :, 1:, :-1], padded[:, :, 1:, 1:]
     return torch.stack(
-        ((v * v).sum(1), (v * right).sum(1), (v * down).sum(1), (v * diag).sum(1),
-         (right * down).sum(1)),
+        (
+            (v * v).sum(1),
+            (v * right).sum(1),
+            (v * down).sum(1),
+            (v * diag).sum(1),
+            (right * down).sum(1),
+        ),
         dim=1,
     )
 

@@ -1,0 +1,308 @@
+"""Backend "cpp" against the reference: values, gradients, layouts, dtypes,
+determinism, poisoned outputs and torch.compile."""
+
+import pytest
+import torch
+from conftest import assert_rel
+
+import scops_fast
+from scops_fast import _ext, losses, reference, tps
+
+# (B, K, H, W): odd, non-square, K=1, B=1, more than one tile along rows.
+SHAPES = [(2, 3, 37, 53), (1, 1, 6, 5), (3, 4, 5, 5), (2, 2, 9, 4), (1, 8, 70, 66)]
+TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
+WARP_TOL = {torch.float64: 1e-10, torch.float32: 1e-4}
+DTYPES = [torch.float64, torch.float32]
+LAYOUTS = ["contiguous", "transposed", "channels_last"]
+
+
+def test_cpp_backend_is_built():
+    report = scops_fast.available_backends()
+    assert "cpp" in report, report.unavailable.get("cpp")
+
+
+@pytest.fixture(autouse=True)
+def poison_empty_tensors():
+    """Fill every uninitialised allocation (the kernels' outputs included) with NaN, so
+    an element a kernel forgets to write shows up as a mismatch."""
+    old = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.utils.deterministic.fill_uninitialized_memory,
+    )
+    torch.use_deterministic_algorithms(True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    yield
+    torch.use_deterministic_algorithms(old[0])
+    torch.utils.deterministic.fill_uninitialized_memory = old[1]
+
+
+def make(shape, layout, dtype, gen, scale=1.0):
+    """A random tensor of `shape` in the given memory layout."""
+    if layout == "transposed":
+        b, c, h, w = shape
+        t = torch.randn(b, c, w, h, generator=gen, dtype=torch.float64).transpose(2, 3)
+    else:
+        t = torch.randn(*shape, generator=gen, dtype=torch.float64)
+    t = (scale * t).to(dtype)
+    if layout == "channels_last":
+        t = t.contiguous(memory_format=torch.channels_last)
+    return t.requires_grad_(True)
+
+
+def check(fn, inputs, dtype, tol, n_grad=None):
+    """fn(*inputs, backend) for cpp vs reference: outputs and gradients under a random
+    upstream weight."""
+    n_grad = len(inputs) if n_grad is None else n_grad
+    outs = {}
+    for backend in ("cpp", "reference"):
+        out = fn(*inputs, backend=backend)
+        outs[backend] = (out,) if torch.is_tensor(out) else tuple(out)
+    gen = torch.Generator().manual_seed(99)
+    weights = [torch.rand(o.shape, generator=gen, dtype=dtype) + 0.5 for o in outs["reference"]]
+    grads = {}
+    for backend, out in outs.items():
+        for a in out:
+            assert a.dtype == dtype
+        total = sum((o * w).sum() for o, w in zip(out, weights, strict=True))
+        grads[backend] = torch.autograd.grad(total, inputs[:n_grad], allow_unused=True)
+    for a, e in zip(outs["cpp"], outs["reference"], strict=True):
+        assert_rel(a, e, tol[dtype], "value")
+    for i, (a, e) in enumerate(zip(grads["cpp"], grads["reference"], strict=True)):
+        assert_rel(a, e, tol[dtype], f"gradient of input {i}")
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_concentration_and_centers(shape, dtype, layout, gen):
+    b, k, h, w = shape
+    pred = make((b, k + 1, h, w), layout, dtype, gen, scale=3.0)
+    check(losses.concentration_loss, [pred], dtype, TOL)
+    probs = torch.softmax(pred.detach(), 1)[:, 1:].requires_grad_(True)
+    check(losses.batch_get_centers, [probs], dtype, TOL)
+
+
+def source_points(b, dtype, gen):
+    pts = reference.target_points() * 1.3 + 0.15 * torch.randn(
+        b, 25, 2, generator=gen, dtype=torch.float64
+    )
+    return pts.to(dtype)
+
+
+@pytest.mark.parametrize("padding", ["zeros", "border"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_warp_and_equivariance(shape, dtype, layout, padding, gen):
+    b, k, h, w = shape
+    pts = source_points(b, dtype, gen)
+    x = make((b, 3, h, w), layout, dtype, gen)
+    check(
+        lambda x, backend: tps.tps_warp(x, pts, padding_mode=padding, backend=backend),
+        [x],
+        dtype,
+        WARP_TOL,
+    )
+    pred = make((b, k + 1, h, w), layout, dtype, gen, scale=2.0)
+    pred_tps = make((b, k + 1, h, w), layout, dtype, gen, scale=2.0)
+    check(
+        lambda p, q, backend: losses.equivariance_losses(
+            p, q, pts, padding_mode=padding, backend=backend
+        ),
+        [pred, pred_tps],
+        dtype,
+        WARP_TOL,
+    )
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_semantic_dense(shape, dtype, layout, gen):
+    b, k, h, w = shape
+    pred = make((b, k + 1, h, w), layout, dtype, gen, scale=2.0)
+    feats = make((b, 7, h, w), layout, dtype, gen).detach()
+    basis = torch.rand(k, 7, generator=gen, dtype=torch.float64).to(dtype).requires_grad_(True)
+    check(
+        lambda p, m, backend: losses.semantic_consistency_loss(feats, p, m, backend=backend),
+        [pred, basis],
+        dtype,
+        TOL,
+    )
+
+
+@pytest.mark.parametrize("saliency", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_semantic_lowres(shape, dtype, saliency, gen):
+    b, k, h, w = shape
+    pred = make((b, k + 1, h, w), "contiguous", dtype, gen, scale=2.0)
+    # Two maps of one size and one of another, one of them non-contiguous.
+    low = [
+        torch.randn(b, 3, 4, 5, generator=gen, dtype=torch.float64).to(dtype),
+        torch.randn(b, 5, 4, 2, generator=gen, dtype=torch.float64).to(dtype).transpose(2, 3),
+        torch.randn(b, 2, 4, 5, generator=gen, dtype=torch.float64).to(dtype),
+    ]
+    sal = torch.rand(b, h, w, generator=gen, dtype=torch.float64).to(dtype) if saliency else None
+    basis = torch.rand(k, 10, generator=gen, dtype=torch.float64).to(dtype).requires_grad_(True)
+    check(
+        lambda p, m, backend: losses.semantic_consistency_loss_lowres(
+            low, p, m, sal, backend=backend
+        ),
+        [pred, basis],
+        dtype,
+        TOL,
+    )
+
+
+def test_lowres_matches_dense_at_training_shape(gen):
+    # SPEC section 8's features: 16x16 -> the image size, saliency-masked.
+    pred = torch.randn(2, 9, 64, 64, generator=gen) * 2
+    low = torch.randn(2, 32, 4, 4, generator=gen)
+    sal = torch.rand(2, 64, 64, generator=gen)
+    basis = torch.rand(8, 32, generator=gen)
+    dense_v = reference.upsample_features(low, 64, 64, sal)
+    expected = losses.semantic_consistency_loss(dense_v, pred, basis, backend="reference")
+    got = losses.semantic_consistency_loss_lowres(low, pred, basis, sal, backend="cpp")
+    assert_rel(got, expected, 1e-5, "lowres vs dense")
+
+
+def test_gradcheck_float64(gen):
+    def t(*shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64).requires_grad_(True)
+
+    pts = source_points(2, torch.float64, gen)
+    feats = torch.randn(2, 4, 5, 6, generator=gen, dtype=torch.float64)
+    low = torch.randn(2, 4, 3, 2, generator=gen, dtype=torch.float64)
+    sal = torch.rand(2, 5, 6, generator=gen, dtype=torch.float64)
+    cases = [
+        (lambda p: losses.concentration_loss(p, backend="cpp"), (t(2, 3, 5, 6),)),
+        (lambda p: losses.batch_get_centers(p, backend="cpp"), (t(2, 3, 5, 6),)),
+        (lambda x: tps.tps_warp(x, pts, backend="cpp"), (t(2, 2, 5, 6),)),
+        (lambda x: tps.tps_warp(x, pts, padding_mode="border", backend="cpp"), (t(2, 2, 5, 6),)),
+        (
+            lambda p, m: losses.semantic_consistency_loss(feats, p, m, backend="cpp"),
+            (t(2, 3, 5, 6), t(2, 4)),
+        ),
+        (
+            lambda p, m: losses.semantic_consistency_loss_lowres(low, p, m, sal, backend="cpp"),
+            (t(2, 3, 5, 6), t(2, 4)),
+        ),
+        # The KL target is detached (SPEC section 7): check it w.r.t. pred_tps only.
+        (
+            lambda q: losses.equivariance_losses(feats[:, :3].detach(), q, pts, backend="cpp")[0],
+            (t(2, 3, 5, 6),),
+        ),
+        (
+            lambda p, q: losses.equivariance_losses(p, q, pts, backend="cpp")[1],
+            (t(2, 3, 5, 6), t(2, 3, 5, 6)),
+        ),
+    ]
+    for fn, inputs in cases:
+        assert torch.autograd.gradcheck(fn, inputs)
+
+
+def run_all(gen_seed=5):
+    """Outputs and gradients of every cpp op on one fixed input set."""
+    gen = torch.Generator().manual_seed(gen_seed)
+    pred = torch.randn(3, 5, 33, 47, generator=gen, requires_grad=True)
+    pred_tps = torch.randn(3, 5, 33, 47, generator=gen, requires_grad=True)
+    feats = torch.randn(3, 6, 33, 47, generator=gen)
+    low = torch.randn(3, 6, 4, 5, generator=gen)
+    basis = torch.rand(4, 6, generator=gen, requires_grad=True)
+    pts = source_points(3, torch.float32, gen)
+    outs = [
+        losses.concentration_loss(pred, backend="cpp"),
+        *losses.equivariance_losses(pred, pred_tps, pts, backend="cpp"),
+        tps.tps_warp(pred, pts, backend="cpp").square().mean(),
+        losses.semantic_consistency_loss(feats, pred, basis, backend="cpp"),
+        losses.semantic_consistency_loss_lowres(low, pred, basis, backend="cpp"),
+    ]
+    results = []
+    for out in outs:
+        grads = torch.autograd.grad(
+            out, (pred, pred_tps, basis), allow_unused=True, retain_graph=True
+        )
+        results.append((out.detach(), [g for g in grads if g is not None]))
+    return results
+
+
+def assert_bitwise_equal(a, b):
+    for (va, ga), (vb, gb) in zip(a, b, strict=True):
+        assert torch.equal(va, vb)
+        for x, y in zip(ga, gb, strict=True):
+            assert torch.equal(x, y)
+
+
+def test_deterministic_across_runs_and_threads():
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        first, second = run_all(), run_all()
+        torch.set_num_threads(1)
+        single = run_all()
+    finally:
+        torch.set_num_threads(threads)
+    assert_bitwise_equal(first, second)
+    assert_bitwise_equal(first, single)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_inputs_accumulate_in_float32(dtype, gen):
+    pred = torch.randn(2, 5, 16, 12, generator=gen) * 2
+    pts = source_points(2, torch.float32, gen)
+    feats = torch.randn(2, 6, 16, 12, generator=gen)
+    basis = torch.rand(4, 6, generator=gen)
+    cases = [
+        lambda p, b: losses.concentration_loss(p, backend=b),
+        lambda p, b: losses.equivariance_losses(p, p.flip(3), pts, backend=b)[0],
+        lambda p, b: losses.semantic_consistency_loss(
+            feats.to(p.dtype), p, basis.to(p.dtype), backend=b
+        ),
+        lambda p, b: losses.semantic_consistency_loss_lowres(
+            feats[..., :4, :3].to(p.dtype), p, basis.to(p.dtype), backend=b
+        ),
+    ]
+    tol = 1e-2 if dtype == torch.float16 else 3e-2
+    for fn in cases:
+        half = fn(pred.to(dtype), "cpp")
+        assert half.dtype == dtype
+        assert_rel(half.float(), fn(pred.to(dtype).float(), "cpp"), tol, str(dtype))
+    assert tps.tps_warp(pred.to(dtype), pts, backend="cpp").dtype == dtype
+
+
+def test_compile_fullgraph_has_no_graph_breaks(gen):
+    pred = torch.randn(2, 4, 12, 10, generator=gen, requires_grad=True)
+    pred_tps = torch.randn(2, 4, 12, 10, generator=gen, requires_grad=True)
+    low = torch.randn(2, 6, 3, 3, generator=gen)
+    basis = torch.rand(3, 6, generator=gen, requires_grad=True)
+    sal = torch.rand(2, 12, 10, generator=gen)
+    pts = source_points(2, torch.float32, gen)
+
+    def total(pred, pred_tps, basis):
+        eqv, lm = losses.equivariance_losses(pred, pred_tps, pts, backend="cpp")
+        return (
+            losses.concentration_loss(pred, backend="cpp")
+            + eqv
+            + lm
+            + losses.semantic_consistency_loss_lowres(low, pred, basis, sal, backend="cpp")
+            + losses.batch_get_centers(torch.softmax(pred, 1)[:, 1:], backend="cpp").sum()
+            + tps.tps_warp(pred, pts, backend="cpp").mean()
+        )
+
+    torch._dynamo.reset()
+    compiled = torch.compile(total, backend="aot_eager", fullgraph=True)
+    expected = total(pred, pred_tps, basis)
+    got = compiled(pred, pred_tps, basis)
+    assert_rel(got, expected, 1e-6, "compiled value")
+    ge = torch.autograd.grad(expected, (pred, pred_tps, basis))
+    gc = torch.autograd.grad(got, (pred, pred_tps, basis))
+    for a, e in zip(gc, ge, strict=True):
+        assert_rel(a, e, 1e-6, "compiled gradient")
+
+
+def test_missing_build_is_reported_not_raised(tmp_path, monkeypatch):
+    assert "not built" in _ext.load.__wrapped__("_no_such_library")
+    monkeypatch.setattr(_ext, "BUILD_ERRORS", tmp_path)
+    (tmp_path / "_no_such_library.txt").write_text("CompileError: g++ said no\n")
+    assert "g++ said no" in _ext.load.__wrapped__("_no_such_library")
