@@ -30,12 +30,37 @@ class Size:
     w: int
     # None: let pytest-benchmark calibrate; else pedantic rounds fitted to this many seconds.
     budget_s: float | None = None
+    # The ops this size is meant for (None: all); the rest are skipped, not timed.
+    ops: tuple | None = None
 
 
 SIZES = {
     "quick": Size(B=2, K=4, H=64, W=64, C=64, h=4, w=4),
     # SPEC section 8: 256x256 crops, batch 6, K=8, VGG relu5_2 + relu5_4 at 1/16.
     "celeba": Size(B=6, K=8, H=256, W=256, C=1024, h=16, w=16, budget_s=2.0),
+    # The CPU-kernel targets: the pixel-wise ops at batch 16, the semantic ones at batch 2.
+    "b16": Size(
+        B=16,
+        K=8,
+        H=256,
+        W=256,
+        C=1024,
+        h=16,
+        w=16,
+        budget_s=2.0,
+        ops=("concentration_loss", "batch_get_centers", "tps_warp", "equivariance_losses"),
+    ),
+    "dense2": Size(
+        B=2,
+        K=8,
+        H=256,
+        W=256,
+        C=1024,
+        h=16,
+        w=16,
+        budget_s=2.0,
+        ops=("semantic_consistency_loss", "semantic_consistency_loss_lowres"),
+    ),
 }
 
 OPS = {
@@ -128,6 +153,8 @@ def nbytes(t: torch.Tensor) -> int:
 @pytest.mark.parametrize("op", OPS)
 @pytest.mark.parametrize("device", DEVICES)
 def test_forward_backward(benchmark, size, device, op, impl):
+    if SIZES[size].ops is not None and op not in SIZES[size].ops:
+        pytest.skip(f"size {size!r} is not meant for {op}")
     fn = implementation(op, impl, device)
     inputs = make_inputs(op, SIZES[size], device)
     args = tuple(inputs.values())
@@ -171,3 +198,22 @@ def test_forward_backward(benchmark, size, device, op, impl):
     else:
         rounds = max(3, min(100, int(budget / max(seconds, 1e-6))))
         benchmark.pedantic(step, rounds=rounds, iterations=1)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_copy_bandwidth(benchmark, size, device):
+    """A plain copy of one logits tensor: the bandwidth the ops are reported against."""
+    s = SIZES[size]
+    x = torch.randn(s.B, s.K + 1, s.H, s.W, device=device)
+    out = torch.empty_like(x)
+
+    def step():
+        out.copy_(x)
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    benchmark.group = f"copy {size} {device}"
+    benchmark.extra_info.update(
+        op="copy", impl="copy", size=size, device=device, min_bytes=2 * nbytes(x)
+    )
+    benchmark.pedantic(step, rounds=20, iterations=1, warmup_rounds=2)

@@ -7,7 +7,7 @@
 
 import pytest
 
-SIZES = ("quick", "celeba")
+SIZES = ("quick", "celeba", "b16", "dense2")
 
 
 def pytest_addoption(parser):
@@ -22,7 +22,8 @@ def pytest_addoption(parser):
         "--bench-size",
         choices=(*SIZES, "all"),
         default="all",
-        help="Problem sizes to benchmark: quick (a smoke run), celeba (SPEC section 8) or all.",
+        help="Problem sizes: quick (a smoke run), celeba (SPEC section 8), b16 and dense2 "
+        "(the CPU-kernel targets) or all.",
     )
 
 
