@@ -175,3 +175,76 @@ def test_report_is_written_at_the_end(tmp_path):
     html = (tmp_path / "run" / "report.html").read_text()
     assert "parts.png" in html and "curves.png" in html
     assert (tmp_path / "run" / "parts.png").stat().st_size > 0
+
+
+def test_evaluation_at_the_end(tmp_path):
+    overrides = {
+        "steps": 2,
+        "report": True,
+        "evaluation.enabled": True,
+        "evaluation.train_dataset": "train_fakes:TinyParts",
+        "evaluation.train_args": {"n": 6, "seed": 1},
+        "evaluation.test_dataset": "train_fakes:TinyParts",
+        "evaluation.test_args": {"n": 4, "seed": 2},
+    }
+    trainer = make(tmp_path, **overrides)
+    trainer.train()
+    saved = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert saved == trainer.evaluation
+    assert saved["n_train"] == 6 and saved["n_test"] == 4
+    assert "landmark_error_test" in saved and "part_nmi" in saved
+    html = (tmp_path / "run" / "report.html").read_text()
+    assert "evaluation.part_nmi" in html and "stand-in" in html
+
+
+def test_progress_bar_and_tensorboard_when_installed(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    calls = {"update": 0, "scalars": []}
+
+    class FakeBar:
+        def __init__(self, total, initial, **kwargs):
+            calls["bar"] = (total, initial)
+
+        def update(self, n):
+            calls["update"] += n
+
+        def set_postfix(self, **kwargs):
+            pass
+
+        def close(self):
+            pass
+
+    class FakeWriter:
+        def __init__(self, log_dir):
+            calls["log_dir"] = log_dir
+
+        def add_scalar(self, tag, value, step):
+            calls["scalars"].append((tag, step))
+
+        def close(self):
+            pass
+
+    monkeypatch.setitem(sys.modules, "tqdm", types.SimpleNamespace(tqdm=FakeBar))
+    monkeypatch.setitem(
+        sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=FakeWriter)
+    )
+    trainer = Trainer(tiny_config(steps=4), tmp_path / "run", progress=True, tensorboard=True)
+    trainer.train()
+    assert calls["bar"] == (4, 0) and calls["update"] == 4
+    assert calls["log_dir"].endswith("tensorboard")
+    assert ("train/loss", 2) in calls["scalars"] and ("train/semantic", 4) in calls["scalars"]
+
+
+def test_missing_tensorboard_warns_once(tmp_path, monkeypatch):
+    import sys
+
+    from scops_fast.train import progress
+
+    monkeypatch.setattr(progress, "_warned_no_tensorboard", False)
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
+    with pytest.warns(UserWarning, match="tensorboard is not installed") as record:
+        for name in ("a", "b"):
+            Trainer(tiny_config(steps=1), tmp_path / name, progress=False).train()
+    assert len([w for w in record if "tensorboard" in str(w.message)]) == 1

@@ -25,7 +25,7 @@ PRESET_DIR = pathlib.Path(__file__).parent / "configs"
 
 
 #: Fields that are free-form objects: any key may be set in them.
-FREE_FORM_FIELDS = ("data.args",)
+FREE_FORM_FIELDS = ("data.args", "evaluation.train_args", "evaluation.test_args")
 
 
 class ConfigError(ValueError):
@@ -131,6 +131,22 @@ class OptimConfig:
 
 
 @dataclass
+class EvaluationConfig:
+    """Evaluation at the end of training through `scops_fast.eval.evaluate_dataset`:
+    landmark regression fitted on `train_dataset`, scored with NMI/ARI/IoU on
+    `test_dataset` (data set names as in `data.dataset`, built at data.image_size)."""
+
+    enabled: bool = False
+    train_dataset: str | None = None
+    train_args: dict = field(default_factory=dict)
+    test_dataset: str = "synthetic"
+    test_args: dict = field(default_factory=dict)
+    batch_size: int = field(default=16, metadata={"min": 1})
+    #: At most this many items of each set.
+    limit: int | None = None
+
+
+@dataclass
 class Config:
     name: str = "scops"
     seed: int = 0
@@ -148,6 +164,7 @@ class Config:
     warp: WarpConfig = field(default_factory=WarpConfig)
     jitter: JitterConfig = field(default_factory=JitterConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -47,19 +47,25 @@ def resolve_dataset_class(name: str):
 
 
 def build_dataset(cfg: DataConfig):
-    """The data set of `cfg`; `size=image_size` is passed when the constructor takes it."""
-    factory = resolve_dataset_class(cfg.dataset)
-    kwargs = dict(cfg.args)
+    """The training data set of `cfg`."""
+    return dataset_from_spec(cfg.dataset, cfg.args, cfg.image_size, "data.args")
+
+
+def dataset_from_spec(name: str, args: dict, image_size: int, option: str = "data.args"):
+    """Data set `name` built with `args`; `size=image_size` is added when the
+    constructor takes a size and `args` does not give one."""
+    factory = resolve_dataset_class(name)
+    kwargs = dict(args)
     try:
         params = inspect.signature(factory).parameters
     except (TypeError, ValueError):
         params = {}
     if "size" in params and "size" not in kwargs:
-        kwargs["size"] = cfg.image_size
+        kwargs["size"] = image_size
     try:
         return factory(**kwargs)
     except TypeError as exc:
-        raise ConfigError(f"data.args do not fit {cfg.dataset!r}: {exc}") from None
+        raise ConfigError(f"{option} do not fit {name!r}: {exc}") from None
 
 
 class GlobalBatchOrder:

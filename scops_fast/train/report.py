@@ -1,5 +1,5 @@
 """The end-of-training report: part overlays on the first images of the data set,
-the loss curves, and report.html with the final losses."""
+the loss curves, and report.html with the final losses and evaluation numbers."""
 
 from __future__ import annotations
 
@@ -22,7 +22,10 @@ def write_training_report(
     final: dict | None = None,
     extra_metrics: dict | None = None,
     count: int = 8,
+    notes: str | None = None,
 ) -> pathlib.Path:
+    """Writes parts.png, curves.png and report.html into `out_dir`; `extra_metrics`
+    (e.g. {"evaluation": {...}}) join the table."""
     out_dir = pathlib.Path(out_dir)
     images = torch.stack(
         [torch.as_tensor(dataset[i]["img"]) for i in range(min(count, len(dataset)))]
@@ -37,6 +40,8 @@ def write_training_report(
     records = read_metrics(out_dir)
     viz.plot_curves(out_dir / CURVES_PNG, records)
     metrics = {"final losses": final or {}, "steps": records[-1]["step"] if records else 0}
+    if records and records[-1].get("steps_per_s"):
+        metrics["steps per second (last session)"] = records[-1]["steps_per_s"]
     if extra_metrics:
         metrics.update(extra_metrics)
     return viz.write_report(
@@ -47,4 +52,5 @@ def write_training_report(
             "Training losses (means over each logging interval)": CURVES_PNG,
         },
         title=f"SCOPS run: {out_dir.name}",
+        notes=notes,
     )

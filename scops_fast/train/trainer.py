@@ -154,6 +154,7 @@ class Trainer:
         )
         self.jitter = GlobalBatchColorJitter(cfg.jitter, cfg.data.batch_size, self.jitter_generator)
         self.step = 0
+        self.evaluation: dict | None = None
         if ckpt is not None:
             self.load_state_dict(ckpt)
 
@@ -281,11 +282,29 @@ class Trainer:
         finally:
             log.close()
         self.save_checkpoint()
-        if self.proc.is_main and cfg.report and self.step == cfg.steps:
-            from scops_fast.train.report import write_training_report
-
-            write_training_report(self.out_dir, self.net, self.dataset, final=last)
+        if self.proc.is_main and self.step == cfg.steps:
+            self._finish(last)
         return last
+
+    def _finish(self, last: dict) -> None:
+        """Evaluation and report of a finished run (main process only)."""
+        from scops_fast.train.evaluation import evaluate_network, write_evaluation
+        from scops_fast.train.report import write_training_report
+
+        extra = {}
+        if self.cfg.evaluation.enabled:
+            self.evaluation = evaluate_network(self.net, self.cfg)
+            write_evaluation(self.out_dir, self.evaluation)
+            extra["evaluation"] = self.evaluation
+        if self.cfg.report:
+            write_training_report(
+                self.out_dir,
+                self.net,
+                self.dataset,
+                final=last,
+                extra_metrics=extra,
+                notes=run_summary(self.cfg, self.proc.world_size),
+            )
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
@@ -325,9 +344,20 @@ class Trainer:
         self.step = int(ckpt["step"])
 
     def save_checkpoint(self) -> None:
-        state = self.state_dict()  # every rank: keeps collective-free code paths aligned
-        if self.proc.is_main:
-            save_atomic(state, self.checkpoint_path)
+        if self.proc.is_main:  # the ranks hold the same weights
+            save_atomic(self.state_dict(), self.checkpoint_path)
+
+
+def run_summary(cfg: Config, world_size: int) -> str:
+    m, d, f = cfg.model, cfg.data, cfg.features
+    stand_in = " (a stand-in for ImageNet VGG-19: see scops_fast.models.vgg)"
+    return (
+        f"Config {cfg.name!r}: {m.arch} with K={m.num_parts} parts, {d.image_size}x{d.image_size} "
+        f"images from {d.dataset!r}, global batch {d.batch_size} on {world_size} process(es), "
+        f"{cfg.steps} steps, seed {cfg.seed}; semantic features {f.kind!r}"
+        + (stand_in if f.kind != "vgg19" else "")
+        + "."
+    )
 
 
 def _resumed_config(ckpt: dict, requested: Config) -> Config:
