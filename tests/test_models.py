@@ -37,6 +37,17 @@ def test_deeplab_output_size(deeplab, size):
     assert out.shape == (1, 6, size[0] // 8 + 1, size[1] // 8 + 1)
 
 
+def test_deeplab_strides_and_dilations(deeplab):
+    trunk = deeplab.backbone
+    assert trunk.stem[0].stride == (2, 2) and trunk.stem[3].ceil_mode
+    assert trunk.layer2[0].conv2.stride == (2, 2)
+    for layer, dilation in ((trunk.layer3, 2), (trunk.layer4, 4)):
+        for block in layer:
+            assert block.conv2.stride == (1, 1)
+            assert block.conv2.dilation == (dilation, dilation) == block.conv2.padding
+        assert layer[0].downsample[0].stride == (1, 1)
+
+
 def test_deeplab_head_matches_spec(deeplab):
     branches = deeplab.head.classifier.branches
     assert [conv.dilation[0] for conv in branches] == [6, 12, 18, 24]

@@ -38,7 +38,11 @@ def logits_size(height: int, width: int) -> tuple[int, int]:
 
 class DilatedResNet50(nn.Module):
     """ResNet-50 trunk up to layer4: layer3 and layer4 keep stride 1 with dilation 2
-    and 4, and the max-pool rounds up, as in DeepLab-v2."""
+    and 4 in every block, and the max-pool rounds up, as in DeepLab-v2.
+
+    The blocks are torchvision's (ResNet v1.5: the stride sits in the 3x3 conv, not
+    in the first 1x1 as in the caffe model DeepLab-v2 started from), because the
+    ImageNet weights it can load are for that layout."""
 
     def __init__(self):
         super().__init__()
@@ -48,6 +52,11 @@ class DilatedResNet50(nn.Module):
         # DeepLab's caffe trunk rounds the pooled size up; with torchvision's 3x3
         # stride-2 conv in layer2 that gives the (H/8 + 1) logits of the original.
         net.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1, ceil_mode=True)
+        # torchvision gives the first block of a dilated layer the previous layer's
+        # dilation; DeepLab-v2 dilates every block of layer3 (2) and layer4 (4).
+        for layer, dilation in ((net.layer3, 2), (net.layer4, 4)):
+            layer[0].conv2.dilation = (dilation, dilation)
+            layer[0].conv2.padding = (dilation, dilation)
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         self.layer1, self.layer2, self.layer3, self.layer4 = (
             net.layer1,
