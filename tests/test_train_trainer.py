@@ -248,3 +248,10 @@ def test_missing_tensorboard_warns_once(tmp_path, monkeypatch):
         for name in ("a", "b"):
             Trainer(tiny_config(steps=1), tmp_path / name, progress=False).train()
     assert len([w for w in record if "tensorboard" in str(w.message)]) == 1
+
+
+def test_resume_keeps_the_checkpoint_config_and_says_what_it_ignores(tmp_path):
+    make(tmp_path).train(until=3)
+    with pytest.warns(UserWarning, match=r"ignored settings: optim.lr"):
+        resumed = make(tmp_path, resume=True, steps=8, **{"optim.lr": 0.5})
+    assert resumed.cfg.optim.lr == 0.01 and resumed.cfg.steps == 8 and resumed.step == 3

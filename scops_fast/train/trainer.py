@@ -75,8 +75,9 @@ class Trainer:
 
     dataset: optional, overrides the config's data set (items as
     `scops_fast.data`: dicts with `img` (3, H, W) in [0, 1] and `saliency` (H, W)).
-    resume: continue from `out_dir/checkpoint.pt` when it exists (its config wins,
-    except `steps` and the loss backend, which may be changed by `overrides`).
+    resume: continue from `out_dir/checkpoint.pt` when it exists; the checkpoint's
+    config is used, except `steps` and `loss.backend`, which come from `config`.
+    The global torch RNG is seeded with the config's seed (it initialises the network).
     """
 
     def __init__(
@@ -367,4 +368,21 @@ def _resumed_config(ckpt: dict, requested: Config) -> Config:
         raise ConfigError(
             f"steps = {requested.steps} is below the checkpoint's step {ckpt['step']}"
         )
-    return saved.replace({"steps": requested.steps, "loss.backend": requested.loss.backend})
+    resumed = saved.replace({"steps": requested.steps, "loss.backend": requested.loss.backend})
+    ignored = _differing_fields(resumed.to_dict(), requested.to_dict())
+    if ignored:
+        warnings.warn(
+            f"resuming with the checkpoint's config; ignored settings: {', '.join(ignored)}",
+            stacklevel=3,
+        )
+    return resumed
+
+
+def _differing_fields(a: dict, b: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key in a:
+        if isinstance(a[key], dict) and isinstance(b.get(key), dict) and key != "args":
+            out += _differing_fields(a[key], b[key], f"{prefix}{key}.")
+        elif a[key] != b.get(key):
+            out.append(f"{prefix}{key}")
+    return out
