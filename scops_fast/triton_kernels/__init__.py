@@ -1,0 +1,44 @@
+"""Triton kernels behind backend "triton", one module per op family; `scops_fast.triton_ops`
+wraps them as torch custom ops.
+
+Every launcher takes contiguous float32 / float64 tensors and computes in their dtype.
+Reductions over pixels never use floating-point atomics: each program writes its
+partial sums to its own slot and the slots are added in a fixed order, so results are
+bitwise repeatable. The warp adjoints (scatters) add in int64 fixed point, which is
+exact and therefore independent of the order in which atomics land (see `fixed.py`).
+
+`BLOCKS` holds the launch sizes. The launchers read it at every call, so tests shrink
+it to get many programs along every grid axis from small images.
+"""
+
+import triton
+
+BLOCKS = {
+    # pixels per program of the per-pixel kernels (moments, warp, equivariance)
+    "pixels": 256,
+    # elementwise passes (fixed point back to float)
+    "elementwise": 1024,
+    # semantic dense: pixels per tile, feature channels per inner step, programs
+    "dense_pixels": 64,
+    "dense_channels": 32,
+    "dense_programs": 256,
+    # semantic low resolution: full-resolution columns per inner step
+    "lowres_columns": 128,
+}
+
+# tl.dot needs every dimension >= 16 on NVIDIA GPUs; padded rows and columns are masked.
+MIN_DOT = 16
+
+
+def pow2(n: int, floor: int = 1) -> int:
+    return max(floor, triton.next_power_of_2(max(int(n), 1)))
+
+
+def interpreted() -> bool:
+    """True when this package's kernels were decorated under TRITON_INTERPRET=1 (the
+    variable is read by @triton.jit, so what counts is its value at import)."""
+    from triton.runtime.interpreter import InterpretedFunction
+
+    from scops_fast.triton_kernels import moments
+
+    return isinstance(moments.moments_forward_kernel, InterpretedFunction)

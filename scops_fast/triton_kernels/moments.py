@@ -1,0 +1,131 @@
+"""Softmax part moments (SPEC sections 2-3): per (b, channel) the sums over pixels of
+m * (1, x, y, x^2 + y^2), m = P + 1e-3, with P the channel softmax of logits or given
+probabilities. Grid (pixel blocks, B); each program reduces its [channels, pixels] tile
+and writes its own partial slot; `moments_forward` adds the slots in order."""
+
+import torch
+import triton
+import triton.language as tl
+
+from scops_fast.triton_kernels import BLOCKS, pow2
+from scops_fast.triton_kernels.common import loss_coord
+
+
+@triton.jit
+def _tile(z_ptr, C, H, W, FROM_LOGITS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    """Probabilities of one [BLOCK_C, BLOCK_P] tile (padded entries 0), the masks, and the
+    pixels' loss coordinates."""
+    b = tl.program_id(1).to(tl.int64)
+    hw = H * W
+    c = tl.arange(0, BLOCK_C)
+    p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    cm = c < C
+    pm = p < hw
+    mask = cm[:, None] & pm[None, :]
+    offs = b * C * hw + c[:, None] * hw + p[None, :]
+    z = tl.load(z_ptr + offs, mask=mask, other=0.0)
+    DT: tl.constexpr = z_ptr.dtype.element_ty
+    if FROM_LOGITS:
+        # Padded channels are -inf so they take no mass; padded pixels stay finite (0).
+        z = tl.where(cm[:, None], z, float("-inf"))
+        e = tl.exp(z - tl.max(z, 0)[None, :])
+        z = e / tl.sum(e, 0)[None, :]
+    x = loss_coord(p % W, W, DT)
+    y = loss_coord(p // W, H, DT)
+    return z, mask, offs, x, y
+
+
+@triton.jit
+def moments_forward_kernel(
+    z_ptr,
+    part_ptr,
+    C,
+    H,
+    W,
+    FROM_LOGITS: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+):
+    prob, mask, _, x, y = _tile(z_ptr, C, H, W, FROM_LOGITS, BLOCK_C, BLOCK_P)
+    m = tl.where(mask, prob + 1e-3, 0.0)
+    mx = m * x[None, :]
+    my = m * y[None, :]
+    s0 = tl.sum(m, 1)
+    s1 = tl.sum(mx, 1)
+    s2 = tl.sum(my, 1)
+    s3 = tl.sum(mx * x[None, :] + my * y[None, :], 1)
+    # Slot (b, block): C x 4 float64.
+    c = tl.arange(0, BLOCK_C)
+    slot = (tl.program_id(1) * tl.num_programs(0) + tl.program_id(0)).to(tl.int64) * C * 4
+    out = part_ptr + slot + c * 4
+    cm = c < C
+    tl.store(out, s0.to(tl.float64), mask=cm)
+    tl.store(out + 1, s1.to(tl.float64), mask=cm)
+    tl.store(out + 2, s2.to(tl.float64), mask=cm)
+    tl.store(out + 3, s3.to(tl.float64), mask=cm)
+
+
+@triton.jit
+def moments_backward_kernel(
+    z_ptr,
+    g_ptr,
+    out_ptr,
+    C,
+    H,
+    W,
+    FROM_LOGITS: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+):
+    prob, mask, offs, x, y = _tile(z_ptr, C, H, W, FROM_LOGITS, BLOCK_C, BLOCK_P)
+    DT: tl.constexpr = z_ptr.dtype.element_ty
+    c = tl.arange(0, BLOCK_C)
+    cm = c < C
+    gb = g_ptr + tl.program_id(1).to(tl.int64) * C * 4 + c * 4
+    g0 = tl.load(gb, mask=cm, other=0.0).to(DT)[:, None]
+    g1 = tl.load(gb + 1, mask=cm, other=0.0).to(DT)[:, None]
+    g2 = tl.load(gb + 2, mask=cm, other=0.0).to(DT)[:, None]
+    g3 = tl.load(gb + 3, mask=cm, other=0.0).to(DT)[:, None]
+    xr = x[None, :]
+    yr = y[None, :]
+    # Upstream gradient of each channel's mass at each pixel.
+    grad = g0 + g1 * xr + g2 * yr + g3 * (xr * xr + yr * yr)
+    if FROM_LOGITS:
+        # Softmax adjoint: dz_c = p_c (G_c - sum_k p_k G_k); padded channels have p = 0.
+        grad = prob * (grad - tl.sum(prob * grad, 0)[None, :])
+    tl.store(out_ptr + offs, grad, mask=mask)
+
+
+def _grid(x):
+    b, _, h, w = x.shape
+    return (triton.cdiv(h * w, BLOCKS["pixels"]), b)
+
+
+def moments_forward(x: torch.Tensor, from_logits: bool) -> torch.Tensor:
+    """(B, C, H, W) contiguous -> (B, C, 4) float64 moments of every channel (the
+    background included when from_logits; the caller drops it)."""
+    b, c, h, w = x.shape
+    grid = _grid(x)
+    partial = torch.empty((b, grid[0], c, 4), dtype=torch.float64, device=x.device)
+    moments_forward_kernel[grid](
+        x, partial, c, h, w, FROM_LOGITS=from_logits, BLOCK_C=pow2(c), BLOCK_P=BLOCKS["pixels"]
+    )
+    return partial.sum(1)
+
+
+def moments_backward(x: torch.Tensor, grad: torch.Tensor, from_logits: bool) -> torch.Tensor:
+    """Gradient w.r.t. x of <grad, moments_forward(x)>; grad (B, C, 4) float64."""
+    b, c, h, w = x.shape
+    out = torch.empty_like(x)
+    moments_backward_kernel[_grid(x)](
+        x,
+        grad.contiguous(),
+        out,
+        c,
+        h,
+        w,
+        FROM_LOGITS=from_logits,
+        BLOCK_C=pow2(c),
+        BLOCK_P=BLOCKS["pixels"],
+    )
+    return out
