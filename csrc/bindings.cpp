@@ -107,7 +107,7 @@ at::Tensor tps_warp_backward_op(const at::Tensor& grad_out_, const at::Tensor& m
   return grad;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> equivariance_op(const at::Tensor& pred_,
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> equivariance_op(const at::Tensor& pred_,
                                                             const at::Tensor& pred_tps_,
                                                                const at::Tensor& mapping,
                                                                bool border) {
@@ -120,19 +120,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> equivariance_op(const at::Tensor&
   auto kl = at::empty({B}, opts);
   auto mom_tps = at::empty({B, K1 - 1, 3}, opts);
   auto mom_warp = at::empty({B, K1 - 1, 3}, opts);
+  auto warped = at::empty_like(pred);
   SF_DISPATCH(pred.scalar_type(), [&] {
     equivariance_forward<scalar_t>(pred.data_ptr<scalar_t>(), pred_tps.data_ptr<scalar_t>(),
                                    m.data_ptr<double>(), u.data_ptr<scalar_t>(), B, K1, H, W,
                                    border, kl.data_ptr<double>(), mom_tps.data_ptr<double>(),
-                                   mom_warp.data_ptr<double>(), aten_parallel);
+                                   mom_warp.data_ptr<double>(), warped.data_ptr<scalar_t>(),
+                                   aten_parallel);
   });
-  return {kl, mom_tps, mom_warp};
+  return {kl, mom_tps, mom_warp, warped};
 }
 
 std::tuple<at::Tensor, at::Tensor> equivariance_backward_op(
-    const at::Tensor& pred_, const at::Tensor& pred_tps_, const at::Tensor& mapping, bool border,
-    const at::Tensor& g_kl, const at::Tensor& g_tps, const at::Tensor& g_warp) {
+    const at::Tensor& pred_, const at::Tensor& warped_, const at::Tensor& pred_tps_,
+    const at::Tensor& mapping, bool border, const at::Tensor& g_kl, const at::Tensor& g_tps,
+    const at::Tensor& g_warp) {
   const auto pred = pred_.contiguous();
+  const auto warped = warped_.to(pred.scalar_type()).contiguous();
   const auto pred_tps = pred_tps_.to(pred.scalar_type()).contiguous();
   const auto m = f64(mapping);
   const auto u = radial_table(pred.size(2), pred.size(3), pred.scalar_type());
@@ -141,8 +145,8 @@ std::tuple<at::Tensor, at::Tensor> equivariance_backward_op(
   auto grad_pred_tps = at::empty_like(pred_tps);
   SF_DISPATCH(pred.scalar_type(), [&] {
     equivariance_backward<scalar_t>(
-        pred.data_ptr<scalar_t>(), pred_tps.data_ptr<scalar_t>(), m.data_ptr<double>(),
-        u.data_ptr<scalar_t>(), pred.size(0), pred.size(1), pred.size(2), pred.size(3), border,
+        pred.data_ptr<scalar_t>(), warped.data_ptr<scalar_t>(), pred_tps.data_ptr<scalar_t>(),
+        m.data_ptr<double>(), u.data_ptr<scalar_t>(), pred.size(0), pred.size(1), pred.size(2), pred.size(3), border,
         gk.data_ptr<double>(), gt.data_ptr<double>(), gw.data_ptr<double>(),
         grad_pred.data_ptr<scalar_t>(), grad_pred_tps.data_ptr<scalar_t>(), aten_parallel);
   });
@@ -212,10 +216,10 @@ TORCH_LIBRARY(scops_fast, m) {
   m.def("tps_warp_backward(Tensor grad_out, Tensor mapping, bool border) -> Tensor");
   m.def(
       "equivariance(Tensor pred, Tensor pred_tps, Tensor mapping, bool border)"
-      " -> (Tensor, Tensor, Tensor)");
+      " -> (Tensor, Tensor, Tensor, Tensor)");
   m.def(
-      "equivariance_backward(Tensor pred, Tensor pred_tps, Tensor mapping, bool border, "
-      "Tensor g_kl, Tensor g_tps, Tensor g_warp) -> (Tensor, Tensor)");
+      "equivariance_backward(Tensor pred, Tensor warped, Tensor pred_tps, Tensor mapping, "
+      "bool border, Tensor g_kl, Tensor g_tps, Tensor g_warp) -> (Tensor, Tensor)");
   m.def(
       "semantic_dense(Tensor features, Tensor pred, Tensor basis, bool grads)"
       " -> (Tensor, Tensor, Tensor)");

@@ -16,14 +16,25 @@ struct RowState {
   RowState(int64_t K1, int64_t W)
       : samples(W), warped(K1 * W), q(K1 * W), logzq(W), p(K1 * W), logzp(W), mx(W), sum(W) {}
 
-  void compute(const T* pred, const T* pred_tps, const double* m, const T* radial, int64_t b,
-               int64_t i, int64_t K1, int64_t H, int64_t W, bool border) {
+  // with_logs: also the log-partitions (the KL needs them, its gradient does not).
+  // saved: the warped logits kept by the forward, which spares the backward the gather.
+  void compute(const T* pred, const T* saved, const T* pred_tps, const double* m,
+               const T* radial, int64_t b, int64_t i, int64_t K1, int64_t H, int64_t W,
+               bool border, bool with_logs) {
     const int64_t plane = H * W;
     samples.compute(m + b * kMapping * 2, radial, i, H, W, border);
-    samples.read_row(pred + b * K1 * plane, plane, K1, warped.data(), W);
-    row_softmax(warped.data(), W, K1, W, q.data(), logzq.data(), mx.data(), sum.data());
-    row_softmax(pred_tps + b * K1 * plane + i * W, plane, K1, W, p.data(), logzp.data(),
-                mx.data(), sum.data());
+    if (saved == nullptr) {
+      samples.read_row(pred + b * K1 * plane, plane, K1, warped.data(), W);
+    } else {
+      for (int64_t c = 0; c < K1; ++c) {
+        const T* src = saved + (b * K1 + c) * plane + i * W;
+        std::copy(src, src + W, warped.data() + c * W);
+      }
+    }
+    row_softmax(warped.data(), W, K1, W, q.data(), with_logs ? logzq.data() : nullptr, mx.data(),
+                sum.data());
+    row_softmax(pred_tps + b * K1 * plane + i * W, plane, K1, W, p.data(),
+                with_logs ? logzp.data() : nullptr, mx.data(), sum.data());
   }
 };
 
@@ -33,7 +44,7 @@ template <typename T>
 void equivariance_forward(const T* pred, const T* pred_tps, const double* mapping,
                           const T* radial, int64_t B, int64_t K1, int64_t H, int64_t W,
                           bool border, double* kl, double* mom_tps, double* mom_warp,
-                          ParallelFor pf) {
+                          T* warped_out, ParallelFor pf) {
   const int64_t K = K1 - 1, plane = H * W;
   // Per (row, batch) partials: kl, then K x 3 for each map; added in row order.
   const int64_t stride = 1 + 6 * K;
@@ -45,7 +56,10 @@ void equivariance_forward(const T* pred, const T* pred_tps, const double* mappin
     for (int64_t i = begin; i < end; ++i) {
       const double y = loss_coord(i, H);
       for (int64_t b = 0; b < B; ++b) {
-        row.compute(pred, pred_tps, mapping, radial, b, i, K1, H, W, border);
+        row.compute(pred, nullptr, pred_tps, mapping, radial, b, i, K1, H, W, border, true);
+        for (int64_t c = 0; c < K1; ++c)
+          std::copy(row.warped.data() + c * W, row.warped.data() + (c + 1) * W,
+                    warped_out + (b * K1 + c) * plane + i * W);
         const T* tps_row = pred_tps + b * K1 * plane + i * W;
         double* acc = partial.data() + (i * B + b) * stride;
         T klsum = 0;
@@ -103,8 +117,8 @@ void equivariance_forward(const T* pred, const T* pred_tps, const double* mappin
 }
 
 template <typename T>
-void equivariance_backward(const T* pred, const T* pred_tps, const double* mapping,
-                           const T* radial, int64_t B, int64_t K1, int64_t H, int64_t W,
+void equivariance_backward(const T* pred, const T* warped, const T* pred_tps,
+                           const double* mapping, const T* radial, int64_t B, int64_t K1, int64_t H, int64_t W,
                            bool border, const double* g_kl, const double* g_tps,
                            const double* g_warp, T* grad_pred, T* grad_pred_tps,
                            ParallelFor pf) {
@@ -112,13 +126,14 @@ void equivariance_backward(const T* pred, const T* pred_tps, const double* mappi
   // One task per batch element: it owns grad_pred[b], into which the warp scatters.
   pf(B, [&](int64_t begin, int64_t end) {
     RowState<T> row(K1, W);
-    std::vector<T> xs(W), sq(W), dotp(W), dotq(W), gp(K * W), gq(K * W), dwarp(K1 * W);
+    std::vector<T> xs(W), sq(W), dotp(W), dotq(W), gp(K * W), gq(K * W), dwarp(K1 * W),
+        zeros(W, T(0));
     for (int64_t j = 0; j < W; ++j) xs[j] = T(loss_coord(j, W));
     for (int64_t b = begin; b < end; ++b) {
       std::fill(grad_pred + b * K1 * plane, grad_pred + (b + 1) * K1 * plane, T(0));
       const T gkl = T(g_kl[b]);
       for (int64_t i = 0; i < H; ++i) {
-        row.compute(pred, pred_tps, mapping, radial, b, i, K1, H, W, border);
+        row.compute(pred, warped, pred_tps, mapping, radial, b, i, K1, H, W, border, false);
         const T y = T(loss_coord(i, H));
         std::fill(sq.begin(), sq.end(), T(0));
         std::fill(dotp.begin(), dotp.end(), T(0));
@@ -149,12 +164,14 @@ void equivariance_backward(const T* pred, const T* pred_tps, const double* mappi
           const T* qc = row.q.data() + c * W;
           T* out = grad_pred_tps + (b * K1 + c) * plane + i * W;
           T* dw = dwarp.data() + c * W;
+          // The background has no moment term: its upstream row is zeros.
+          const T* gpc = c == 0 ? zeros.data() : gp.data() + (c - 1) * W;
+          const T* gqc = c == 0 ? zeros.data() : gq.data() + (c - 1) * W;
+#pragma omp simd
           for (int64_t j = 0; j < W; ++j) {
-            const T gpc = c == 0 ? T(0) : gp[(c - 1) * W + j];
-            const T gqc = c == 0 ? T(0) : gq[(c - 1) * W + j];
             const T qpos = qc[j] > T(0) ? qc[j] : T(0);
-            out[j] = gkl * (pc[j] * sq[j] - qpos) + pc[j] * (gpc - dotp[j]);
-            dw[j] = qc[j] * (gqc - dotq[j]);  // gradient w.r.t. the warped logit
+            out[j] = gkl * (pc[j] * sq[j] - qpos) + pc[j] * (gpc[j] - dotp[j]);
+            dw[j] = qc[j] * (gqc[j] - dotq[j]);  // gradient w.r.t. the warped logit
           }
         }
         row.samples.scatter_row(grad_pred + b * K1 * plane, plane, K1, dwarp.data(), W);
@@ -165,15 +182,18 @@ void equivariance_backward(const T* pred, const T* pred_tps, const double* mappi
 
 template void equivariance_forward<float>(const float*, const float*, const double*,
                                           const float*, int64_t, int64_t, int64_t, int64_t, bool,
-                                          double*, double*, double*, ParallelFor);
+                                          double*, double*, double*, float*, ParallelFor);
 template void equivariance_forward<double>(const double*, const double*, const double*,
                                            const double*, int64_t, int64_t, int64_t, int64_t,
-                                           bool, double*, double*, double*, ParallelFor);
-template void equivariance_backward<float>(const float*, const float*, const double*,
+                                           bool, double*, double*, double*, double*,
+                                           ParallelFor);
+template void equivariance_backward<float>(const float*, const float*, const float*,
+                                           const double*,
                                            const float*, int64_t, int64_t, int64_t, int64_t, bool,
                                            const double*, const double*, const double*, float*,
                                            float*, ParallelFor);
 template void equivariance_backward<double>(const double*, const double*, const double*,
+                                            const double*,
                                             const double*, int64_t, int64_t, int64_t, int64_t,
                                             bool, const double*, const double*, const double*,
                                             double*, double*, ParallelFor);

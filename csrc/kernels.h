@@ -30,8 +30,10 @@ inline void row_softmax(const T* z, int64_t stride, int64_t channels, int64_t W,
       sum[j] += pc[j];
     }
   }
-  if (logz != nullptr)
-    for (int64_t j = 0; j < W; ++j) logz[j] = mx[j] + std::log(sum[j]);
+  if (logz != nullptr) {
+#pragma omp simd
+    for (int64_t j = 0; j < W; ++j) logz[j] = mx[j] + vlog(sum[j]);
+  }
 #pragma omp simd
   for (int64_t j = 0; j < W; ++j) sum[j] = T(1) / sum[j];
   for (int64_t c = 0; c < channels; ++c) {
@@ -90,16 +92,29 @@ struct RowSamples {
       }
     }
   }
-  // Adjoint of read_row: dst plane c += spread of g[c * g_stride + j].
+  // Adjoint of read_row: dst plane c += spread of g[c * g_stride + j]. Plane by plane,
+  // so the read-modify-writes of consecutive pixels stay within one cached region.
   void scatter_row(T* dst, int64_t plane, int64_t C, const T* g, int64_t g_stride) const {
     const int64_t W = int64_t(gx.size());
-    for (int64_t j = 0; j < W; ++j)
-      for (int q = 0; q < 4; ++q) {
-        const int64_t o = offset[q][j];
-        if (o < 0) continue;
-        const T w = weight[q][j];
-        for (int64_t c = 0; c < C; ++c) dst[c * plane + o] += w * g[c * g_stride + j];
+    for (int64_t c = 0; c < C; ++c) {
+      T* p = dst + c * plane;
+      const T* gc = g + c * g_stride;
+      for (int64_t j = 0; j < W; ++j) {
+        const int64_t o0 = offset[0][j], o1 = offset[1][j], o2 = offset[2][j], o3 = offset[3][j];
+        const T v = gc[j];
+        if ((o0 | o1 | o2 | o3) >= 0) {
+          p[o0] += weight[0][j] * v;
+          p[o1] += weight[1][j] * v;
+          p[o2] += weight[2][j] * v;
+          p[o3] += weight[3][j] * v;
+        } else {
+          if (o0 >= 0) p[o0] += weight[0][j] * v;
+          if (o1 >= 0) p[o1] += weight[1][j] * v;
+          if (o2 >= 0) p[o2] += weight[2][j] * v;
+          if (o3 >= 0) p[o3] += weight[3][j] * v;
+        }
       }
+    }
   }
 };
 
@@ -118,17 +133,17 @@ void tps_warp_backward(const T* grad_out, const double* mapping, const T* radial
 // ---- equivariance.cpp: fused SPEC section 7 ----
 // kl: (B) sums of q (log q - log p_tps) over channels and pixels; mom_tps, mom_warp:
 // (B, K, 3) sums of (P + 1e-3) * (1, x, y) of the parts of softmax(pred_tps) and of
-// softmax(warp(pred)).
+// softmax(warp(pred)); warped_out: warp(pred), kept for the backward.
 template <typename T>
 void equivariance_forward(const T* pred, const T* pred_tps, const double* mapping,
                           const T* radial, int64_t B, int64_t K1, int64_t H, int64_t W,
                           bool border, double* kl, double* mom_tps, double* mom_warp,
-                          ParallelFor pf);
+                          T* warped_out, ParallelFor pf);
 // Gradients of <g_kl, kl> + <g_tps, mom_tps> + <g_warp, mom_warp>: w.r.t. pred_tps, and
 // w.r.t. pred through the warp of the landmark term (the KL target is detached).
 template <typename T>
-void equivariance_backward(const T* pred, const T* pred_tps, const double* mapping,
-                           const T* radial, int64_t B, int64_t K1, int64_t H, int64_t W,
+void equivariance_backward(const T* pred, const T* warped, const T* pred_tps,
+                           const double* mapping, const T* radial, int64_t B, int64_t K1, int64_t H, int64_t W,
                            bool border, const double* g_kl, const double* g_tps,
                            const double* g_warp, T* grad_pred, T* grad_pred_tps,
                            ParallelFor pf);

@@ -33,12 +33,45 @@ void RowSamples<T>::compute(const double* m, const T* radial, int64_t i, int64_t
       py[j] += double(u[j]) * my;
     }
   }
+  // bilinear_at (common.h) per pixel, restated branch-free so the row vectorises.
+  const double half_w = 0.5 * double(W - 1), half_h = 0.5 * double(H - 1);
+  // Border padding clamps positions into the image; zeros padding leaves them be.
+  const double inf = INFINITY;
+  const double x_lo = border ? 0.0 : -inf, x_hi = border ? double(W - 1) : inf;
+  const double y_lo = border ? 0.0 : -inf, y_hi = border ? double(H - 1) : inf;
+  int64_t* o00 = offset[0].data();
+  int64_t* o01 = offset[1].data();
+  int64_t* o10 = offset[2].data();
+  int64_t* o11 = offset[3].data();
+  T* w00 = weight[0].data();
+  T* w01 = weight[1].data();
+  T* w10 = weight[2].data();
+  T* w11 = weight[3].data();
+#pragma omp simd
   for (int64_t j = 0; j < W; ++j) {
-    const Bilinear s = bilinear_at(px[j], py[j], H, W, border);
-    for (int c = 0; c < 4; ++c) {
-      offset[c][j] = s.valid[c] ? s.offset[c] : -1;
-      weight[c][j] = s.valid[c] ? T(s.weight[c]) : T(0);
-    }
+    double ix = (px[j] + 1.0) * half_w, iy = (py[j] + 1.0) * half_h;
+    ix = ix < x_lo ? x_lo : (ix > x_hi ? x_hi : ix);
+    iy = iy < y_lo ? y_lo : (iy > y_hi ? y_hi : iy);
+    // Beyond one pixel outside (or NaN) no corner is inside: park it there.
+    const bool near = ix > -2.0 && ix < double(W + 1) && iy > -2.0 && iy < double(H + 1);
+    ix = near ? ix : -4.0;
+    iy = near ? iy : -4.0;
+    const double fx = std::floor(ix), fy = std::floor(iy);
+    const double tx = ix - fx, ty = iy - fy;
+    const int64_t x0 = int64_t(fx), y0 = int64_t(fy);
+    // Unsigned compares test 0 <= v < n in one step and keep the masks simple.
+    const uint64_t uw = uint64_t(W), uh = uint64_t(H);
+    const int64_t in_x0 = uint64_t(x0) < uw, in_x1 = uint64_t(x0 + 1) < uw;
+    const int64_t in_y0 = uint64_t(y0) < uh, in_y1 = uint64_t(y0 + 1) < uh;
+    const int64_t base = y0 * W + x0;
+    o00[j] = (in_y0 & in_x0) ? base : -1;
+    o01[j] = (in_y0 & in_x1) ? base + 1 : -1;
+    o10[j] = (in_y1 & in_x0) ? base + W : -1;
+    o11[j] = (in_y1 & in_x1) ? base + W + 1 : -1;
+    w00[j] = T((1.0 - tx) * (1.0 - ty));
+    w01[j] = T(tx * (1.0 - ty));
+    w10[j] = T((1.0 - tx) * ty);
+    w11[j] = T(tx * ty);
   }
 }
 
