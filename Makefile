@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMPS := $(VENV)/.stamps
 EXT_SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/cuda/*.cu csrc/cuda/*.cuh)
 
-.PHONY: all install test bench lint format clean
+.PHONY: all install test demo bench lint format clean
 
 all: test
 
@@ -28,6 +28,11 @@ install: $(STAMPS)/build
 test: install
 	$(VENV)/bin/ruff check scops_fast tests benchmarks
 	$(PY) -m pytest tests -q
+
+# The main job: train SCOPS on the embedded synthetic dataset, evaluate, write the report.
+# --resume: a second run picks up the finished checkpoint and only re-evaluates.
+demo: install
+	$(PY) -m scops_fast.train --config demo --out runs/demo --resume
 
 bench: install
 	$(PY) -m pytest benchmarks --benchmark-only
