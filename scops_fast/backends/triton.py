@@ -1,8 +1,40 @@
-"""Triton kernels (not written yet: see the GPU-path issue)."""
+"""Triton kernels (`scops_fast.triton_kernels`) as torch custom ops `scops_fast_triton::*`.
 
-DEVICES = ("cuda",)
+They run on CUDA tensors. Under TRITON_INTERPRET=1 (read by Triton when the kernels are
+decorated, i.e. at import) they also run on CPU tensors through Triton's interpreter:
+slow, meant for tests. "auto" never picks this backend for CPU tensors (see
+`_dispatch.AUTO_ORDER`).
+"""
+
+import os
+
+DEVICES: tuple = ("cuda",)
 OPS: dict = {}
 
 
 def probe():
-    return "not implemented yet: the Triton kernels have not been written"
+    global DEVICES
+    try:
+        import triton  # noqa: F401
+    except Exception as exc:  # missing or broken: report, do not raise
+        return f"triton is not importable: {type(exc).__name__}: {exc}"
+    import torch
+
+    if os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available():
+        return "no CUDA device (TRITON_INTERPRET=1 runs the kernels on CPU tensors, slowly)"
+    from scops_fast import triton_kernels
+    from scops_fast.triton_ops import concentration, equivariance, semantic, warp
+
+    # What counts is how the kernels were decorated, not the variable's value now.
+    DEVICES = ("cuda", "cpu") if triton_kernels.interpreted() else ("cuda",)
+    if "cpu" not in DEVICES and not torch.cuda.is_available():
+        return "no CUDA device, and the kernels were imported without TRITON_INTERPRET=1"
+    OPS.update(
+        batch_get_centers=concentration.batch_get_centers,
+        concentration_loss=concentration.concentration_loss,
+        semantic_consistency_loss=semantic.semantic_consistency_loss,
+        semantic_consistency_loss_lowres=semantic.semantic_consistency_loss_lowres,
+        tps_warp=warp.tps_warp,
+        equivariance_losses=equivariance.equivariance_losses,
+    )
+    return None

@@ -1,0 +1,408 @@
+"""Backend "triton" against the reference, on CPU tensors through Triton's interpreter:
+values, gradients, odd sizes with masked tails, many programs along every grid axis (tiny
+blocks), dtypes, layouts, determinism, poisoned outputs and torch.compile.
+
+TRITON_INTERPRET=1 must be set before the kernels are imported: Triton reads it when
+@triton.jit decorates them. pytest imports every test module before running any test, so
+the whole pytest process sees it from then on. That changes nothing for the other
+modules: "auto" never picks triton for CPU tensors, and no other code reads the variable.
+Should the kernels have been imported without it anyway (the triton backend probed before
+this module was imported), `interpreted_backend` re-imports them and drops the cached
+probe result.
+"""
+
+import os
+
+os.environ["TRITON_INTERPRET"] = "1"
+
+import importlib  # noqa: E402
+import sys  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from conftest import assert_rel  # noqa: E402
+
+import scops_fast  # noqa: E402
+from scops_fast import _dispatch, losses, reference, tps  # noqa: E402
+
+# Dependency order: a kernel module binds the @triton.jit helpers of the modules before it.
+KERNEL_MODULES = ("common", "fixed", "moments", "warp", "equivariance", "semantic")
+
+# Tiny launch sizes: several programs along every grid axis and masked tails at these shapes.
+TEST_BLOCKS = {
+    "pixels": 16,
+    "elementwise": 64,
+    "dense_pixels": 16,
+    "dense_channels": 16,
+    "dense_programs": 3,
+    "lowres_columns": 16,
+}
+
+# (B, K, H, W): odd and non-square with a partial last block, K=1 and B=1, one row.
+SHAPES = [(2, 3, 11, 13), (1, 1, 6, 5), (2, 2, 9, 4), (2, 2, 1, 7)]
+TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
+WARP_TOL = {torch.float64: 1e-10, torch.float32: 1e-4}
+DTYPES = [torch.float64, torch.float32]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def interpreted_backend():
+    from scops_fast import triton_kernels
+
+    if not triton_kernels.interpreted():
+        for name in KERNEL_MODULES:
+            module = sys.modules.get(f"scops_fast.triton_kernels.{name}")
+            if module is not None:
+                importlib.reload(module)
+    _dispatch._loaded.pop("triton", None)
+    assert triton_kernels.interpreted()
+    yield
+    _dispatch._loaded.pop("triton", None)
+
+
+@pytest.fixture(autouse=True)
+def small_blocks(monkeypatch):
+    from scops_fast.triton_kernels import BLOCKS
+
+    for key, value in TEST_BLOCKS.items():
+        monkeypatch.setitem(BLOCKS, key, value)
+
+
+@pytest.fixture(autouse=True)
+def poison_empty_tensors():
+    """Fill every uninitialised allocation (the kernels' outputs and partial-sum slots
+    included) with NaN, so an element a kernel forgets to write shows up as a mismatch."""
+    old = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.utils.deterministic.fill_uninitialized_memory,
+    )
+    torch.use_deterministic_algorithms(True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    yield
+    torch.use_deterministic_algorithms(old[0])
+    torch.utils.deterministic.fill_uninitialized_memory = old[1]
+
+
+def test_backend_is_usable_on_cpu_only_through_the_interpreter():
+    report = scops_fast.available_backends()
+    assert "triton" in report, report.unavailable.get("triton")
+    assert report["triton"] == ("cuda", "cpu")
+    # "auto" keeps its CPU order: triton is never picked for CPU tensors.
+    auto = _dispatch.resolve("concentration_loss", "auto", "cpu")
+    assert auto is not _dispatch._load("triton").module.OPS["concentration_loss"]
+
+
+def test_probe_reasons(monkeypatch):
+    from scops_fast.backends import triton as backend
+
+    monkeypatch.setattr(backend, "DEVICES", backend.DEVICES)
+    monkeypatch.delenv("TRITON_INTERPRET")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert "no CUDA device" in backend.probe()
+    monkeypatch.setitem(sys.modules, "triton", None)
+    assert "triton is not importable" in backend.probe()
+
+
+def make(shape, dtype, gen, scale=1.0, layout="contiguous"):
+    t = (scale * torch.randn(*shape, generator=gen, dtype=torch.float64)).to(dtype)
+    if layout == "channels_last":
+        t = t.contiguous(memory_format=torch.channels_last)
+    return t.requires_grad_(True)
+
+
+def source_points(b, dtype, gen):
+    pts = reference.target_points() * 1.3 + 0.15 * torch.randn(
+        b, 25, 2, generator=gen, dtype=torch.float64
+    )
+    return pts.to(dtype)
+
+
+def check(fn, inputs, dtype, tol):
+    """fn(*inputs, backend) for triton vs reference: outputs, and gradients under a
+    random upstream weight."""
+    outs = {}
+    for backend in ("triton", "reference"):
+        out = fn(*inputs, backend=backend)
+        outs[backend] = (out,) if torch.is_tensor(out) else tuple(out)
+    gen = torch.Generator().manual_seed(99)
+    weights = [torch.rand(o.shape, generator=gen, dtype=dtype) + 0.5 for o in outs["reference"]]
+    grads = {}
+    for backend, out in outs.items():
+        for a in out:
+            assert a.dtype == dtype
+        total = sum((o * w).sum() for o, w in zip(out, weights, strict=True))
+        grads[backend] = torch.autograd.grad(total, inputs, allow_unused=True)
+    for a, e in zip(outs["triton"], outs["reference"], strict=True):
+        assert_rel(a, e, tol[dtype], "value")
+    for i, (a, e) in enumerate(zip(grads["triton"], grads["reference"], strict=True)):
+        assert_rel(a, e, tol[dtype], f"gradient of input {i}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_concentration_and_centers(shape, dtype, gen):
+    b, k, h, w = shape
+    pred = make((b, k + 1, h, w), dtype, gen, scale=3.0)
+    check(losses.concentration_loss, [pred], dtype, TOL)
+    probs = torch.softmax(pred.detach(), 1)[:, 1:].requires_grad_(True)
+    check(losses.batch_get_centers, [probs], dtype, TOL)
+
+
+@pytest.mark.parametrize("padding", ["zeros", "border"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_warp_and_equivariance(shape, dtype, padding, gen):
+    b, k, h, w = shape
+    pts = source_points(b, dtype, gen)
+    x = make((b, 3, h, w), dtype, gen)
+    check(
+        lambda x, backend: tps.tps_warp(x, pts, padding_mode=padding, backend=backend),
+        [x],
+        dtype,
+        WARP_TOL,
+    )
+    pred = make((b, k + 1, h, w), dtype, gen, scale=2.0)
+    pred_tps = make((b, k + 1, h, w), dtype, gen, scale=2.0)
+    check(
+        lambda p, q, backend: losses.equivariance_losses(
+            p, q, pts, padding_mode=padding, backend=backend
+        ),
+        [pred, pred_tps],
+        dtype,
+        WARP_TOL,
+    )
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_semantic_dense(shape, dtype, gen):
+    b, k, h, w = shape
+    pred = make((b, k + 1, h, w), dtype, gen, scale=2.0)
+    # 20 channels: two channel chunks of 16, the second masked.
+    feats = make((b, 20, h, w), dtype, gen).detach()
+    basis = torch.rand(k, 20, generator=gen, dtype=torch.float64).to(dtype).requires_grad_(True)
+    check(
+        lambda p, m, backend: losses.semantic_consistency_loss(feats, p, m, backend=backend),
+        [pred, basis],
+        dtype,
+        TOL,
+    )
+
+
+@pytest.mark.parametrize("saliency", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES[:3])
+def test_semantic_lowres(shape, dtype, saliency, gen):
+    b, k, h, w = shape
+    pred = make((b, k + 1, h, w), dtype, gen, scale=2.0)
+    # Two maps of one size and one of another, one of them non-contiguous.
+    low = [
+        torch.randn(b, 3, 4, 5, generator=gen, dtype=torch.float64).to(dtype),
+        torch.randn(b, 5, 4, 2, generator=gen, dtype=torch.float64).to(dtype).transpose(2, 3),
+        torch.randn(b, 2, 4, 5, generator=gen, dtype=torch.float64).to(dtype),
+    ]
+    sal = torch.rand(b, h, w, generator=gen, dtype=torch.float64).to(dtype) if saliency else None
+    basis = torch.rand(k, 10, generator=gen, dtype=torch.float64).to(dtype).requires_grad_(True)
+    check(
+        lambda p, m, backend: losses.semantic_consistency_loss_lowres(
+            low, p, m, sal, backend=backend
+        ),
+        [pred, basis],
+        dtype,
+        TOL,
+    )
+
+
+def test_lowres_one_pixel_feature_map_and_one_row_output(gen):
+    # Degenerate upsampling axes: h = w = 1 (every pixel reads one vector) and H = 1.
+    pred = make((2, 3, 1, 9), torch.float64, gen, scale=2.0)
+    low = torch.randn(2, 4, 1, 1, generator=gen, dtype=torch.float64)
+    basis = torch.rand(2, 4, generator=gen, dtype=torch.float64).requires_grad_(True)
+    check(
+        lambda p, m, backend: losses.semantic_consistency_loss_lowres(low, p, m, backend=backend),
+        [pred, basis],
+        torch.float64,
+        TOL,
+    )
+
+
+def test_non_contiguous_layouts(gen):
+    b, k, h, w = 2, 2, 9, 7
+    pts = source_points(b, torch.float32, gen)
+    pred = make((b, k + 1, h, w), torch.float32, gen, 2.0, layout="channels_last")
+    pred_tps = make((b, k + 1, w, h), torch.float32, gen, 2.0).transpose(2, 3)
+    check(losses.concentration_loss, [pred], torch.float32, TOL)
+    check(lambda x, backend: tps.tps_warp(x, pts, backend=backend), [pred], torch.float32, WARP_TOL)
+    check(
+        lambda p, q, backend: losses.equivariance_losses(p, q, pts, backend=backend),
+        [pred, pred_tps],
+        torch.float32,
+        WARP_TOL,
+    )
+    feats = torch.randn(b, 5, w, h, generator=gen).transpose(2, 3)
+    basis = torch.rand(k, 5, generator=gen, requires_grad=True)
+    check(
+        lambda p, m, backend: losses.semantic_consistency_loss(feats, p, m, backend=backend),
+        [pred_tps, basis],
+        torch.float32,
+        TOL,
+    )
+
+
+def test_lowres_matches_dense_at_a_training_like_shape(gen):
+    # SPEC section 8's features, scaled down: 4x4 -> 32x32, saliency-masked.
+    pred = torch.randn(1, 9, 32, 32, generator=gen) * 2
+    low = torch.randn(1, 24, 4, 4, generator=gen)
+    sal = torch.rand(1, 32, 32, generator=gen)
+    basis = torch.rand(8, 24, generator=gen)
+    dense_v = reference.upsample_features(low, 32, 32, sal)
+    expected = losses.semantic_consistency_loss(dense_v, pred, basis, backend="reference")
+    got = losses.semantic_consistency_loss_lowres(low, pred, basis, sal, backend="triton")
+    assert_rel(got, expected, 1e-5, "lowres vs dense")
+    got_dense = losses.semantic_consistency_loss(dense_v, pred, basis, backend="triton")
+    assert_rel(got_dense, expected, 1e-5, "dense")
+
+
+def test_gradcheck_float64(gen):
+    def t(*shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64).requires_grad_(True)
+
+    pts = source_points(2, torch.float64, gen)
+    feats = torch.randn(2, 4, 5, 6, generator=gen, dtype=torch.float64)
+    low = torch.randn(2, 4, 3, 2, generator=gen, dtype=torch.float64)
+    sal = torch.rand(2, 5, 6, generator=gen, dtype=torch.float64)
+    be = "triton"
+    cases = [
+        (lambda p: losses.concentration_loss(p, backend=be), (t(2, 3, 5, 6),)),
+        (lambda p: losses.batch_get_centers(p, backend=be), (t(2, 3, 5, 6),)),
+        (lambda x: tps.tps_warp(x, pts, backend=be), (t(2, 2, 5, 6),)),
+        (lambda x: tps.tps_warp(x, pts, padding_mode="border", backend=be), (t(2, 2, 5, 6),)),
+        (
+            lambda p, m: losses.semantic_consistency_loss(feats, p, m, backend=be),
+            (t(2, 3, 5, 6), t(2, 4)),
+        ),
+        (
+            lambda p, m: losses.semantic_consistency_loss_lowres(low, p, m, sal, backend=be),
+            (t(2, 3, 5, 6), t(2, 4)),
+        ),
+        # The KL target is detached (SPEC section 7): check it w.r.t. pred_tps only.
+        (
+            lambda q: losses.equivariance_losses(feats[:, :3].detach(), q, pts, backend=be)[0],
+            (t(2, 3, 5, 6),),
+        ),
+        (
+            lambda p, q: losses.equivariance_losses(p, q, pts, backend=be)[1],
+            (t(2, 3, 5, 6), t(2, 3, 5, 6)),
+        ),
+    ]
+    for fn, inputs in cases:
+        # Fast mode: a few random directional derivatives instead of the full Jacobian,
+        # which would take minutes through the interpreter.
+        assert torch.autograd.gradcheck(fn, inputs, fast_mode=True)
+
+
+def run_all(seed=5):
+    """Outputs and gradients of every triton op on one fixed input set."""
+    gen = torch.Generator().manual_seed(seed)
+    pred = torch.randn(2, 4, 13, 11, generator=gen, requires_grad=True)
+    pred_tps = torch.randn(2, 4, 13, 11, generator=gen, requires_grad=True)
+    feats = torch.randn(2, 18, 13, 11, generator=gen)
+    low = torch.randn(2, 18, 3, 4, generator=gen)
+    basis = torch.rand(3, 18, generator=gen, requires_grad=True)
+    pts = source_points(2, torch.float32, gen)
+    outs = [
+        losses.concentration_loss(pred, backend="triton"),
+        *losses.equivariance_losses(pred, pred_tps, pts, backend="triton"),
+        tps.tps_warp(pred, pts, backend="triton").square().mean(),
+        losses.semantic_consistency_loss(feats, pred, basis, backend="triton"),
+        losses.semantic_consistency_loss_lowres(low, pred, basis, backend="triton"),
+    ]
+    results = []
+    for out in outs:
+        grads = torch.autograd.grad(
+            out, (pred, pred_tps, basis), allow_unused=True, retain_graph=True
+        )
+        results.append((out.detach(), [g for g in grads if g is not None]))
+    return results
+
+
+def test_deterministic_across_runs():
+    first, second = run_all(), run_all()
+    for (va, ga), (vb, gb) in zip(first, second, strict=True):
+        assert torch.equal(va, vb)
+        for x, y in zip(ga, gb, strict=True):
+            assert torch.equal(x, y)
+
+
+def test_fixed_point_adjoint_edge_cases(gen):
+    from scops_fast.triton_ops.warp import tps_warp_backward
+
+    pts = source_points(1, torch.float64, gen)
+    mapping = reference.tps_mapping(pts)
+    zeros = torch.zeros(1, 2, 6, 5)
+    assert torch.equal(tps_warp_backward(zeros, mapping, False), zeros)
+    # A non-finite upstream gradient must not come back as finite numbers.
+    g = torch.randn(1, 2, 6, 5, generator=gen)
+    g[0, 1, 2, 3] = float("nan")
+    assert torch.isnan(tps_warp_backward(g, mapping, False)).any()
+    # Tiny gradients keep their relative precision: the scale follows their size.
+    g = torch.randn(1, 2, 6, 5, generator=gen, dtype=torch.float64) * 1e-200
+    x = torch.zeros(1, 2, 6, 5, dtype=torch.float64, requires_grad=True)
+    (expected,) = torch.autograd.grad(reference.tps_warp(x, pts), x, g)
+    assert_rel(tps_warp_backward(g, mapping, False), expected, 1e-10, "tiny gradients")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_inputs_accumulate_in_float32(dtype, gen):
+    pred = torch.randn(2, 5, 8, 6, generator=gen) * 2
+    pts = source_points(2, torch.float32, gen)
+    feats = torch.randn(2, 6, 8, 6, generator=gen)
+    basis = torch.rand(4, 6, generator=gen)
+    cases = [
+        lambda p, b: losses.concentration_loss(p, backend=b),
+        lambda p, b: losses.equivariance_losses(p, p.flip(3), pts, backend=b)[0],
+        lambda p, b: losses.semantic_consistency_loss(
+            feats.to(p.dtype), p, basis.to(p.dtype), backend=b
+        ),
+        lambda p, b: losses.semantic_consistency_loss_lowres(
+            feats[..., :4, :3].to(p.dtype), p, basis.to(p.dtype), backend=b
+        ),
+    ]
+    for fn in cases:
+        half = fn(pred.to(dtype), "triton")
+        assert half.dtype == dtype
+        assert_rel(half.float(), fn(pred.to(dtype).float(), "triton"), 1e-2, str(dtype))
+    assert tps.tps_warp(pred.to(dtype), pts, backend="triton").dtype == dtype
+
+
+def test_compile_fullgraph_has_no_graph_breaks(gen):
+    pred = torch.randn(2, 4, 12, 10, generator=gen, requires_grad=True)
+    pred_tps = torch.randn(2, 4, 12, 10, generator=gen, requires_grad=True)
+    low = torch.randn(2, 6, 3, 3, generator=gen)
+    feats = torch.randn(2, 6, 12, 10, generator=gen)
+    basis = torch.rand(3, 6, generator=gen, requires_grad=True)
+    sal = torch.rand(2, 12, 10, generator=gen)
+    pts = source_points(2, torch.float32, gen)
+    be = "triton"
+
+    def total(pred, pred_tps, basis):
+        eqv, lm = losses.equivariance_losses(pred, pred_tps, pts, backend=be)
+        return (
+            losses.concentration_loss(pred, backend=be)
+            + eqv
+            + lm
+            + losses.semantic_consistency_loss_lowres(low, pred, basis, sal, backend=be)
+            + losses.semantic_consistency_loss(feats, pred, basis, backend=be)
+            + losses.batch_get_centers(torch.softmax(pred, 1)[:, 1:], backend=be).sum()
+            + tps.tps_warp(pred, pts, backend=be).mean()
+        )
+
+    torch._dynamo.reset()
+    compiled = torch.compile(total, backend="aot_eager", fullgraph=True)
+    expected = total(pred, pred_tps, basis)
+    got = compiled(pred, pred_tps, basis)
+    assert_rel(got, expected, 1e-6, "compiled value")
+    ge = torch.autograd.grad(expected, (pred, pred_tps, basis))
+    gc = torch.autograd.grad(got, (pred, pred_tps, basis))
+    for a, e in zip(gc, ge, strict=True):
+        assert_rel(a, e, 1e-6, "compiled gradient")
