@@ -2,21 +2,39 @@
 values, gradients, odd sizes with masked tails, many programs along every grid axis (tiny
 blocks), dtypes, layouts, determinism, poisoned outputs and torch.compile.
 
-TRITON_INTERPRET=1 must be set before the kernels are imported: Triton reads it when
-@triton.jit decorates them. pytest imports every test module before running any test, so
-the whole pytest process sees it from then on. That changes nothing for the other
-modules: "auto" never picks triton for CPU tensors, and no other code reads the variable.
-Should the kernels have been imported without it anyway (the triton backend probed before
-this module was imported), `interpreted_backend` re-imports them and drops the cached
-probe result.
+TRITON_INTERPRET=1 must be set before Triton decorates any @triton.jit function, its own
+standard library (tl.sum, tl.max, ...) included: so before `triton.language` is first
+imported, not merely before our kernels are. It is set below, before anything from
+scops_fast is imported; pytest imports every test module before running any test, so
+the whole pytest process sees it from then on (unless, as next paragraph, the tests run
+in a child process, which alone gets the variable). That changes nothing for the other
+modules: "auto" never picks triton for CPU tensors and no other code of ours reads it.
+
+In a full run an earlier module (test_models, through torchvision) has usually imported
+triton already, without the variable; the interpreter then cannot run our kernels in
+this process. The tests here are then skipped and `test_in_a_fresh_interpreter` runs
+this file in a child pytest with the variable set from the start.
 """
 
 import os
+import sys
 
-os.environ["TRITON_INTERPRET"] = "1"
 
-import importlib  # noqa: E402
-import sys  # noqa: E402
+def _triton_imported_without_interpreter() -> bool:
+    lang = sys.modules.get("triton.language")
+    if lang is None:
+        return False
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return not isinstance(lang.standard.sum, InterpretedFunction)
+
+
+IN_PROCESS = not _triton_imported_without_interpreter()
+if IN_PROCESS:
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import pathlib  # noqa: E402
+import subprocess  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -24,9 +42,6 @@ from conftest import assert_rel  # noqa: E402
 
 import scops_fast  # noqa: E402
 from scops_fast import _dispatch, losses, reference, tps  # noqa: E402
-
-# Dependency order: a kernel module binds the @triton.jit helpers of the modules before it.
-KERNEL_MODULES = ("common", "fixed", "moments", "warp", "equivariance", "semantic")
 
 # Tiny launch sizes: several programs along every grid axis and masked tails at these shapes.
 TEST_BLOCKS = {
@@ -45,19 +60,30 @@ WARP_TOL = {torch.float64: 1e-10, torch.float32: 1e-4}
 DTYPES = [torch.float64, torch.float32]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def interpreted_backend():
-    from scops_fast import triton_kernels
-
-    if not triton_kernels.interpreted():
-        for name in KERNEL_MODULES:
-            module = sys.modules.get(f"scops_fast.triton_kernels.{name}")
-            if module is not None:
-                importlib.reload(module)
+@pytest.fixture(autouse=True)
+def interpreted_backend(request):
+    if not IN_PROCESS:
+        if request.node.name != "test_in_a_fresh_interpreter":
+            pytest.skip(
+                "triton was imported without TRITON_INTERPRET=1 before this module: "
+                "test_in_a_fresh_interpreter runs these tests in a child process"
+            )
+        yield
+        return
+    # A probe that ran before the variable was set has cached "no CUDA device".
     _dispatch._loaded.pop("triton", None)
-    assert triton_kernels.interpreted()
     yield
     _dispatch._loaded.pop("triton", None)
+
+
+@pytest.mark.skipif(IN_PROCESS, reason="the tests of this file run in this process")
+def test_in_a_fresh_interpreter():
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    root = pathlib.Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider"]
+    done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
+    assert " passed" in done.stdout.strip().splitlines()[-1], done.stdout[-2000:]
 
 
 @pytest.fixture(autouse=True)
@@ -93,11 +119,16 @@ def test_backend_is_usable_on_cpu_only_through_the_interpreter():
 
 
 def test_probe_reasons(monkeypatch):
+    from scops_fast import triton_kernels
     from scops_fast.backends import triton as backend
 
     monkeypatch.setattr(backend, "DEVICES", backend.DEVICES)
-    monkeypatch.delenv("TRITON_INTERPRET")
+    monkeypatch.setattr(triton_kernels, "kernel_mode", lambda: "mixed")
+    assert "set it before `import triton`" in backend.probe()
+    monkeypatch.setattr(triton_kernels, "kernel_mode", lambda: "compiled")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert "imported without TRITON_INTERPRET=1" in backend.probe()
+    monkeypatch.delenv("TRITON_INTERPRET")
     assert "no CUDA device" in backend.probe()
     monkeypatch.setitem(sys.modules, "triton", None)
     assert "triton is not importable" in backend.probe()

@@ -26,8 +26,11 @@ def probe():
     from scops_fast.triton_ops import concentration, equivariance, semantic, warp
 
     # What counts is how the kernels were decorated, not the variable's value now.
-    DEVICES = ("cuda", "cpu") if triton_kernels.interpreted() else ("cuda",)
-    if "cpu" not in DEVICES and not torch.cuda.is_available():
+    mode = triton_kernels.kernel_mode()
+    if mode == "mixed":
+        return "TRITON_INTERPRET changed after triton was imported: set it before `import triton`"
+    DEVICES = ("cuda", "cpu") if mode == "interpreted" else ("cuda",)
+    if mode == "compiled" and not torch.cuda.is_available():
         return "no CUDA device, and the kernels were imported without TRITON_INTERPRET=1"
     OPS.update(
         batch_get_centers=concentration.batch_get_centers,

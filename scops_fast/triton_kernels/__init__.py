@@ -34,11 +34,18 @@ def pow2(n: int, floor: int = 1) -> int:
     return max(floor, triton.next_power_of_2(max(int(n), 1)))
 
 
-def interpreted() -> bool:
-    """True when this package's kernels were decorated under TRITON_INTERPRET=1 (the
-    variable is read by @triton.jit, so what counts is its value at import)."""
+def kernel_mode() -> str:
+    """ "interpreted" when this package's kernels and Triton's own @jit library (tl.sum,
+    tl.max, ...) were decorated under TRITON_INTERPRET=1, "compiled" when neither was,
+    "mixed" when the variable changed between `import triton` and the import of these
+    kernels (then nothing runs: interpreted kernels cannot call compiled helpers)."""
+    import triton.language as tl
     from triton.runtime.interpreter import InterpretedFunction
 
     from scops_fast.triton_kernels import moments
 
-    return isinstance(moments.moments_forward_kernel, InterpretedFunction)
+    ours = isinstance(moments.moments_forward_kernel, InterpretedFunction)
+    theirs = isinstance(tl.standard.sum, InterpretedFunction)
+    if ours != theirs:
+        return "mixed"
+    return "interpreted" if ours else "compiled"
