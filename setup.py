@@ -1,4 +1,8 @@
-"""Builds the optional compiled kernels of csrc/ next to the pure-Python package.
+"""Builds the compiled kernels of csrc/ next to the pure-Python package.
+
+- scops_fast._C: the CPU kernels (csrc/*.cpp), always.
+- scops_fast._C_cuda: the CUDA kernels (csrc/cuda/), when torch sees a GPU or
+  FORCE_CUDA=1 (CI compiles them for sm_80 and sm_90 without a GPU).
 
 A failed compile does not fail the install unless SCOPS_FAST_STRICT_BUILD=1 (as
 `make test` sets): the package stays importable, and `available_backends()` reports
@@ -13,31 +17,67 @@ from setuptools import setup
 
 ROOT = pathlib.Path(__file__).parent
 BUILD_ERRORS = ROOT / "scops_fast" / "_build_errors"
+CPU_FLAGS = [
+    "-O3",
+    # `omp simd` vectorises the reductions without an OpenMP runtime: threads come
+    # from at::parallel_for. No errno / trapping math lets floor and friends vectorise.
+    "-fopenmp-simd",
+    "-fno-math-errno",
+    "-fno-trapping-math",
+    # The package is built where it runs, so target the build machine by default.
+    f"-march={os.environ.get('SCOPS_FAST_MARCH', 'native')}",
+    "-std=c++20",
+]
 
 
-def cpu_extension():
-    sources = sorted(glob.glob("csrc/*.cpp"))
-    if not sources:
-        return []
+def want_cuda() -> bool:
+    if os.environ.get("FORCE_CUDA") == "1":
+        return True
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def cuda_home_default():
+    # The machine's nvcc may be a wrapper script on PATH; torch would then guess the
+    # wrong CUDA_HOME from it.
+    if "CUDA_HOME" not in os.environ and pathlib.Path("/usr/local/cuda/bin/nvcc").exists():
+        os.environ["CUDA_HOME"] = "/usr/local/cuda"
+
+
+def extensions():
     from torch.utils.cpp_extension import CppExtension
 
-    return [
-        CppExtension(
-            "scops_fast._C",
-            sources,
-            include_dirs=[str(ROOT / "csrc")],
-            # -fopenmp-simd: honour `omp simd` (vectorised reductions) without an
-            # OpenMP runtime; threads come from at::parallel_for. -march defaults to
-            # the build machine, since the package is built where it runs.
-            extra_compile_args=[
-                "-O3",
-                "-fopenmp-simd",
-                "-fno-math-errno",
-                "-fno-trapping-math",
-                f"-march={os.environ.get('SCOPS_FAST_MARCH', 'native')}",
-            ],
+    exts = []
+    sources = sorted(glob.glob("csrc/*.cpp"))
+    if sources:
+        exts.append(
+            CppExtension(
+                "scops_fast._C",
+                sources,
+                include_dirs=[str(ROOT / "csrc")],
+                extra_compile_args=CPU_FLAGS,
+            )
         )
-    ]
+    cuda_sources = sorted(glob.glob("csrc/cuda/*.cu") + glob.glob("csrc/cuda/*.cpp"))
+    if cuda_sources and want_cuda():
+        import torch
+        from torch.utils.cpp_extension import CUDAExtension
+
+        # Torch's CUDA headers include cusparse.h, shipped by the pip nvidia packages.
+        pip_cuda = pathlib.Path(torch.__file__).parents[1] / "nvidia" / "cu13" / "include"
+        exts.append(
+            CUDAExtension(
+                "scops_fast._C_cuda",
+                cuda_sources,
+                include_dirs=[str(ROOT / "csrc"), str(ROOT / "csrc" / "cuda"), str(pip_cuda)],
+                extra_compile_args={
+                    "cxx": ["-O3", "-std=c++20"],
+                    "nvcc": ["-O3", "-std=c++20", "--expt-relaxed-constexpr"],
+                },
+            )
+        )
+    return exts
 
 
 def build_command():
@@ -63,4 +103,7 @@ def build_command():
 if os.environ.get("SCOPS_FAST_NO_EXTENSIONS") == "1":
     setup()
 else:
-    setup(ext_modules=cpu_extension(), cmdclass={"build_ext": build_command()})
+    cuda_home_default()
+    # Without a GPU to ask, build for the Ampere and Hopper data-centre parts.
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+    setup(ext_modules=extensions(), cmdclass={"build_ext": build_command()})

@@ -30,6 +30,21 @@ constexpr int kMapping = 28;
 using RangeFn = std::function<void(int64_t, int64_t)>;
 using ParallelFor = void (*)(int64_t n, const RangeFn& body);
 
+SF_HD float bits_to_float(int32_t b) {
+#if defined(__CUDA_ARCH__)
+  return __int_as_float(b);
+#else
+  return std::bit_cast<float>(b);
+#endif
+}
+SF_HD int32_t float_to_bits(float f) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_int(f);
+#else
+  return std::bit_cast<int32_t>(f);
+#endif
+}
+
 // exp that the compiler can vectorise (libm's exp is an opaque call that blocks
 // SIMD). Cody-Waite reduction to |r| <= ln2/2 plus a degree-6 Taylor polynomial:
 // about 1 ulp in float32. NaN propagates; below -87.3 it returns the smallest normal
@@ -50,7 +65,7 @@ SF_HD float vexp(float x) {
   p = p * r + 0.5f;
   p = p * r + 1.0f;
   p = p * r + 1.0f;
-  const float scale = std::bit_cast<float>((static_cast<int32_t>(k) + 127) << 23);
+  const float scale = bits_to_float((static_cast<int32_t>(k) + 127) << 23);
   float out = p * scale;
   return x != x ? x : out;
 }
@@ -60,11 +75,11 @@ SF_HD double vexp(double x) { return std::exp(x); }
 // partition sum is >= 1): x = m 2^e with m in [sqrt(1/2), sqrt(2)), then
 // log m = 2 atanh((m - 1) / (m + 1)) by its odd series; about 1 ulp. NaN and +inf pass.
 SF_HD float vlog(float x) {
-  const int32_t bits = std::bit_cast<int32_t>(x);
+  const int32_t bits = float_to_bits(x);
   // Exponent relative to sqrt(1/2): subtracting its bits moves m into the range above.
   const int32_t shifted = bits - 0x3f3504f3;
   const int32_t e = shifted >> 23;
-  const float m = std::bit_cast<float>(bits - (e << 23));
+  const float m = bits_to_float(bits - (e << 23));
   const float s = (m - 1.0f) / (m + 1.0f);
   const float s2 = s * s;
   float p = 1.0f / 9.0f;
@@ -158,6 +173,21 @@ SF_HD void tps_position(const T* u, int64_t stride, double x, double y, const do
   double sy = m[2 * kControl + 1] + m[2 * (kControl + 1) + 1] * x + m[2 * (kControl + 2) + 1] * y;
   for (int a = 0; a < kControl; ++a) {
     const double ua = double(u[a * stride]);
+    sx += ua * m[2 * a];
+    sy += ua * m[2 * a + 1];
+  }
+  *gx = sx;
+  *gy = sy;
+}
+
+// Spline position of one pixel with its radial terms computed on the spot (the GPU
+// path: a log is cheaper there than reading a 25-entry table).
+SF_HD void tps_position_direct(double x, double y, const double* m, double* gx, double* gy) {
+  double sx = m[2 * kControl] + m[2 * (kControl + 1)] * x + m[2 * (kControl + 2)] * y;
+  double sy = m[2 * kControl + 1] + m[2 * (kControl + 1) + 1] * x + m[2 * (kControl + 2) + 1] * y;
+  for (int a = 0; a < kControl; ++a) {
+    const double dx = x - target_x(a), dy = y - target_y(a);
+    const double ua = tps_radial(dx * dx + dy * dy);
     sx += ua * m[2 * a];
     sy += ua * m[2 * a + 1];
   }

@@ -29,11 +29,28 @@ BACKENDS = tuple(BACKEND_MODULES)
 CHOICES = ("auto", *BACKENDS)
 
 # "auto" tries these in order for the tensors' device type; "reference" runs anywhere.
+# GPU backends are never tried for CPU tensors.
 AUTO_ORDER = {
     "cpu": ("cpp", "reference"),
     "cuda": ("cuda", "triton", "reference"),
 }
 AUTO_FALLBACK = ("reference",)
+
+# On CUDA tensors, per op, which GPU backend "auto" tries first, and why. Not yet
+# measured on a GPU (no GPU has run these kernels): the order follows the designs.
+AUTO_CUDA_PREFERENCE = {
+    # Pixel-parallel kernels with block-tree reductions: the CUDA kernels keep the
+    # K+1 softmax in registers, Triton reloads logits per part.
+    "concentration_loss": ("cuda", "triton"),
+    "batch_get_centers": ("cuda", "triton"),
+    # Both scatter their adjoint in int64 fixed point; the CUDA kernels sample all
+    # channels from one computed position.
+    "tps_warp": ("cuda", "triton"),
+    "equivariance_losses": ("cuda", "triton"),
+    "semantic_consistency_loss_lowres": ("cuda", "triton"),
+    # The CUDA dense loss is chunked cuBLAS GEMMs, which beat a hand-written tile.
+    "semantic_consistency_loss": ("cuda", "triton"),
+}
 
 
 class BackendUnavailableError(RuntimeError):
@@ -95,20 +112,28 @@ def unavailable_reason(name: str, op: str | None = None, device_type: str | None
     return None
 
 
-def resolve(op: str, backend: str | None, device_type: str):
-    """The implementation of `op` that a call with `backend=` on `device_type` runs."""
+def choose(op: str, backend: str | None, device_type: str) -> str:
+    """The name of the backend that a call of `op` with `backend=` on `device_type` runs."""
     name = get_backend() if backend is None else check_name(backend)
     if name == "auto":
-        for candidate in AUTO_ORDER.get(device_type, AUTO_FALLBACK):
+        order = AUTO_ORDER.get(device_type, AUTO_FALLBACK)
+        if device_type == "cuda":
+            order = (*AUTO_CUDA_PREFERENCE.get(op, ()), *order)
+        for candidate in order:
             if unavailable_reason(candidate, op, device_type) is None:
-                return _load(candidate).module.OPS[op]
+                return candidate
         raise BackendUnavailableError(f"no backend can run {op} on {device_type} tensors")
     reason = unavailable_reason(name, op, device_type)
     if reason is not None:
         raise BackendUnavailableError(
             f"backend {name!r} is not available for {op} on {device_type} tensors: {reason}"
         )
-    return _load(name).module.OPS[op]
+    return name
+
+
+def resolve(op: str, backend: str | None, device_type: str):
+    """The implementation of `op` that a call with `backend=` on `device_type` runs."""
+    return _load(choose(op, backend, device_type)).module.OPS[op]
 
 
 class BackendReport(dict):

@@ -1,0 +1,50 @@
+"""The CUDA kernels compile, link, load and register, even on a machine without a GPU
+(`make test` builds them with FORCE_CUDA=1 for sm_80 and sm_90)."""
+
+import importlib.util
+import os
+
+import pytest
+import torch
+
+import scops_fast
+from scops_fast import _dispatch, _ext
+
+OPS = [
+    "softmax_moments",
+    "softmax_moments_backward",
+    "tps_warp",
+    "tps_warp_backward",
+    "equivariance",
+    "equivariance_backward",
+    "semantic_dense",
+    "semantic_lowres",
+]
+
+built = importlib.util.find_spec("scops_fast._C_cuda") is not None
+needs_build = pytest.mark.skipif(
+    not built and os.environ.get("FORCE_CUDA") == "0",
+    reason="CUDA kernels not built (FORCE_CUDA=0)",
+)
+
+
+@needs_build
+def test_cuda_library_loads_and_registers_every_op():
+    assert built, "scops_fast._C_cuda was not built: `make install` builds it with FORCE_CUDA=1"
+    assert _ext.load("_C") is None
+    assert _ext.load("_C_cuda") is None
+    for op in OPS:
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"scops_fast::{op}", "CUDA"), op
+
+
+def test_cuda_backend_reports_why_it_cannot_run_here():
+    report = scops_fast.available_backends()
+    if torch.cuda.is_available():
+        assert "cuda" in report
+    else:
+        assert "cuda" not in report and report.unavailable["cuda"]
+
+
+def test_auto_never_picks_a_gpu_backend_for_cpu_tensors():
+    for op in _dispatch.AUTO_CUDA_PREFERENCE:
+        assert _dispatch.choose(op, "auto", "cpu") in ("cpp", "reference")
