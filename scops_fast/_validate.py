@@ -4,6 +4,10 @@ what was received."""
 
 from __future__ import annotations
 
+import math
+import numbers
+import operator
+
 import torch
 
 from scops_fast.reference import N_CONTROL, PADDING_MODES
@@ -17,6 +21,9 @@ def tensor(name: str, t, ndim: int, layout: str) -> torch.Tensor:
     """A floating tensor of `ndim` dimensions with no empty dimension."""
     if not torch.is_tensor(t):
         raise TypeError(f"{name}: expected a torch.Tensor {layout}, got {type(t).__name__}")
+    if t.layout != torch.strided or t.is_nested:
+        got = "a nested tensor" if t.is_nested else f"layout {t.layout}"
+        raise TypeError(f"{name}: expected a dense (strided) tensor {layout}, got {got}")
     if not t.is_floating_point():
         raise TypeError(f"{name}: expected a floating-point tensor, got dtype {t.dtype}")
     if t.dim() != ndim:
@@ -84,8 +91,13 @@ def padding_mode(mode) -> str:
 
 
 def size(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
+    """A positive integer: Python, NumPy or 0-D integer tensor, not bool."""
+    if isinstance(value, bool) or (torch.is_tensor(value) and value.dtype == torch.bool):
+        raise TypeError(f"{name}: expected an int, got bool")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name}: expected an int, got {type(value).__name__}") from None
     if value < 1:
         raise ValueError(f"{name}: expected a positive size, got {value}")
     return value
@@ -110,3 +122,17 @@ def feature_list(name: str, features) -> list:
             "(B, C, h, w)",
         )
     return maps
+
+
+def number(name: str, value, *, minimum: float | None = None) -> float:
+    """A finite real number (not bool), at least `minimum` when given."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        scalar = torch.is_tensor(value) and value.numel() == 1 and value.device.type != "meta"
+        if not (scalar and value.is_floating_point()):
+            raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name}: expected a finite number, got {value}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name}: expected a number >= {minimum}, got {value}")
+    return value

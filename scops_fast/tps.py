@@ -58,6 +58,18 @@ def _rotation(axis: int, angle: torch.Tensor) -> torch.Tensor:
     return rot
 
 
+def _check_scale_range(random_scale) -> tuple[float, float]:
+    expected = "random_scale: expected None or (low, high) with 0 < low <= high"
+    if isinstance(random_scale, (str, bytes)) or not hasattr(random_scale, "__len__"):
+        raise TypeError(f"{expected}, got {type(random_scale).__name__}")
+    if len(random_scale) != 2:
+        raise ValueError(f"{expected}, got {len(random_scale)} values: {random_scale!r}")
+    low, high = (check.number(f"random_scale[{i}]", v) for i, v in enumerate(random_scale))
+    if not 0 < low <= high:
+        raise ValueError(f"{expected}, got {random_scale!r}")
+    return low, high
+
+
 class RandTPS(torch.nn.Module):
     """Random thin-plate-spline warp of a batch, as used for the equivariance losses.
 
@@ -79,18 +91,23 @@ class RandTPS(torch.nn.Module):
         generator=None,
     ):
         super().__init__()
-        if mode not in MODES:
+        if not isinstance(mode, str) or mode not in MODES:
             raise ValueError(f"mode: expected one of {list(MODES)}, got {mode!r}")
         if random_scale is not None:
-            low, high = random_scale
-            if not 0 < low <= high:
-                raise ValueError(
-                    f"random_scale: expected (low, high) with 0 < low <= high, got {random_scale!r}"
-                )
+            random_scale = _check_scale_range(random_scale)
+        if generator is not None and not (
+            isinstance(generator, torch.Generator) and generator.device.type == "cpu"
+        ):
+            got = (
+                f"a {generator.device} generator"
+                if isinstance(generator, torch.Generator)
+                else (type(generator).__name__)
+            )
+            raise TypeError(f"generator: expected a CPU torch.Generator or None, got {got}")
         self.width = check.size("width", width)
         self.height = check.size("height", height)
         self.batch_size = check.size("batch_size", batch_size)
-        self.sigma = float(sigma)
+        self.sigma = check.number("sigma", sigma, minimum=0.0)
         self.border_padding = bool(border_padding)
         self.random_mirror = bool(random_mirror)
         self.random_scale = None if random_scale is None else tuple(random_scale)
@@ -156,6 +173,8 @@ class RandTPS(torch.nn.Module):
         `border` when the module was built with `border_padding=True`, else `zeros`."""
         if padding_mode is None:
             padding_mode = "border" if self.border_padding else "zeros"
+        check.tensor("x", x, 4, "(B, C, H, W)")
+        check.matching("x", x, 0, self.batch_size, "batch size", "RandTPS's batch_size")
         return tps_warp(x, self.source_control_points.to(x.device), padding_mode=padding_mode)
 
 

@@ -37,11 +37,55 @@ def part_centers_pixels(part_probs: torch.Tensor, dtype: torch.dtype | None = No
     return torch.stack([cx, cy], dim=-1).to(dtype)
 
 
+def _as_float_array(a, name: str, layout: str) -> np.ndarray:
+    """A tensor, NumPy array or nested list of real numbers -> float64 array. Tensors and
+    arrays must have a floating dtype (bool, integer and complex ones are refused)."""
+    if isinstance(a, torch.Tensor):
+        if a.layout != torch.strided:
+            raise TypeError(f"{name}: expected a dense tensor {layout}, got layout {a.layout}")
+        if a.device.type == "meta":
+            raise ValueError(f"{name}: expected a tensor with data {layout}, got a meta tensor")
+        if not a.is_floating_point():
+            raise TypeError(f"{name}: expected floating-point values {layout}, got dtype {a.dtype}")
+        return a.detach().cpu().double().numpy()
+    if isinstance(a, np.ndarray):
+        if a.dtype.kind != "f":
+            raise TypeError(f"{name}: expected floating-point values {layout}, got dtype {a.dtype}")
+        return a.astype(np.float64)
+    if isinstance(a, (list, tuple)):
+        try:
+            return np.asarray(a, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(
+                f"{name}: expected numbers {layout}, got a list that is not: {exc}"
+            ) from None
+    raise TypeError(f"{name}: expected an array or tensor {layout}, got {type(a).__name__}")
+
+
 def _as_points(a, name: str) -> np.ndarray:
-    a = np.asarray(a.detach().cpu() if isinstance(a, torch.Tensor) else a, dtype=np.float64)
+    a = _as_float_array(a, name, "(N, points, 2)")
     if a.ndim != 3 or a.shape[-1] != 2:
-        raise ValueError(f"{name} must be (N, points, 2), got shape {a.shape}")
+        raise ValueError(f"{name}: expected shape (N, points, 2), got shape {a.shape}")
+    if a.shape[0] == 0 or a.shape[1] == 0:
+        raise ValueError(f"{name}: expected at least one image and one point, got shape {a.shape}")
+    if not np.isfinite(a).all():
+        hint = " (a part with no mass gives NaN)" if "pred" in name else ""
+        raise ValueError(f"{name}: expected finite values{hint}, got NaN or inf")
     return a
+
+
+def _check_same(what: str, name_a: str, a: int, name_b: str, b: int) -> None:
+    if a != b:
+        raise ValueError(f"{name_b}: expected {a} {what} (as {name_a}), got {b}")
+
+
+def _as_scales(scales, name: str, n: int) -> np.ndarray:
+    s = _as_float_array(scales, name, f"({n},)").reshape(-1)
+    if s.shape[0] != n:
+        raise ValueError(f"{name}: expected {n} values, got {s.shape[0]} normaliser values")
+    if not np.isfinite(s).all() or (s < 0).any():
+        raise ValueError(f"{name}: expected finite, non-negative scales, got {s.tolist()[:5]}")
+    return s
 
 
 def _standardiser(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -57,10 +101,7 @@ def fit_landmark_regressor(train_pred, train_gt):
     Returns a function mapping (M, K, 2) predicted points to (M, L, 2) regressed landmarks.
     """
     xp, yg = _as_points(train_pred, "train_pred"), _as_points(train_gt, "train_gt")
-    if len(xp) != len(yg):
-        raise ValueError(f"train_pred has {len(xp)} images but train_gt has {len(yg)}")
-    if not np.isfinite(xp).all() or not np.isfinite(yg).all():
-        raise ValueError("train_pred and train_gt must be finite (a part with no mass gives NaN)")
+    _check_same("images", "train_pred", len(xp), "train_gt", len(yg))
     x, y = xp.reshape(len(xp), -1), yg.reshape(len(yg), -1)
     x_mean, x_std = _standardiser(x)
     y_mean, y_std = _standardiser(y)
@@ -69,12 +110,12 @@ def fit_landmark_regressor(train_pred, train_gt):
     n_points = xp.shape[1]
     landmark_shape = yg.shape[1:]
 
-    def predict(pred):
-        p = _as_points(pred, "pred")
+    def predict(pred, name="pred"):
+        p = _as_points(pred, name)
         if p.shape[1] != n_points:
-            raise ValueError(f"pred has {p.shape[1]} points per image, the fit used {n_points}")
-        if not np.isfinite(p).all():
-            raise ValueError("pred must be finite (a part with no mass gives NaN)")
+            raise ValueError(
+                f"{name}: expected {n_points} points per image (as in the fit), got {p.shape[1]}"
+            )
         flat = p.reshape(len(p), -1)
         d = np.concatenate([(flat - x_mean) / x_std, np.ones((len(flat), 1))], axis=1)
         return ((d @ coef) * y_std + y_mean).reshape(len(p), *landmark_shape)
@@ -109,23 +150,37 @@ def landmark_regression_error(train_pred, train_gt, test_pred, test_gt, normaliz
     """
     predict = fit_landmark_regressor(train_pred, train_gt)
     tr_gt, te_gt = _as_points(train_gt, "train_gt"), _as_points(test_gt, "test_gt")
+    te_pred = _as_points(test_pred, "test_pred")
+    _check_same("images", "test_pred", len(te_pred), "test_gt", len(te_gt))
+    _check_same("landmarks per image", "train_gt", tr_gt.shape[1], "test_gt", te_gt.shape[1])
+    _check_same(
+        "points per image",
+        "train_pred",
+        _as_points(train_pred, "train_pred").shape[1],
+        "test_pred",
+        te_pred.shape[1],
+    )
     if isinstance(normalizer, str):
         if normalizer != "iod":
             raise ValueError(
-                f'normalizer must be "iod" or (train_scales, test_scales), got {normalizer!r}'
+                f'normalizer: expected "iod" or (train_scales, test_scales), got {normalizer!r}'
             )
         if tr_gt.shape[1] < 2:
-            raise ValueError('normalizer="iod" needs at least two landmarks (the eyes)')
+            raise ValueError(
+                'normalizer="iod": expected at least two landmarks (the eyes) in train_gt, '
+                f"got {tr_gt.shape[1]}"
+            )
         tr_scale = te_scale = None
     else:
         try:
             tr_scale, te_scale = normalizer
         except (TypeError, ValueError):
             raise ValueError(
-                'normalizer must be "iod" or a pair (train_scales, test_scales)'
+                'normalizer: expected "iod" or a pair (train_scales, test_scales), '
+                f"got {type(normalizer).__name__}"
             ) from None
-        tr_scale = np.asarray(tr_scale.cpu() if isinstance(tr_scale, torch.Tensor) else tr_scale)
-        te_scale = np.asarray(te_scale.cpu() if isinstance(te_scale, torch.Tensor) else te_scale)
-    train_err = _normalised_errors(predict(train_pred), tr_gt, tr_scale).mean()
-    test_err = _normalised_errors(predict(test_pred), te_gt, te_scale).mean()
+        tr_scale = _as_scales(tr_scale, "normalizer[0] (train scales)", len(tr_gt))
+        te_scale = _as_scales(te_scale, "normalizer[1] (test scales)", len(te_gt))
+    train_err = _normalised_errors(predict(train_pred, "train_pred"), tr_gt, tr_scale).mean()
+    test_err = _normalised_errors(predict(te_pred, "test_pred"), te_gt, te_scale).mean()
     return float(train_err), float(test_err)

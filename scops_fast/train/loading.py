@@ -50,9 +50,46 @@ def predict_parts(model: PartSegmenter, images: torch.Tensor) -> torch.Tensor:
     is background. Applies the training normalisation, upsamples the logits to the
     input size (bilinear, align_corners=True), then takes the softmax. Runs in the
     model's current mode (`load_model` returns it in eval mode)."""
-    if images.dim() != 4 or images.shape[1] != 3:
-        raise ValueError(f"images: expected (B, 3, H, W), got {tuple(images.shape)}")
-    param = next(model.parameters())
+    param = _first_parameter(model)
+    _check_images(images, param.device)
     images = images.to(device=param.device, dtype=param.dtype)
     logits = model(model.normalize(images))
     return torch.softmax(upsample_logits(logits, images.shape[-2:]), dim=1)
+
+
+def _first_parameter(model) -> torch.Tensor:
+    if not isinstance(model, torch.nn.Module) or not callable(getattr(model, "normalize", None)):
+        raise TypeError(
+            "model: expected a segmentation network (a PartSegmenter, e.g. from load_model), "
+            f"got {type(model).__name__}"
+        )
+    param = next(model.parameters(), None)
+    if param is None:
+        raise ValueError("model: expected a network with parameters, got one without any")
+    return param
+
+
+def _check_images(images, model_device: torch.device) -> None:
+    if not torch.is_tensor(images):
+        raise TypeError(
+            f"images: expected a torch.Tensor (B, 3, H, W), got {type(images).__name__}"
+        )
+    if images.layout != torch.strided or images.is_nested:
+        raise TypeError(f"images: expected a dense (strided) tensor, got layout {images.layout}")
+    if not images.is_floating_point():
+        raise TypeError(
+            f"images: expected a floating-point tensor with values in [0, 1], got dtype "
+            f"{images.dtype}"
+            + (" (divide 8-bit images by 255)" if images.dtype == torch.uint8 else "")
+        )
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"images: expected (B, 3, H, W), got {tuple(images.shape)}")
+    if images.numel() == 0:
+        raise ValueError(
+            f"images: expected a non-empty (B, 3, H, W) tensor, got {tuple(images.shape)}"
+        )
+    if images.device.type == "meta" and model_device.type != "meta":
+        raise ValueError(
+            f"images: expected a tensor with data (the model is on {model_device}), "
+            "got a meta tensor"
+        )
