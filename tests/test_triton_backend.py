@@ -45,7 +45,9 @@ from scops_fast import _dispatch, losses, reference, tps  # noqa: E402
 
 # Tiny launch sizes: several programs along every grid axis and masked tails at these shapes.
 TEST_BLOCKS = {
-    "pixels": 16,
+    "tile_pixels": 16,
+    "span_pixels": 32,
+    "warp_pixels": 16,
     "elementwise": 64,
     "dense_pixels": 16,
     "dense_channels": 16,

@@ -14,8 +14,15 @@ it to get many programs along every grid axis from small images.
 import triton
 
 BLOCKS = {
-    # pixels per program of the per-pixel kernels (moments, warp, equivariance)
-    "pixels": 256,
+    # [channels, pixels] tiles (moments, equivariance): pixels per tile, and pixels per
+    # program of the reductions (a multiple of the tile), which sets the partial slots.
+    # At 4 warps a 16 x 64 tile is 8 elements per thread: no spills in float32 or float64.
+    "tile_pixels": 64,
+    "span_pixels": 1024,
+    # warp: pixels per program, one per thread at 4 warps (the 25 unrolled radial terms
+    # spill past that)
+    "warp_pixels": 128,
+    "warps": 4,
     # elementwise passes (fixed point back to float)
     "elementwise": 1024,
     # semantic dense: pixels per tile, feature channels per inner step, programs
@@ -23,7 +30,7 @@ BLOCKS = {
     "dense_channels": 32,
     "dense_programs": 256,
     # semantic low resolution: full-resolution columns per inner step
-    "lowres_columns": 128,
+    "lowres_columns": 64,
 }
 
 # tl.dot needs every dimension >= 16 on NVIDIA GPUs; padded rows and columns are masked.
@@ -32,6 +39,12 @@ MIN_DOT = 16
 
 def pow2(n: int, floor: int = 1) -> int:
     return max(floor, triton.next_power_of_2(max(int(n), 1)))
+
+
+def tile_and_span() -> tuple[int, int]:
+    """Tile width and per-program span of the pixel reductions, span a multiple of tile."""
+    tile = BLOCKS["tile_pixels"]
+    return tile, tile * max(1, BLOCKS["span_pixels"] // tile)
 
 
 def kernel_mode() -> str:

@@ -2,15 +2,16 @@
 pred, the channel softmax of it (q) and of pred_tps (p), the KL sum of q (log q - log p)
 with q = 0 terms adding 0, and the part moments (1, x, y) of both maps.
 
-Grid (pixel blocks, B) over [channels, pixels] tiles. The forward writes per-program
-partials; the backward recomputes the tile, stores the gradient w.r.t. pred_tps directly
-and scatters the landmark gradient back through the warp in fixed point (fixed.py)."""
+[channels, pixels] tiles. The forward's grid is (pixel spans, B): a program walks its span
+tile by tile, keeps its sums in registers and writes them to its own partial slot. The
+backward, one program per tile, recomputes the tile, stores the gradient w.r.t. pred_tps
+directly and scatters the landmark gradient back through the warp in fixed point."""
 
 import torch
 import triton
 import triton.language as tl
 
-from scops_fast.triton_kernels import BLOCKS, pow2
+from scops_fast.triton_kernels import BLOCKS, pow2, tile_and_span
 from scops_fast.triton_kernels.common import loss_coord, warp_corners
 from scops_fast.triton_kernels.fixed import from_fixed, scale_for, to_fixed
 
@@ -27,11 +28,11 @@ def _log_softmax(z, cm):
 
 
 @triton.jit
-def _tile(pred_ptr, tps_ptr, m_ptr, C, H, W, BORDER, BLOCK_C, BLOCK_P):
+def _tile(pred_ptr, tps_ptr, m_ptr, p, C, H, W, BORDER, BLOCK_C):
+    """Everything both passes need at the [BLOCK_C, pixels p] tile."""
     b = tl.program_id(1).to(tl.int64)
     hw = H * W
     c = tl.arange(0, BLOCK_C)
-    p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     cm = c < C
     pm = p < hw
     mask = cm[:, None] & pm[None, :]
@@ -52,7 +53,7 @@ def _tile(pred_ptr, tps_ptr, m_ptr, C, H, W, BORDER, BLOCK_C, BLOCK_P):
     x = loss_coord(p % W, W, DT)
     y = loss_coord(p // W, H, DT)
     corners = (o00, o01, o10, o11, w00, w01, w10, w11, v00, v01, v10, v11)
-    return planes, p, mask, kept, q, log_q, prob, log_p, x, y, corners
+    return planes, mask, kept, q, log_q, prob, log_p, x, y, corners
 
 
 @triton.jit
@@ -65,28 +66,46 @@ def equivariance_forward_kernel(
     C,
     H,
     W,
+    span,
     BORDER: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_P: tl.constexpr,
 ):
-    _, _, mask, kept, q, log_q, prob, log_p, x, y, _ = _tile(
-        pred_ptr, tps_ptr, m_ptr, C, H, W, BORDER, BLOCK_C, BLOCK_P
-    )
+    DT: tl.constexpr = pred_ptr.dtype.element_ty
+    kl = tl.zeros([BLOCK_P], DT)
+    # Moments of every channel (the caller drops the background), of p then of q.
+    tp0 = tl.zeros([BLOCK_C], DT)
+    tp1 = tl.zeros([BLOCK_C], DT)
+    tp2 = tl.zeros([BLOCK_C], DT)
+    tq0 = tl.zeros([BLOCK_C], DT)
+    tq1 = tl.zeros([BLOCK_C], DT)
+    tq2 = tl.zeros([BLOCK_C], DT)
+    start = tl.program_id(0) * span
+    for p0 in range(start, tl.minimum(start + span, H * W), BLOCK_P):
+        p = p0 + tl.arange(0, BLOCK_P)
+        _, mask, kept, q, log_q, prob, log_p, x, y, _ = _tile(
+            pred_ptr, tps_ptr, m_ptr, p, C, H, W, BORDER, BLOCK_C
+        )
+        kl += tl.sum(tl.where(kept, q * (log_q - log_p), 0.0), 0)
+        mp = tl.where(mask, prob + 1e-3, 0.0)
+        mq = tl.where(mask, q + 1e-3, 0.0)
+        tp0 += tl.sum(mp, 1)
+        tp1 += tl.sum(mp * x[None, :], 1)
+        tp2 += tl.sum(mp * y[None, :], 1)
+        tq0 += tl.sum(mq, 1)
+        tq1 += tl.sum(mq * x[None, :], 1)
+        tq2 += tl.sum(mq * y[None, :], 1)
     slot = (tl.program_id(1) * tl.num_programs(0) + tl.program_id(0)).to(tl.int64)
-    kl = tl.sum(tl.sum(tl.where(kept, q * (log_q - log_p), 0.0), 1), 0)
-    tl.store(kl_ptr + slot, kl.to(tl.float64))
-    # Moments of every channel (the caller drops the background): C x 6 per slot.
+    tl.store(kl_ptr + slot, tl.sum(kl.to(tl.float64), 0))
     c = tl.arange(0, BLOCK_C)
     cm = c < C
     out = mom_ptr + slot * C * 6 + c * 6
-    mp = tl.where(mask, prob + 1e-3, 0.0)
-    mq = tl.where(mask, q + 1e-3, 0.0)
-    tl.store(out, tl.sum(mp, 1).to(tl.float64), mask=cm)
-    tl.store(out + 1, tl.sum(mp * x[None, :], 1).to(tl.float64), mask=cm)
-    tl.store(out + 2, tl.sum(mp * y[None, :], 1).to(tl.float64), mask=cm)
-    tl.store(out + 3, tl.sum(mq, 1).to(tl.float64), mask=cm)
-    tl.store(out + 4, tl.sum(mq * x[None, :], 1).to(tl.float64), mask=cm)
-    tl.store(out + 5, tl.sum(mq * y[None, :], 1).to(tl.float64), mask=cm)
+    tl.store(out, tp0.to(tl.float64), mask=cm)
+    tl.store(out + 1, tp1.to(tl.float64), mask=cm)
+    tl.store(out + 2, tp2.to(tl.float64), mask=cm)
+    tl.store(out + 3, tq0.to(tl.float64), mask=cm)
+    tl.store(out + 4, tq1.to(tl.float64), mask=cm)
+    tl.store(out + 5, tq2.to(tl.float64), mask=cm)
 
 
 @triton.jit
@@ -117,8 +136,9 @@ def equivariance_backward_kernel(
     BLOCK_C: tl.constexpr,
     BLOCK_P: tl.constexpr,
 ):
-    planes, p, mask, kept, q, _, prob, _, x, y, corners = _tile(
-        pred_ptr, tps_ptr, m_ptr, C, H, W, BORDER, BLOCK_C, BLOCK_P
+    p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    planes, mask, kept, q, _, prob, _, x, y, corners = _tile(
+        pred_ptr, tps_ptr, m_ptr, p, C, H, W, BORDER, BLOCK_C
     )
     o00, o01, o10, o11, w00, w01, w10, w11, v00, v01, v10, v11 = corners
     DT: tl.constexpr = pred_ptr.dtype.element_ty
@@ -153,22 +173,29 @@ def equivariance_backward_kernel(
     )
 
 
-def _launch(pred):
-    b, c, h, w = pred.shape
-    grid = (triton.cdiv(h * w, BLOCKS["pixels"]), b)
-    return grid, dict(BLOCK_C=pow2(c), BLOCK_P=BLOCKS["pixels"])
-
-
 def equivariance_forward(pred, pred_tps, mapping, border: bool):
     """pred, pred_tps (B, C, H, W) contiguous, one dtype; mapping (B, 28, 2) float64.
     Returns float64 kl (B,) and moments (B, C, 3) of softmax(pred_tps) and of
     softmax(warp(pred)), every channel."""
     b, c, h, w = pred.shape
-    grid, blocks = _launch(pred)
+    block, span = tile_and_span()
+    grid = (triton.cdiv(h * w, span), b)
     kl = torch.empty((b, grid[0]), dtype=torch.float64, device=pred.device)
     mom = torch.empty((b, grid[0], c, 6), dtype=torch.float64, device=pred.device)
     equivariance_forward_kernel[grid](
-        pred, pred_tps, mapping, kl, mom, c, h, w, BORDER=border, **blocks
+        pred,
+        pred_tps,
+        mapping,
+        kl,
+        mom,
+        c,
+        h,
+        w,
+        span,
+        BORDER=border,
+        BLOCK_C=pow2(c),
+        BLOCK_P=block,
+        num_warps=BLOCKS["warps"],
     )
     mom = mom.sum(1)
     return kl.sum(1), mom[..., :3], mom[..., 3:]
@@ -178,13 +205,13 @@ def equivariance_backward(pred, pred_tps, mapping, border: bool, g_kl, g_tps, g_
     """Gradients (w.r.t. pred, w.r.t. pred_tps) of <g_kl, kl> + <g_tps, mom_tps> +
     <g_warp, mom_warp>; g_tps and g_warp (B, C, 3) float64 cover every channel."""
     b, c, h, w = pred.shape
-    grid, blocks = _launch(pred)
+    block = BLOCKS["tile_pixels"]
     # |d warped| <= 2 max |g0 + g1 x + g2 y| <= 2 max (|g0| + |g1| + |g2|) for |x|, |y| <= 1.
     bound = 2.0 * g_warp.abs().sum(-1).amax()
     scale = scale_for(bound, h * w)
     grad_tps = torch.empty_like(pred_tps)
     acc = torch.zeros(pred.shape, dtype=torch.int64, device=pred.device)
-    equivariance_backward_kernel[grid](
+    equivariance_backward_kernel[(triton.cdiv(h * w, block), b)](
         pred,
         pred_tps,
         mapping,
@@ -198,6 +225,8 @@ def equivariance_backward(pred, pred_tps, mapping, border: bool, g_kl, g_tps, g_
         h,
         w,
         BORDER=border,
-        **blocks,
+        BLOCK_C=pow2(c),
+        BLOCK_P=block,
+        num_warps=BLOCKS["warps"],
     )
     return from_fixed(acc, scale, pred.dtype), grad_tps

@@ -1,24 +1,25 @@
 """Softmax part moments (SPEC sections 2-3): per (b, channel) the sums over pixels of
 m * (1, x, y, x^2 + y^2), m = P + 1e-3, with P the channel softmax of logits or given
-probabilities. Grid (pixel blocks, B); each program reduces its [channels, pixels] tile
-and writes its own partial slot; `moments_forward` adds the slots in order."""
+probabilities. Grid (pixel spans, B): each program walks its span in [channels, pixels]
+tiles, keeps the sums in registers and writes them to its own partial slot;
+`moments_forward` adds the slots in order. The backward needs no reduction: one program
+per tile."""
 
 import torch
 import triton
 import triton.language as tl
 
-from scops_fast.triton_kernels import BLOCKS, pow2
+from scops_fast.triton_kernels import BLOCKS, pow2, tile_and_span
 from scops_fast.triton_kernels.common import loss_coord
 
 
 @triton.jit
-def _tile(z_ptr, C, H, W, FROM_LOGITS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
-    """Probabilities of one [BLOCK_C, BLOCK_P] tile (padded entries 0), the masks, and the
-    pixels' loss coordinates."""
+def _tile(z_ptr, p, C, H, W, FROM_LOGITS: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Probabilities of the [BLOCK_C, pixels p] tile (padded entries 0), the masks, and
+    the pixels' loss coordinates."""
     b = tl.program_id(1).to(tl.int64)
     hw = H * W
     c = tl.arange(0, BLOCK_C)
-    p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     cm = c < C
     pm = p < hw
     mask = cm[:, None] & pm[None, :]
@@ -42,19 +43,28 @@ def moments_forward_kernel(
     C,
     H,
     W,
+    span,
     FROM_LOGITS: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_P: tl.constexpr,
 ):
-    prob, mask, _, x, y = _tile(z_ptr, C, H, W, FROM_LOGITS, BLOCK_C, BLOCK_P)
-    m = tl.where(mask, prob + 1e-3, 0.0)
-    mx = m * x[None, :]
-    my = m * y[None, :]
-    s0 = tl.sum(m, 1)
-    s1 = tl.sum(mx, 1)
-    s2 = tl.sum(my, 1)
-    s3 = tl.sum(mx * x[None, :] + my * y[None, :], 1)
-    # Slot (b, block): C x 4 float64.
+    DT: tl.constexpr = z_ptr.dtype.element_ty
+    s0 = tl.zeros([BLOCK_C], DT)
+    s1 = tl.zeros([BLOCK_C], DT)
+    s2 = tl.zeros([BLOCK_C], DT)
+    s3 = tl.zeros([BLOCK_C], DT)
+    start = tl.program_id(0) * span
+    for p0 in range(start, tl.minimum(start + span, H * W), BLOCK_P):
+        p = p0 + tl.arange(0, BLOCK_P)
+        prob, mask, _, x, y = _tile(z_ptr, p, C, H, W, FROM_LOGITS, BLOCK_C)
+        m = tl.where(mask, prob + 1e-3, 0.0)
+        mx = m * x[None, :]
+        my = m * y[None, :]
+        s0 += tl.sum(m, 1)
+        s1 += tl.sum(mx, 1)
+        s2 += tl.sum(my, 1)
+        s3 += tl.sum(mx * x[None, :] + my * y[None, :], 1)
+    # Slot (b, span): C x 4 float64.
     c = tl.arange(0, BLOCK_C)
     slot = (tl.program_id(1) * tl.num_programs(0) + tl.program_id(0)).to(tl.int64) * C * 4
     out = part_ptr + slot + c * 4
@@ -77,7 +87,8 @@ def moments_backward_kernel(
     BLOCK_C: tl.constexpr,
     BLOCK_P: tl.constexpr,
 ):
-    prob, mask, offs, x, y = _tile(z_ptr, C, H, W, FROM_LOGITS, BLOCK_C, BLOCK_P)
+    p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    prob, mask, offs, x, y = _tile(z_ptr, p, C, H, W, FROM_LOGITS, BLOCK_C)
     DT: tl.constexpr = z_ptr.dtype.element_ty
     c = tl.arange(0, BLOCK_C)
     cm = c < C
@@ -96,19 +107,24 @@ def moments_backward_kernel(
     tl.store(out_ptr + offs, grad, mask=mask)
 
 
-def _grid(x):
-    b, _, h, w = x.shape
-    return (triton.cdiv(h * w, BLOCKS["pixels"]), b)
-
-
 def moments_forward(x: torch.Tensor, from_logits: bool) -> torch.Tensor:
     """(B, C, H, W) contiguous -> (B, C, 4) float64 moments of every channel (the
     background included when from_logits; the caller drops it)."""
     b, c, h, w = x.shape
-    grid = _grid(x)
+    block, span = tile_and_span()
+    grid = (triton.cdiv(h * w, span), b)
     partial = torch.empty((b, grid[0], c, 4), dtype=torch.float64, device=x.device)
     moments_forward_kernel[grid](
-        x, partial, c, h, w, FROM_LOGITS=from_logits, BLOCK_C=pow2(c), BLOCK_P=BLOCKS["pixels"]
+        x,
+        partial,
+        c,
+        h,
+        w,
+        span,
+        FROM_LOGITS=from_logits,
+        BLOCK_C=pow2(c),
+        BLOCK_P=block,
+        num_warps=BLOCKS["warps"],
     )
     return partial.sum(1)
 
@@ -116,8 +132,9 @@ def moments_forward(x: torch.Tensor, from_logits: bool) -> torch.Tensor:
 def moments_backward(x: torch.Tensor, grad: torch.Tensor, from_logits: bool) -> torch.Tensor:
     """Gradient w.r.t. x of <grad, moments_forward(x)>; grad (B, C, 4) float64."""
     b, c, h, w = x.shape
+    block = BLOCKS["tile_pixels"]
     out = torch.empty_like(x)
-    moments_backward_kernel[_grid(x)](
+    moments_backward_kernel[(triton.cdiv(h * w, block), b)](
         x,
         grad.contiguous(),
         out,
@@ -126,6 +143,7 @@ def moments_backward(x: torch.Tensor, grad: torch.Tensor, from_logits: bool) -> 
         w,
         FROM_LOGITS=from_logits,
         BLOCK_C=pow2(c),
-        BLOCK_P=BLOCKS["pixels"],
+        BLOCK_P=block,
+        num_warps=BLOCKS["warps"],
     )
     return out

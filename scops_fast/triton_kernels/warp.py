@@ -3,7 +3,8 @@ the (B, 28, 2) spline coefficients and its own 25 radial terms, then bilinear sa
 (align_corners=True, zeros or border padding). No (B, H, W, 2) grid is stored.
 
 Grid (pixel blocks, B). A program computes the corners of its pixels once and loops over
-the channels, so the spline is evaluated once per pixel whatever C is."""
+the channels, so the spline is evaluated once per pixel whatever C is: the channel loop
+then moves 4 + 4 gathered values per pixel and channel in, 1 out."""
 
 import torch
 import triton
@@ -66,16 +67,18 @@ def warp_backward_kernel(
         tl.atomic_add(plane + o11, to_fixed(w11 * g, scale), mask=v11, sem="relaxed")
 
 
-def _grid(x):
+def _launch(x):
     b, _, h, w = x.shape
-    return (triton.cdiv(h * w, BLOCKS["pixels"]), b)
+    block = BLOCKS["warp_pixels"]
+    return (triton.cdiv(h * w, block), b), dict(BLOCK_P=block, num_warps=BLOCKS["warps"])
 
 
 def warp_forward(x: torch.Tensor, mapping: torch.Tensor, border: bool) -> torch.Tensor:
     """x (B, C, H, W) contiguous, mapping (B, 28, 2) float64 contiguous."""
     _, c, h, w = x.shape
     out = torch.empty_like(x)
-    warp_forward_kernel[_grid(x)](x, mapping, out, c, h, w, BORDER=border, BLOCK_P=BLOCKS["pixels"])
+    grid, blocks = _launch(x)
+    warp_forward_kernel[grid](x, mapping, out, c, h, w, BORDER=border, **blocks)
     return out
 
 
@@ -84,7 +87,6 @@ def warp_backward(grad: torch.Tensor, mapping: torch.Tensor, border: bool) -> to
     _, c, h, w = grad.shape
     scale = scale_for(grad.abs().amax(), h * w)
     acc = torch.zeros(grad.shape, dtype=torch.int64, device=grad.device)
-    warp_backward_kernel[_grid(grad)](
-        grad, mapping, scale, acc, c, h, w, BORDER=border, BLOCK_P=BLOCKS["pixels"]
-    )
+    grid, blocks = _launch(grad)
+    warp_backward_kernel[grid](grad, mapping, scale, acc, c, h, w, BORDER=border, **blocks)
     return from_fixed(acc, scale, grad.dtype)
