@@ -290,6 +290,24 @@ def _metric_rows(metrics: Mapping, prefix: str = "") -> list[tuple[str, str]]:
     return rows
 
 
+def _cell(value) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
+def _table(header: Sequence, rows: Sequence[Sequence]) -> str:
+    out = ["<table><tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in header) + "</tr>"]
+    for row in rows:
+        cells = [f"<td>{html.escape(_cell(row[0]))}</td>"]
+        cells += [f'<td class="v">{html.escape(_cell(v))}</td>' for v in row[1:]]
+        out.append("<tr>" + "".join(cells) + "</tr>")
+    out.append("</table>")
+    return "".join(out)
+
+
 def write_report(
     out_dir,
     *,
@@ -298,10 +316,12 @@ def write_report(
     title: str = "SCOPS run",
     notes: str | None = None,
     name: str = "report.html",
+    tables: Mapping[str, tuple[Sequence, Sequence[Sequence]]] | None = None,
 ) -> pathlib.Path:
-    """`out_dir/report.html`: a metrics table (nested dicts flattened to dotted names)
-    and the given images (caption -> path relative to out_dir), self-contained but
-    for those image files."""
+    """`out_dir/report.html`: the given tables (caption -> (header, rows); the first
+    column is a row label, the others values), a metrics table (nested dicts
+    flattened to dotted names) and the given images (caption -> path relative to
+    out_dir), self-contained but for those image files."""
     out_dir = pathlib.Path(out_dir)
     parts = [
         "<!doctype html>",
@@ -315,6 +335,9 @@ def write_report(
     ]
     if notes:
         parts.append(f"<p>{html.escape(notes)}</p>")
+    for caption, (header, rows) in (tables or {}).items():
+        parts.append(f"<h2>{html.escape(caption)}</h2>")
+        parts.append(_table(header, rows))
     if metrics:
         parts.append("<h2>Metrics</h2><table><tr><th>name</th><th>value</th></tr>")
         for key, value in _metric_rows(metrics):

@@ -166,6 +166,16 @@ def test_load_model_and_predict_parts(tmp_path):
     expected = torch.softmax(upsample_logits(logits, (32, 32)), 1)
     torch.testing.assert_close(probs, expected)
     assert load_model(tmp_path / "run").num_parts == 3  # a run directory works too
+    assert model.image_size == 32
+    # Other sizes: the network sees the images at its training size, maps come back at theirs.
+    big = torch.nn.functional.interpolate(images, size=(64, 48), mode="nearest")
+    probs_big = predict_parts(model, big)
+    assert probs_big.shape == (3, 4, 64, 48)
+    torch.testing.assert_close(probs_big.sum(1), torch.ones(3, 64, 48))
+    small = torch.nn.functional.interpolate(probs_big, size=(32, 32), mode="area")
+    assert (small.argmax(1) == probs.argmax(1)).float().mean() > 0.9
+    native = predict_parts(model, big, size=big.shape[-2:])
+    assert native.shape == probs_big.shape and not torch.allclose(native, probs_big)
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
         predict_parts(model, images[0])
 
@@ -189,12 +199,43 @@ def test_evaluation_at_the_end(tmp_path):
     }
     trainer = make(tmp_path, **overrides)
     trainer.train()
-    saved = json.loads((tmp_path / "run" / "eval.json").read_text())
-    assert saved == trainer.evaluation
-    assert saved["n_train"] == 6 and saved["n_test"] == 4
-    assert "landmark_error_test" in saved and "part_nmi" in saved
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved == json.loads(json.dumps(trainer.metrics))
+    model = saved["model"]
+    assert model["n_train"] == 6 and model["n_test"] == 4
+    assert "landmark_error_test" in model and "part_nmi" in model
+    assert set(saved["baselines"]) == {"one_part", "kmeans"}
+    assert saved["baselines"]["kmeans"]["fg_iou"] == 1.0
+    crit = saved["criteria"]
+    assert crit["landmark_ok"] == (crit["landmark_error_ratio_vs_kmeans"] <= 0.8)
+    assert crit["nmi_ok"] == (crit["part_nmi_margin_vs_kmeans"] >= 0.1)
+    assert saved["training"]["steps"] == 2 and saved["training"]["wall_time_s"] > 0
+    assert set(saved["training"]["final_losses"]) >= {"loss", "semantic"}
     html = (tmp_path / "run" / "report.html").read_text()
-    assert "evaluation.part_nmi" in html and "stand-in" in html
+    assert "dense foreground part NMI" in html and "k-means" in html and "stand-in" in html
+    assert "Criteria against the k-means baseline" in html
+
+
+def test_metrics_json_without_evaluation_and_after_resume(tmp_path):
+    trainer = make(tmp_path, report=True, steps=2)
+    trainer.train()
+    first = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert "model" not in first and first["training"]["steps"] == 2
+    assert load_checkpoint(tmp_path / "run")["train_seconds"] > 0
+    # Resuming a finished run only rewrites the outputs, with the same training time.
+    again = make(tmp_path, resume=True, report=True, steps=2)
+    again.train()
+    second = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert second["training"]["wall_time_s"] == first["training"]["wall_time_s"]
+    assert second["training"]["final_losses"] == first["training"]["final_losses"]
+
+
+def test_cached_items_train_identically(tmp_path):
+    a, b = make(tmp_path, "a"), make(tmp_path, "b", **{"data.cache": True})
+    for t in (a, b):
+        t.train(until=5)  # more than one epoch of the 8 items
+    assert_bitwise_equal(state_tensors(a), state_tensors(b))
+    assert len(b.dataset._items) == 8
 
 
 def test_progress_bar_and_tensorboard_when_installed(tmp_path, monkeypatch):

@@ -12,6 +12,7 @@ from .clustering import (
     nmi_from_table,
     normalized_mutual_info,
 )
+from .compare import evaluate_with_baselines
 from .evaluate import PartEvaluator, evaluate_dataset, evaluate_predictions
 from .landmarks import fit_landmark_regressor, landmark_regression_error, part_centers_pixels
 from .segmentation import (
@@ -30,6 +31,7 @@ __all__ = [
     "dense_part_nmi_ari",
     "evaluate_dataset",
     "evaluate_predictions",
+    "evaluate_with_baselines",
     "fit_landmark_regressor",
     "foreground_iou",
     "keypoint_nmi_ari",

@@ -62,6 +62,9 @@ class DataConfig:
     #: Global batch: split evenly over the processes of a distributed run.
     batch_size: int = field(default=6, metadata={"min": 1})
     num_workers: int = field(default=0, metadata={"min": 0})
+    #: Keep the items' training inputs (img, saliency) in memory after their first use:
+    #: later epochs skip decoding or rendering. Costs N x (4 x 4 x H x W) bytes.
+    cache: bool = False
 
 
 @dataclass
@@ -153,6 +156,10 @@ class Config:
     #: Total steps: the horizon of the learning-rate schedule.
     steps: int = field(default=100_000, metadata={"min": 1})
     device: str = field(default="auto", metadata=_choices("auto", "cpu", "cuda"))
+    #: torch intra-op threads while training (None: torch's default, one per core). On
+    #: a CPU shared with other work, 1 is often faster than several threads waiting
+    #: on each other.
+    threads: int | None = field(default=None, metadata={"min": 1})
     log_every: int = field(default=50, metadata={"min": 1})
     checkpoint_every: int = field(default=1000, metadata={"min": 1})
     #: Write the HTML report (part overlays, curves) at the end of training.

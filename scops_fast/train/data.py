@@ -47,8 +47,35 @@ def resolve_dataset_class(name: str):
 
 
 def build_dataset(cfg: DataConfig):
-    """The training data set of `cfg`."""
-    return dataset_from_spec(cfg.dataset, cfg.args, cfg.image_size, "data.args")
+    """The training data set of `cfg` (in a `CachedItems` when `cfg.cache`)."""
+    dataset = dataset_from_spec(cfg.dataset, cfg.args, cfg.image_size, "data.args")
+    return CachedItems(dataset) if cfg.cache else dataset
+
+
+class CachedItems(torch.utils.data.Dataset):
+    """The trainer's keys (`BATCH_KEYS`) of each item, kept after its first read, so
+    every epoch after the first costs nothing to load. The values are the same
+    tensors, so a run trains bit for bit as without the cache. Other keys are
+    dropped: use the wrapped data set (`.dataset`) for them. With worker processes
+    (data.num_workers > 0) each worker keeps its own copy."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+        self._items: dict[int, dict] = {}
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        index = int(index)
+        if index < 0:
+            index += len(self)
+        item = self._items.get(index)
+        if item is None:
+            full = self.dataset[index]
+            item = {k: torch.as_tensor(full[k]) for k in BATCH_KEYS if k in full}
+            self._items[index] = item
+        return item
 
 
 def dataset_from_spec(name: str, args: dict, image_size: int, option: str = "data.args"):

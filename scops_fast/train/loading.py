@@ -36,25 +36,52 @@ def upsample_logits(logits: torch.Tensor, size) -> torch.Tensor:
 def load_model(checkpoint_path: str | os.PathLike, map_location="cpu") -> PartSegmenter:
     """The trained segmentation network of a checkpoint (a file, or a run directory
     holding checkpoint.pt), rebuilt from the checkpoint's config, in eval mode.
-    Pretrained backbone weights are not needed: the checkpoint has all weights."""
+    Pretrained backbone weights are not needed: the checkpoint has all weights.
+    `model.image_size` is the (square) image size it was trained at, which
+    `predict_parts` resizes its inputs to."""
     ckpt = load_checkpoint(checkpoint_path, map_location=map_location)
     cfg = config_from_dict(ckpt["config"], source=f"checkpoint {str(checkpoint_path)!r}")
     net = build_network(cfg.model, load_pretrained=False)
     net.load_state_dict(ckpt["model"])
+    net.image_size = cfg.data.image_size
     return net.to(map_location if isinstance(map_location, str | torch.device) else "cpu").eval()
 
 
+def _pair(size) -> tuple[int, int]:
+    if isinstance(size, int):
+        return (size, size)
+    h, w = (int(s) for s in size)
+    return (h, w)
+
+
 @torch.no_grad()
-def predict_parts(model: PartSegmenter, images: torch.Tensor) -> torch.Tensor:
-    """Part probabilities (B, K+1, H, W) for images (B, 3, H, W) in [0, 1]; channel 0
-    is background. Applies the training normalisation, upsamples the logits to the
-    input size (bilinear, align_corners=True), then takes the softmax. Runs in the
-    model's current mode (`load_model` returns it in eval mode)."""
+def predict_parts(model: PartSegmenter, images: torch.Tensor, size=None) -> torch.Tensor:
+    """Part probabilities (B, K+1, H, W) at the input's resolution for images
+    (B, 3, H, W) in [0, 1] of any size; channel 0 is background.
+
+    The network sees the images resized (bilinear, antialiased) to `size` (int or
+    (h, w)): by default `model.image_size`, the size it was trained at (set by
+    `load_model` and the trainer; a model without it sees the images as they are),
+    since a network trained at one scale segments another scale worse. As in
+    training, the logits are upsampled to that size (bilinear, align_corners=True);
+    then they are resized to the input's size (bilinear, the inverse of the image
+    resize) and the softmax is taken. Runs in the model's current mode (`load_model`
+    returns it in eval mode)."""
     param = _first_parameter(model)
     _check_images(images, param.device)
     images = images.to(device=param.device, dtype=param.dtype)
-    logits = model(model.normalize(images))
-    return torch.softmax(upsample_logits(logits, images.shape[-2:]), dim=1)
+    in_size = tuple(images.shape[-2:])
+    if size is None:
+        size = getattr(model, "image_size", None) or in_size
+    net_size = _pair(size)
+    if net_size != in_size:
+        images = F.interpolate(
+            images, size=net_size, mode="bilinear", align_corners=False, antialias=True
+        ).clamp(0.0, 1.0)
+    logits = upsample_logits(model(model.normalize(images)), net_size)
+    if net_size != in_size:
+        logits = F.interpolate(logits, size=in_size, mode="bilinear", align_corners=False)
+    return torch.softmax(logits, dim=1)
 
 
 def _first_parameter(model) -> torch.Tensor:

@@ -13,6 +13,7 @@ weights of 6 steps.
 from __future__ import annotations
 
 import pathlib
+import time
 import warnings
 
 import torch
@@ -109,8 +110,12 @@ class Trainer:
                     stacklevel=2,
                 )
 
+        if cfg.threads is not None:
+            torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
         self.net = build_network(cfg.model, load_pretrained=ckpt is None)
+        # What predict_parts resizes inputs to (load_model sets the same).
+        self.net.image_size = cfg.data.image_size
         self.features = build_features(
             cfg.features.kind,
             weights=cfg.features.weights,
@@ -155,6 +160,8 @@ class Trainer:
         )
         self.jitter = GlobalBatchColorJitter(cfg.jitter, cfg.data.batch_size, self.jitter_generator)
         self.step = 0
+        #: Seconds spent in the training loop, over all sessions of the run.
+        self.train_seconds = 0.0
         self.evaluation: dict | None = None
         if ckpt is not None:
             self.load_state_dict(ckpt)
@@ -266,6 +273,7 @@ class Trainer:
         self.module.train()
         running = torch.zeros(len(LOG_NAMES), dtype=torch.float64, device=self.device)
         count, last = 0, {}
+        start, clock = self.step, time.perf_counter()
         try:
             for batch in batches(self.dataset, self.order, self.step, stop, cfg.data.num_workers):
                 running += self.train_step(batch).double()
@@ -279,33 +287,59 @@ class Trainer:
                     running.zero_()
                     count = 0
                 if self.step % cfg.checkpoint_every == 0 and self.step != stop:
+                    self.train_seconds += time.perf_counter() - clock
+                    clock = time.perf_counter()
                     self.save_checkpoint()
         finally:
             log.close()
+            self.train_seconds += time.perf_counter() - clock
         self.save_checkpoint()
         if self.proc.is_main and self.step == cfg.steps:
-            self._finish(last)
+            if not last:  # a finished run resumed: its last logged losses
+                last = _last_losses(self.out_dir)
+            self._finish(last, session_steps=self.step - start)
         return last
 
-    def _finish(self, last: dict) -> None:
-        """Evaluation and report of a finished run (main process only)."""
-        from scops_fast.train.evaluation import evaluate_network, write_evaluation
+    def _finish(self, last: dict, session_steps: int = 0) -> None:
+        """Evaluation, metrics.json and report of a finished run (main process only)."""
+        from scops_fast.train.evaluation import (
+            evaluate_network,
+            run_metrics,
+            write_metrics,
+        )
         from scops_fast.train.report import write_training_report
 
-        extra = {}
         if self.cfg.evaluation.enabled:
             self.evaluation = evaluate_network(self.net, self.cfg)
-            write_evaluation(self.out_dir, self.evaluation)
-            extra["evaluation"] = self.evaluation
+        self.metrics = run_metrics(
+            self.cfg,
+            steps=self.step,
+            train_seconds=self.train_seconds,
+            final_losses=last,
+            evaluation=self.evaluation,
+            world_size=self.proc.world_size,
+            device=str(self.device),
+        )
+        write_metrics(self.out_dir, self.metrics)
         if self.cfg.report:
             write_training_report(
                 self.out_dir,
                 self.net,
-                self.dataset,
-                final=last,
-                extra_metrics=extra,
+                self._picture_dataset(),
+                metrics=self.metrics,
                 notes=run_summary(self.cfg, self.proc.world_size),
             )
+
+    def _picture_dataset(self):
+        """The report's images: the held-out test set when there is an evaluation."""
+        e = self.cfg.evaluation
+        if not e.enabled:
+            return self.dataset
+        from scops_fast.train.data import dataset_from_spec
+
+        return dataset_from_spec(
+            e.test_dataset, e.test_args, self.cfg.data.image_size, "evaluation.test_args"
+        )
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
@@ -328,6 +362,7 @@ class Trainer:
             },
             "world_size": self.proc.world_size,
             "torch_version": torch.__version__,
+            "train_seconds": self.train_seconds,
         }
 
     def load_state_dict(self, ckpt: dict) -> None:
@@ -343,6 +378,7 @@ class Trainer:
         self.warp_generator.set_state(rng["warp"])
         self.jitter_generator.set_state(rng["jitter"])
         self.step = int(ckpt["step"])
+        self.train_seconds = float(ckpt.get("train_seconds", 0.0))
 
     def save_checkpoint(self) -> None:
         if self.proc.is_main:  # the ranks hold the same weights
@@ -359,6 +395,15 @@ def run_summary(cfg: Config, world_size: int) -> str:
         + (stand_in if f.kind != "vgg19" else "")
         + "."
     )
+
+
+def _last_losses(out_dir) -> dict:
+    from scops_fast.train.progress import read_metrics
+
+    records = read_metrics(out_dir)
+    if not records:
+        return {}
+    return {k: v for k, v in records[-1].items() if k in (*LOG_NAMES, "lr")}
 
 
 def _resumed_config(ckpt: dict, requested: Config) -> Config:

@@ -1,0 +1,5 @@
+import sys
+
+from scops_fast.eval.cli import main
+
+sys.exit(main())

@@ -1,0 +1,112 @@
+"""`scops-eval` / `python -m scops_fast.eval` on a checkpoint trained for a few steps."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from train_helpers import tiny_config
+
+from scops_fast.data import SyntheticParts
+from scops_fast.eval.cli import main
+from scops_fast.eval.compare import criteria, evaluate_with_baselines
+from scops_fast.train import Trainer
+
+KEYS = {"landmark_error_test", "keypoint_nmi", "keypoint_ari", "part_nmi", "part_ari", "fg_iou"}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """Two steps of the small network on 32x32 SyntheticParts."""
+    out = tmp_path_factory.mktemp("run")
+    cfg = tiny_config(
+        steps=2,
+        **{"data.dataset": "synthetic", "data.args": {"n": 4, "seed": 0}},
+    )
+    Trainer(cfg, out, progress=False, tensorboard=False).train()
+    return out / "checkpoint.pt"
+
+
+def test_synthetic_json_on_stdout_and_file(checkpoint, tmp_path, capsys):
+    out = tmp_path / "sub" / "eval.json"
+    argv = ["--checkpoint", str(checkpoint), "--n", "6", "--train-n", "8", "--out", str(out)]
+    assert main(argv) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads(out.read_text())
+    assert printed["data"] == {
+        "dataset": "synthetic",
+        "size": 32,
+        "test": {"n": 6, "seed": 2},
+        "train": {"n": 8, "seed": 1},
+    }
+    assert printed["checkpoint_step"] == 2 and printed["num_parts"] == 3
+    for name in ("model", "one_part", "kmeans"):
+        numbers = printed["model"] if name == "model" else printed["baselines"][name]
+        assert KEYS <= set(numbers), name
+        assert numbers["n_test"] == 6 and numbers["n_train"] == 8
+    assert printed["baselines"]["kmeans"]["fg_iou"] == 1.0  # ground-truth foreground
+    assert printed["baselines"]["one_part"]["part_nmi"] == 0.0
+    crit = printed["criteria"]
+    assert {"landmark_error_ratio_vs_kmeans", "landmark_ok", "part_nmi_margin_vs_kmeans"} <= set(
+        crit
+    )
+    assert crit["passed"] == (crit["landmark_ok"] and crit["nmi_ok"])
+
+
+def test_other_image_size_and_no_regression(checkpoint, capsys):
+    # 48x48 images: the network sees them at its training size, 32, and maps come back at 48.
+    argv = ["--checkpoint", str(checkpoint.parent), "--size", "48", "--n", "4", "--no-regression"]
+    assert main(argv) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["data"]["size"] == 48 and printed["network_input_size"] == 32
+    assert "landmark_error_test" not in printed["model"] and "part_nmi" in printed["model"]
+    assert "landmark_ok" not in printed["criteria"]
+
+
+def test_errors(checkpoint, tmp_path, capsys):
+    assert main(["--checkpoint", str(tmp_path / "none.pt")]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+    assert main(["--checkpoint", str(checkpoint), "--data", "celeba"]) == 2
+    assert "--root" in capsys.readouterr().err
+    assert main(["--checkpoint", str(checkpoint), "--data", "imagenet"]) == 2
+    assert "expected one of" in capsys.readouterr().err
+
+
+def test_folder_of_images(checkpoint, tmp_path, capsys):
+    from PIL import Image
+
+    for i in range(3):
+        Image.new("RGB", (40, 30), (40 * i, 90, 200)).save(tmp_path / f"{i}.png")
+    assert main(["--checkpoint", str(checkpoint), "--data", f"folder:{tmp_path}"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["model"]["n_test"] == 3 and "part_nmi" not in printed["model"]
+
+
+def test_perfect_predictions_pass_the_criteria():
+    data = SyntheticParts(6, size=32, seed=0)
+
+    def oracle(images):  # the ground-truth parts, looked up by image
+        index = {float(data[i]["img"].sum()): i for i in range(len(data))}
+        parts = torch.stack([data[index[float(im.sum())]]["parts"] for im in images])
+        return torch.nn.functional.one_hot(parts, 10).permute(0, 3, 1, 2).float()
+
+    result = evaluate_with_baselines(oracle, data, data, 4, batch_size=4)
+    assert result["model"]["part_nmi"] == pytest.approx(1.0)
+    assert result["criteria"]["passed"]
+    assert criteria({"part_nmi": 0.5}, {"part_nmi": 0.45}) == {
+        "part_nmi_margin_vs_kmeans": pytest.approx(0.05),
+        "nmi_margin_min": 0.1,
+        "nmi_ok": False,
+        "passed": False,
+    }
+
+
+def test_runs_as_a_module():
+    result = subprocess.run(
+        [sys.executable, "-m", "scops_fast.eval", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0 and "--checkpoint" in result.stdout
