@@ -1,11 +1,13 @@
 """Compile every kernel of this package ahead of time for an NVIDIA target, no GPU needed:
 
-    python -m scops_fast.triton_kernels.aot [--arch 90] [--dtype fp32|fp64]
+    python -m scops_fast.triton_kernels.aot [--arch 90] [--dtype fp32|fp64] [--ones]
 
 Triton's interpreter, which the CPU tests use, accepts programs the GPU compiler rejects
 (dot shapes, layouts, scalar/tensor mixes), so this is the check that the CUDA path
 lowers at all. It prints ptxas' register and spill counts at the default `BLOCKS`.
-It must run without TRITON_INTERPRET=1 (interpreted kernels cannot be compiled).
+--ones compiles the variants Triton specialises when an integer argument is 1 (K=1,
+one-row images, ...). It must run without TRITON_INTERPRET=1 (interpreted kernels cannot
+be compiled).
 Exit status 1 if any kernel fails to compile.
 """
 
@@ -121,6 +123,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, default=90)
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "fp64"))
+    parser.add_argument("--ones", action="store_true", help="integer arguments as constant 1")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         print("unset TRITON_INTERPRET: interpreted kernels cannot be compiled", file=sys.stderr)
@@ -128,6 +131,8 @@ def main(argv=None) -> int:
     target = GPUTarget("cuda", args.arch, 32)
     failed = 0
     for fn, types, constexprs in kernels(args.dtype):
+        if args.ones:
+            constexprs = constexprs | {n: 1 for n, ty in types.items() if ty == "i32"}
         signature = {n: "constexpr" if n in constexprs else types[n] for n in fn.arg_names}
         try:
             compiled = triton.compile(

@@ -3,3 +3,12 @@
 torch.compile(fullgraph=True) sees one opaque op per kernel family; and the SPEC losses
 composed from them. The composition mirrors `scops_fast.ops` (the cpp backend): the
 kernels return small per-(b, k) tensors, which torch combines."""
+
+import contextlib
+
+import torch
+
+
+def on_device(t: torch.Tensor):
+    """Triton launches on the current CUDA device: make it the tensor's."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()

@@ -5,13 +5,15 @@ import torch
 
 from scops_fast.ops import working_dtype
 from scops_fast.triton_kernels import moments as kernels
+from scops_fast.triton_ops import on_device
 
 
 @torch.library.custom_op("scops_fast_triton::softmax_moments", mutates_args=())
 def softmax_moments(x: torch.Tensor, from_logits: bool) -> torch.Tensor:
     """(B, C, H, W) -> (B, parts, 4) float64 sums of (P + 1e-3) * (1, x, y, x^2 + y^2),
     parts = C - 1 from logits (background dropped), C from probabilities."""
-    moments = kernels.moments_forward(x.contiguous(), from_logits)
+    with on_device(x):
+        moments = kernels.moments_forward(x.contiguous(), from_logits)
     return moments[:, 1:].contiguous() if from_logits else moments
 
 
@@ -28,7 +30,8 @@ def softmax_moments_backward(
     grad = grad_moments.to(torch.float64)
     if from_logits:  # the background channel has no moments: zero upstream gradient
         grad = torch.cat((grad.new_zeros((grad.shape[0], 1, 4)), grad), dim=1)
-    return kernels.moments_backward(x.contiguous(), grad.contiguous(), from_logits)
+    with on_device(x):
+        return kernels.moments_backward(x.contiguous(), grad.contiguous(), from_logits)
 
 
 @softmax_moments_backward.register_fake

@@ -7,6 +7,7 @@ import torch
 
 from scops_fast.ops import working_dtype
 from scops_fast.triton_kernels import equivariance as kernels
+from scops_fast.triton_ops import on_device
 from scops_fast.triton_ops.concentration import centers_from_moments
 from scops_fast.triton_ops.warp import spline_mapping
 
@@ -16,12 +17,13 @@ def equivariance(
     pred: torch.Tensor, pred_tps: torch.Tensor, mapping: torch.Tensor, border: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(kl (B,), mom_tps (B, K, 3), mom_warp (B, K, 3)), float64."""
-    kl, mom_tps, mom_warp = kernels.equivariance_forward(
-        pred.contiguous(),
-        pred_tps.to(pred.dtype).contiguous(),
-        mapping.to(torch.float64).contiguous(),
-        border,
-    )
+    with on_device(pred):
+        kl, mom_tps, mom_warp = kernels.equivariance_forward(
+            pred.contiguous(),
+            pred_tps.to(pred.dtype).contiguous(),
+            mapping.to(torch.float64).contiguous(),
+            border,
+        )
     # Parts only, and separate tensors: a custom op's outputs may not share storage.
     return kl, mom_tps[:, 1:].clone(), mom_warp[:, 1:].clone()
 
@@ -51,15 +53,16 @@ def equivariance_backward(
         g = g.to(torch.float64)
         return torch.cat((g.new_zeros((g.shape[0], 1, 3)), g), dim=1).contiguous()
 
-    return kernels.equivariance_backward(
-        pred.contiguous(),
-        pred_tps.to(pred.dtype).contiguous(),
-        mapping.to(torch.float64).contiguous(),
-        border,
-        g_kl.to(torch.float64).contiguous(),
-        with_background(g_tps),
-        with_background(g_warp),
-    )
+    with on_device(pred):
+        return kernels.equivariance_backward(
+            pred.contiguous(),
+            pred_tps.to(pred.dtype).contiguous(),
+            mapping.to(torch.float64).contiguous(),
+            border,
+            g_kl.to(torch.float64).contiguous(),
+            with_background(g_tps),
+            with_background(g_warp),
+        )
 
 
 @equivariance_backward.register_fake

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from scops_fast.ops import working_dtype
 from scops_fast.triton_kernels import semantic as kernels
+from scops_fast.triton_ops import on_device
 
 
 def _needs_grad(*tensors) -> bool:
@@ -21,9 +22,10 @@ def semantic_dense(
     features: torch.Tensor, pred: torch.Tensor, basis: torch.Tensor, grads: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     dtype = pred.dtype
-    return kernels.semantic_dense(
-        features.to(dtype).contiguous(), pred.contiguous(), basis.to(dtype).contiguous(), grads
-    )
+    with on_device(pred):
+        return kernels.semantic_dense(
+            features.to(dtype).contiguous(), pred.contiguous(), basis.to(dtype).contiguous(), grads
+        )
 
 
 @semantic_dense.register_fake
@@ -65,14 +67,15 @@ def semantic_lowres(
     def prepared(t):
         return None if t is None else t.to(dtype).contiguous()
 
-    return kernels.semantic_lowres(
-        pred.contiguous(),
-        prepared(lowres),
-        prepared(gram_basis),
-        prepared(gram),
-        prepared(saliency),
-        grads,
-    )
+    with on_device(pred):
+        return kernels.semantic_lowres(
+            pred.contiguous(),
+            prepared(lowres),
+            prepared(gram_basis),
+            prepared(gram),
+            prepared(saliency),
+            grads,
+        )
 
 
 @semantic_lowres.register_fake

@@ -6,12 +6,15 @@ import torch
 from scops_fast import reference
 from scops_fast.ops import working_dtype
 from scops_fast.triton_kernels import warp as kernels
+from scops_fast.triton_ops import on_device
 
 
 @torch.library.custom_op("scops_fast_triton::tps_warp", mutates_args=())
 def tps_warp_op(x: torch.Tensor, mapping: torch.Tensor, border: bool) -> torch.Tensor:
     """x (B, C, H, W) sampled at the spline of mapping (B, 28, 2)."""
-    return kernels.warp_forward(x.contiguous(), mapping.to(torch.float64).contiguous(), border)
+    m = mapping.to(torch.float64).contiguous()
+    with on_device(x):
+        return kernels.warp_forward(x.contiguous(), m, border)
 
 
 @tps_warp_op.register_fake
@@ -22,7 +25,8 @@ def _(x, mapping, border):
 @torch.library.custom_op("scops_fast_triton::tps_warp_backward", mutates_args=())
 def tps_warp_backward(grad_out: torch.Tensor, mapping: torch.Tensor, border: bool) -> torch.Tensor:
     m = mapping.to(torch.float64).contiguous()
-    return kernels.warp_backward(grad_out.contiguous(), m, border)
+    with on_device(grad_out):
+        return kernels.warp_backward(grad_out.contiguous(), m, border)
 
 
 @tps_warp_backward.register_fake
