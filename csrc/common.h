@@ -47,8 +47,9 @@ SF_HD int32_t float_to_bits(float f) {
 
 // exp that the compiler can vectorise (libm's exp is an opaque call that blocks
 // SIMD). Cody-Waite reduction to |r| <= ln2/2 plus a degree-6 Taylor polynomial:
-// about 1 ulp in float32. NaN propagates; below -87.3 it returns the smallest normal
-// rather than 0, far under the 1e-5 tolerance of any sum it enters.
+// about 1 ulp in float32. NaN propagates; below -87.3 (where float32 goes subnormal) it
+// returns exactly 0, as exp(-inf) must: a softmax entry of a -inf logit is then 0, so
+// the KL term's "q > 0" mask drops it instead of multiplying -inf by a tiny q.
 SF_HD float vexp(float x) {
   const float lo = -87.3f, hi = 88.0f;
   float c = x < lo ? lo : x;
@@ -67,6 +68,7 @@ SF_HD float vexp(float x) {
   p = p * r + 1.0f;
   const float scale = bits_to_float((static_cast<int32_t>(k) + 127) << 23);
   float out = p * scale;
+  out = x < lo ? 0.0f : out;
   return x != x ? x : out;
 }
 SF_HD double vexp(double x) { return std::exp(x); }
