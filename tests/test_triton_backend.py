@@ -56,7 +56,7 @@ TEST_BLOCKS = {
 }
 
 # (B, K, H, W): odd and non-square with a partial last block, K=1 and B=1, one row.
-SHAPES = [(2, 3, 11, 13), (1, 1, 6, 5), (2, 2, 9, 4), (2, 2, 1, 7)]
+SHAPES = [(2, 3, 9, 11), (1, 1, 6, 5), (2, 2, 9, 4), (2, 2, 1, 7)]
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 WARP_TOL = {torch.float64: 1e-10, torch.float32: 1e-4}
 DTYPES = [torch.float64, torch.float32]
@@ -337,9 +337,9 @@ def test_gradcheck_float64(gen):
 def run_all(seed=5):
     """Outputs and gradients of every triton op on one fixed input set."""
     gen = torch.Generator().manual_seed(seed)
-    pred = torch.randn(2, 4, 13, 11, generator=gen, requires_grad=True)
-    pred_tps = torch.randn(2, 4, 13, 11, generator=gen, requires_grad=True)
-    feats = torch.randn(2, 18, 13, 11, generator=gen)
+    pred = torch.randn(2, 4, 9, 7, generator=gen, requires_grad=True)
+    pred_tps = torch.randn(2, 4, 9, 7, generator=gen, requires_grad=True)
+    feats = torch.randn(2, 18, 9, 7, generator=gen)
     low = torch.randn(2, 18, 3, 4, generator=gen)
     basis = torch.rand(3, 18, generator=gen, requires_grad=True)
     pts = source_points(2, torch.float32, gen)
@@ -367,6 +367,7 @@ def test_deterministic_across_runs():
             assert torch.equal(x, y)
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered in cast")
 def test_fixed_point_adjoint_edge_cases(gen):
     from scops_fast.triton_ops.warp import tps_warp_backward
 
@@ -409,12 +410,12 @@ def test_half_inputs_accumulate_in_float32(dtype, gen):
 
 
 def test_compile_fullgraph_has_no_graph_breaks(gen):
-    pred = torch.randn(2, 4, 12, 10, generator=gen, requires_grad=True)
-    pred_tps = torch.randn(2, 4, 12, 10, generator=gen, requires_grad=True)
+    pred = torch.randn(2, 3, 7, 6, generator=gen, requires_grad=True)
+    pred_tps = torch.randn(2, 3, 7, 6, generator=gen, requires_grad=True)
     low = torch.randn(2, 6, 3, 3, generator=gen)
-    feats = torch.randn(2, 6, 12, 10, generator=gen)
-    basis = torch.rand(3, 6, generator=gen, requires_grad=True)
-    sal = torch.rand(2, 12, 10, generator=gen)
+    feats = torch.randn(2, 6, 7, 6, generator=gen)
+    basis = torch.rand(2, 6, generator=gen, requires_grad=True)
+    sal = torch.rand(2, 7, 6, generator=gen)
     pts = source_points(2, torch.float32, gen)
     be = "triton"
 
