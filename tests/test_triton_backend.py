@@ -367,7 +367,7 @@ def test_deterministic_across_runs():
             assert torch.equal(x, y)
 
 
-@pytest.mark.filterwarnings("ignore:invalid value encountered in cast")
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 def test_fixed_point_adjoint_edge_cases(gen):
     from scops_fast.triton_ops.warp import tps_warp_backward
 
@@ -379,6 +379,12 @@ def test_fixed_point_adjoint_edge_cases(gen):
     g = torch.randn(1, 2, 6, 5, generator=gen)
     g[0, 1, 2, 3] = float("nan")
     assert torch.isnan(tps_warp_backward(g, mapping, False)).any()
+    pred = torch.randn(1, 3, 6, 5, generator=gen)
+    pred[0, 1, 2, 3] = float("inf")
+    pred.requires_grad_(True)
+    lm = losses.equivariance_losses(pred, pred.detach().flip(3), pts, backend="triton")[1]
+    (grad,) = torch.autograd.grad(lm, pred)
+    assert torch.isnan(grad).any()
     # Tiny gradients keep their relative precision: the scale follows their size.
     g = torch.randn(1, 2, 6, 5, generator=gen, dtype=torch.float64) * 1e-200
     x = torch.zeros(1, 2, 6, 5, dtype=torch.float64, requires_grad=True)

@@ -51,12 +51,12 @@ def kernels(dtype: str):
         ),
         (
             warp.warp_backward_kernel,
-            dict(g_ptr=t, m_ptr=f64, sc_ptr=f64, acc_ptr=i64, C=i32, H=i32, W=i32),
+            dict(g_ptr=t, m_ptr=f64, sc_ptr=f64, acc_ptr=i64, bad_ptr="*i32", C=i32, H=i32, W=i32),
             dict(BORDER=False, BLOCK_P=warp_px),
         ),
         (
             fixed.from_fixed_kernel,
-            dict(acc_ptr=i64, sc_ptr=f64, out_ptr=t, n=i32),
+            dict(acc_ptr=i64, sc_ptr=f64, bad_ptr="*i32", out_ptr=t, n=i32),
             dict(BLOCK=BLOCKS["elementwise"]),
         ),
         (
@@ -68,7 +68,7 @@ def kernels(dtype: str):
         (
             equivariance.equivariance_backward_kernel,
             dict(pred_ptr=t, tps_ptr=t, m_ptr=f64, gkl_ptr=f64, gtps_ptr=f64, gwarp_ptr=f64)
-            | dict(sc_ptr=f64, grad_tps_ptr=t, acc_ptr=i64, C=i32, H=i32, W=i32),
+            | dict(sc_ptr=f64, grad_tps_ptr=t, acc_ptr=i64, bad_ptr="*i32", C=i32, H=i32, W=i32),
             dict(BORDER=False, BLOCK_C=chan, BLOCK_P=tile),
         ),
         (

@@ -13,7 +13,13 @@ import triton.language as tl
 
 from scops_fast.triton_kernels import BLOCKS, pow2, tile_and_span
 from scops_fast.triton_kernels.common import loss_coord, warp_corners
-from scops_fast.triton_kernels.fixed import from_fixed, scale_for, to_fixed
+from scops_fast.triton_kernels.fixed import (
+    accumulators,
+    count_nonfinite,
+    from_fixed,
+    scale_for,
+    to_fixed,
+)
 
 
 @triton.jit
@@ -129,6 +135,7 @@ def equivariance_backward_kernel(
     sc_ptr,
     grad_tps_ptr,
     acc_ptr,
+    bad_ptr,
     C,
     H,
     W,
@@ -157,6 +164,7 @@ def equivariance_backward_kernel(
     # Only the landmark term reaches pred (the KL target is detached): through the
     # softmax to the warped logits, then through the warp.
     d_warped = q * (g_warp - tl.sum(q * g_warp, 0)[None, :])
+    count_nonfinite(d_warped, mask, bad_ptr)
     scale = tl.load(sc_ptr)
     dst = acc_ptr + planes
     tl.atomic_add(
@@ -210,7 +218,7 @@ def equivariance_backward(pred, pred_tps, mapping, border: bool, g_kl, g_tps, g_
     bound = 2.0 * g_warp.abs().sum(-1).amax()
     scale = scale_for(bound, h * w)
     grad_tps = torch.empty_like(pred_tps)
-    acc = torch.zeros(pred.shape, dtype=torch.int64, device=pred.device)
+    acc, bad = accumulators(pred.shape, pred.device)
     equivariance_backward_kernel[(triton.cdiv(h * w, block), b)](
         pred,
         pred_tps,
@@ -221,6 +229,7 @@ def equivariance_backward(pred, pred_tps, mapping, border: bool, g_kl, g_tps, g_
         scale,
         grad_tps,
         acc,
+        bad,
         c,
         h,
         w,
@@ -229,4 +238,4 @@ def equivariance_backward(pred, pred_tps, mapping, border: bool, g_kl, g_tps, g_
         BLOCK_P=block,
         num_warps=BLOCKS["warps"],
     )
-    return from_fixed(acc, scale, pred.dtype), grad_tps
+    return from_fixed(acc, scale, bad, pred.dtype), grad_tps

@@ -22,17 +22,22 @@ from scops_fast.triton_kernels import BLOCKS
 
 
 def scale_for(bound: torch.Tensor, n: int) -> torch.Tensor:
-    """[scale, 1 / scale, poison] (float64, on bound's device, no host sync) for addends
-    bounded by `bound` (a 0-d tensor), n per plane. poison is NaN when bound is not
-    finite: then the fixed-point sums are meaningless and the result is NaN instead."""
+    """[scale, 1 / scale] (float64, on bound's device, no host sync) for addends bounded
+    by `bound` (a 0-d tensor), n per plane."""
     bound = bound.detach().to(torch.float64)
     _, e = torch.frexp(bound * n)
     e = e.clamp(-900, 900).to(torch.float64)  # bound == 0 gives e == 0: any scale works
-    scale = torch.exp2(62.0 - e)
-    finite = torch.isfinite(bound)
-    scale = torch.where(finite, scale, torch.ones_like(scale))
-    poison = torch.where(finite, torch.zeros_like(bound), torch.full_like(bound, float("nan")))
-    return torch.stack((scale, 1.0 / scale, poison))
+    # A non-finite bound comes with non-finite addends, which poison the result anyway.
+    scale = torch.where(torch.isfinite(bound), torch.exp2(62.0 - e), torch.ones_like(bound))
+    return torch.stack((scale, 1.0 / scale))
+
+
+def accumulators(shape, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zeroed int64 sums and an int32 count of non-finite addends."""
+    return (
+        torch.zeros(shape, dtype=torch.int64, device=device),
+        torch.zeros((1,), dtype=torch.int32, device=device),
+    )
 
 
 @triton.jit
@@ -42,17 +47,28 @@ def to_fixed(v, scale):
 
 
 @triton.jit
-def from_fixed_kernel(acc_ptr, sc_ptr, out_ptr, n, BLOCK: tl.constexpr):
+def count_nonfinite(v, mask, bad_ptr):
+    """NaN and inf have no fixed-point value: count them, so that the result becomes NaN
+    rather than finite garbage (integer adds, so the count is order-independent too)."""
+    bad = mask & ~(tl.abs(v) < float("inf"))
+    tl.atomic_add(bad_ptr, tl.sum(tl.sum(bad.to(tl.int32), 0), 0).to(tl.int32))
+
+
+@triton.jit
+def from_fixed_kernel(acc_ptr, sc_ptr, bad_ptr, out_ptr, n, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
     acc = tl.load(acc_ptr + offs, mask=mask, other=0)
-    value = acc.to(tl.float64) * tl.load(sc_ptr + 1) + tl.load(sc_ptr + 2)
+    value = acc.to(tl.float64) * tl.load(sc_ptr + 1)
+    value = tl.where(tl.load(bad_ptr) > 0, float("nan"), value)
     tl.store(out_ptr + offs, value.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def from_fixed(acc: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def from_fixed(acc: torch.Tensor, scale: torch.Tensor, bad: torch.Tensor, dtype) -> torch.Tensor:
+    """The float sums of `acc` in `dtype`; all NaN when any addend was not finite (the
+    reference would spread NaN only where it lands; training is lost either way)."""
     block = BLOCKS["elementwise"]
     out = torch.empty(acc.shape, dtype=dtype, device=acc.device)
     n = acc.numel()
-    from_fixed_kernel[(triton.cdiv(n, block),)](acc, scale, out, n, BLOCK=block)
+    from_fixed_kernel[(triton.cdiv(n, block),)](acc, scale, bad, out, n, BLOCK=block)
     return out

@@ -12,7 +12,13 @@ import triton.language as tl
 
 from scops_fast.triton_kernels import BLOCKS
 from scops_fast.triton_kernels.common import warp_corners
-from scops_fast.triton_kernels.fixed import from_fixed, scale_for, to_fixed
+from scops_fast.triton_kernels.fixed import (
+    accumulators,
+    count_nonfinite,
+    from_fixed,
+    scale_for,
+    to_fixed,
+)
 
 
 @triton.jit
@@ -42,7 +48,7 @@ def warp_forward_kernel(
 
 @triton.jit
 def warp_backward_kernel(
-    g_ptr, m_ptr, sc_ptr, acc_ptr, C, H, W, BORDER: tl.constexpr, BLOCK_P: tl.constexpr
+    g_ptr, m_ptr, sc_ptr, acc_ptr, bad_ptr, C, H, W, BORDER: tl.constexpr, BLOCK_P: tl.constexpr
 ):
     b = tl.program_id(1).to(tl.int64)
     hw = H * W
@@ -59,6 +65,7 @@ def warp_backward_kernel(
     scale = tl.load(sc_ptr)
     for c in range(C):
         g = tl.load(g_ptr + (b * C + c) * hw + p, mask=pm, other=0.0)
+        count_nonfinite(g[None, :], pm[None, :], bad_ptr)
         plane = acc_ptr + (b * C + c) * hw
         # Integer atomics: exact, so the order they land in does not matter (fixed.py).
         tl.atomic_add(plane + o00, to_fixed(w00 * g, scale), mask=v00, sem="relaxed")
@@ -86,7 +93,7 @@ def warp_backward(grad: torch.Tensor, mapping: torch.Tensor, border: bool) -> to
     """Adjoint of `warp_forward` w.r.t. x, applied to grad (B, C, H, W) contiguous."""
     _, c, h, w = grad.shape
     scale = scale_for(grad.abs().amax(), h * w)
-    acc = torch.zeros(grad.shape, dtype=torch.int64, device=grad.device)
+    acc, bad = accumulators(grad.shape, grad.device)
     grid, blocks = _launch(grad)
-    warp_backward_kernel[grid](grad, mapping, scale, acc, c, h, w, BORDER=border, **blocks)
-    return from_fixed(acc, scale, grad.dtype)
+    warp_backward_kernel[grid](grad, mapping, scale, acc, bad, c, h, w, BORDER=border, **blocks)
+    return from_fixed(acc, scale, bad, grad.dtype)
