@@ -11,7 +11,7 @@ give the same bits whatever the order; the cost is one exact scaling in and out.
 Scale: every addend is a weight in [0, 1] times a value bounded by `bound`, and a plane
 of n output pixels hands any input pixel at most n addends' worth of weight in total, so
 all partial sums lie below n * bound < 2^e. Scaling by 2^(62 - e) keeps them inside
-int64 with a resolution of about n * bound * 2^-62 (2^-46 of `bound` at 256 x 256).
+int64 with a resolution of about n * bound * 2^-61 (2^-45 of `bound` at 256 x 256).
 """
 
 import torch

@@ -3,8 +3,8 @@ the (B, 28, 2) spline coefficients and its own 25 radial terms, then bilinear sa
 (align_corners=True, zeros or border padding). No (B, H, W, 2) grid is stored.
 
 Grid (pixel blocks, B). A program computes the corners of its pixels once and loops over
-the channels, so the spline is evaluated once per pixel whatever C is: the channel loop
-then moves 4 + 4 gathered values per pixel and channel in, 1 out."""
+the channels, so the spline is evaluated once per pixel whatever C is; per channel the
+loop then gathers 4 values and writes 1."""
 
 import torch
 import triton
