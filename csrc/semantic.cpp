@@ -134,11 +134,12 @@ double semantic_lowres(const T* pred, const T* lowres, const T* gram_basis, cons
   std::vector<double> loss(tasks, 0.0);
   std::vector<double> g_low(grads ? tasks * K * low : 0, 0.0);
   std::vector<double> g_gram(grads ? tasks * K * K : 0, 0.0);
-  std::vector<double> G(K * K);
-  for (int64_t e = 0; e < K * K; ++e) G[e] = double(gram_basis[e]);
+  // Whole rows at a time, structure of arrays, so every per-pixel loop runs along j.
   pf(tasks, [&](int64_t begin, int64_t end) {
-    std::vector<T> probs(K1 * W), mx(W), sum(W), gparts(K * W);
-    std::vector<double> p(K), ua(K), gp(K);
+    std::vector<T> probs(K1 * W), mx(W), sum(W), gparts(K * W), ones(W, T(1));
+    std::vector<double> ua(K * W), gp(K * W), quad(W), cross(W), vv(W), m0(w), m1(w);
+    std::vector<double> fx(W);
+    for (int64_t j = 0; j < W; ++j) fx[j] = cols.frac[j];
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / bands, band = task % bands;
       const T* a = lowres + b * K * low;
@@ -149,50 +150,101 @@ double semantic_lowres(const T* pred, const T* lowres, const T* gram_basis, cons
       for (int64_t i = band * H / bands; i < (band + 1) * H / bands; ++i) {
         row_softmax(pred + b * K1 * plane + i * W, plane, K1, W, probs.data(),
                     static_cast<T*>(nullptr), mx.data(), sum.data());
+        const T* p = probs.data() + W;  // parts only: p[k * W + j]
+        const T* s = saliency ? saliency + b * plane + i * W : ones.data();
         const int64_t y0 = rows.lo[i], y1 = rows.hi[i];
         const double fy = rows.frac[i];
-        for (int64_t j = 0; j < W; ++j) {
-          const int64_t x0 = cols.lo[j], x1 = cols.hi[j];
-          const double fx = cols.frac[j];
-          const double w00 = (1 - fy) * (1 - fx), w01 = (1 - fy) * fx;
-          const double w10 = fy * (1 - fx), w11 = fy * fx;
-          const int64_t o00 = y0 * w + x0, o01 = y0 * w + x1, o10 = y1 * w + x0,
-                        o11 = y1 * w + x1;
-          const double s = saliency ? double(saliency[b * plane + i * W + j]) : 1.0;
-          double quad = 0, cross = 0;
-          for (int64_t k = 0; k < K; ++k) p[k] = double(probs[(k + 1) * W + j]);
-          for (int64_t k = 0; k < K; ++k) {
-            const T* ak = a + k * low;
-            ua[k] = w00 * ak[o00] + w01 * ak[o01] + w10 * ak[o10] + w11 * ak[o11];
-            double gpk = 0;
-            for (int64_t l = 0; l < K; ++l) gpk += G[k * K + l] * p[l];
-            gp[k] = gpk;
-            quad += p[k] * gpk;
-            cross += p[k] * ua[k];
-          }
-          const double vv = w00 * w00 * d[o00] + w01 * w01 * d[o01] + w10 * w10 * d[o10] +
-                            w11 * w11 * d[o11] +
-                            2.0 * (w00 * w01 * d[low + o00] + w10 * w11 * d[low + o10] +
-                                   w00 * w10 * d[2 * low + o00] + w01 * w11 * d[2 * low + o01] +
-                                   w00 * w11 * d[3 * low + o00] + w01 * w10 * d[4 * low + o00]);
-          acc += quad - 2.0 * s * cross + s * s * vv;
-          if (!grads) continue;
-          for (int64_t k = 0; k < K; ++k) {
-            double gt = 0;  // (G^T P)_k: with gp = G P this is the gradient of P^T G P
-            for (int64_t l = 0; l < K; ++l) gt += G[l * K + k] * p[l];
-            gparts[k * W + j] = T(gp[k] + gt - 2.0 * s * ua[k]);
-            const double m = -2.0 * s * p[k];
-            double* gak = ga + k * low;
-            gak[o00] += m * w00;
-            gak[o01] += m * w01;
-            gak[o10] += m * w10;
-            gak[o11] += m * w11;
-            for (int64_t l = 0; l < K; ++l) gg[k * K + l] += p[k] * p[l];
+        const int64_t* x0 = cols.lo.data();
+        const int64_t* x1 = cols.hi.data();
+        // U(A)_k and |U V|^2 along the row.
+        for (int64_t k = 0; k < K; ++k) {
+          const T* r0 = a + k * low + y0 * w;
+          const T* r1 = a + k * low + y1 * w;
+          double* u = ua.data() + k * W;
+#pragma omp simd
+          for (int64_t j = 0; j < W; ++j)
+            u[j] = (1 - fy) * ((1 - fx[j]) * r0[x0[j]] + fx[j] * r0[x1[j]]) +
+                   fy * ((1 - fx[j]) * r1[x0[j]] + fx[j] * r1[x1[j]]);
+        }
+        {
+          const T* d0 = d;
+          const T *d1 = d + low, *d2 = d + 2 * low, *d3 = d + 3 * low, *d4 = d + 4 * low;
+          const int64_t t0 = y0 * w, t1 = y1 * w;
+#pragma omp simd
+          for (int64_t j = 0; j < W; ++j) {
+            const double w00 = (1 - fy) * (1 - fx[j]), w01 = (1 - fy) * fx[j];
+            const double w10 = fy * (1 - fx[j]), w11 = fy * fx[j];
+            const int64_t o00 = t0 + x0[j], o01 = t0 + x1[j], o10 = t1 + x0[j],
+                          o11 = t1 + x1[j];
+            vv[j] = w00 * w00 * d0[o00] + w01 * w01 * d0[o01] + w10 * w10 * d0[o10] +
+                    w11 * w11 * d0[o11] +
+                    2.0 * (w00 * w01 * d1[o00] + w10 * w11 * d1[o10] + w00 * w10 * d2[o00] +
+                           w01 * w11 * d2[o01] + w00 * w11 * d3[o00] + w01 * w10 * d4[o00]);
           }
         }
-        if (grads)
-          softmax_backward_parts(probs.data(), gparts.data(), K1, W, plane,
-                                 grad_pred + b * K1 * plane + i * W);
+        // (G P)_k along the row, then the quadratic and cross terms.
+        std::fill(quad.begin(), quad.end(), 0.0);
+        std::fill(cross.begin(), cross.end(), 0.0);
+        for (int64_t k = 0; k < K; ++k) {
+          double* g = gp.data() + k * W;
+          std::fill(g, g + W, 0.0);
+          for (int64_t l = 0; l < K; ++l) {
+            const double gkl = double(gram_basis[k * K + l]);
+            const T* pl = p + l * W;
+#pragma omp simd
+            for (int64_t j = 0; j < W; ++j) g[j] += gkl * pl[j];
+          }
+          const T* pk = p + k * W;
+          const double* u = ua.data() + k * W;
+#pragma omp simd
+          for (int64_t j = 0; j < W; ++j) {
+            quad[j] += pk[j] * g[j];
+            cross[j] += pk[j] * u[j];
+          }
+        }
+        double row_loss = 0;
+#pragma omp simd reduction(+ : row_loss)
+        for (int64_t j = 0; j < W; ++j)
+          row_loss += quad[j] - 2.0 * s[j] * cross[j] + double(s[j]) * s[j] * vv[j];
+        acc += row_loss;
+        if (!grads) continue;
+        for (int64_t k = 0; k < K; ++k) {
+          // d/dP_k = ((G + G^T) P)_k - 2 S U(A)_k.
+          T* out = gparts.data() + k * W;
+          const double* g = gp.data() + k * W;
+          const double* u = ua.data() + k * W;
+#pragma omp simd
+          for (int64_t j = 0; j < W; ++j) out[j] = T(g[j] - 2.0 * s[j] * u[j]);
+          for (int64_t l = 0; l < K; ++l) {
+            const double glk = double(gram_basis[l * K + k]);
+            const T* pl = p + l * W;
+#pragma omp simd
+            for (int64_t j = 0; j < W; ++j) out[j] += T(glk * pl[j]);
+            // d/dG_kl = sum over pixels of P_k P_l.
+            const T* pk = p + k * W;
+            double dot = 0;
+#pragma omp simd reduction(+ : dot)
+            for (int64_t j = 0; j < W; ++j) dot += double(pk[j]) * pl[j];
+            gg[k * K + l] += dot;
+          }
+          // d/dA_k: the adjoint of the upsampling of -2 S P_k, first along the row into
+          // the two low-resolution rows it reads, then into the map.
+          std::fill(m0.begin(), m0.end(), 0.0);
+          const T* pk = p + k * W;
+          for (int64_t j = 0; j < W; ++j) {
+            const double m = -2.0 * s[j] * pk[j];
+            m0[x0[j]] += m * (1 - fx[j]);
+            m0[x1[j]] += m * fx[j];
+          }
+          double* g0 = ga + k * low + y0 * w;
+          double* g1 = ga + k * low + y1 * w;
+          for (int64_t x = 0; x < w; ++x) {
+            g0[x] += (1 - fy) * m0[x];
+            g1[x] += fy * m0[x];
+          }
+        }
+        softmax_backward_parts(probs.data(), gparts.data(), K1, W, plane,
+                               grad_pred + b * K1 * plane + i * W);
       }
       loss[task] = acc;
     }
