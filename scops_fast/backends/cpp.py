@@ -10,15 +10,21 @@ def probe():
     reason = _ext.load()
     if reason is not None:
         return reason
-    # The op modules register fake and autograd rules, which need the library loaded.
-    from scops_fast.ops import concentration, equivariance, semantic, warp
+    import torch
 
+    # The op modules register fake and autograd rules, which need the library loaded.
+    from scops_fast.ops import compose, concentration, equivariance, semantic, warp  # noqa: F401
+
+    ops = torch.ops.scops_fast
     OPS.update(
-        batch_get_centers=concentration.batch_get_centers,
-        concentration_loss=concentration.concentration_loss,
-        semantic_consistency_loss=semantic.semantic_consistency_loss,
-        semantic_consistency_loss_lowres=semantic.semantic_consistency_loss_lowres,
-        tps_warp=warp.tps_warp,
-        equivariance_losses=equivariance.equivariance_losses,
+        compose.losses_from(
+            compose.Primitives(
+                softmax_moments=ops.softmax_moments,
+                tps_warp=ops.tps_warp,
+                equivariance=ops.equivariance,
+                semantic_dense=ops.semantic_dense,
+                semantic_lowres=ops.semantic_lowres,
+            )
+        )
     )
     return None

@@ -23,6 +23,7 @@ def probe():
     if os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available():
         return "no CUDA device (TRITON_INTERPRET=1 runs the kernels on CPU tensors, slowly)"
     from scops_fast import triton_kernels
+    from scops_fast.ops import compose
     from scops_fast.triton_ops import concentration, equivariance, semantic, warp
 
     # What counts is how the kernels were decorated, not the variable's value now.
@@ -33,11 +34,14 @@ def probe():
     if mode == "compiled" and not torch.cuda.is_available():
         return "no CUDA device, and the kernels were imported without TRITON_INTERPRET=1"
     OPS.update(
-        batch_get_centers=concentration.batch_get_centers,
-        concentration_loss=concentration.concentration_loss,
-        semantic_consistency_loss=semantic.semantic_consistency_loss,
-        semantic_consistency_loss_lowres=semantic.semantic_consistency_loss_lowres,
-        tps_warp=warp.tps_warp,
-        equivariance_losses=equivariance.equivariance_losses,
+        compose.losses_from(
+            compose.Primitives(
+                softmax_moments=concentration.softmax_moments,
+                tps_warp=warp.tps_warp_op,
+                equivariance=equivariance.equivariance,
+                semantic_dense=semantic.semantic_dense,
+                semantic_lowres=semantic.semantic_lowres,
+            )
+        )
     )
     return None

@@ -1,11 +1,8 @@
-"""Concentration loss and part centres (SPEC sections 2-3) from the per-(b, k) moments
-that `scops_fast::softmax_moments` computes in one pass over the logits."""
+"""`scops_fast::softmax_moments`: the per-(b, k) moments behind the concentration loss
+and part centres (SPEC sections 2-3), in one pass over the logits."""
 
 import torch
 
-from scops_fast.ops import working_dtype
-
-_moments = torch.ops.scops_fast.softmax_moments
 _moments_backward = torch.ops.scops_fast.softmax_moments_backward
 
 
@@ -31,23 +28,3 @@ def _backward(ctx, grad):
 
 
 torch.library.register_autograd("scops_fast::softmax_moments", _backward, setup_context=_setup)
-
-
-def centers_from_moments(moments: torch.Tensor) -> torch.Tensor:
-    """(B, K, >=3) sums of m * (1, x, y, ...) -> centres (B, K, 2)."""
-    return moments[..., 1:3] / moments[..., :1]
-
-
-def concentration_loss(pred):
-    x = pred.to(working_dtype(pred))
-    moments = _moments(x, True)
-    mass = moments[..., 0]
-    center = centers_from_moments(moments)
-    spread = moments[..., 3] / mass - (center * center).sum(-1)
-    batch = pred.shape[0]
-    return (spread.sum() / (batch * batch)).to(pred.dtype)
-
-
-def batch_get_centers(part_probs):
-    x = part_probs.to(working_dtype(part_probs))
-    return centers_from_moments(_moments(x, False)).to(part_probs.dtype)

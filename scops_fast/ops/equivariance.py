@@ -6,11 +6,6 @@ the op sends no KL gradient to pred."""
 
 import torch
 
-from scops_fast.ops import working_dtype
-from scops_fast.ops.concentration import centers_from_moments
-from scops_fast.ops.warp import spline_mapping
-
-_forward = torch.ops.scops_fast.equivariance
 _backward_op = torch.ops.scops_fast.equivariance_backward
 
 
@@ -53,14 +48,3 @@ def _backward(ctx, g_kl, g_tps, g_warp, _g_warped):
 
 
 torch.library.register_autograd("scops_fast::equivariance", _backward, setup_context=_setup)
-
-
-def equivariance_losses(pred, pred_tps, source_points, padding_mode="zeros"):
-    dtype = working_dtype(pred)
-    kl, mom_tps, mom_warp, _ = _forward(
-        pred.to(dtype), pred_tps.to(dtype), spline_mapping(source_points), padding_mode == "border"
-    )
-    loss_eqv = kl.sum() / pred.numel()
-    diff = centers_from_moments(mom_tps) - centers_from_moments(mom_warp)
-    loss_lmeqv = (diff * diff).mean()
-    return loss_eqv.to(pred.dtype), loss_lmeqv.to(pred.dtype)

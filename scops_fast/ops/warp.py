@@ -4,10 +4,6 @@ the source points are treated as constants (SCOPS draws them at random)."""
 
 import torch
 
-from scops_fast import reference
-from scops_fast.ops import working_dtype
-
-_warp = torch.ops.scops_fast.tps_warp
 _warp_backward = torch.ops.scops_fast.tps_warp_backward
 
 
@@ -32,12 +28,3 @@ def _backward(ctx, grad):
 
 
 torch.library.register_autograd("scops_fast::tps_warp", _backward, setup_context=_setup)
-
-
-def spline_mapping(source_points):
-    return reference.tps_mapping(source_points.detach())
-
-
-def tps_warp(x, source_points, padding_mode="zeros"):
-    out = _warp(x.to(working_dtype(x)), spline_mapping(source_points), padding_mode == "border")
-    return out.to(x.dtype)

@@ -3,7 +3,6 @@ of `scops_fast_triton::softmax_moments`."""
 
 import torch
 
-from scops_fast.ops import working_dtype
 from scops_fast.triton_kernels import moments as kernels
 from scops_fast.triton_ops import on_device
 
@@ -50,22 +49,3 @@ def _backward(ctx, grad):
 
 
 softmax_moments.register_autograd(_backward, setup_context=_setup)
-
-
-def centers_from_moments(moments: torch.Tensor) -> torch.Tensor:
-    """(B, K, >=3) sums of m * (1, x, y, ...) -> centres (B, K, 2)."""
-    return moments[..., 1:3] / moments[..., :1]
-
-
-def concentration_loss(pred):
-    moments = softmax_moments(pred.to(working_dtype(pred)), True)
-    center = centers_from_moments(moments)
-    # SPEC section 3: sum pdf |p - c|^2 = sum pdf (x^2 + y^2) - |c|^2.
-    spread = moments[..., 3] / moments[..., 0] - (center * center).sum(-1)
-    batch = pred.shape[0]
-    return (spread.sum() / (batch * batch)).to(pred.dtype)
-
-
-def batch_get_centers(part_probs):
-    x = part_probs.to(working_dtype(part_probs))
-    return centers_from_moments(softmax_moments(x, False)).to(part_probs.dtype)

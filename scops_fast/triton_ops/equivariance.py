@@ -5,11 +5,8 @@ sends no KL gradient to pred."""
 
 import torch
 
-from scops_fast.ops import working_dtype
 from scops_fast.triton_kernels import equivariance as kernels
 from scops_fast.triton_ops import on_device
-from scops_fast.triton_ops.concentration import centers_from_moments
-from scops_fast.triton_ops.warp import spline_mapping
 
 
 @torch.library.custom_op("scops_fast_triton::equivariance", mutates_args=())
@@ -91,14 +88,3 @@ def _backward(ctx, g_kl, g_tps, g_warp):
 
 
 equivariance.register_autograd(_backward, setup_context=_setup)
-
-
-def equivariance_losses(pred, pred_tps, source_points, padding_mode="zeros"):
-    dtype = working_dtype(pred)
-    kl, mom_tps, mom_warp = equivariance(
-        pred.to(dtype), pred_tps.to(dtype), spline_mapping(source_points), padding_mode == "border"
-    )
-    loss_eqv = kl.sum() / pred.numel()
-    diff = centers_from_moments(mom_tps) - centers_from_moments(mom_warp)
-    loss_lmeqv = (diff * diff).mean()
-    return loss_eqv.to(pred.dtype), loss_lmeqv.to(pred.dtype)

@@ -2,19 +2,13 @@
 
 Both ops return the loss *sum* and, when gradients are needed, its gradients from the
 same pass (the dense one reads the (B, C, H, W) features exactly once); the autograd
-backward only scales them. The composition is that of `scops_fast.ops.semantic`.
+backward only scales them. The losses are composed in `scops_fast.ops.compose`.
 """
 
 import torch
-import torch.nn.functional as F
 
-from scops_fast.ops import working_dtype
 from scops_fast.triton_kernels import semantic as kernels
 from scops_fast.triton_ops import on_device
-
-
-def _needs_grad(*tensors) -> bool:
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 @torch.library.custom_op("scops_fast_triton::semantic_dense", mutates_args=())
@@ -103,46 +97,3 @@ def _lowres_backward(ctx, g_loss, _g1, _g2, _g3):
 
 
 semantic_lowres.register_autograd(_lowres_backward, setup_context=_lowres_setup)
-
-
-def semantic_consistency_loss(features, pred, basis):
-    dtype = working_dtype(pred)
-    pred_w, basis_w = pred.to(dtype), basis.to(dtype)
-    total, _, _ = semantic_dense(
-        features.detach().to(dtype), pred_w, basis_w, _needs_grad(pred, basis)
-    )
-    return (total / features.numel()).to(pred.dtype)
-
-
-def neighbour_gram(v: torch.Tensor) -> torch.Tensor:
-    """(B, 5, h, w) inner products of each low-resolution feature vector with its right,
-    lower and lower-right neighbours (and right with lower), clamped at the edges: all
-    that |U V|^2 needs at any full-resolution pixel (as `scops_fast.ops.semantic`, which
-    cannot be imported without the cpp library)."""
-    padded = F.pad(v, (0, 1, 0, 1), mode="replicate")
-    right, down, diag = padded[:, :, :-1, 1:], padded[:, :, 1:, :-1], padded[:, :, 1:, 1:]
-    pairs = ((v, v), (v, right), (v, down), (v, diag), (right, down))
-    return torch.stack([(a * b).sum(1) for a, b in pairs], dim=1)
-
-
-def semantic_consistency_loss_lowres(features, pred, basis, saliency=None):
-    dtype = working_dtype(pred)
-    pred_w, basis_w = pred.to(dtype), basis.to(dtype)
-    sal = None if saliency is None else saliency.detach().to(dtype)
-    grads = _needs_grad(pred, basis)
-    # Maps of one low-resolution size share a pass; the loss is a sum over channels,
-    # so each size contributes its own terms with its own slice of the basis.
-    groups: dict[tuple, list] = {}
-    start = 0
-    for f in features:
-        groups.setdefault(tuple(f.shape[2:]), []).append((f, start))
-        start += f.shape[1]
-    total = 0.0
-    for members in groups.values():
-        v = torch.cat([f.detach().to(dtype) for f, _ in members], dim=1)
-        w = torch.cat([basis_w[:, s : s + f.shape[1]] for f, s in members], dim=1)
-        lowres = torch.einsum("kc,bchw->bkhw", w, v)
-        loss, _, _, _ = semantic_lowres(pred_w, lowres, w @ w.t(), neighbour_gram(v), sal, grads)
-        total = total + loss
-    count = pred.shape[0] * start * pred.shape[2] * pred.shape[3]
-    return (total / count).to(pred.dtype)

@@ -3,8 +3,6 @@ to the warped tensor; the source points are constants (SCOPS draws them at rando
 
 import torch
 
-from scops_fast import reference
-from scops_fast.ops import working_dtype
 from scops_fast.triton_kernels import warp as kernels
 from scops_fast.triton_ops import on_device
 
@@ -45,14 +43,3 @@ def _backward(ctx, grad):
 
 
 tps_warp_op.register_autograd(_backward, setup_context=_setup)
-
-
-def spline_mapping(source_points):
-    return reference.tps_mapping(source_points.detach())
-
-
-def tps_warp(x, source_points, padding_mode="zeros"):
-    out = tps_warp_op(
-        x.to(working_dtype(x)), spline_mapping(source_points), padding_mode == "border"
-    )
-    return out.to(x.dtype)
