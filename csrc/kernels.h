@@ -57,7 +57,8 @@ void moments_backward(const T* z, const double* grad_moments, int64_t B, int64_t
 
 // Bilinear corners of every pixel of one output row, structure-of-arrays so the
 // per-channel sampling loops vectorise: offset -1 marks a corner outside the image
-// (zeros padding), which is never read.
+// (zeros padding), which is never read. A pixel whose sampling position is not finite
+// has every corner outside and weight[0] = NaN: it reads NaN and scatters nothing.
 template <typename T>
 struct RowSamples {
   std::vector<int64_t> offset[4];
@@ -86,7 +87,9 @@ struct RowSamples {
       } else {
         for (int64_t c = 0; c < C; ++c) {
           const T* p = src + c * plane;
-          out[c * out_stride + j] = (o0 >= 0 ? w0 * p[o0] : T(0)) + (o1 >= 0 ? w1 * p[o1] : T(0)) +
+          // T(0) * w0 is 0, or NaN for a non-finite position (see above).
+          out[c * out_stride + j] = (o0 >= 0 ? w0 * p[o0] : T(0) * w0) +
+                                    (o1 >= 0 ? w1 * p[o1] : T(0)) +
                                     (o2 >= 0 ? w2 * p[o2] : T(0)) + (o3 >= 0 ? w3 * p[o3] : T(0));
         }
       }

@@ -54,6 +54,9 @@ void RowSamples<T>::compute(const double* m, const T* radial, int64_t i, int64_t
     iy = iy < y_lo ? y_lo : (iy > y_hi ? y_hi : iy);
     // Beyond one pixel outside (or NaN) no corner is inside: park it there.
     const bool near = ix > -2.0 && ix < double(W + 1) && iy > -2.0 && iy < double(H + 1);
+    // A non-finite spline position (NaN or inf source points) samples NaN, in either
+    // padding mode, and receives no gradient: w00 = NaN with every corner outside.
+    const bool finite = (px[j] - px[j]) == 0.0 && (py[j] - py[j]) == 0.0;
     ix = near ? ix : -4.0;
     iy = near ? iy : -4.0;
     const double fx = std::floor(ix), fy = std::floor(iy);
@@ -68,7 +71,7 @@ void RowSamples<T>::compute(const double* m, const T* radial, int64_t i, int64_t
     o01[j] = (in_y0 & in_x1) ? base + 1 : -1;
     o10[j] = (in_y1 & in_x0) ? base + W : -1;
     o11[j] = (in_y1 & in_x1) ? base + W + 1 : -1;
-    w00[j] = T((1.0 - tx) * (1.0 - ty));
+    w00[j] = finite ? T((1.0 - tx) * (1.0 - ty)) : T(NAN);
     w01[j] = T(tx * (1.0 - ty));
     w10[j] = T((1.0 - tx) * ty);
     w11[j] = T(tx * ty);

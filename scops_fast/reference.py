@@ -203,9 +203,15 @@ def tps_warp(x: torch.Tensor, source_points: torch.Tensor, padding_mode: str = "
     dtype = x.dtype
     ct = compute_dtype(dtype)
     grid = tps_grid(source_points, x.shape[2], x.shape[3], dtype=ct)
+    # A non-finite position (NaN or inf source points) samples NaN and receives no
+    # gradient. grid_sample itself must never see one: with border padding it reads
+    # and, backwards, writes out of bounds (torch 2.x segfaults).
+    bad = ~torch.isfinite(grid).all(dim=-1, keepdim=True)  # (B, H, W, 1)
+    grid = grid.masked_fill(bad, 0.0)
     out = F.grid_sample(
         x.to(ct), grid, mode="bilinear", padding_mode=padding_mode, align_corners=True
     )
+    out = out.masked_fill(bad.squeeze(-1).unsqueeze(1), float("nan"))
     return out.to(dtype)
 
 

@@ -29,8 +29,12 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 CSRC = ROOT / "csrc"
 BUILD = ROOT / "build" / "sanitize"
 LIBRARY = BUILD / "libscops_fast_sanitize.so"
-DEFAULT_TESTS = ["tests/test_cpp_backend.py", "tests/test_robust_validation.py",
-                 "tests/test_robust_numerics.py", "tests/test_robust_properties.py"]
+DEFAULT_TESTS = [
+    "tests/test_cpp_backend.py",
+    "tests/test_robust_validation.py",
+    "tests/test_robust_numerics.py",
+    "tests/test_robust_properties.py",
+]
 SANITIZERS = "-fsanitize=address,undefined"
 CXX = os.environ.get("CXX", "g++")
 
