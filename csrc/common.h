@@ -97,6 +97,24 @@ SF_HD double vlog(double x) { return std::log(x); }
 // SPEC section 1: loss coordinates, 2j/W - 1 (not pixel centres).
 SF_HD double loss_coord(int64_t idx, int64_t n) { return 2.0 * double(idx) / double(n) - 1.0; }
 
+// SPEC section 2: the closed-form sum over all pixels of 1e-3 * (1, x, y, x^2 + y^2),
+// the mass every part map gets before it is normalised.
+SF_HD void eps_moment_terms(int64_t H, int64_t W, double out[4]) {
+  double sx = 0, sxx = 0, sy = 0, syy = 0;
+  for (int64_t j = 0; j < W; ++j) {
+    sx += loss_coord(j, W);
+    sxx += loss_coord(j, W) * loss_coord(j, W);
+  }
+  for (int64_t i = 0; i < H; ++i) {
+    sy += loss_coord(i, H);
+    syy += loss_coord(i, H) * loss_coord(i, H);
+  }
+  out[0] = kCenterEps * double(H * W);
+  out[1] = kCenterEps * double(H) * sx;
+  out[2] = kCenterEps * double(W) * sy;
+  out[3] = kCenterEps * (double(H) * sxx + double(W) * syy);
+}
+
 // SPEC section 6: align_corners pixel position 2j/(W-1) - 1; a single pixel sits at -1.
 SF_HD double corner_coord(int64_t idx, int64_t n) {
   return n > 1 ? 2.0 * double(idx) / double(n - 1) - 1.0 : -1.0;

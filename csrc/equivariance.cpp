@@ -94,11 +94,8 @@ void equivariance_forward(const T* pred, const T* pred_tps, const double* mappin
       }
     }
   });
-  double sx = 0, sy = 0;
-  for (int64_t j = 0; j < W; ++j) sx += loss_coord(j, W);
-  for (int64_t i = 0; i < H; ++i) sy += loss_coord(i, H);
-  const double eps[3] = {kCenterEps * double(H * W), kCenterEps * double(H) * sx,
-                         kCenterEps * double(W) * sy};
+  double eps[4];
+  eps_moment_terms(H, W, eps);
   for (int64_t b = 0; b < B; ++b) {
     double total = 0;
     for (int64_t i = 0; i < H; ++i) total += partial[(i * B + b) * stride];

@@ -67,18 +67,8 @@ void moments_forward(const T* z, int64_t B, int64_t channels, int64_t H, int64_t
     }
   });
   // The eps mass is the same for every part: add it in closed form.
-  double sx = 0, sxx = 0, sy = 0, syy = 0;
-  for (int64_t j = 0; j < W; ++j) {
-    sx += loss_coord(j, W);
-    sxx += loss_coord(j, W) * loss_coord(j, W);
-  }
-  for (int64_t i = 0; i < H; ++i) {
-    sy += loss_coord(i, H);
-    syy += loss_coord(i, H) * loss_coord(i, H);
-  }
-  const double eps_terms[4] = {kCenterEps * double(H * W), kCenterEps * double(H) * sx,
-                               kCenterEps * double(W) * sy,
-                               kCenterEps * (double(H) * sxx + double(W) * syy)};
+  double eps_terms[4];
+  eps_moment_terms(H, W, eps_terms);
   for (int64_t b = 0; b < B; ++b)
     for (int64_t k = 0; k < parts; ++k)
       for (int m = 0; m < 4; ++m) {

@@ -40,20 +40,10 @@ void check_channels(int64_t channels) {
               " parts are supported, got ", channels - 1);
 }
 
-// Closed-form sum over pixels of eps * (1, x, y, x^2 + y^2), SPEC section 2.
+// The first n of the closed-form eps terms (common.h), on the tensors' device.
 at::Tensor eps_terms(int64_t H, int64_t W, int64_t n, const at::TensorOptions& opts) {
-  double sx = 0, sxx = 0, sy = 0, syy = 0;
-  for (int64_t j = 0; j < W; ++j) {
-    sx += loss_coord(j, W);
-    sxx += loss_coord(j, W) * loss_coord(j, W);
-  }
-  for (int64_t i = 0; i < H; ++i) {
-    sy += loss_coord(i, H);
-    syy += loss_coord(i, H) * loss_coord(i, H);
-  }
-  const double all[4] = {kCenterEps * double(H * W), kCenterEps * double(H) * sx,
-                         kCenterEps * double(W) * sy,
-                         kCenterEps * (double(H) * sxx + double(W) * syy)};
+  double all[4];
+  eps_moment_terms(H, W, all);
   return at::tensor(std::vector<double>(all, all + n), at::kDouble).to(opts.device());
 }
 

@@ -1,65 +1,16 @@
-"""Semantic consistency (SPEC section 4), dense and low-resolution.
-
-Both ops return the loss *sum* and, when gradients are needed, its gradients from the
-same pass (the dense one reads the (B, C, H, W) features exactly once); the autograd
-backward only scales them.
-"""
+"""Registration of `scops_fast::semantic_dense` and `scops_fast::semantic_lowres`
+(SPEC section 4) with the rules of `semantic_rules`: the dense op reads the
+(B, C, H, W) features exactly once for forward and backward together."""
 
 import torch
 
+from scops_fast.ops import semantic_rules as rules
 
-@torch.library.register_fake("scops_fast::semantic_dense")
-def _(features, pred, basis, grads):
-    loss = pred.new_empty((), dtype=torch.float64)
-    if not grads:
-        return loss, pred.new_empty((0,)), pred.new_empty((0, basis.shape[1]))
-    return (
-        loss,
-        torch.empty_like(pred, memory_format=torch.contiguous_format),
-        torch.empty_like(basis, dtype=pred.dtype),
-    )
-
-
-def _dense_setup(ctx, inputs, output):
-    ctx.save_for_backward(output[1], output[2])
-
-
-def _dense_backward(ctx, g_loss, _g1, _g2):
-    grad_pred, grad_basis = ctx.saved_tensors
-    g = g_loss.to(grad_pred.dtype)
-    return None, g * grad_pred, g * grad_basis, None
-
-
+torch.library.register_fake("scops_fast::semantic_dense", rules.dense_fake)
 torch.library.register_autograd(
-    "scops_fast::semantic_dense", _dense_backward, setup_context=_dense_setup
+    "scops_fast::semantic_dense", rules.dense_backward, setup_context=rules.dense_setup
 )
-
-
-@torch.library.register_fake("scops_fast::semantic_lowres")
-def _(pred, lowres, gram_basis, gram, saliency, grads):
-    loss = pred.new_empty((), dtype=torch.float64)
-    if not grads:
-        empty = pred.new_empty((0,))
-        return loss, empty, empty, empty
-    fmt = torch.contiguous_format
-    return (
-        loss,
-        torch.empty_like(pred, memory_format=fmt),
-        torch.empty_like(lowres, dtype=pred.dtype, memory_format=fmt),
-        torch.empty_like(gram_basis, dtype=pred.dtype, memory_format=fmt),
-    )
-
-
-def _lowres_setup(ctx, inputs, output):
-    ctx.save_for_backward(output[1], output[2], output[3])
-
-
-def _lowres_backward(ctx, g_loss, _g1, _g2, _g3):
-    grad_pred, grad_lowres, grad_gram = ctx.saved_tensors
-    g = g_loss.to(grad_pred.dtype)
-    return g * grad_pred, g * grad_lowres, g * grad_gram, None, None, None
-
-
+torch.library.register_fake("scops_fast::semantic_lowres", rules.lowres_fake)
 torch.library.register_autograd(
-    "scops_fast::semantic_lowres", _lowres_backward, setup_context=_lowres_setup
+    "scops_fast::semantic_lowres", rules.lowres_backward, setup_context=rules.lowres_setup
 )

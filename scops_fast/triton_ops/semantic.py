@@ -7,6 +7,7 @@ backward only scales them. The losses are composed in `scops_fast.ops.compose`.
 
 import torch
 
+from scops_fast.ops import semantic_rules as rules
 from scops_fast.triton_kernels import semantic as kernels
 from scops_fast.triton_ops import on_device
 
@@ -22,29 +23,8 @@ def semantic_dense(
         )
 
 
-@semantic_dense.register_fake
-def _(features, pred, basis, grads):
-    loss = pred.new_empty((), dtype=torch.float64)
-    if not grads:
-        return loss, pred.new_empty((0,)), pred.new_empty((0, basis.shape[1]))
-    return (
-        loss,
-        torch.empty_like(pred, memory_format=torch.contiguous_format),
-        torch.empty_like(basis, dtype=pred.dtype),
-    )
-
-
-def _dense_setup(ctx, inputs, output):
-    ctx.save_for_backward(output[1], output[2])
-
-
-def _dense_backward(ctx, g_loss, _g1, _g2):
-    grad_pred, grad_basis = ctx.saved_tensors
-    g = g_loss.to(grad_pred.dtype)
-    return None, g * grad_pred, g * grad_basis, None
-
-
-semantic_dense.register_autograd(_dense_backward, setup_context=_dense_setup)
+semantic_dense.register_fake(rules.dense_fake)
+semantic_dense.register_autograd(rules.dense_backward, setup_context=rules.dense_setup)
 
 
 @torch.library.custom_op("scops_fast_triton::semantic_lowres", mutates_args=())
@@ -72,28 +52,5 @@ def semantic_lowres(
         )
 
 
-@semantic_lowres.register_fake
-def _(pred, lowres, gram_basis, gram, saliency, grads):
-    loss = pred.new_empty((), dtype=torch.float64)
-    if not grads:
-        return loss, pred.new_empty((0,)), pred.new_empty((0,)), pred.new_empty((0,))
-    fmt = torch.contiguous_format
-    return (
-        loss,
-        torch.empty_like(pred, memory_format=fmt),
-        torch.empty_like(lowres, dtype=pred.dtype, memory_format=fmt),
-        torch.empty_like(gram_basis, dtype=pred.dtype, memory_format=fmt),
-    )
-
-
-def _lowres_setup(ctx, inputs, output):
-    ctx.save_for_backward(output[1], output[2], output[3])
-
-
-def _lowres_backward(ctx, g_loss, _g1, _g2, _g3):
-    grad_pred, grad_lowres, grad_gram = ctx.saved_tensors
-    g = g_loss.to(grad_pred.dtype)
-    return g * grad_pred, g * grad_lowres, g * grad_gram, None, None, None
-
-
-semantic_lowres.register_autograd(_lowres_backward, setup_context=_lowres_setup)
+semantic_lowres.register_fake(rules.lowres_fake)
+semantic_lowres.register_autograd(rules.lowres_backward, setup_context=rules.lowres_setup)
