@@ -52,11 +52,12 @@ void RowSamples<T>::compute(const double* m, const T* radial, int64_t i, int64_t
     double ix = (px[j] + 1.0) * half_w, iy = (py[j] + 1.0) * half_h;
     ix = ix < x_lo ? x_lo : (ix > x_hi ? x_hi : ix);
     iy = iy < y_lo ? y_lo : (iy > y_hi ? y_hi : iy);
-    // Beyond one pixel outside (or NaN) no corner is inside: park it there.
-    const bool near = ix > -2.0 && ix < double(W + 1) && iy > -2.0 && iy < double(H + 1);
     // A non-finite spline position (NaN or inf source points) samples NaN, in either
     // padding mode, and receives no gradient: w00 = NaN with every corner outside.
     const bool finite = (px[j] - px[j]) == 0.0 && (py[j] - py[j]) == 0.0;
+    // Beyond one pixel outside (or not finite) no corner is inside: park it there.
+    const bool near =
+        finite && ix > -2.0 && ix < double(W + 1) && iy > -2.0 && iy < double(H + 1);
     ix = near ? ix : -4.0;
     iy = near ? iy : -4.0;
     const double fx = std::floor(ix), fy = std::floor(iy);

@@ -272,6 +272,25 @@ def test_nan_source_points_backward_does_not_crash(name, padding):
     torch.autograd.grad(eqv + lm, pred)
 
 
+@pytest.mark.parametrize("padding", ["zeros", "border"])
+@pytest.mark.parametrize("value", [INF, -INF, NAN])
+def test_cpp_warp_of_a_nonfinite_position_is_nan_without_gradient(value, padding):
+    """Straight through the op, with spline coefficients that put every pixel at x = value
+    (source points give NaN there, rarely a clean inf): border padding must not clamp an
+    infinite position into the image."""
+    if "cpp" not in scops_fast.available_backends():
+        pytest.skip("cpp is not usable in this process")
+    mapping = torch.zeros(B, 28, 2, dtype=torch.float64)
+    mapping[:, 25, 0] = value  # the constant term of x
+    mapping[1, 25, 0] = 0.3  # image 1 stays finite
+    x = torch.randn(B, 3, H, W, dtype=torch.float64, requires_grad=True)
+    out = torch.ops.scops_fast.tps_warp(x, mapping, padding == "border")
+    assert out[0].isnan().all() and out[1].isfinite().all()
+    (grad,) = torch.autograd.grad(out[1].sum() + out[0].nan_to_num().sum(), x)
+    assert torch.equal(grad[0], torch.zeros_like(grad[0]))
+    assert grad[1].isfinite().all() and grad[1].abs().sum() > 0
+
+
 # --------------------------------------------------------------------------- precision
 HALF_TOL = {torch.float16: 1e-2, torch.bfloat16: 3e-2}
 
