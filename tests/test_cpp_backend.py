@@ -1,8 +1,10 @@
 """Backend "cpp" against the reference: values, gradients, layouts, dtypes,
 determinism, poisoned outputs and torch.compile."""
 
+import backend_checks
 import pytest
 import torch
+from backend_checks import TOL, WARP_TOL, make, poisoned_allocations, source_points
 from conftest import assert_rel
 
 import scops_fast
@@ -10,8 +12,6 @@ from scops_fast import _ext, losses, reference, tps
 
 # (B, K, H, W): odd, non-square, K=1, B=1, more than one tile along rows.
 SHAPES = [(2, 3, 37, 53), (1, 1, 6, 5), (3, 4, 5, 5), (2, 2, 9, 4), (1, 8, 70, 66)]
-TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
-WARP_TOL = {torch.float64: 1e-10, torch.float32: 1e-4}
 DTYPES = [torch.float64, torch.float32]
 LAYOUTS = ["contiguous", "transposed", "channels_last"]
 
@@ -23,52 +23,12 @@ def test_cpp_backend_is_built():
 
 @pytest.fixture(autouse=True)
 def poison_empty_tensors():
-    """Fill every uninitialised allocation (the kernels' outputs included) with NaN, so
-    an element a kernel forgets to write shows up as a mismatch."""
-    old = (
-        torch.are_deterministic_algorithms_enabled(),
-        torch.utils.deterministic.fill_uninitialized_memory,
-    )
-    torch.use_deterministic_algorithms(True)
-    torch.utils.deterministic.fill_uninitialized_memory = True
-    yield
-    torch.use_deterministic_algorithms(old[0])
-    torch.utils.deterministic.fill_uninitialized_memory = old[1]
-
-
-def make(shape, layout, dtype, gen, scale=1.0):
-    """A random tensor of `shape` in the given memory layout."""
-    if layout == "transposed":
-        b, c, h, w = shape
-        t = torch.randn(b, c, w, h, generator=gen, dtype=torch.float64).transpose(2, 3)
-    else:
-        t = torch.randn(*shape, generator=gen, dtype=torch.float64)
-    t = (scale * t).to(dtype)
-    if layout == "channels_last":
-        t = t.contiguous(memory_format=torch.channels_last)
-    return t.requires_grad_(True)
+    with poisoned_allocations():
+        yield
 
 
 def check(fn, inputs, dtype, tol, n_grad=None):
-    """fn(*inputs, backend) for cpp vs reference: outputs and gradients under a random
-    upstream weight."""
-    n_grad = len(inputs) if n_grad is None else n_grad
-    outs = {}
-    for backend in ("cpp", "reference"):
-        out = fn(*inputs, backend=backend)
-        outs[backend] = (out,) if torch.is_tensor(out) else tuple(out)
-    gen = torch.Generator().manual_seed(99)
-    weights = [torch.rand(o.shape, generator=gen, dtype=dtype) + 0.5 for o in outs["reference"]]
-    grads = {}
-    for backend, out in outs.items():
-        for a in out:
-            assert a.dtype == dtype
-        total = sum((o * w).sum() for o, w in zip(out, weights, strict=True))
-        grads[backend] = torch.autograd.grad(total, inputs[:n_grad], allow_unused=True)
-    for a, e in zip(outs["cpp"], outs["reference"], strict=True):
-        assert_rel(a, e, tol[dtype], "value")
-    for i, (a, e) in enumerate(zip(grads["cpp"], grads["reference"], strict=True)):
-        assert_rel(a, e, tol[dtype], f"gradient of input {i}")
+    backend_checks.check("cpp", fn, inputs, dtype, tol, n_grad)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -80,13 +40,6 @@ def test_concentration_and_centers(shape, dtype, layout, gen):
     check(losses.concentration_loss, [pred], dtype, TOL)
     probs = torch.softmax(pred.detach(), 1)[:, 1:].requires_grad_(True)
     check(losses.batch_get_centers, [probs], dtype, TOL)
-
-
-def source_points(b, dtype, gen):
-    pts = reference.target_points() * 1.3 + 0.15 * torch.randn(
-        b, 25, 2, generator=gen, dtype=torch.float64
-    )
-    return pts.to(dtype)
 
 
 @pytest.mark.parametrize("padding", ["zeros", "border"])

@@ -36,8 +36,10 @@ if IN_PROCESS:
 import pathlib  # noqa: E402
 import subprocess  # noqa: E402
 
+import backend_checks  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from backend_checks import TOL, WARP_TOL, poisoned_allocations, source_points  # noqa: E402
 from conftest import assert_rel  # noqa: E402
 
 import scops_fast  # noqa: E402
@@ -57,8 +59,6 @@ TEST_BLOCKS = {
 
 # (B, K, H, W): odd and non-square with a partial last block, K=1 and B=1, one row.
 SHAPES = [(2, 3, 9, 11), (1, 1, 6, 5), (2, 2, 9, 4), (2, 2, 1, 7)]
-TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
-WARP_TOL = {torch.float64: 1e-10, torch.float32: 1e-4}
 DTYPES = [torch.float64, torch.float32]
 
 
@@ -98,17 +98,8 @@ def small_blocks(monkeypatch):
 
 @pytest.fixture(autouse=True)
 def poison_empty_tensors():
-    """Fill every uninitialised allocation (the kernels' outputs and partial-sum slots
-    included) with NaN, so an element a kernel forgets to write shows up as a mismatch."""
-    old = (
-        torch.are_deterministic_algorithms_enabled(),
-        torch.utils.deterministic.fill_uninitialized_memory,
-    )
-    torch.use_deterministic_algorithms(True)
-    torch.utils.deterministic.fill_uninitialized_memory = True
-    yield
-    torch.use_deterministic_algorithms(old[0])
-    torch.utils.deterministic.fill_uninitialized_memory = old[1]
+    with poisoned_allocations():
+        yield
 
 
 def test_backend_is_usable_on_cpu_only_through_the_interpreter():
@@ -137,38 +128,11 @@ def test_probe_reasons(monkeypatch):
 
 
 def make(shape, dtype, gen, scale=1.0, layout="contiguous"):
-    t = (scale * torch.randn(*shape, generator=gen, dtype=torch.float64)).to(dtype)
-    if layout == "channels_last":
-        t = t.contiguous(memory_format=torch.channels_last)
-    return t.requires_grad_(True)
-
-
-def source_points(b, dtype, gen):
-    pts = reference.target_points() * 1.3 + 0.15 * torch.randn(
-        b, 25, 2, generator=gen, dtype=torch.float64
-    )
-    return pts.to(dtype)
+    return backend_checks.make(shape, layout, dtype, gen, scale)
 
 
 def check(fn, inputs, dtype, tol):
-    """fn(*inputs, backend) for triton vs reference: outputs, and gradients under a
-    random upstream weight."""
-    outs = {}
-    for backend in ("triton", "reference"):
-        out = fn(*inputs, backend=backend)
-        outs[backend] = (out,) if torch.is_tensor(out) else tuple(out)
-    gen = torch.Generator().manual_seed(99)
-    weights = [torch.rand(o.shape, generator=gen, dtype=dtype) + 0.5 for o in outs["reference"]]
-    grads = {}
-    for backend, out in outs.items():
-        for a in out:
-            assert a.dtype == dtype
-        total = sum((o * w).sum() for o, w in zip(out, weights, strict=True))
-        grads[backend] = torch.autograd.grad(total, inputs, allow_unused=True)
-    for a, e in zip(outs["triton"], outs["reference"], strict=True):
-        assert_rel(a, e, tol[dtype], "value")
-    for i, (a, e) in enumerate(zip(grads["triton"], grads["reference"], strict=True)):
-        assert_rel(a, e, tol[dtype], f"gradient of input {i}")
+    backend_checks.check("triton", fn, inputs, dtype, tol)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

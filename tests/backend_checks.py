@@ -1,0 +1,74 @@
+"""Helpers shared by the tests of the compiled backends (cpp, triton): random inputs
+in any memory layout, spline source points, a NaN-poisoning context and the
+backend-vs-reference comparison of values and gradients."""
+
+import contextlib
+
+import torch
+from conftest import assert_rel
+
+from scops_fast import reference
+
+TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
+WARP_TOL = {torch.float64: 1e-10, torch.float32: 1e-4}
+
+
+def make(shape, layout, dtype, gen, scale=1.0):
+    """A random leaf tensor of `shape` requiring grad, laid out contiguous, transposed
+    (H and W strides swapped) or channels_last."""
+    if layout == "transposed":
+        b, c, h, w = shape
+        t = torch.randn(b, c, w, h, generator=gen, dtype=torch.float64).transpose(2, 3)
+    else:
+        t = torch.randn(*shape, generator=gen, dtype=torch.float64)
+    t = (scale * t).to(dtype)
+    if layout == "channels_last":
+        t = t.contiguous(memory_format=torch.channels_last)
+    return t.requires_grad_(True)
+
+
+def source_points(b, dtype, gen):
+    """Source points spread so that some samples fall outside the image."""
+    pts = reference.target_points() * 1.3 + 0.15 * torch.randn(
+        b, 25, 2, generator=gen, dtype=torch.float64
+    )
+    return pts.to(dtype)
+
+
+@contextlib.contextmanager
+def poisoned_allocations():
+    """Fill every uninitialised allocation (kernel outputs and partial-sum slots
+    included) with NaN, so an element a kernel forgets to write shows up as a mismatch."""
+    old = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.utils.deterministic.fill_uninitialized_memory,
+    )
+    torch.use_deterministic_algorithms(True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(old[0])
+        torch.utils.deterministic.fill_uninitialized_memory = old[1]
+
+
+def check(backend, fn, inputs, dtype, tol, n_grad=None):
+    """fn(*inputs, backend=...) of `backend` vs "reference": every output, and the
+    gradients w.r.t. the first n_grad inputs under a random upstream weight."""
+    n_grad = len(inputs) if n_grad is None else n_grad
+    outs = {}
+    for name in (backend, "reference"):
+        out = fn(*inputs, backend=name)
+        outs[name] = (out,) if torch.is_tensor(out) else tuple(out)
+    gen = torch.Generator().manual_seed(99)
+    weights = [torch.rand(o.shape, generator=gen, dtype=dtype) + 0.5 for o in outs["reference"]]
+    grads = {}
+    for name, out in outs.items():
+        for a in out:
+            assert a.dtype == dtype
+        total = sum((o * w).sum() for o, w in zip(out, weights, strict=True))
+        grads[name] = torch.autograd.grad(total, inputs[:n_grad], allow_unused=True)
+    for a, e in zip(outs[backend], outs["reference"], strict=True):
+        assert_rel(a, e, tol[dtype], "value")
+    for i, (a, e) in enumerate(zip(grads[backend], grads["reference"], strict=True)):
+        assert_rel(a, e, tol[dtype], f"gradient of input {i}")
