@@ -48,3 +48,17 @@ def test_cuda_backend_reports_why_it_cannot_run_here():
 def test_auto_never_picks_a_gpu_backend_for_cpu_tensors():
     for op in _dispatch.AUTO_CUDA_PREFERENCE:
         assert _dispatch.choose(op, "auto", "cpu") in ("cpp", "reference")
+
+
+def test_gpu_bench_skips_cleanly_without_a_gpu():
+    import pathlib
+    import subprocess
+    import sys
+
+    script = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_bench.py"
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    if not torch.cuda.is_available():
+        assert run.stdout.strip().splitlines() == [
+            "gpu_bench: skipped, no CUDA device is visible to torch on this machine."
+        ]
