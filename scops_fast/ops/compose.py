@@ -121,10 +121,15 @@ def losses_from(k: Primitives) -> dict:
         for members in groups.values():
             v = torch.cat([f.detach().to(dtype) for f, _ in members], dim=1)
             w = torch.cat([basis_w[:, s : s + f.shape[1]] for f, s in members], dim=1)
-            lowres = torch.einsum("kc,bchw->bkhw", w, v)
+            # The two contractions in float64: MKL's small sgemm adds in an order that
+            # depends on the thread count, so in float32 the loss's gradients changed
+            # with torch.set_num_threads. Both are low-resolution and cheap.
+            w64, v64 = w.double(), v.double()
+            lowres = torch.einsum("kc,bchw->bkhw", w64, v64).to(dtype)
+            gram_basis = (w64 @ w64.t()).to(dtype)
             total = (
                 total
-                + k.semantic_lowres(pred_w, lowres, w @ w.t(), neighbour_gram(v), sal, grads)[0]
+                + k.semantic_lowres(pred_w, lowres, gram_basis, neighbour_gram(v), sal, grads)[0]
             )
         count = pred.shape[0] * start * pred.shape[2] * pred.shape[3]
         return (total / count).to(pred.dtype)
