@@ -12,15 +12,26 @@ CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT_VERSION = 1
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file exists but cannot be used (truncated, corrupt, or not ours)."""
+
+
 def save_atomic(obj, path: str | os.PathLike) -> None:
-    """torch.save to `path.tmp`, fsync, then rename over `path`."""
+    """torch.save to `path.tmp`, fsync, then rename over `path`. A write that fails
+    leaves `path` as it was and removes the partial `path.tmp`; a process killed
+    mid-write leaves at most a partial `path.tmp`, which nothing reads and the next
+    save replaces."""
     path = pathlib.Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     # The rename itself is durable only once the directory entry is.
     try:
         fd = os.open(path.parent, os.O_RDONLY)
@@ -41,7 +52,13 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {str(path)!r}")
     # weights_only=False: the file holds RNG states and the config dict, written by us.
-    ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:  # truncated or corrupt: torch and pickle raise many types
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is unreadable (truncated or corrupt?): "
+            f"{type(exc).__name__}: {str(exc)[:200]}"
+        ) from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
-        raise ValueError(f"{str(path)!r} is not a scops_fast training checkpoint")
+        raise CheckpointError(f"{str(path)!r} is not a scops_fast training checkpoint")
     return ckpt

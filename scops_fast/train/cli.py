@@ -8,7 +8,7 @@ import argparse
 import pathlib
 import sys
 
-from scops_fast.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from scops_fast.train.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
 from scops_fast.train.config import (
     ConfigError,
     config_from_dict,
@@ -68,7 +68,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         cfg = _config(args, parser)
-    except (ConfigError, FileNotFoundError) as exc:
+    except (ConfigError, CheckpointError, FileNotFoundError) as exc:
         print(f"scops-train: error: {exc}", file=sys.stderr)
         return 2
 
@@ -85,7 +85,7 @@ def main(argv=None) -> int:
                 file=sys.stderr,
             )
         trainer.train()
-    except (ConfigError, FileNotFoundError, KeyError) as exc:
+    except (ConfigError, CheckpointError, FileNotFoundError, KeyError) as exc:
         print(f"scops-train: error: {exc}", file=sys.stderr)
         return 2
     finally:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import pathlib
 import types
 import typing
@@ -230,6 +231,8 @@ def _check_value(name: str, value, tp, meta: dict):
                 f"{name}: expected a{'n' if tp is int else ''} {tp.__name__}, got {value!r}"
             )
         value = tp(value)
+        if not math.isfinite(value):  # JSON's NaN and Infinity parse in Python
+            raise ConfigError(f"{name}: expected a finite number, got {value!r}")
         if "min" in meta and value < meta["min"]:
             raise ConfigError(f"{name}: expected at least {meta['min']}, got {value!r}")
         if "max" in meta and value > meta["max"]:

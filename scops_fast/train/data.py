@@ -26,6 +26,9 @@ DATASETS = {
 
 #: The keys of a data set item the trainer reads.
 BATCH_KEYS = ("img", "saliency")
+#: The item's own index, where a data set that skips unreadable items
+#: (`scops_fast.data.SkippingDataset`) returns another item than the one asked for.
+INDEX_KEY = "index"
 
 
 def resolve_dataset_class(name: str):
@@ -73,7 +76,8 @@ class CachedItems(torch.utils.data.Dataset):
         item = self._items.get(index)
         if item is None:
             full = self.dataset[index]
-            item = {k: torch.as_tensor(full[k]) for k in BATCH_KEYS if k in full}
+            keys = (*BATCH_KEYS, INDEX_KEY)
+            item = {k: torch.as_tensor(full[k]) for k in keys if k in full}
             self._items[index] = item
         return item
 
@@ -160,7 +164,29 @@ def collate(items: list[dict]) -> dict:
             batch[key] = torch.stack([torch.as_tensor(item[key]) for item in items])
     if "img" not in batch:
         raise KeyError("data set items must have an 'img' entry (3, H, W) in [0, 1]")
+    if all(INDEX_KEY in item for item in items):
+        batch[INDEX_KEY] = torch.as_tensor([int(item[INDEX_KEY]) for item in items])
     return batch
+
+
+def skipped_indices(dataset) -> set[int]:
+    """Indices a skipping data set (or one it wraps, e.g. `CachedItems`) found
+    unreadable in this process (with worker processes, each worker has its own count)."""
+    found: set[int] = set()
+    seen = set()
+    while dataset is not None and id(dataset) not in seen:
+        seen.add(id(dataset))
+        found |= {int(i) for i in getattr(dataset, "bad_indices", ())}
+        dataset = getattr(dataset, "dataset", None)
+    return found
+
+
+def substituted(requested: list[int], batch: dict) -> set[int]:
+    """The requested indices a skipping data set replaced by another item."""
+    returned = batch.get(INDEX_KEY)
+    if returned is None:
+        return set()
+    return {r for r, got in zip(requested, returned.tolist(), strict=False) if r != got}
 
 
 def batches(dataset, order: GlobalBatchOrder, start: int, stop: int, num_workers: int = 0):

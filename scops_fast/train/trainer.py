@@ -33,7 +33,13 @@ from scops_fast.train.checkpoint import (
     save_atomic,
 )
 from scops_fast.train.config import Config, ConfigError, config_from_dict
-from scops_fast.train.data import GlobalBatchOrder, batches, build_dataset
+from scops_fast.train.data import (
+    GlobalBatchOrder,
+    batches,
+    build_dataset,
+    skipped_indices,
+    substituted,
+)
 from scops_fast.train.loading import build_network, upsample_logits
 from scops_fast.train.progress import RunLog
 
@@ -162,6 +168,9 @@ class Trainer:
         self.step = 0
         #: Seconds spent in the training loop, over all sessions of the run.
         self.train_seconds = 0.0
+        #: Data set indices found unreadable and skipped (replaced by the next readable
+        #: item) so far in this run, resumed sessions included.
+        self.skipped: set[int] = set()
         self.evaluation: dict | None = None
         if ckpt is not None:
             self.load_state_dict(ckpt)
@@ -276,6 +285,7 @@ class Trainer:
         start, clock = self.step, time.perf_counter()
         try:
             for batch in batches(self.dataset, self.order, self.step, stop, cfg.data.num_workers):
+                self.skipped |= substituted(self.order.indices(self.step), batch)
                 running += self.train_step(batch).double()
                 count += 1
                 log.advance()
@@ -283,6 +293,8 @@ class Trainer:
                     mean = distributed.mean_over_ranks(running / count, self.proc).tolist()
                     last = dict(zip(LOG_NAMES, mean, strict=True))
                     last["lr"] = self.net_optimizer.param_groups[0]["lr"]
+                    self.skipped |= skipped_indices(self.dataset)
+                    last["skipped_images"] = len(self.skipped)
                     log.record(self.step, last)
                     running.zero_()
                     count = 0
@@ -293,12 +305,25 @@ class Trainer:
         finally:
             log.close()
             self.train_seconds += time.perf_counter() - clock
+        self._warn_skipped()
         self.save_checkpoint()
         if self.proc.is_main and self.step == cfg.steps:
             if not last:  # a finished run resumed: its last logged losses
                 last = _last_losses(self.out_dir)
             self._finish(last, session_steps=self.step - start)
         return last
+
+    def _warn_skipped(self) -> None:
+        self.skipped |= skipped_indices(self.dataset)
+        if self.skipped and self.proc.is_main:
+            shown = ", ".join(str(i) for i in sorted(self.skipped)[:10])
+            more = ", ..." if len(self.skipped) > 10 else ""
+            warnings.warn(
+                f"skipped {len(self.skipped)} unreadable image(s) of the data set so far "
+                f"(indices {shown}{more}): each was replaced by the next readable one",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
     def _finish(self, last: dict, session_steps: int = 0) -> None:
         """Evaluation, metrics.json and report of a finished run (main process only)."""
@@ -360,6 +385,7 @@ class Trainer:
                 "jitter": self.jitter_generator.get_state(),
                 "data_order": self.order.state(self.step),
             },
+            "skipped_indices": sorted(self.skipped),
             "world_size": self.proc.world_size,
             "torch_version": torch.__version__,
             "train_seconds": self.train_seconds,
@@ -378,6 +404,7 @@ class Trainer:
         self.warp_generator.set_state(rng["warp"])
         self.jitter_generator.set_state(rng["jitter"])
         self.step = int(ckpt["step"])
+        self.skipped = {int(i) for i in ckpt.get("skipped_indices", ())}
         self.train_seconds = float(ckpt.get("train_seconds", 0.0))
 
     def save_checkpoint(self) -> None:
@@ -403,7 +430,7 @@ def _last_losses(out_dir) -> dict:
     records = read_metrics(out_dir)
     if not records:
         return {}
-    return {k: v for k, v in records[-1].items() if k in (*LOG_NAMES, "lr")}
+    return {k: v for k, v in records[-1].items() if k in (*LOG_NAMES, "lr", "skipped_images")}
 
 
 def _resumed_config(ckpt: dict, requested: Config) -> Config:
