@@ -34,6 +34,7 @@ DEFAULT_TESTS = [
     "tests/test_robust_validation.py",
     "tests/test_robust_numerics.py",
     "tests/test_robust_properties.py",
+    "tests/test_robust_determinism.py",
 ]
 SANITIZERS = "-fsanitize=address,undefined"
 CXX = os.environ.get("CXX", "g++")
