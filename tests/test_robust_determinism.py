@@ -111,13 +111,14 @@ def digest(tensors) -> str:
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 
 
-def all_digests(threads_list=(1, 2, 3, 4)) -> dict:
+def all_digests(threads_list=(1, 2, 3, 4), dtypes=tuple(DTYPES)) -> dict:
     saved = torch.get_num_threads()
     out = {}
     try:
         for threads in threads_list:
             torch.set_num_threads(threads)
-            for dname, dtype in DTYPES.items():
+            for dname in dtypes:
+                dtype = DTYPES[dname]
                 for name in _ops():
                     out[f"{name}/{dname}/{threads}"] = digest(run_op(name, dtype))
     finally:
@@ -152,12 +153,12 @@ def test_forward_and_backward_bitwise_across_calls_and_threads(name, dtype):
 
 def test_bitwise_across_processes():
     """A fresh interpreter (other allocations, other thread pool) gives the same bits."""
-    here = all_digests(threads_list=(2,))
+    here = all_digests(threads_list=(2,), dtypes=("float32",))
     tests = str(pathlib.Path(__file__).parent)
     script = (
         f"import json, sys; sys.path.insert(0, {tests!r});"
         "import test_robust_determinism as t;"
-        "print(json.dumps(t.all_digests(threads_list=(2,))))"
+        "print(json.dumps(t.all_digests(threads_list=(2,), dtypes=('float32',))))"
     )
     result = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=300

@@ -440,7 +440,7 @@ def test_far_outside_source_points_match_the_reference(case, kw, padding, backen
         assert_same_specials(g, e, f"{case} grad {i}", rtol=1e-8, floor=1e-6)
 
 
-@pytest.mark.parametrize("name", ["reference", *FAST])
+@pytest.mark.parametrize("name", FAST)  # the reference's gradients are torch's own
 @pytest.mark.parametrize("padding", ["zeros", "border"])
 def test_gradcheck_far_outside(name, padding):
     if name not in scops_fast.available_backends():
