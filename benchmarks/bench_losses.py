@@ -1,14 +1,26 @@
-"""Forward + backward time of every SCOPS loss, implementation beside implementation.
+"""Forward + backward time and peak memory of every SCOPS loss, implementation beside
+implementation.
 
     pytest benchmarks/ --benchmark --bench-size quick
+    pytest benchmarks/bench_losses.py --benchmark --bench-size heavy   # b32, hires512
 
 Implementations: "eager" (the public function with backend="reference"), "compile"
 (torch.compile of the function in scops_fast.reference) and every other usable backend
 of `scops_fast.available_backends()`. Each result's extra_info holds `min_bytes`, the
 bytes the op must at least move (every input read once, every gradient written once),
-so that min_bytes / time gives the achieved bandwidth.
+so that min_bytes / time gives the achieved bandwidth, and `peak_mb`, the resident-set
+high-water mark of one forward + backward above the resident set just before it
+(inputs created, warm-up and compilation done), measured in a fresh subprocess per
+case (`python benchmarks/bench_losses.py OP IMPL SIZE DEVICE`; --bench-memory off
+leaves it out). Cases whose estimated working set is above --bench-max-gb are skipped
+before any input is made.
 """
 
+import dataclasses
+import json
+import os
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 
@@ -32,6 +44,13 @@ class Size:
     budget_s: float | None = None
     # The ops this size is meant for (None: all); the rest are skipped, not timed.
     ops: tuple | None = None
+    # Batch of the two semantic losses when it differs from B (what fits in memory).
+    B_semantic: int | None = None
+
+    def for_op(self, op: str) -> "Size":
+        if self.B_semantic is not None and op.startswith("semantic"):
+            return dataclasses.replace(self, B=self.B_semantic, B_semantic=None)
+        return self
 
 
 SIZES = {
@@ -61,6 +80,28 @@ SIZES = {
         budget_s=2.0,
         ops=("semantic_consistency_loss", "semantic_consistency_loss_lowres"),
     ),
+    # Heavy sizes (opt-in: --bench-size heavy). Training-scale batch: the dense semantic
+    # loss's V alone would be 8.6 GB, so it is left out; the others run where they fit.
+    "b32": Size(
+        B=32,
+        K=8,
+        H=256,
+        W=256,
+        C=1024,
+        h=16,
+        w=16,
+        budget_s=3.0,
+        ops=(
+            "concentration_loss",
+            "batch_get_centers",
+            "tps_warp",
+            "equivariance_losses",
+            "semantic_consistency_loss_lowres",
+        ),
+    ),
+    # 512x512 crops: batch 2 for the pixel-wise ops, 1 for the semantic ones (V is 1 GB
+    # per image there and the reference holds several copies of it).
+    "hires512": Size(B=2, K=8, H=512, W=512, C=1024, h=32, w=32, budget_s=3.0, B_semantic=1),
 }
 
 OPS = {
@@ -149,17 +190,22 @@ def nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
 
-@pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("op", OPS)
-@pytest.mark.parametrize("device", DEVICES)
-def test_forward_backward(benchmark, size, device, op, impl):
-    if SIZES[size].ops is not None and op not in SIZES[size].ops:
-        pytest.skip(f"size {size!r} is not meant for {op}")
-    fn = implementation(op, impl, device)
-    inputs = make_inputs(op, SIZES[size], device)
-    args = tuple(inputs.values())
-    leaves = [t for t in args if t.requires_grad]
+def estimated_bytes(op: str, impl: str, s: Size) -> int:
+    """A generous guess of a case's working set (inputs, outputs, gradients and the
+    intermediates autograd keeps), to skip cases that cannot fit before making them."""
+    logits = s.B * (s.K + 1) * s.H * s.W * 4
+    dense_v = s.B * s.C * s.H * s.W * 4
+    fast = impl not in ("eager", "compile")
+    if op == "semantic_consistency_loss":
+        return dense_v * (2 if fast else 5) + 8 * logits
+    if op == "semantic_consistency_loss_lowres":
+        return (0 if fast else 5 * dense_v) + 8 * logits
+    if op == "orthonormal_loss":
+        return 0
+    return logits * (6 if fast else 16)
 
+
+def step_function(fn, args, leaves, device):
     def step():
         out = fn(*args)
         outs = (out,) if torch.is_tensor(out) else tuple(out)
@@ -167,6 +213,68 @@ def test_forward_backward(benchmark, size, device, op, impl):
         if device == "cuda":
             torch.cuda.synchronize()
         return grads
+
+    return step
+
+
+def measure_memory(op: str, impl: str, size: str, device: str, max_gb: float) -> dict:
+    """Runs `memory_child` in a fresh interpreter; its JSON result."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    cmd = [sys.executable, os.path.join(here, "bench_losses.py"), op, impl, size, device]
+    cmd += ["--max-gb", str(max_gb)]
+    # A fixed mmap threshold: glibc then maps every large block and unmaps it when
+    # freed, so the warm-up's freed tensors do not stay resident and hide the measured
+    # step's allocations (the dynamic threshold would serve them from a resident heap).
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    for line in proc.stdout.splitlines():
+        if line.startswith("@@ "):
+            return json.loads(line[3:])
+    tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-2:])
+    return {"status": "failed", "error": f"exit {proc.returncode}: {tail}"[:300]}
+
+
+def memory_child(op: str, impl: str, size: str, device: str, max_gb: float) -> dict:
+    """Inputs, warm-up (compilation included), then one forward + backward under a
+    resident-set peak measurement."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import memprobe
+
+    s = SIZES[size].for_op(op)
+    fn = implementation(op, impl, device)
+    inputs = make_inputs(op, s, device)
+    args = tuple(inputs.values())
+    step = step_function(fn, args, [t for t in args if t.requires_grad], device)
+    if device == "cpu":
+        memprobe.guard(max_gb * 1024)
+    for _ in range(2 if impl == "compile" else 1):
+        step()
+    with memprobe.Peak() as peak:
+        step()
+    return {
+        "status": "ok",
+        "peak_mb": peak.peak_mb,
+        "hwm_mb": peak.hwm_mb,
+        "baseline_mb": peak.baseline_mb,
+    }
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("device", DEVICES)
+def test_forward_backward(benchmark, request, size, device, op, impl):
+    if SIZES[size].ops is not None and op not in SIZES[size].ops:
+        pytest.skip(f"size {size!r} is not meant for {op}")
+    s = SIZES[size].for_op(op)
+    max_gb = request.config.getoption("bench_max_gb")
+    estimate = estimated_bytes(op, impl, s)
+    if estimate > max_gb * 1e9:
+        pytest.skip(f"estimated working set {estimate / 1e9:.1f} GB > --bench-max-gb {max_gb:g}")
+    fn = implementation(op, impl, device)
+    inputs = make_inputs(op, s, device)
+    args = tuple(inputs.values())
+    leaves = [t for t in args if t.requires_grad]
+    step = step_function(fn, args, leaves, device)
 
     # Warm-up keeps compilation (forward on the first call, backward on the first
     # backward) and first-call allocations out of the timings.
@@ -198,6 +306,15 @@ def test_forward_backward(benchmark, size, device, op, impl):
     else:
         rounds = max(3, min(100, int(budget / max(seconds, 1e-6))))
         benchmark.pedantic(step, rounds=rounds, iterations=1)
+    if request.config.getoption("bench_memory") == "on" and device == "cpu":
+        del inputs, args, leaves, step  # the child needs the memory, not this process
+        memory = measure_memory(op, impl, size, device, max_gb)
+        benchmark.extra_info.update(
+            {k: v for k, v in memory.items() if k in ("peak_mb", "hwm_mb", "baseline_mb")},
+            memory_status=memory["status"],
+        )
+        if memory["status"] != "ok":
+            benchmark.extra_info["memory_error"] = memory.get("error", "")
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -217,3 +334,20 @@ def test_copy_bandwidth(benchmark, size, device):
         op="copy", impl="copy", size=size, device=device, min_bytes=2 * nbytes(x)
     )
     benchmark.pedantic(step, rounds=20, iterations=1, warmup_rounds=2)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="peak memory of one case, in this process")
+    parser.add_argument("op", choices=tuple(OPS))
+    parser.add_argument("impl")
+    parser.add_argument("size", choices=tuple(SIZES))
+    parser.add_argument("device")
+    parser.add_argument("--max-gb", type=float, default=10.0)
+    a = parser.parse_args()
+    try:
+        result = memory_child(a.op, a.impl, a.size, a.device, a.max_gb)
+    except BaseException as exc:  # pytest.skip raises a BaseException
+        result = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"[:300]}
+    print("@@ " + json.dumps(result), flush=True)
