@@ -9,7 +9,7 @@ EXT_SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/cuda/*.cu csrc/cuda/*.h csrc/
 # the build here; `make test FORCE_CUDA=0` skips them.
 FORCE_CUDA ?= 1
 
-.PHONY: all install test demo bench lint format clean
+.PHONY: all install test demo bench lint format clean sanitize
 
 all: test
 
@@ -39,6 +39,11 @@ demo: install
 
 bench: install
 	$(PY) -m pytest benchmarks --benchmark-only
+
+# C++ kernels under AddressSanitizer + UBSan (build/sanitize/), running the cpp and
+# robustness tests against them: a release check, about 3-4 minutes here.
+sanitize: $(STAMPS)/deps
+	$(PY) scripts/sanitize.py
 
 lint: install
 	$(VENV)/bin/ruff check scops_fast tests benchmarks

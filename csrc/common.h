@@ -130,15 +130,19 @@ SF_HD double tps_radial(double d2) { return d2 > 0.0 ? 0.5 * d2 * std::log(d2) :
 
 // Bilinear sampling at a normalised position (align_corners=True), as grid_sample:
 // four corners with their weights; a corner outside the image has valid = false
-// (zeros padding) and is never read. Border padding clamps the position first.
+// (zeros padding) and is never read. Border padding clamps the position first. A
+// non-finite position (NaN or inf source points) samples NaN in either padding mode
+// and receives no gradient, as the reference and the CPU kernels do.
 struct Bilinear {
   int64_t offset[4];  // y * W + x of each corner
   double weight[4];
   bool valid[4];
+  bool nan;
 };
 
 SF_HD Bilinear bilinear_at(double gx, double gy, int64_t height, int64_t width, bool border) {
   Bilinear s;
+  s.nan = !((gx - gx) == 0.0 && (gy - gy) == 0.0);
   double ix = (gx + 1.0) * 0.5 * double(width - 1);
   double iy = (gy + 1.0) * 0.5 * double(height - 1);
   if (border) {
@@ -171,6 +175,7 @@ SF_HD Bilinear bilinear_at(double gx, double gy, int64_t height, int64_t width, 
 
 template <typename T>
 SF_HD T bilinear_read(const T* plane, const Bilinear& s) {
+  if (s.nan) return T(NAN);
   T acc = T(0);
   for (int c = 0; c < 4; ++c)
     if (s.valid[c]) acc += T(s.weight[c]) * plane[s.offset[c]];
