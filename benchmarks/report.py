@@ -670,6 +670,11 @@ def main(argv=None):
         "",
         *header(sources),
         "",
+        "Timings on a shared machine follow its load (the load averages above, against the "
+        "core count): one step or op can take up to about twice as long from one run to the "
+        "next, so compare implementations within one run, preferably the side-by-side run; "
+        "peak memory does not depend on the load.",
+        "",
         "## Training step",
         "",
         *(
