@@ -18,17 +18,7 @@ import scops_fast
 from scops_fast import losses, reference, tps
 
 FAST = ["cpp", "triton"]
-# The triton warp samples 0 (or the border) at a NaN position instead of NaN: for the
-# triton kernels' owners (scops_fast/triton_kernels/warp.py), see the cpp RowSamples.
-NAN_WARP_BACKENDS = [
-    None,
-    "reference",
-    "cpp",
-    pytest.param(
-        "triton",
-        marks=pytest.mark.xfail(reason="triton warp: NaN source points sample 0, not NaN"),
-    ),
-]
+NAN_WARP_BACKENDS = [None, "reference", "cpp", "triton"]
 B, K, H, W = 2, 3, 7, 6
 INF, NAN = float("inf"), float("nan")
 

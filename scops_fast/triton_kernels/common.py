@@ -42,7 +42,11 @@ def tps_position(m_ptr, X, Y, DT: tl.constexpr):
 @triton.jit
 def bilinear_corners(gx, gy, H, W, BORDER: tl.constexpr):
     """grid_sample(align_corners=True) corners of normalised positions: offsets y*W + x,
-    weights, and validity (False: outside the image under zeros padding, never read)."""
+    weights, and validity (False: outside the image under zeros padding, never read).
+    A non-finite position (NaN or inf source points) has every corner invalid and a NaN
+    first weight: it samples NaN (NaN * 0) and receives no gradient, in either padding
+    mode, as the reference and the C++ kernels do."""
+    finite = ((gx - gx) == 0.0) & ((gy - gy) == 0.0)
     ix = (gx + 1.0) * 0.5 * (W - 1)
     iy = (gy + 1.0) * 0.5 * (H - 1)
     if BORDER:
@@ -50,7 +54,7 @@ def bilinear_corners(gx, gy, H, W, BORDER: tl.constexpr):
         iy = tl.minimum(tl.maximum(iy, 0.0), H - 1.0)
     # Far outside (or NaN) every corner is invalid anyway; parking such positions at -2
     # keeps the integer casts defined.
-    near = (ix > -2.0) & (ix < W + 1.0) & (iy > -2.0) & (iy < H + 1.0)
+    near = finite & (ix > -2.0) & (ix < W + 1.0) & (iy > -2.0) & (iy < H + 1.0)
     ix = tl.where(near, ix, -2.0)
     iy = tl.where(near, iy, -2.0)
     fx = tl.floor(ix)
@@ -69,7 +73,7 @@ def bilinear_corners(gx, gy, H, W, BORDER: tl.constexpr):
         o00 + 1,
         o00 + W,
         o00 + W + 1,
-        (1.0 - tx) * (1.0 - ty),
+        tl.where(finite, (1.0 - tx) * (1.0 - ty), float("nan")),
         tx * (1.0 - ty),
         (1.0 - tx) * ty,
         tx * ty,
