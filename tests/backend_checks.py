@@ -72,3 +72,77 @@ def check(backend, fn, inputs, dtype, tol, n_grad=None):
         assert_rel(a, e, tol[dtype], "value")
     for i, (a, e) in enumerate(zip(grads[backend], grads["reference"], strict=True)):
         assert_rel(a, e, tol[dtype], f"gradient of input {i}")
+
+
+def gradcheck_cases(backend, gen):
+    """(function, float64 inputs) pairs covering every op of `backend` for gradcheck."""
+    from scops_fast import losses, tps
+
+    def t(*shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64).requires_grad_(True)
+
+    pts = source_points(2, torch.float64, gen)
+    feats = torch.randn(2, 4, 5, 6, generator=gen, dtype=torch.float64)
+    low = torch.randn(2, 4, 3, 2, generator=gen, dtype=torch.float64)
+    sal = torch.rand(2, 5, 6, generator=gen, dtype=torch.float64)
+    be = backend
+    return [
+        (lambda p: losses.concentration_loss(p, backend=be), (t(2, 3, 5, 6),)),
+        (lambda p: losses.batch_get_centers(p, backend=be), (t(2, 3, 5, 6),)),
+        (lambda x: tps.tps_warp(x, pts, backend=be), (t(2, 2, 5, 6),)),
+        (lambda x: tps.tps_warp(x, pts, padding_mode="border", backend=be), (t(2, 2, 5, 6),)),
+        (
+            lambda p, m: losses.semantic_consistency_loss(feats, p, m, backend=be),
+            (t(2, 3, 5, 6), t(2, 4)),
+        ),
+        (
+            lambda p, m: losses.semantic_consistency_loss_lowres(low, p, m, sal, backend=be),
+            (t(2, 3, 5, 6), t(2, 4)),
+        ),
+        # The KL target is detached (SPEC section 7): check it w.r.t. pred_tps only.
+        (
+            lambda q: losses.equivariance_losses(feats[:, :3].detach(), q, pts, backend=be)[0],
+            (t(2, 3, 5, 6),),
+        ),
+        (
+            lambda p, q: losses.equivariance_losses(p, q, pts, backend=be)[1],
+            (t(2, 3, 5, 6), t(2, 3, 5, 6)),
+        ),
+    ]
+
+
+def run_all_ops(backend, shape, channels, low_hw, seed=5):
+    """Outputs and gradients of every op of `backend` on one fixed float32 input set:
+    logits of `shape` (B, K+1, H, W), `channels` feature channels at full and at `low_hw`
+    resolution."""
+    from scops_fast import losses, tps
+
+    gen = torch.Generator().manual_seed(seed)
+    b, k1, h, w = shape
+    pred = torch.randn(*shape, generator=gen, requires_grad=True)
+    pred_tps = torch.randn(*shape, generator=gen, requires_grad=True)
+    feats = torch.randn(b, channels, h, w, generator=gen)
+    low = torch.randn(b, channels, *low_hw, generator=gen)
+    basis = torch.rand(k1 - 1, channels, generator=gen, requires_grad=True)
+    pts = source_points(b, torch.float32, gen)
+    outs = [
+        losses.concentration_loss(pred, backend=backend),
+        *losses.equivariance_losses(pred, pred_tps, pts, backend=backend),
+        tps.tps_warp(pred, pts, backend=backend).square().mean(),
+        losses.semantic_consistency_loss(feats, pred, basis, backend=backend),
+        losses.semantic_consistency_loss_lowres(low, pred, basis, backend=backend),
+    ]
+    results = []
+    for out in outs:
+        grads = torch.autograd.grad(
+            out, (pred, pred_tps, basis), allow_unused=True, retain_graph=True
+        )
+        results.append((out.detach(), [g for g in grads if g is not None]))
+    return results
+
+
+def assert_bitwise_equal(a, b):
+    for (va, ga), (vb, gb) in zip(a, b, strict=True):
+        assert torch.equal(va, vb)
+        for x, y in zip(ga, gb, strict=True):
+            assert torch.equal(x, y)

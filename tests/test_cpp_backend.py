@@ -4,7 +4,14 @@ determinism, poisoned outputs and torch.compile."""
 import backend_checks
 import pytest
 import torch
-from backend_checks import TOL, WARP_TOL, make, poisoned_allocations, source_points
+from backend_checks import (
+    TOL,
+    WARP_TOL,
+    assert_bitwise_equal,
+    make,
+    poisoned_allocations,
+    source_points,
+)
 from conftest import assert_rel
 
 import scops_fast
@@ -121,70 +128,12 @@ def test_lowres_matches_dense_at_training_shape(gen):
 
 
 def test_gradcheck_float64(gen):
-    def t(*shape):
-        return torch.randn(*shape, generator=gen, dtype=torch.float64).requires_grad_(True)
-
-    pts = source_points(2, torch.float64, gen)
-    feats = torch.randn(2, 4, 5, 6, generator=gen, dtype=torch.float64)
-    low = torch.randn(2, 4, 3, 2, generator=gen, dtype=torch.float64)
-    sal = torch.rand(2, 5, 6, generator=gen, dtype=torch.float64)
-    cases = [
-        (lambda p: losses.concentration_loss(p, backend="cpp"), (t(2, 3, 5, 6),)),
-        (lambda p: losses.batch_get_centers(p, backend="cpp"), (t(2, 3, 5, 6),)),
-        (lambda x: tps.tps_warp(x, pts, backend="cpp"), (t(2, 2, 5, 6),)),
-        (lambda x: tps.tps_warp(x, pts, padding_mode="border", backend="cpp"), (t(2, 2, 5, 6),)),
-        (
-            lambda p, m: losses.semantic_consistency_loss(feats, p, m, backend="cpp"),
-            (t(2, 3, 5, 6), t(2, 4)),
-        ),
-        (
-            lambda p, m: losses.semantic_consistency_loss_lowres(low, p, m, sal, backend="cpp"),
-            (t(2, 3, 5, 6), t(2, 4)),
-        ),
-        # The KL target is detached (SPEC section 7): check it w.r.t. pred_tps only.
-        (
-            lambda q: losses.equivariance_losses(feats[:, :3].detach(), q, pts, backend="cpp")[0],
-            (t(2, 3, 5, 6),),
-        ),
-        (
-            lambda p, q: losses.equivariance_losses(p, q, pts, backend="cpp")[1],
-            (t(2, 3, 5, 6), t(2, 3, 5, 6)),
-        ),
-    ]
-    for fn, inputs in cases:
+    for fn, inputs in backend_checks.gradcheck_cases("cpp", gen):
         assert torch.autograd.gradcheck(fn, inputs)
 
 
-def run_all(gen_seed=5):
-    """Outputs and gradients of every cpp op on one fixed input set."""
-    gen = torch.Generator().manual_seed(gen_seed)
-    pred = torch.randn(3, 5, 33, 47, generator=gen, requires_grad=True)
-    pred_tps = torch.randn(3, 5, 33, 47, generator=gen, requires_grad=True)
-    feats = torch.randn(3, 6, 33, 47, generator=gen)
-    low = torch.randn(3, 6, 4, 5, generator=gen)
-    basis = torch.rand(4, 6, generator=gen, requires_grad=True)
-    pts = source_points(3, torch.float32, gen)
-    outs = [
-        losses.concentration_loss(pred, backend="cpp"),
-        *losses.equivariance_losses(pred, pred_tps, pts, backend="cpp"),
-        tps.tps_warp(pred, pts, backend="cpp").square().mean(),
-        losses.semantic_consistency_loss(feats, pred, basis, backend="cpp"),
-        losses.semantic_consistency_loss_lowres(low, pred, basis, backend="cpp"),
-    ]
-    results = []
-    for out in outs:
-        grads = torch.autograd.grad(
-            out, (pred, pred_tps, basis), allow_unused=True, retain_graph=True
-        )
-        results.append((out.detach(), [g for g in grads if g is not None]))
-    return results
-
-
-def assert_bitwise_equal(a, b):
-    for (va, ga), (vb, gb) in zip(a, b, strict=True):
-        assert torch.equal(va, vb)
-        for x, y in zip(ga, gb, strict=True):
-            assert torch.equal(x, y)
+def run_all():
+    return backend_checks.run_all_ops("cpp", (3, 5, 33, 47), 6, (4, 5))
 
 
 def test_deterministic_across_runs_and_threads():

@@ -261,74 +261,19 @@ def test_lowres_matches_dense_at_a_training_like_shape(gen):
 
 
 def test_gradcheck_float64(gen):
-    def t(*shape):
-        return torch.randn(*shape, generator=gen, dtype=torch.float64).requires_grad_(True)
-
-    pts = source_points(2, torch.float64, gen)
-    feats = torch.randn(2, 4, 5, 6, generator=gen, dtype=torch.float64)
-    low = torch.randn(2, 4, 3, 2, generator=gen, dtype=torch.float64)
-    sal = torch.rand(2, 5, 6, generator=gen, dtype=torch.float64)
-    be = "triton"
-    cases = [
-        (lambda p: losses.concentration_loss(p, backend=be), (t(2, 3, 5, 6),)),
-        (lambda p: losses.batch_get_centers(p, backend=be), (t(2, 3, 5, 6),)),
-        (lambda x: tps.tps_warp(x, pts, backend=be), (t(2, 2, 5, 6),)),
-        (lambda x: tps.tps_warp(x, pts, padding_mode="border", backend=be), (t(2, 2, 5, 6),)),
-        (
-            lambda p, m: losses.semantic_consistency_loss(feats, p, m, backend=be),
-            (t(2, 3, 5, 6), t(2, 4)),
-        ),
-        (
-            lambda p, m: losses.semantic_consistency_loss_lowres(low, p, m, sal, backend=be),
-            (t(2, 3, 5, 6), t(2, 4)),
-        ),
-        # The KL target is detached (SPEC section 7): check it w.r.t. pred_tps only.
-        (
-            lambda q: losses.equivariance_losses(feats[:, :3].detach(), q, pts, backend=be)[0],
-            (t(2, 3, 5, 6),),
-        ),
-        (
-            lambda p, q: losses.equivariance_losses(p, q, pts, backend=be)[1],
-            (t(2, 3, 5, 6), t(2, 3, 5, 6)),
-        ),
-    ]
+    cases = backend_checks.gradcheck_cases("triton", gen)
     for fn, inputs in cases:
         # Fast mode: a few random directional derivatives instead of the full Jacobian,
         # which would take minutes through the interpreter.
         assert torch.autograd.gradcheck(fn, inputs, fast_mode=True)
 
 
-def run_all(seed=5):
-    """Outputs and gradients of every triton op on one fixed input set."""
-    gen = torch.Generator().manual_seed(seed)
-    pred = torch.randn(2, 4, 9, 7, generator=gen, requires_grad=True)
-    pred_tps = torch.randn(2, 4, 9, 7, generator=gen, requires_grad=True)
-    feats = torch.randn(2, 18, 9, 7, generator=gen)
-    low = torch.randn(2, 18, 3, 4, generator=gen)
-    basis = torch.rand(3, 18, generator=gen, requires_grad=True)
-    pts = source_points(2, torch.float32, gen)
-    outs = [
-        losses.concentration_loss(pred, backend="triton"),
-        *losses.equivariance_losses(pred, pred_tps, pts, backend="triton"),
-        tps.tps_warp(pred, pts, backend="triton").square().mean(),
-        losses.semantic_consistency_loss(feats, pred, basis, backend="triton"),
-        losses.semantic_consistency_loss_lowres(low, pred, basis, backend="triton"),
-    ]
-    results = []
-    for out in outs:
-        grads = torch.autograd.grad(
-            out, (pred, pred_tps, basis), allow_unused=True, retain_graph=True
-        )
-        results.append((out.detach(), [g for g in grads if g is not None]))
-    return results
+def run_all():
+    return backend_checks.run_all_ops("triton", (2, 4, 9, 7), 18, (3, 4))
 
 
 def test_deterministic_across_runs():
-    first, second = run_all(), run_all()
-    for (va, ga), (vb, gb) in zip(first, second, strict=True):
-        assert torch.equal(va, vb)
-        for x, y in zip(ga, gb, strict=True):
-            assert torch.equal(x, y)
+    backend_checks.assert_bitwise_equal(run_all(), run_all())
 
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
