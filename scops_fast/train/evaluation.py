@@ -85,7 +85,8 @@ def run_metrics(
         out["evaluation_seconds"] = ev.pop("eval_seconds", None)
     out["training"] = {
         "steps": int(steps),
-        "wall_time_s": round(float(train_seconds), 1),
+        # Millisecond resolution: a short run still reports a positive time.
+        "wall_time_s": round(float(train_seconds), 3),
         "steps_per_s": round(steps / train_seconds, 3) if train_seconds > 0 else None,
         "seed": cfg.seed,
         "processes": world_size,
