@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .baselines import KMeansPartBaseline, one_part_baseline
-from .evaluate import PartEvaluator
+from .evaluate import PartEvaluator, item_batches, stack_items
 
 __all__ = [
     "LANDMARK_RATIO_MAX",
@@ -47,27 +47,15 @@ BASELINE_NOTES = {
 }
 
 
-def _stack(items: list[dict], key: str):
-    if key not in items[0]:
-        return None
-    return torch.stack([torch.as_tensor(it[key]) for it in items])
-
-
-def _batches(dataset, batch_size: int, limit: int | None):
-    n = len(dataset) if limit is None else min(limit, len(dataset))
-    for start in range(0, n, batch_size):
-        yield [dataset[i] for i in range(start, min(start + batch_size, n))]
-
-
 def baseline_foreground(items: list[dict]) -> tuple[torch.Tensor, str]:
     """(B, H, W) bool foreground for the baselines, and where it came from."""
-    fg = _stack(items, "fg")
+    fg = stack_items(items, "fg")
     if fg is not None:
         return fg.bool(), "ground-truth fg"
-    sal = _stack(items, "saliency")
+    sal = stack_items(items, "saliency")
     if sal is not None:
         return sal.float() > 0.5, "saliency > 0.5"
-    img = _stack(items, "img")
+    img = stack_items(items, "img")
     return torch.ones(img.shape[0], *img.shape[-2:], dtype=torch.bool), "whole image"
 
 
@@ -127,13 +115,13 @@ def evaluate_with_baselines(
     fit_set = train_set if train_set is not None else test_set
     fit_n = min(kmeans_fit_images, len(fit_set) if limit is None else min(limit, len(fit_set)))
     fit_masks, fg_source = [], None
-    for items in _batches(fit_set, batch_size, fit_n):
+    for items in item_batches(fit_set, batch_size, fit_n):
         mask, fg_source = baseline_foreground(items)
         fit_masks.append(mask)
     kmeans = KMeansPartBaseline(num_parts, seed=seed).fit(torch.cat(fit_masks))
 
     def model_probs(items):
-        img = _stack(items, "img")
+        img = stack_items(items, "img")
         p = torch.as_tensor(predict(img)).detach().float().cpu()
         if p.shape[-2:] != img.shape[-2:]:
             p = F.interpolate(p, size=img.shape[-2:], mode="bilinear", align_corners=True)
@@ -151,21 +139,21 @@ def evaluate_with_baselines(
     evaluators = {name: PartEvaluator() for name in names}
     regress = train_set is not None
     if regress:
-        for items in _batches(train_set, batch_size, limit):
-            lm = _stack(items, "landmarks")
+        for items in item_batches(train_set, batch_size, limit):
+            lm = stack_items(items, "landmarks")
             if lm is None or not torch.isfinite(lm).all():
                 regress = False
                 break
             for name, probs in all_probs(items).items():
                 evaluators[name].add_train(probs, lm)
-    for items in _batches(test_set, batch_size, limit):
-        lm = _stack(items, "landmarks")
+    for items in item_batches(test_set, batch_size, limit):
+        lm = stack_items(items, "landmarks")
         regress = regress and lm is not None and bool(torch.isfinite(lm).all())
         truth = {
-            "parts": _stack(items, "parts"),
-            "fg": _stack(items, "fg"),
+            "parts": stack_items(items, "parts"),
+            "fg": stack_items(items, "fg"),
             "keypoints": lm,
-            "visible": _stack(items, "visible"),
+            "visible": stack_items(items, "visible"),
         }
         for name, probs in all_probs(items).items():
             evaluators[name].add_test(probs, landmarks=lm if regress else None, **truth)

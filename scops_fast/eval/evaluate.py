@@ -197,13 +197,15 @@ def evaluate_predictions(
     return evaluator.compute()
 
 
-def _stack(items: list[dict], key: str):
+def stack_items(items: list[dict], key: str):
+    """The values of `key` over dataset items, stacked; None where items lack the key."""
     if key not in items[0]:
         return None
     return torch.stack([torch.as_tensor(it[key]) for it in items])
 
 
-def _batches(dataset, batch_size: int, limit: int | None):
+def item_batches(dataset, batch_size: int, limit: int | None):
+    """Lists of consecutive dataset items, at most `limit` items in all."""
     n = len(dataset) if limit is None else min(limit, len(dataset))
     for start in range(0, n, batch_size):
         yield [dataset[i] for i in range(start, min(start + batch_size, n))]
@@ -225,7 +227,7 @@ def evaluate_dataset(
     """
 
     def probs_of(items):
-        img = _stack(items, "img")
+        img = stack_items(items, "img")
         p = torch.as_tensor(predict(img)).detach().float().cpu()
         if p.shape[-2:] != img.shape[-2:]:
             p = torch.nn.functional.interpolate(
@@ -236,22 +238,22 @@ def evaluate_dataset(
     evaluator = PartEvaluator()
     regress = train_set is not None
     if regress:
-        for items in _batches(train_set, batch_size, limit):
-            lm = _stack(items, "landmarks")
+        for items in item_batches(train_set, batch_size, limit):
+            lm = stack_items(items, "landmarks")
             if lm is None or not torch.isfinite(lm).all():
                 regress = False
                 break
             evaluator.add_train(probs_of(items), lm)
-    for items in _batches(test_set, batch_size, limit):
-        lm = _stack(items, "landmarks")
+    for items in item_batches(test_set, batch_size, limit):
+        lm = stack_items(items, "landmarks")
         regress = regress and lm is not None and bool(torch.isfinite(lm).all())
         evaluator.add_test(
             probs_of(items),
             landmarks=lm if regress else None,
-            parts=_stack(items, "parts"),
-            fg=_stack(items, "fg"),
+            parts=stack_items(items, "parts"),
+            fg=stack_items(items, "fg"),
             keypoints=lm,
-            visible=_stack(items, "visible"),
+            visible=stack_items(items, "visible"),
         )
     if not regress:  # some landmarks were missing: a partial regression would mislead
         evaluator.drop_landmarks()
