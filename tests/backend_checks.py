@@ -146,3 +146,16 @@ def assert_bitwise_equal(a, b):
         assert torch.equal(va, vb)
         for x, y in zip(ga, gb, strict=True):
             assert torch.equal(x, y)
+
+
+def lowres_case(b, k, h, w, dtype, gen, saliency):
+    """Low-resolution features for a (b, k+1, h, w) prediction: two maps of one size and
+    one of another, one of them non-contiguous; an optional saliency; a (k, 10) basis."""
+    low = [
+        torch.randn(b, 3, 4, 5, generator=gen, dtype=torch.float64).to(dtype),
+        torch.randn(b, 5, 4, 2, generator=gen, dtype=torch.float64).to(dtype).transpose(2, 3),
+        torch.randn(b, 2, 4, 5, generator=gen, dtype=torch.float64).to(dtype),
+    ]
+    sal = torch.rand(b, h, w, generator=gen, dtype=torch.float64).to(dtype) if saliency else None
+    basis = torch.rand(k, 10, generator=gen, dtype=torch.float64).to(dtype).requires_grad_(True)
+    return low, sal, basis

@@ -97,14 +97,7 @@ def test_semantic_dense(shape, dtype, layout, gen):
 def test_semantic_lowres(shape, dtype, saliency, gen):
     b, k, h, w = shape
     pred = make((b, k + 1, h, w), "contiguous", dtype, gen, scale=2.0)
-    # Two maps of one size and one of another, one of them non-contiguous.
-    low = [
-        torch.randn(b, 3, 4, 5, generator=gen, dtype=torch.float64).to(dtype),
-        torch.randn(b, 5, 4, 2, generator=gen, dtype=torch.float64).to(dtype).transpose(2, 3),
-        torch.randn(b, 2, 4, 5, generator=gen, dtype=torch.float64).to(dtype),
-    ]
-    sal = torch.rand(b, h, w, generator=gen, dtype=torch.float64).to(dtype) if saliency else None
-    basis = torch.rand(k, 10, generator=gen, dtype=torch.float64).to(dtype).requires_grad_(True)
+    low, sal, basis = backend_checks.lowres_case(b, k, h, w, dtype, gen, saliency)
     check(
         lambda p, m, backend: losses.semantic_consistency_loss_lowres(
             low, p, m, sal, backend=backend
