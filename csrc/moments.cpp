@@ -15,17 +15,29 @@ constexpr int64_t kTilePixels = 4096;
 
 int64_t rows_per_tile(int64_t W) { return std::max<int64_t>(1, kTilePixels / std::max<int64_t>(W, 1)); }
 
-// Probabilities of one row into probs[c * W + j]: all `channels` softmax outputs
-// (background first) from logits, or a copy of given probabilities.
+// Unnormalised channel softmax of one image row: e[c * W + j] = exp(z_c - max_c z),
+// inv[j] = 1 / sum_c e. Callers fold the normalisation into their next pass instead of
+// storing probabilities.
 template <typename T>
-void row_probs(const T* z, int64_t channels, int64_t plane, int64_t W, bool from_logits,
-               T* probs, T* scratch) {
-  if (from_logits) {
-    row_softmax(z, plane, channels, W, probs, static_cast<T*>(nullptr), scratch, scratch + W);
-    return;
+void row_exp(const T* z, int64_t plane, int64_t channels, int64_t W, T* e, T* mx, T* inv) {
+  std::copy(z, z + W, mx);
+  for (int64_t c = 1; c < channels; ++c) {
+    const T* zc = z + c * plane;
+#pragma omp simd
+    for (int64_t j = 0; j < W; ++j) mx[j] = zc[j] > mx[j] ? zc[j] : mx[j];
   }
-  for (int64_t c = 0; c < channels; ++c)
-    std::copy(z + c * plane, z + c * plane + W, probs + c * W);
+  std::fill(inv, inv + W, T(0));
+  for (int64_t c = 0; c < channels; ++c) {
+    const T* zc = z + c * plane;
+    T* ec = e + c * W;
+#pragma omp simd
+    for (int64_t j = 0; j < W; ++j) {
+      ec[j] = vexp(zc[j] - mx[j]);
+      inv[j] += ec[j];
+    }
+  }
+#pragma omp simd
+  for (int64_t j = 0; j < W; ++j) inv[j] = T(1) / inv[j];
 }
 
 }  // namespace
@@ -39,24 +51,27 @@ void moments_forward(const T* z, int64_t B, int64_t channels, int64_t H, int64_t
   const int64_t plane = H * W;
   std::vector<double> partial(B * tiles * parts * 4, 0.0);
   pf(B * tiles, [&](int64_t begin, int64_t end) {
-    std::vector<T> probs(channels * W), scratch(2 * W), xs(W);
-    const T* part0 = probs.data() + (from_logits ? W : 0);
+    std::vector<T> e(channels * W), mx(W), weight(W, T(1)), xs(W);
     for (int64_t j = 0; j < W; ++j) xs[j] = T(loss_coord(j, W));
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / tiles, tile = task % tiles;
       double* acc = partial.data() + task * parts * 4;
       for (int64_t i = tile * rpt; i < std::min(H, (tile + 1) * rpt); ++i) {
-        row_probs(z + b * channels * plane + i * W, channels, plane, W, from_logits,
-                  probs.data(), scratch.data());
+        const T* zrow = z + b * channels * plane + i * W;
+        // Part k's row: softmax numerators times `weight` (1 / partition), or the given
+        // probabilities times 1.
+        if (from_logits) row_exp(zrow, plane, channels, W, e.data(), mx.data(), weight.data());
         const double y = loss_coord(i, H);
         for (int64_t k = 0; k < parts; ++k) {
-          const T* pk = part0 + k * W;
+          const T* pk = from_logits ? e.data() + (k + 1) * W : zrow + k * plane;
+          const T* wk = weight.data();
           T s0 = 0, s1 = 0, s2 = 0;
 #pragma omp simd reduction(+ : s0, s1, s2)
           for (int64_t j = 0; j < W; ++j) {
-            s0 += pk[j];
-            s1 += pk[j] * xs[j];
-            s2 += pk[j] * xs[j] * xs[j];
+            const T p = pk[j] * wk[j];
+            s0 += p;
+            s1 += p * xs[j];
+            s2 += p * xs[j] * xs[j];
           }
           acc[k * 4 + 0] += s0;
           acc[k * 4 + 1] += s1;
@@ -85,7 +100,7 @@ void moments_backward(const T* z, const double* grad_moments, int64_t B, int64_t
   const int64_t parts = from_logits ? channels - 1 : channels;
   const int64_t plane = H * W;
   pf(B * H, [&](int64_t begin, int64_t end) {
-    std::vector<T> probs(channels * W), scratch(2 * W), xs(W), dot(W);
+    std::vector<T> e(channels * W), mx(W), inv(W), xs(W), dot(W);
     for (int64_t j = 0; j < W; ++j) xs[j] = T(loss_coord(j, W));
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / H, i = task % H;
@@ -102,30 +117,32 @@ void moments_backward(const T* z, const double* grad_moments, int64_t B, int64_t
         }
         continue;
       }
-      row_probs(z + row, channels, plane, W, true, probs.data(), scratch.data());
-      // dz_c = p_c (G_c - sum_k p_k G_k) with G_0 = 0 for the background.
+      // dz_c = p_c (G_c - sum_k p_k G_k) with G_0 = 0 for the background; p_c = e_c inv.
+      row_exp(z + row, plane, channels, W, e.data(), mx.data(), inv.data());
       std::fill(dot.begin(), dot.end(), T(0));
       for (int64_t k = 0; k < parts; ++k) {
         const T g0 = T(g[k * 4]) + T(g[k * 4 + 2]) * y + T(g[k * 4 + 3]) * y * y;
         const T g1 = T(g[k * 4 + 1]), g3 = T(g[k * 4 + 3]);
-        const T* pk = probs.data() + (k + 1) * W;
-        T* out = grad + row + (k + 1) * plane;
+        const T* ek = e.data() + (k + 1) * W;
 #pragma omp simd
-        for (int64_t j = 0; j < W; ++j) {
-          out[j] = g0 + g1 * xs[j] + g3 * xs[j] * xs[j];  // G_k for now
-          dot[j] += pk[j] * out[j];
-        }
+        for (int64_t j = 0; j < W; ++j) dot[j] += ek[j] * (g0 + g1 * xs[j] + g3 * xs[j] * xs[j]);
       }
-      for (int64_t k = 0; k < parts; ++k) {
-        const T* pk = probs.data() + (k + 1) * W;
-        T* out = grad + row + (k + 1) * plane;
+      const T* e0 = e.data();
+      T* sum = inv.data();
 #pragma omp simd
-        for (int64_t j = 0; j < W; ++j) out[j] = pk[j] * (out[j] - dot[j]);
-      }
-      // Background: p_0 (0 - dot).
+      for (int64_t j = 0; j < W; ++j) dot[j] *= sum[j];
       T* out0 = grad + row;
 #pragma omp simd
-      for (int64_t j = 0; j < W; ++j) out0[j] = -probs[j] * dot[j];
+      for (int64_t j = 0; j < W; ++j) out0[j] = -e0[j] * sum[j] * dot[j];
+      for (int64_t k = 0; k < parts; ++k) {
+        const T g0 = T(g[k * 4]) + T(g[k * 4 + 2]) * y + T(g[k * 4 + 3]) * y * y;
+        const T g1 = T(g[k * 4 + 1]), g3 = T(g[k * 4 + 3]);
+        const T* ek = e.data() + (k + 1) * W;
+        T* out = grad + row + (k + 1) * plane;
+#pragma omp simd
+        for (int64_t j = 0; j < W; ++j)
+          out[j] = ek[j] * sum[j] * (g0 + g1 * xs[j] + g3 * xs[j] * xs[j] - dot[j]);
+      }
     }
   });
 }
