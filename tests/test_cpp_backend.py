@@ -49,6 +49,24 @@ def test_concentration_and_centers(shape, dtype, layout, gen):
     check(losses.batch_get_centers, [probs], dtype, TOL)
 
 
+def test_huge_page_outputs_match_reference_and_behave_as_tensors(gen):
+    # Outputs of 4 MiB and more come from the huge-page allocation path in
+    # csrc/bindings.cpp, not ATen's allocator: the same values, fully overwritten (the
+    # poisoning fixture NaN-fills them too), and ordinary tensors afterwards.
+    b, k, h, w = 2, 8, 256, 256
+    pred = make((b, k + 1, h, w), "contiguous", torch.float32, gen, scale=3.0)
+    check(losses.concentration_loss, [pred], torch.float32, TOL)
+    pts = source_points(b, torch.float32, gen)
+    check(lambda x, backend: tps.tps_warp(x, pts, backend=backend), [pred], torch.float32, WARP_TOL)
+    x = pred.detach().clone().requires_grad_(True)
+    losses.concentration_loss(x, backend="cpp").backward()
+    first = x.grad.clone()
+    losses.concentration_loss(x, backend="cpp").backward()  # accumulates into x.grad
+    assert_rel(x.grad, 2 * first, 1e-6)
+    x.grad.resize_(0)
+    x.grad = None
+
+
 @pytest.mark.parametrize("padding", ["zeros", "border"])
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", DTYPES)
