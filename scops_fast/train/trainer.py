@@ -186,6 +186,9 @@ class Trainer:
                 f"data set images are {tuple(size)}, the config says data.image_size = "
                 f"{cfg.data.image_size}"
             )
+        # The frozen features first, while no activation of the network is alive: their
+        # transient buffers (VGG-19's 256x256 maps) then do not add to the step's peak.
+        feats = self._features(images)
         local = self.order.local_slice()
         source_points = self.warps.draw(local).to(self.device)
         jittered = self.jitter(images, local)
@@ -208,7 +211,7 @@ class Trainer:
         eqv, lmeqv = losses.equivariance_losses(
             pred, pred_warped, source_points, padding_mode=cfg.warp.padding, backend=backend
         )
-        sem = self._semantic_loss(images, batch, pred, basis)
+        sem = self._semantic_loss(feats, batch, pred, basis)
         orth = losses.orthonormal_loss(basis)
         terms = torch.stack((con, eqv, lmeqv, sem, orth))
         w = cfg.loss
@@ -221,11 +224,14 @@ class Trainer:
         )
         return total, terms
 
-    def _semantic_loss(self, images, batch, pred, basis) -> torch.Tensor:
-        cfg = self.cfg
-        feats = self.features(images)
-        if cfg.features.normalize:
+    def _features(self, images) -> list[torch.Tensor]:
+        feats = self.features(images)  # frozen: computed without a graph
+        if self.cfg.features.normalize:
             feats = [F.normalize(f, dim=1) for f in feats]
+        return feats
+
+    def _semantic_loss(self, feats, batch, pred, basis) -> torch.Tensor:
+        cfg = self.cfg
         saliency = None
         if cfg.features.saliency:
             if "saliency" not in batch:
