@@ -19,9 +19,11 @@ ROOT = pathlib.Path(__file__).parent
 BUILD_ERRORS = ROOT / "scops_fast" / "_build_errors"
 CPU_FLAGS = [
     "-O3",
-    # `omp simd` vectorises the reductions without an OpenMP runtime: threads come
-    # from at::parallel_for. No errno / trapping math lets floor and friends vectorise.
-    "-fopenmp-simd",
+    # Threads come from at::parallel_for, whose OpenMP implementation is inlined from
+    # ATen's headers: without -fopenmp its `omp parallel` is ignored and every kernel
+    # ran on one thread. The runtime is torch's own libgomp.so.1, already loaded by
+    # the time the extension is. `omp simd` vectorises the reductions.
+    "-fopenmp",
     "-fno-math-errno",
     "-fno-trapping-math",
     # The package is built where it runs, so target the build machine by default.
@@ -57,6 +59,7 @@ def extensions():
                 sources,
                 include_dirs=[str(ROOT / "csrc")],
                 extra_compile_args=CPU_FLAGS,
+                extra_link_args=["-fopenmp"],
             )
         )
     cuda_sources = sorted(glob.glob("csrc/cuda/*.cu") + glob.glob("csrc/cuda/*.cpp"))

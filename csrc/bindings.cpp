@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <limits>
 #include <map>
+#include <string>
 #include <mutex>
 #include <tuple>
 
@@ -36,32 +37,86 @@ void aten_parallel(int64_t n, const RangeFn& body) {
     return __VA_ARGS__();                                                       \
   }()
 
-// Outputs the size of a gradient map are written once, right after allocation, so
-// their cost is dominated by first-touch page faults (4 KiB each): 10 ms of a 25 ms
-// backward at B=16, K=8, 256x256. Backing them with transparent huge pages (madvise, a
-// no-op where THP is off) makes that 512x fewer faults. Small tensors keep ATen's
-// allocator. torch's deterministic NaN fill of fresh memory is mirrored, so tests that
-// check outputs are fully overwritten still see poisoned buffers.
+// Large outputs (gradient maps) are written once, right after allocation. Below 32 MiB
+// glibc serves them from memory the process already has (its mmap threshold adapts up to
+// that size), so they cost nothing extra; above it every allocation is a fresh mmap whose
+// first-touch page faults and kernel zeroing (4 KiB at a time, ~9000 faults for a B=16,
+// K=8, 256x256 map) cost more than the kernel itself, and worse when its threads fault
+// side by side. Those outputs get 2 MiB-aligned blocks advised for transparent huge pages
+// (a no-op where THP is off), faulted in one huge page at a time before the threads write,
+// and a freed block is kept for the next output of the same size (at most kCacheBytes in
+// all), as a caching allocator would: a training loop asks for the same sizes every step.
+// SCOPS_FAST_HUGE_PAGES=0 turns all of this off. torch's deterministic NaN fill of fresh
+// memory is mirrored, so tests that check outputs are fully overwritten still see poisoned
+// buffers.
 constexpr size_t kHugePage = size_t(2) << 20;
+constexpr size_t kFreshMmapBytes = size_t(32) << 20;
+constexpr size_t kCacheBytes = size_t(256) << 20;
+
+class BlockCache {
+ public:
+  void* take(size_t bytes) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto found = blocks_.find(bytes);
+    if (found == blocks_.end()) return nullptr;
+    void* block = found->second;
+    blocks_.erase(found);
+    cached_ -= bytes;
+    return block;
+  }
+  void give(void* block, size_t bytes) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (cached_ + bytes <= kCacheBytes) {
+        blocks_.emplace(bytes, block);
+        cached_ += bytes;
+        return;
+      }
+    }
+    std::free(block);
+  }
+
+ private:
+  std::mutex mutex_;
+  std::multimap<size_t, void*> blocks_;
+  size_t cached_ = 0;
+};
+
+// Never destroyed: tensors may be freed during interpreter shutdown, after statics.
+BlockCache& block_cache() {
+  static auto* cache = new BlockCache();
+  return *cache;
+}
+
+void* new_block(size_t bytes) {
+  if (void* block = block_cache().take(bytes)) return block;
+  void* block = std::aligned_alloc(kHugePage, bytes);
+  if (block == nullptr) return nullptr;
+#if defined(__linux__)
+  madvise(block, bytes, MADV_HUGEPAGE);
+#endif
+  for (size_t offset = 0; offset < bytes; offset += kHugePage)
+    static_cast<volatile char*>(block)[offset] = 0;
+  return block;
+}
 
 at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& opts) {
-#if defined(__linux__)
   const size_t nbytes = c10::multiply_integers(sizes) * c10::elementSize(
       c10::typeMetaToScalarType(opts.dtype()));
-  if (opts.device().is_cpu() && nbytes >= 2 * kHugePage) {
-    const size_t rounded = (nbytes + kHugePage - 1) / kHugePage * kHugePage;
-    void* data = std::aligned_alloc(kHugePage, rounded);
-    if (data != nullptr) {
-      madvise(data, rounded, MADV_HUGEPAGE);
-      auto out = at::from_blob(data, sizes, [](void* p) { std::free(p); }, opts);
-      if (at::globalContext().deterministicAlgorithms() &&
-          at::globalContext().deterministicFillUninitializedMemory())
-        out.fill_(std::numeric_limits<double>::quiet_NaN());
-      return out;
-    }
-  }
-#endif
-  return at::empty(sizes, opts);
+  static const bool enabled = [] {
+    const char* env = std::getenv("SCOPS_FAST_HUGE_PAGES");
+    return env == nullptr || std::string(env) != "0";
+  }();
+  if (!enabled || !opts.device().is_cpu() || nbytes < kFreshMmapBytes) return at::empty(sizes, opts);
+  const size_t bytes = (nbytes + kHugePage - 1) / kHugePage * kHugePage;
+  void* block = new_block(bytes);
+  if (block == nullptr) return at::empty(sizes, opts);
+  auto out = at::from_blob(
+      block, sizes, [bytes](void* p) { block_cache().give(p, bytes); }, opts);
+  if (at::globalContext().deterministicAlgorithms() &&
+      at::globalContext().deterministicFillUninitializedMemory())
+    out.fill_(std::numeric_limits<double>::quiet_NaN());
+  return out;
 }
 
 at::Tensor empty_output_like(const at::Tensor& x) { return empty_output(x.sizes(), x.options()); }

@@ -101,19 +101,24 @@ void moments_backward(const T* z, const double* grad_moments, int64_t B, int64_t
   const int64_t plane = H * W;
   pf(B * H, [&](int64_t begin, int64_t end) {
     std::vector<T> e(channels * W), mx(W), inv(W), xs(W), dot(W);
-    for (int64_t j = 0; j < W; ++j) xs[j] = T(loss_coord(j, W));
+    std::vector<double> xd(W);
+    for (int64_t j = 0; j < W; ++j) xd[j] = loss_coord(j, W);
+    for (int64_t j = 0; j < W; ++j) xs[j] = T(xd[j]);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / H, i = task % H;
       const int64_t row = b * channels * plane + i * W;
       const T y = T(loss_coord(i, H));
       const double* g = grad_moments + b * parts * 4;
       if (!from_logits) {
+        // In double: for a centre, G = (x - c) / mass is a difference of two terms of size
+        // x / mass, which in float left ~1e-4 of rounding where the exact gradient is 0.
+        const double yd = loss_coord(i, H);
         for (int64_t k = 0; k < parts; ++k) {
-          const T g0 = T(g[k * 4]) + T(g[k * 4 + 2]) * y + T(g[k * 4 + 3]) * y * y;
-          const T g1 = T(g[k * 4 + 1]), g3 = T(g[k * 4 + 3]);
+          const double g0 = g[k * 4] + g[k * 4 + 2] * yd + g[k * 4 + 3] * yd * yd;
+          const double g1 = g[k * 4 + 1], g3 = g[k * 4 + 3];
           T* out = grad + row + k * plane;
 #pragma omp simd
-          for (int64_t j = 0; j < W; ++j) out[j] = g0 + g1 * xs[j] + g3 * xs[j] * xs[j];
+          for (int64_t j = 0; j < W; ++j) out[j] = T(g0 + g1 * xd[j] + g3 * xd[j] * xd[j]);
         }
         continue;
       }
