@@ -45,7 +45,7 @@ bench: install
 	$(PY) -m pytest benchmarks/bench_losses.py --benchmark-only --bench-size all --benchmark-json $(BENCH_OUT)/losses.json
 	$(PY) -m pytest benchmarks/bench_losses.py --benchmark-only --bench-size heavy --benchmark-json $(BENCH_OUT)/losses_heavy.json
 	$(PY) -m pytest benchmarks/bench_train_step.py --benchmark-only --train-cases 128x1,128x2,256x1,256x2,512x1 --train-rounds 1 --benchmark-json $(BENCH_OUT)/train.json
-	$(PY) -m pytest benchmarks/bench_train_step.py --benchmark-only --train-cases 256x6 --train-rounds 2 --benchmark-json $(BENCH_OUT)/train_celeba.json
+	$(PY) -m pytest benchmarks/bench_train_step.py --benchmark-only --train-cases 256x6 --train-rounds 2 --train-run-cap-gb 16 --benchmark-json $(BENCH_OUT)/train_celeba.json
 	$(PY) benchmarks/train_step.py compare --size 256 --batch 2 --rounds 4 --out $(BENCH_OUT)/compare_256x2.json
 	$(PY) benchmarks/train_step.py largest $(BENCH_OUT)/train.json $(BENCH_OUT)/train_celeba.json --cap-gb $(BENCH_CAP_GB) --validate-sizes 512 --out $(BENCH_OUT)/largest.json
 	$(PY) benchmarks/report.py
