@@ -8,12 +8,12 @@
 
 namespace scops_fast {
 
-// Channel softmax of one image row, vectorised along the row: input z[c * stride + j],
-// output probs[c * W + j]; logz[j] (if not null) receives the log-partition so that
-// log p_c = z_c - logz. mx and sum are scratch rows of W.
+// Unnormalised channel softmax of one image row, vectorised along the row: from
+// z[c * stride + j], e[c * W + j] = exp(z_c - max), with the maximum in mx[j] and the
+// partition sum_c e in sum[j].
 template <typename T>
-inline void row_softmax(const T* z, int64_t stride, int64_t channels, int64_t W, T* probs,
-                        T* logz, T* mx, T* sum) {
+inline void row_softmax_numerators(const T* z, int64_t stride, int64_t channels, int64_t W,
+                                   T* e, T* mx, T* sum) {
   std::copy(z, z + W, mx);
   for (int64_t c = 1; c < channels; ++c) {
     const T* zc = z + c * stride;
@@ -23,13 +23,22 @@ inline void row_softmax(const T* z, int64_t stride, int64_t channels, int64_t W,
   std::fill(sum, sum + W, T(0));
   for (int64_t c = 0; c < channels; ++c) {
     const T* zc = z + c * stride;
-    T* pc = probs + c * W;
+    T* ec = e + c * W;
 #pragma omp simd
     for (int64_t j = 0; j < W; ++j) {
-      pc[j] = vexp(zc[j] - mx[j]);
-      sum[j] += pc[j];
+      ec[j] = vexp(zc[j] - mx[j]);
+      sum[j] += ec[j];
     }
   }
+}
+
+// Channel softmax of one image row, vectorised along the row: input z[c * stride + j],
+// output probs[c * W + j]; logz[j] (if not null) receives the log-partition so that
+// log p_c = z_c - logz. mx and sum are scratch rows of W.
+template <typename T>
+inline void row_softmax(const T* z, int64_t stride, int64_t channels, int64_t W, T* probs,
+                        T* logz, T* mx, T* sum) {
+  row_softmax_numerators(z, stride, channels, W, probs, mx, sum);
   if (logz != nullptr) {
 #pragma omp simd
     for (int64_t j = 0; j < W; ++j) logz[j] = mx[j] + vlog(sum[j]);

@@ -15,30 +15,24 @@ constexpr int64_t kTilePixels = 4096;
 
 int64_t rows_per_tile(int64_t W) { return std::max<int64_t>(1, kTilePixels / std::max<int64_t>(W, 1)); }
 
-// Unnormalised channel softmax of one image row: e[c * W + j] = exp(z_c - max_c z),
-// inv[j] = 1 / sum_c e. Callers fold the normalisation into their next pass instead of
-// storing probabilities.
+// Softmax numerators of one row (kernels.h) and inv[j] = 1 / partition: callers fold the
+// normalisation into their next pass instead of storing probabilities.
 template <typename T>
 void row_exp(const T* z, int64_t plane, int64_t channels, int64_t W, T* e, T* mx, T* inv) {
-  std::copy(z, z + W, mx);
-  for (int64_t c = 1; c < channels; ++c) {
-    const T* zc = z + c * plane;
-#pragma omp simd
-    for (int64_t j = 0; j < W; ++j) mx[j] = zc[j] > mx[j] ? zc[j] : mx[j];
-  }
-  std::fill(inv, inv + W, T(0));
-  for (int64_t c = 0; c < channels; ++c) {
-    const T* zc = z + c * plane;
-    T* ec = e + c * W;
-#pragma omp simd
-    for (int64_t j = 0; j < W; ++j) {
-      ec[j] = vexp(zc[j] - mx[j]);
-      inv[j] += ec[j];
-    }
-  }
+  row_softmax_numerators(z, plane, channels, W, e, mx, inv);
 #pragma omp simd
   for (int64_t j = 0; j < W; ++j) inv[j] = T(1) / inv[j];
 }
+
+// Part k's moment gradients g = d/d(1, x, y, x^2 + y^2) on the row at height y, as the
+// polynomial G(x) = g0 + g1 x + g3 x^2, in the precision S it is evaluated in.
+template <typename S>
+struct RowGradient {
+  S g0, g1, g3;
+  RowGradient(const double* g, S y)
+      : g0(S(g[0]) + S(g[2]) * y + S(g[3]) * y * y), g1(S(g[1])), g3(S(g[3])) {}
+  S at(S x) const { return g0 + g1 * x + g3 * x * x; }
+};
 
 }  // namespace
 
@@ -112,13 +106,11 @@ void moments_backward(const T* z, const double* grad_moments, int64_t B, int64_t
       if (!from_logits) {
         // In double: for a centre, G = (x - c) / mass is a difference of two terms of size
         // x / mass, which in float left ~1e-4 of rounding where the exact gradient is 0.
-        const double yd = loss_coord(i, H);
         for (int64_t k = 0; k < parts; ++k) {
-          const double g0 = g[k * 4] + g[k * 4 + 2] * yd + g[k * 4 + 3] * yd * yd;
-          const double g1 = g[k * 4 + 1], g3 = g[k * 4 + 3];
+          const RowGradient<double> G(g + k * 4, loss_coord(i, H));
           T* out = grad + row + k * plane;
 #pragma omp simd
-          for (int64_t j = 0; j < W; ++j) out[j] = T(g0 + g1 * xd[j] + g3 * xd[j] * xd[j]);
+          for (int64_t j = 0; j < W; ++j) out[j] = T(G.at(xd[j]));
         }
         continue;
       }
@@ -126,27 +118,23 @@ void moments_backward(const T* z, const double* grad_moments, int64_t B, int64_t
       row_exp(z + row, plane, channels, W, e.data(), mx.data(), inv.data());
       std::fill(dot.begin(), dot.end(), T(0));
       for (int64_t k = 0; k < parts; ++k) {
-        const T g0 = T(g[k * 4]) + T(g[k * 4 + 2]) * y + T(g[k * 4 + 3]) * y * y;
-        const T g1 = T(g[k * 4 + 1]), g3 = T(g[k * 4 + 3]);
+        const RowGradient<T> G(g + k * 4, y);
         const T* ek = e.data() + (k + 1) * W;
 #pragma omp simd
-        for (int64_t j = 0; j < W; ++j) dot[j] += ek[j] * (g0 + g1 * xs[j] + g3 * xs[j] * xs[j]);
+        for (int64_t j = 0; j < W; ++j) dot[j] += ek[j] * G.at(xs[j]);
       }
       const T* e0 = e.data();
-      T* sum = inv.data();
 #pragma omp simd
-      for (int64_t j = 0; j < W; ++j) dot[j] *= sum[j];
+      for (int64_t j = 0; j < W; ++j) dot[j] *= inv[j];
       T* out0 = grad + row;
 #pragma omp simd
-      for (int64_t j = 0; j < W; ++j) out0[j] = -e0[j] * sum[j] * dot[j];
+      for (int64_t j = 0; j < W; ++j) out0[j] = -e0[j] * inv[j] * dot[j];
       for (int64_t k = 0; k < parts; ++k) {
-        const T g0 = T(g[k * 4]) + T(g[k * 4 + 2]) * y + T(g[k * 4 + 3]) * y * y;
-        const T g1 = T(g[k * 4 + 1]), g3 = T(g[k * 4 + 3]);
+        const RowGradient<T> G(g + k * 4, y);
         const T* ek = e.data() + (k + 1) * W;
         T* out = grad + row + (k + 1) * plane;
 #pragma omp simd
-        for (int64_t j = 0; j < W; ++j)
-          out[j] = ek[j] * sum[j] * (g0 + g1 * xs[j] + g3 * xs[j] * xs[j] - dot[j]);
+        for (int64_t j = 0; j < W; ++j) out[j] = ek[j] * inv[j] * (G.at(xs[j]) - dot[j]);
       }
     }
   });
