@@ -310,7 +310,9 @@ class Trainer:
                     self.save_checkpoint()
         finally:
             log.close()
-            self.train_seconds += time.perf_counter() - clock
+            # A finished run resumed trains nothing; its set-up time is not training time.
+            if self.step > start:
+                self.train_seconds += time.perf_counter() - clock
         self._warn_skipped()
         self.save_checkpoint()
         if self.proc.is_main and self.step == cfg.steps:
