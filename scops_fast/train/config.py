@@ -161,6 +161,9 @@ class Config:
     #: a CPU shared with other work, 1 is often faster than several threads waiting
     #: on each other.
     threads: int | None = field(default=None, metadata={"min": 1})
+    #: On CPU with glibc, return the allocator's free pages to the OS between each
+    #: step's forward and backward (malloc_trim): a lower resident peak for a few ms.
+    release_heap: bool = True
     log_every: int = field(default=50, metadata={"min": 1})
     checkpoint_every: int = field(default=1000, metadata={"min": 1})
     #: Write the HTML report (part overlays, curves) at the end of training.

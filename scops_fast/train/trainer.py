@@ -40,6 +40,7 @@ from scops_fast.train.data import (
     skipped_indices,
     substituted,
 )
+from scops_fast.train.heap import release_free_heap
 from scops_fast.train.loading import build_network, upsample_logits
 from scops_fast.train.progress import RunLog
 
@@ -253,9 +254,13 @@ class Trainer:
     def train_step(self, batch: dict) -> torch.Tensor:
         """One optimisation step; returns the logged values (total, five losses)."""
         o = self.cfg.optim
-        total, terms = self.compute_losses(batch)
+        # Last step's gradients are dropped before the forward, not after it: alive
+        # through it they would add the network's size to the step's peak.
         self.net_optimizer.zero_grad(set_to_none=True)
         self.basis_optimizer.zero_grad(set_to_none=True)
+        total, terms = self.compute_losses(batch)
+        if self.cfg.release_heap and self.device.type == "cpu":
+            release_free_heap()  # the forward's freed transients, before the backward
         total.backward()
         net_params = [p for g in self.net_optimizer.param_groups for p in g["params"]]
         if o.grad_clip is not None:
