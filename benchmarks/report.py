@@ -495,8 +495,10 @@ def largest_section(largest: dict | None) -> list[str]:
     lines = [
         f"Largest batch whose peak stays under {cap:g} GiB: affine fit of the measured peaks "
         "against batch, `floor((cap - intercept) / per_image)`. A batch is confirmed by a real "
-        f"run only when its predicted peak is under {largest['run_cap_gb']:g} GiB (the memory "
-        "this shared machine allows one process); otherwise it is extrapolated.",
+        f"run when its predicted peak is under {largest['run_cap_gb']:g} GiB (`--run-cap-gb`) "
+        "at a size `make bench` asks to confirm (`--confirm-sizes`), and the next batch is then "
+        f"run under a {cap:g} GiB guard, where it must fail to allocate; otherwise the largest "
+        "batch is extrapolated.",
         "",
         "| size | backend | measured batches | GiB + GiB/image (fit) | largest batch "
         "| predicted peak GiB | status |",
@@ -520,6 +522,28 @@ def largest_section(largest: dict | None) -> list[str]:
         )
         if "largest_batch" in row:
             best[row["size"]][row["backend"]] = row
+        c, over = row.get("confirm"), row.get("over")
+        if c:
+            got = (
+                f"measured {c['hwm_mb'] / 1024:.2f} GiB"
+                if c.get("status") == "ok"
+                else f"run failed ({c.get('error', '')[:80]})"
+            )
+            checks.append(
+                f"- {row['size']}x{row['size']} {row['backend']}, batch {row['largest_batch']} "
+                f"(the largest predicted under {cap:g} GiB): predicted {pred / 1024:.2f} GiB, "
+                f"{got}."
+            )
+        if over:
+            got = (
+                f"ran, peak {over['hwm_mb'] / 1024:.2f} GiB"
+                if over.get("status") == "ok"
+                else f"failed to allocate ({(over.get('error') or '')[:60]})"
+            )
+            checks.append(
+                f"- {row['size']}x{row['size']} {row['backend']}, batch {over['batch']} under a "
+                f"{cap:g} GiB guard: {got}."
+            )
         v = row.get("validation")
         if v:
             got = (

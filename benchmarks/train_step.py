@@ -314,9 +314,10 @@ def largest(args) -> dict:
             largest_batch=best,
             predicted_hwm_mb=mem_fit[0] + mem_fit[1] * best,
         )
+        confirm_here = args.confirm_sizes is None or size in args.confirm_sizes
         if best < 1:
             row["status"] = "no batch fits"
-        elif row["predicted_hwm_mb"] > run_cap_mb or args.no_confirm:
+        elif row["predicted_hwm_mb"] > run_cap_mb or args.no_confirm or not confirm_here:
             row["status"] = "extrapolated"
         else:
             print(f"confirming {backend} {size}px batch {best} ...", file=sys.stderr, flush=True)
@@ -329,8 +330,21 @@ def largest(args) -> dict:
                 if run["status"] == "ok" and run["hwm_mb"] <= cap_mb
                 else "confirm failed"
             )
+            if row["status"] == "confirmed" and args.cap_gb <= args.run_cap_gb:
+                # The next batch, under a guard at the cap itself, must fail to allocate:
+                # then `best` is the largest batch that fits, not only one that does.
+                print(f"over the cap: {backend} {size}px batch {best + 1} ...", file=sys.stderr)
+                over = run_child(
+                    backend, size, best + 1, warmup=1, steps=0, form=form, guard_gb=args.cap_gb
+                )
+                row["over"] = {
+                    "batch": best + 1,
+                    **{k: over.get(k) for k in ("status", "hwm_mb", "error")},
+                }
+                if over["status"] == "ok" and over["hwm_mb"] <= cap_mb:
+                    row["status"] = "confirmed, but the next batch fits too"
         check = largest_batch(mem_fit, run_cap_mb)
-        measured = {b for b, _, _ in pts}
+        measured = {b for b, _, _ in pts} | ({best} if "confirm" in row else set())
         if size in args.validate_sizes and check >= 1 and check not in measured:
             # A real run of the largest batch predicted under the run cap: checks the fit.
             print(f"validating {backend} {size}px batch {check} ...", file=sys.stderr, flush=True)
@@ -421,6 +435,13 @@ def main(argv=None):
     p.add_argument("--cap-gb", type=float, default=16.0, help="memory cap, GiB")
     p.add_argument("--run-cap-gb", type=float, default=DEFAULT_GUARD_GB)
     p.add_argument("--no-confirm", action="store_true", help="never run the predicted batch")
+    p.add_argument(
+        "--confirm-sizes",
+        type=lambda text: [int(v) for v in text.split(",") if v],
+        default=None,
+        help="sizes (e.g. 512) whose predicted largest batch is run, when under --run-cap-gb "
+        "(default: every size)",
+    )
     p.add_argument(
         "--validate-sizes",
         type=lambda text: [int(v) for v in text.split(",") if v],
