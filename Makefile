@@ -37,7 +37,7 @@ test: install
 demo: install
 	$(PY) -m scops_fast.train --config demo --out runs/demo --resume
 
-# All benchmarks, then benchmarks/RESULTS.md and its plots (about 25 minutes here, quiet).
+# All benchmarks, then benchmarks/RESULTS.md and its plots (about 30 minutes here, quiet).
 BENCH_CAP_GB ?= 16
 BENCH_OUT := benchmarks/results
 bench: install

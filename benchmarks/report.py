@@ -17,6 +17,7 @@ import argparse
 import json
 import math
 import os
+import re
 import statistics
 import sys
 from collections import defaultdict
@@ -488,6 +489,14 @@ def _largest_row(largest, backend, size):
     return None
 
 
+def _failure(error: str) -> str:
+    """A child's error, shortened: torch's allocation failures to the refused size."""
+    refused = re.search(r"tried to allocate (\d+) bytes", error)
+    if refused:
+        return f"an allocation of {int(refused.group(1)) / 2**20:.0f} MiB was refused"
+    return error[:80]
+
+
 def largest_section(largest: dict | None) -> list[str]:
     if not largest:
         return ["Largest batch under a cap: not run (`train_step.py largest`)."]
@@ -538,7 +547,7 @@ def largest_section(largest: dict | None) -> list[str]:
             got = (
                 f"ran, peak {over['hwm_mb'] / 1024:.2f} GiB"
                 if over.get("status") == "ok"
-                else f"failed to allocate ({(over.get('error') or '')[:60]})"
+                else f"failed ({_failure(over.get('error') or '')})"
             )
             checks.append(
                 f"- {row['size']}x{row['size']} {row['backend']}, batch {over['batch']} under a "
