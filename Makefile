@@ -51,7 +51,7 @@ bench: install
 	$(PY) benchmarks/report.py
 
 # C++ kernels under AddressSanitizer + UBSan (build/sanitize/), running the cpp and
-# robustness tests against them: a release check, about 3-4 minutes here.
+# robustness tests against them: a release check, about 2 minutes here.
 sanitize: $(STAMPS)/deps
 	$(PY) scripts/sanitize.py
 

@@ -57,8 +57,10 @@ def compile_flags() -> list[str]:
         "-fno-sanitize-recover=all",
         # Bounds checks in std::vector::operator[] and friends.
         "-D_GLIBCXX_ASSERTIONS",
-        # The same vectorised code paths as the release build.
-        "-fopenmp-simd",
+        # The same vectorised and threaded code paths as the release build: at::parallel_for's
+        # OpenMP body is inlined from ATen's headers, so without -fopenmp the kernels would
+        # run on one thread here and the tiles' thread hand-off would go unchecked.
+        "-fopenmp",
         f"-march={os.environ.get('SCOPS_FAST_MARCH', 'native')}",
         f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
         *(f"-I{p}" for p in includes),
@@ -72,6 +74,7 @@ def link_flags() -> list[str]:
     return [
         "-shared",
         SANITIZERS,
+        "-fopenmp",
         f"-L{torch_lib}",
         f"-Wl,-rpath,{torch_lib}",
         "-lc10",
@@ -90,11 +93,15 @@ def build(jobs: int) -> pathlib.Path:
     sources = sorted(CSRC.glob("*.cpp"))
     headers = max((h.stat().st_mtime for h in CSRC.glob("*.h")), default=0.0)
     flags = compile_flags()
+    # Objects built with other flags (e.g. an older version of this script) are stale too.
+    stamp = BUILD / "flags.txt"
+    same_flags = stamp.exists() and stamp.read_text() == shlex.join(flags)
     objects, pending = [], []
     for src in sources:
         obj = BUILD / (src.stem + ".o")
         objects.append(obj)
-        if not obj.exists() or obj.stat().st_mtime < max(src.stat().st_mtime, headers):
+        stale = not obj.exists() or obj.stat().st_mtime < max(src.stat().st_mtime, headers)
+        if stale or not same_flags:
             pending.append([CXX, *flags, "-c", str(src), "-o", str(obj)])
     running: list[subprocess.Popen] = []
     for cmd in pending:
@@ -104,6 +111,7 @@ def build(jobs: int) -> pathlib.Path:
         running.append(subprocess.Popen(cmd))
     for proc in running:
         _wait(proc)
+    stamp.write_text(shlex.join(flags))
     if pending or not LIBRARY.exists():
         run([CXX, *map(str, objects), *link_flags(), "-o", str(LIBRARY)])
     return LIBRARY
