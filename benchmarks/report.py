@@ -507,7 +507,10 @@ def largest_section(largest: dict | None) -> list[str]:
         f"run when its predicted peak is under {largest['run_cap_gb']:g} GiB (`--run-cap-gb`) "
         "at a size `make bench` asks to confirm (`--confirm-sizes`), and the next batch is then "
         f"run under a {cap:g} GiB guard, where it must fail to allocate; otherwise the largest "
-        "batch is extrapolated.",
+        "batch is extrapolated. The guard caps the address space (resident set at set-up plus "
+        "new virtual memory), which is stricter than the resident peak: near the cap a batch "
+        "whose peak would fit can be refused, and an extrapolation from small batches can be "
+        "off by one or two images either way.",
         "",
         "| size | backend | measured batches | GiB + GiB/image (fit) | largest batch "
         "| predicted peak GiB | status |",
