@@ -80,3 +80,27 @@ def test_confirms_only_asked_sizes_and_runs_the_next_batch_under_the_cap(tmp_pat
 def test_a_fit_the_runs_contradict_is_not_called_confirmed(tmp_path, monkeypatch, fits_mb, status):
     rows, _ = run_largest(tmp_path, monkeypatch, fits_mb, None)
     assert rows[512]["status"] == status and rows[128]["status"] == status
+
+
+def test_report_gives_only_the_bounds_the_runs_support():
+    def row(backend, size, n, status):
+        return {
+            "backend": backend,
+            "size": size,
+            "largest_batch": n,
+            "status": status,
+            "points": [{"batch": 1}],
+            "fit_mb": {"intercept": 1024.0, "per_image": 512.0},
+            "predicted_hwm_mb": 1024.0 + 512.0 * n,
+        }
+
+    rows = [
+        row("cpp", 256, 27, "confirmed, but the next batch fits too"),
+        row("reference", 256, 11, "confirm failed"),
+        row("cpp", 128, 110, "confirm failed"),
+        row("reference", 128, 49, "confirm failed"),
+    ]
+    text = "\n".join(report.largest_section({"cap_gb": 16.0, "run_cap_gb": 16.0, "rows": rows}))
+    assert "cpp at least 28 against reference fewer than 11" in text
+    assert "at least 2.80x" in text  # 28 / 10
+    assert "At 128x128" in text and "no ratio follows from the runs" in text
