@@ -491,17 +491,24 @@ def _largest_row(largest, backend, size):
 
 def _settled(row: dict) -> bool:
     """A largest batch that the runs confirmed, or one that none contradicted."""
-    return row["status"] in ("confirmed", "extrapolated")
+    return row["status"] in (train_step.CONFIRMED, train_step.EXTRAPOLATED)
 
 
 def _batch_claim(row: dict) -> str:
     """What the runs say of the largest batch of a `largest` row."""
     n = row["largest_batch"]
-    if row["status"] == "confirm failed":
+    if row["status"] == train_step.CONFIRM_FAILED:
         return f"fewer than {n} (batch {n} was refused)"
-    if row["status"].startswith("confirmed, but"):
+    if row["status"] == train_step.NEXT_FITS_TOO:
         return f"at least {n + 1}"
     return str(n)
+
+
+def _run_outcome(run: dict, ran: str, failed: str) -> str:
+    """'<ran> X GiB' (the run's peak) or '<failed> (why)' for a `train_step.py` child."""
+    if run.get("status") == "ok":
+        return f"{ran} {run['hwm_mb'] / 1024:.2f} GiB"
+    return f"{failed} ({_failure(run.get('error') or '')})"
 
 
 def _failure(error: str) -> str:
@@ -550,39 +557,23 @@ def largest_section(largest: dict | None) -> list[str]:
         )
         if "largest_batch" in row:
             best[row["size"]][row["backend"]] = row
-        c, over = row.get("confirm"), row.get("over")
+        case = f"- {row['size']}x{row['size']} {row['backend']}, batch"
+        c, over, v = row.get("confirm"), row.get("over"), row.get("validation")
         if c:
-            got = (
-                f"measured {c['hwm_mb'] / 1024:.2f} GiB"
-                if c.get("status") == "ok"
-                else f"run failed ({_failure(c.get('error') or '')})"
-            )
             checks.append(
-                f"- {row['size']}x{row['size']} {row['backend']}, batch {row['largest_batch']} "
-                f"(the largest predicted under {cap:g} GiB): predicted {pred / 1024:.2f} GiB, "
-                f"{got}."
+                f"{case} {row['largest_batch']} (the largest predicted under {cap:g} GiB): "
+                f"predicted {pred / 1024:.2f} GiB, {_run_outcome(c, 'measured', 'run failed')}."
             )
         if over:
-            got = (
-                f"ran, peak {over['hwm_mb'] / 1024:.2f} GiB"
-                if over.get("status") == "ok"
-                else f"failed ({_failure(over.get('error') or '')})"
-            )
             checks.append(
-                f"- {row['size']}x{row['size']} {row['backend']}, batch {over['batch']} under a "
-                f"{cap:g} GiB guard: {got}."
+                f"{case} {over['batch']} under a {cap:g} GiB guard: "
+                f"{_run_outcome(over, 'ran, peak', 'failed')}."
             )
-        v = row.get("validation")
         if v:
-            got = (
-                f"measured {v['hwm_mb'] / 1024:.2f} GiB"
-                if v.get("status") == "ok"
-                else f"run failed ({v.get('error', '')[:80]})"
-            )
             checks.append(
-                f"- {row['size']}x{row['size']} {row['backend']}, batch {v['batch']} (the largest "
-                f"predicted under {largest['run_cap_gb']:g} GiB): predicted "
-                f"{v['predicted_hwm_mb'] / 1024:.2f} GiB, {got}."
+                f"{case} {v['batch']} (the largest predicted under {largest['run_cap_gb']:g} "
+                f"GiB): predicted {v['predicted_hwm_mb'] / 1024:.2f} GiB, "
+                f"{_run_outcome(v, 'measured', 'run failed')}."
             )
     if checks:
         lines += ["", "Checks of the fit by a real run:", "", *checks]
@@ -593,9 +584,12 @@ def largest_section(largest: dict | None) -> list[str]:
         rb, cb = ref["largest_batch"], cpp["largest_batch"]
         if not (_settled(ref) and _settled(cpp)):
             # Bounds where the runs give them: cpp from below, the reference from above.
-            low = cb + 1 if cpp["status"].startswith("confirmed, but") else cb
-            high = rb - 1 if ref["status"] == "confirm failed" else rb
-            bounded = cpp["status"] != "confirm failed" and ref["status"] != "extrapolated"
+            low = cb + 1 if cpp["status"] == train_step.NEXT_FITS_TOO else cb
+            high = rb - 1 if ref["status"] == train_step.CONFIRM_FAILED else rb
+            bounded = (
+                cpp["status"] != train_step.CONFIRM_FAILED
+                and ref["status"] != train_step.EXTRAPOLATED
+            )
             ratio = (
                 f"at least {low / high:.2f}x"
                 if bounded and high > 0

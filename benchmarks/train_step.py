@@ -247,6 +247,13 @@ def fit_affine(points: list[tuple[float, float]]) -> tuple[float, float] | None:
     return my - b * mx, b
 
 
+# Statuses of a `largest` row (report.py reads them).
+EXTRAPOLATED = "extrapolated"
+CONFIRMED = "confirmed"
+CONFIRM_FAILED = "confirm failed"
+NEXT_FITS_TOO = "confirmed, but the next batch fits too"
+
+
 def largest_batch(fit: tuple[float, float], cap_mb: float) -> int:
     a, b = fit
     if b <= 0:
@@ -318,19 +325,16 @@ def largest(args) -> dict:
         if best < 1:
             row["status"] = "no batch fits"
         elif row["predicted_hwm_mb"] > run_cap_mb or args.no_confirm or not confirm_here:
-            row["status"] = "extrapolated"
+            row["status"] = EXTRAPOLATED
         else:
             print(f"confirming {backend} {size}px batch {best} ...", file=sys.stderr, flush=True)
             run = run_child(
                 backend, size, best, warmup=1, steps=1, form=form, guard_gb=args.run_cap_gb
             )
             row["confirm"] = run
-            row["status"] = (
-                "confirmed"
-                if run["status"] == "ok" and run["hwm_mb"] <= cap_mb
-                else "confirm failed"
-            )
-            if row["status"] == "confirmed" and args.cap_gb <= args.run_cap_gb:
+            fits = run["status"] == "ok" and run["hwm_mb"] <= cap_mb
+            row["status"] = CONFIRMED if fits else CONFIRM_FAILED
+            if fits and args.cap_gb <= args.run_cap_gb:
                 # The next batch, under a guard at the cap itself, must fail to allocate:
                 # then `best` is the largest batch that fits, not only one that does.
                 print(f"over the cap: {backend} {size}px batch {best + 1} ...", file=sys.stderr)
@@ -342,7 +346,7 @@ def largest(args) -> dict:
                     **{k: over.get(k) for k in ("status", "hwm_mb", "error")},
                 }
                 if over["status"] == "ok" and over["hwm_mb"] <= cap_mb:
-                    row["status"] = "confirmed, but the next batch fits too"
+                    row["status"] = NEXT_FITS_TOO
         check = largest_batch(mem_fit, run_cap_mb)
         measured = {b for b, _, _ in pts} | ({best} if "confirm" in row else set())
         if size in args.validate_sizes and check >= 1 and check not in measured:
