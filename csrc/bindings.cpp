@@ -171,6 +171,33 @@ at::Tensor softmax_moments_backward_op(const at::Tensor& x_, const at::Tensor& g
   return grad;
 }
 
+// The concentration loss in one op: (loss, moments, gradient for a unit upstream
+// gradient, or an empty tensor without with_grad). The gradient is produced here, not in a
+// backward op, because the forward has the softmax in cache; autograd only scales it.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> concentration_op(const at::Tensor& x_,
+                                                                bool with_grad) {
+  const auto x = x_.contiguous();
+  const int64_t B = x.size(0), channels = x.size(1), H = x.size(2), W = x.size(3);
+  auto moments = at::empty({B, channels - 1, 4}, x.options().dtype(at::kDouble));
+  auto grad = with_grad ? empty_output_like(x) : at::empty({0}, x.options());
+  double loss = 0;
+  SF_DISPATCH(x.scalar_type(), [&] {
+    loss = concentration_fused<scalar_t>(x.data_ptr<scalar_t>(), B, channels, H, W,
+                                         moments.data_ptr<double>(),
+                                         with_grad ? grad.data_ptr<scalar_t>() : nullptr,
+                                         aten_parallel, at::get_num_threads());
+  });
+  return {at::scalar_tensor(loss, x.options().dtype(at::kDouble)), moments, grad};
+}
+
+// grad * scale into an output from empty_output: the concentration loss's backward, where
+// a plain multiply would fault in a fresh logits-sized block on every step.
+at::Tensor scaled_op(const at::Tensor& grad, const at::Tensor& scale) {
+  auto out = empty_output(grad.sizes(), grad.options());
+  at::mul_out(out, grad, scale.to(grad.scalar_type()));
+  return out;
+}
+
 at::Tensor tps_warp_op(const at::Tensor& x_, const at::Tensor& mapping, bool border) {
   const auto x = x_.contiguous();
   const auto m = f64(mapping);
@@ -303,6 +330,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> semantic_lowres_op(
 TORCH_LIBRARY(scops_fast, m) {
   m.def("softmax_moments(Tensor x, bool from_logits) -> Tensor");
   m.def("softmax_moments_backward(Tensor x, Tensor grad_moments, bool from_logits) -> Tensor");
+  m.def("concentration(Tensor x, bool with_grad) -> (Tensor, Tensor, Tensor)");
+  m.def("scaled(Tensor grad, Tensor scale) -> Tensor");
   m.def("tps_warp(Tensor x, Tensor mapping, bool border) -> Tensor");
   m.def("tps_warp_backward(Tensor grad_out, Tensor mapping, bool border) -> Tensor");
   m.def(
@@ -322,6 +351,8 @@ TORCH_LIBRARY(scops_fast, m) {
 TORCH_LIBRARY_IMPL(scops_fast, CPU, m) {
   m.impl("softmax_moments", &softmax_moments_op);
   m.impl("softmax_moments_backward", &softmax_moments_backward_op);
+  m.impl("concentration", &concentration_op);
+  m.impl("scaled", &scaled_op);
   m.impl("tps_warp", &tps_warp_op);
   m.impl("tps_warp_backward", &tps_warp_backward_op);
   m.impl("equivariance", &equivariance_op);

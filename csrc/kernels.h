@@ -63,6 +63,13 @@ void moments_forward(const T* z, int64_t B, int64_t channels, int64_t H, int64_t
 template <typename T>
 void moments_backward(const T* z, const double* grad_moments, int64_t B, int64_t channels,
                       int64_t H, int64_t W, bool from_logits, T* grad, ParallelFor pf);
+// The concentration loss (SPEC section 3) of logits z, returned, with the moments it comes
+// from in `moments` (B, K, 4) and, unless grad is null, its gradient w.r.t. z: the softmax
+// is computed once for both, an image at a time so that the second pass over it hits the
+// cache. `workers`: the number of threads pf runs on.
+template <typename T>
+double concentration_fused(const T* z, int64_t B, int64_t channels, int64_t H, int64_t W,
+                           double* moments, T* grad, ParallelFor pf, int64_t workers);
 
 // Bilinear corners of every pixel of one output row, structure-of-arrays so the
 // per-channel sampling loops vectorise: offset -1 marks a corner outside the image

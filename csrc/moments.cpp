@@ -14,6 +14,7 @@ namespace {
 constexpr int64_t kTilePixels = 4096;
 
 int64_t rows_per_tile(int64_t W) { return std::max<int64_t>(1, kTilePixels / std::max<int64_t>(W, 1)); }
+int64_t tiles_per_image(int64_t H, int64_t W) { return (H + rows_per_tile(W) - 1) / rows_per_tile(W); }
 
 // Softmax numerators of one row (kernels.h) and inv[j] = 1 / partition: callers fold the
 // normalisation into their next pass instead of storing probabilities.
@@ -22,6 +23,86 @@ void row_exp(const T* z, int64_t plane, int64_t channels, int64_t W, T* e, T* mx
   row_softmax_numerators(z, plane, channels, W, e, mx, inv);
 #pragma omp simd
   for (int64_t j = 0; j < W; ++j) inv[j] = T(1) / inv[j];
+}
+
+// Sums over one row of p, p x and p x^2 for p = pk * wk, which is also stored to out.
+// The moments come from this one loop whether or not the caller keeps the softmax (out is
+// then a scratch row), so they are bitwise the same either way.
+template <typename T>
+inline void row_sums(const T* pk, const T* wk, const T* xs, int64_t W, T* out, T& s0, T& s1,
+                     T& s2) {
+  T a0 = 0, a1 = 0, a2 = 0;
+#pragma omp simd reduction(+ : a0, a1, a2)
+  for (int64_t j = 0; j < W; ++j) {
+    const T p = pk[j] * wk[j];
+    out[j] = p;
+    a0 += p;
+    a1 += p * xs[j];
+    a2 += p * xs[j] * xs[j];
+  }
+  s0 = a0;
+  s1 = a1;
+  s2 = a2;
+}
+
+// Partial moments of one tile of rows of image b, added into acc (parts x 4). With
+// `probs`, the tile's channel softmax (every channel, background included) is also
+// stored there, laid out like z: the fused concentration loss reads it back while it is
+// still in cache instead of computing the exponentials again.
+template <typename T>
+struct TileMoments {
+  std::vector<T> e, mx, weight, xs, sink;
+  TileMoments(int64_t channels, int64_t W)
+      : e(channels * W), mx(W), weight(W, T(1)), xs(W), sink(W) {
+    for (int64_t j = 0; j < W; ++j) xs[j] = T(loss_coord(j, W));
+  }
+  void run(const T* z, int64_t b, int64_t tile, int64_t channels, int64_t H, int64_t W,
+           bool from_logits, T* probs, double* acc) {
+    const int64_t parts = from_logits ? channels - 1 : channels;
+    const int64_t plane = H * W, rpt = rows_per_tile(W);
+    for (int64_t i = tile * rpt; i < std::min(H, (tile + 1) * rpt); ++i) {
+      const int64_t row = b * channels * plane + i * W;
+      const T* zrow = z + row;
+      // Part k's row: softmax numerators times `weight` (1 / partition), or the given
+      // probabilities times 1.
+      if (from_logits) row_exp(zrow, plane, channels, W, e.data(), mx.data(), weight.data());
+      const double y = loss_coord(i, H);
+      if (probs != nullptr) {
+        const T* wk = weight.data();
+        T* p0 = probs + row;
+#pragma omp simd
+        for (int64_t j = 0; j < W; ++j) p0[j] = e[j] * wk[j];
+      }
+      for (int64_t k = 0; k < parts; ++k) {
+        const T* pk = from_logits ? e.data() + (k + 1) * W : zrow + k * plane;
+        T s0 = 0, s1 = 0, s2 = 0;
+        T* out = probs != nullptr ? probs + row + (k + 1) * plane : sink.data();
+        row_sums(pk, weight.data(), xs.data(), W, out, s0, s1, s2);
+        acc[k * 4 + 0] += s0;
+        acc[k * 4 + 1] += s1;
+        acc[k * 4 + 2] += y * s0;
+        acc[k * 4 + 3] += s2 + y * y * s0;
+      }
+    }
+  }
+};
+
+// Moments of images [b0, b1) from their tiles' partial sums (indexed from image b0), added
+// in tile order so that the result does not depend on the number of threads. The eps mass
+// is the same for every part: it is added in closed form.
+void sum_tiles(const double* partial, int64_t b0, int64_t b1, int64_t parts, int64_t H,
+               int64_t W, double* out) {
+  const int64_t tiles = tiles_per_image(H, W);
+  double eps_terms[4];
+  eps_moment_terms(H, W, eps_terms);
+  for (int64_t b = b0; b < b1; ++b)
+    for (int64_t k = 0; k < parts; ++k)
+      for (int m = 0; m < 4; ++m) {
+        double total = 0;
+        for (int64_t tile = 0; tile < tiles; ++tile)
+          total += partial[(((b - b0) * tiles + tile) * parts + k) * 4 + m];
+        out[(b * parts + k) * 4 + m] = total + eps_terms[m];
+      }
 }
 
 // Part k's moment gradients g = d/d(1, x, y, x^2 + y^2) on the row at height y, as the
@@ -34,58 +115,48 @@ struct RowGradient {
   S at(S x) const { return g0 + g1 * x + g3 * x * x; }
 };
 
+// One row of dz_c = p_c (G_c - sum_k p_k G_k), G_0 = 0 for the background, from the
+// softmax p (channel c at p + c * p_stride) to out (at out + c * out_stride, which may be
+// p itself: each pixel is read whole before it is written).
+template <typename T>
+void softmax_moment_gradient_row(const T* p, int64_t p_stride, int64_t parts, const double* g,
+                                 T y, const T* xs, int64_t W, T* dot, T* out,
+                                 int64_t out_stride) {
+  std::fill(dot, dot + W, T(0));
+  for (int64_t k = 0; k < parts; ++k) {
+    const RowGradient<T> G(g + k * 4, y);
+    const T* pk = p + (k + 1) * p_stride;
+#pragma omp simd
+    for (int64_t j = 0; j < W; ++j) dot[j] += pk[j] * G.at(xs[j]);
+  }
+  const T* p0 = p;
+  T* out0 = out;
+#pragma omp simd
+  for (int64_t j = 0; j < W; ++j) out0[j] = -p0[j] * dot[j];
+  for (int64_t k = 0; k < parts; ++k) {
+    const RowGradient<T> G(g + k * 4, y);
+    const T* pk = p + (k + 1) * p_stride;
+    T* outk = out + (k + 1) * out_stride;
+#pragma omp simd
+    for (int64_t j = 0; j < W; ++j) outk[j] = pk[j] * (G.at(xs[j]) - dot[j]);
+  }
+}
+
 }  // namespace
 
 template <typename T>
 void moments_forward(const T* z, int64_t B, int64_t channels, int64_t H, int64_t W,
                      bool from_logits, double* out, ParallelFor pf) {
   const int64_t parts = from_logits ? channels - 1 : channels;
-  const int64_t rpt = rows_per_tile(W);
-  const int64_t tiles = (H + rpt - 1) / rpt;
-  const int64_t plane = H * W;
+  const int64_t tiles = tiles_per_image(H, W);
   std::vector<double> partial(B * tiles * parts * 4, 0.0);
   pf(B * tiles, [&](int64_t begin, int64_t end) {
-    std::vector<T> e(channels * W), mx(W), weight(W, T(1)), xs(W);
-    for (int64_t j = 0; j < W; ++j) xs[j] = T(loss_coord(j, W));
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / tiles, tile = task % tiles;
-      double* acc = partial.data() + task * parts * 4;
-      for (int64_t i = tile * rpt; i < std::min(H, (tile + 1) * rpt); ++i) {
-        const T* zrow = z + b * channels * plane + i * W;
-        // Part k's row: softmax numerators times `weight` (1 / partition), or the given
-        // probabilities times 1.
-        if (from_logits) row_exp(zrow, plane, channels, W, e.data(), mx.data(), weight.data());
-        const double y = loss_coord(i, H);
-        for (int64_t k = 0; k < parts; ++k) {
-          const T* pk = from_logits ? e.data() + (k + 1) * W : zrow + k * plane;
-          const T* wk = weight.data();
-          T s0 = 0, s1 = 0, s2 = 0;
-#pragma omp simd reduction(+ : s0, s1, s2)
-          for (int64_t j = 0; j < W; ++j) {
-            const T p = pk[j] * wk[j];
-            s0 += p;
-            s1 += p * xs[j];
-            s2 += p * xs[j] * xs[j];
-          }
-          acc[k * 4 + 0] += s0;
-          acc[k * 4 + 1] += s1;
-          acc[k * 4 + 2] += y * s0;
-          acc[k * 4 + 3] += s2 + y * y * s0;
-        }
-      }
-    }
+    TileMoments<T> tile(channels, W);
+    for (int64_t task = begin; task < end; ++task)
+      tile.run(z, task / tiles, task % tiles, channels, H, W, from_logits, nullptr,
+               partial.data() + task * parts * 4);
   });
-  // The eps mass is the same for every part: add it in closed form.
-  double eps_terms[4];
-  eps_moment_terms(H, W, eps_terms);
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t k = 0; k < parts; ++k)
-      for (int m = 0; m < 4; ++m) {
-        double total = 0;
-        for (int64_t tile = 0; tile < tiles; ++tile)
-          total += partial[((b * tiles + tile) * parts + k) * 4 + m];
-        out[(b * parts + k) * 4 + m] = total + eps_terms[m];
-      }
+  sum_tiles(partial.data(), 0, B, parts, H, W, out);
 }
 
 template <typename T>
@@ -114,30 +185,91 @@ void moments_backward(const T* z, const double* grad_moments, int64_t B, int64_t
         }
         continue;
       }
-      // dz_c = p_c (G_c - sum_k p_k G_k) with G_0 = 0 for the background; p_c = e_c inv.
       row_exp(z + row, plane, channels, W, e.data(), mx.data(), inv.data());
-      std::fill(dot.begin(), dot.end(), T(0));
-      for (int64_t k = 0; k < parts; ++k) {
-        const RowGradient<T> G(g + k * 4, y);
-        const T* ek = e.data() + (k + 1) * W;
+      for (int64_t c = 0; c < channels; ++c) {
+        T* ec = e.data() + c * W;
 #pragma omp simd
-        for (int64_t j = 0; j < W; ++j) dot[j] += ek[j] * G.at(xs[j]);
+        for (int64_t j = 0; j < W; ++j) ec[j] *= inv[j];
       }
-      const T* e0 = e.data();
-#pragma omp simd
-      for (int64_t j = 0; j < W; ++j) dot[j] *= inv[j];
-      T* out0 = grad + row;
-#pragma omp simd
-      for (int64_t j = 0; j < W; ++j) out0[j] = -e0[j] * inv[j] * dot[j];
-      for (int64_t k = 0; k < parts; ++k) {
-        const RowGradient<T> G(g + k * 4, y);
-        const T* ek = e.data() + (k + 1) * W;
-        T* out = grad + row + (k + 1) * plane;
-#pragma omp simd
-        for (int64_t j = 0; j < W; ++j) out[j] = ek[j] * inv[j] * (G.at(xs[j]) - dot[j]);
-      }
+      softmax_moment_gradient_row(e.data(), W, parts, g, y, xs.data(), W, dot.data(), grad + row,
+                                  plane);
     }
   });
+}
+
+namespace {
+
+void serial_for(int64_t n, const RangeFn& body) {
+  if (n > 0) body(0, n);
+}
+
+// The fused loss's work on images [b0, b1): their moments, then (with grad) the
+// gradient coefficients and the gradient rows, each stage spread over pf.
+template <typename T>
+void concentration_images(const T* z, int64_t b0, int64_t b1, int64_t B, int64_t channels,
+                          int64_t H, int64_t W, double* moments, T* grad, ParallelFor pf) {
+  const int64_t parts = channels - 1, tiles = tiles_per_image(H, W), plane = H * W;
+  const int64_t n = b1 - b0;
+  std::vector<double> partial(n * tiles * parts * 4, 0.0);
+  pf(n * tiles, [&](int64_t begin, int64_t end) {
+    TileMoments<T> tile(channels, W);
+    for (int64_t task = begin; task < end; ++task)
+      tile.run(z, b0 + task / tiles, task % tiles, channels, H, W, true, grad,
+               partial.data() + task * parts * 4);
+  });
+  sum_tiles(partial.data(), b0, b1, parts, H, W, moments);
+  if (grad == nullptr) return;
+  // d/d(moments) of scale * (m3 / m0 - c_x^2 - c_y^2), c = (m1, m2) / m0.
+  const double scale = 1.0 / (double(B) * double(B));
+  std::vector<double> coef(n * parts * 4);
+  for (int64_t bk = 0; bk < n * parts; ++bk) {
+    const double* m = moments + (b0 * parts + bk) * 4;
+    const double cx = m[1] / m[0], cy = m[2] / m[0];
+    double* g = coef.data() + bk * 4;
+    g[0] = scale * (2.0 * (cx * cx + cy * cy) - m[3] / m[0]) / m[0];
+    g[1] = scale * -2.0 * cx / m[0];
+    g[2] = scale * -2.0 * cy / m[0];
+    g[3] = scale / m[0];
+  }
+  pf(n * H, [&](int64_t begin, int64_t end) {
+    std::vector<T> xs(W), dot(W);
+    for (int64_t j = 0; j < W; ++j) xs[j] = T(loss_coord(j, W));
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / H, i = task % H;
+      T* row = grad + (b0 + b) * channels * plane + i * W;
+      softmax_moment_gradient_row(row, plane, parts, coef.data() + b * parts * 4,
+                                  T(loss_coord(i, H)), xs.data(), W, dot.data(), row, plane);
+    }
+  });
+}
+
+}  // namespace
+
+template <typename T>
+double concentration_fused(const T* z, int64_t B, int64_t channels, int64_t H, int64_t W,
+                           double* moments, T* grad, ParallelFor pf, int64_t workers) {
+  // One image is the unit: its softmax, stored by the first pass, is still in cache when
+  // the second pass turns it into the gradient. When the images share out evenly, each
+  // thread takes whole images, so one thread's memory-bound pass overlaps another's
+  // arithmetic; otherwise the threads share each image in turn. Either way every sum is
+  // formed in the same order, so the results do not depend on the choice.
+  if (B % std::max<int64_t>(workers, 1) == 0 || B >= 4 * workers) {
+    pf(B, [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b)
+        concentration_images(z, b, b + 1, B, channels, H, W, moments, grad, serial_for);
+    });
+  } else {
+    for (int64_t b = 0; b < B; ++b)
+      concentration_images(z, b, b + 1, B, channels, H, W, moments, grad, pf);
+  }
+  const int64_t parts = channels - 1;
+  double loss = 0;
+  for (int64_t bk = 0; bk < B * parts; ++bk) {
+    const double* m = moments + bk * 4;
+    const double cx = m[1] / m[0], cy = m[2] / m[0];
+    loss += m[3] / m[0] - (cx * cx + cy * cy);
+  }
+  return loss / (double(B) * double(B));
 }
 
 template void moments_forward<float>(const float*, int64_t, int64_t, int64_t, int64_t, bool,
@@ -148,5 +280,9 @@ template void moments_backward<float>(const float*, const double*, int64_t, int6
                                       int64_t, bool, float*, ParallelFor);
 template void moments_backward<double>(const double*, const double*, int64_t, int64_t, int64_t,
                                        int64_t, bool, double*, ParallelFor);
+template double concentration_fused<float>(const float*, int64_t, int64_t, int64_t, int64_t,
+                                           double*, float*, ParallelFor, int64_t);
+template double concentration_fused<double>(const double*, int64_t, int64_t, int64_t, int64_t,
+                                            double*, double*, ParallelFor, int64_t);
 
 }  // namespace scops_fast

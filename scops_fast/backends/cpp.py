@@ -24,6 +24,8 @@ def probe():
                 equivariance=ops.equivariance,
                 semantic_dense=ops.semantic_dense,
                 semantic_lowres=ops.semantic_lowres,
+                concentration=ops.concentration,
+                concentration_devices=("cpu",),
             )
         )
     )

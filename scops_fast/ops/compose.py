@@ -6,6 +6,8 @@ carries gradients back through the kernels' registered backward rules.
 
 Primitives (each a differentiable custom op):
 - softmax_moments(x, from_logits) -> (B, K, 4) float64 sums of (P + 1e-3)(1, x, y, x^2+y^2)
+- concentration(x, with_grad) -> (loss, moments, gradient), optional: the whole
+  concentration loss in one op, where a backend has it (CPU kernels only)
 - tps_warp(x, mapping, border) -> warped x
 - equivariance(pred, pred_tps, mapping, border) -> (kl (B,), mom_tps, mom_warp, ...)
 - semantic_dense(features, pred, basis, grads) -> (loss sum, ...)
@@ -62,12 +64,18 @@ class Primitives:
     equivariance: Callable
     semantic_dense: Callable
     semantic_lowres: Callable
+    # (x, with_grad) -> (float64 loss, moments, d loss / d x); used for the devices listed.
+    concentration: Callable | None = None
+    concentration_devices: tuple = ()
 
 
 def losses_from(k: Primitives) -> dict:
     """{public op name: implementation} built on the kernel primitives `k`."""
 
     def concentration_loss(pred):
+        if k.concentration is not None and pred.device.type in k.concentration_devices:
+            x = pred.to(working_dtype(pred))
+            return k.concentration(x, needs_grad(x))[0].to(pred.dtype)
         moments = k.softmax_moments(pred.to(working_dtype(pred)), True)
         center = centers_from_moments(moments)
         # SPEC section 3: sum pdf |p - c|^2 = sum pdf (x^2 + y^2) - |c|^2.

@@ -1,0 +1,104 @@
+"""The fused concentration op of backend "cpp" (`scops_fast::concentration`): its
+gradient is formed in the forward and only scaled by the backward, and its threads
+take whole images or share each image depending on the batch. The reference
+comparisons over shapes, layouts and dtypes are in test_cpp_backend.py."""
+
+import pytest
+import torch
+from backend_checks import TOL, poisoned_allocations
+from conftest import assert_rel
+
+from scops_fast import losses
+from scops_fast.backends import cpp
+
+_unavailable = cpp.probe()
+assert _unavailable is None, f"backend cpp: {_unavailable}"
+concentration = torch.ops.scops_fast.concentration
+
+
+def assert_bitwise_equal(a, b):
+    assert a.dtype == b.dtype and a.shape == b.shape
+    assert torch.equal(a, b)
+
+
+@pytest.fixture(autouse=True)
+def poison_empty_tensors():
+    with poisoned_allocations():
+        yield
+
+
+def logits(gen, b=3, k=4, h=11, w=13, dtype=torch.float64):
+    return (3 * torch.randn(b, k + 1, h, w, generator=gen, dtype=torch.float64)).to(dtype)
+
+
+def reference_grad(x, weight=1.0):
+    x = x.detach().clone().requires_grad_(True)
+    return torch.autograd.grad(losses.concentration_loss(x, backend="reference") * weight, x)[0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_moments_and_loss_are_those_of_the_two_pass_path(dtype, gen):
+    x = logits(gen, dtype=dtype)
+    loss, moments, grad = concentration(x, True)
+    assert_bitwise_equal(moments, torch.ops.scops_fast.softmax_moments(x, True))
+    no_grad_loss, no_grad_moments, empty = concentration(x, False)
+    assert empty.numel() == 0
+    assert_bitwise_equal(no_grad_loss, loss)
+    assert_bitwise_equal(no_grad_moments, moments)
+    assert loss.dtype == torch.float64 and loss.dim() == 0
+    assert_rel(grad, reference_grad(x), TOL[dtype], "gradient for a unit upstream")
+
+
+@pytest.mark.parametrize("batch", [1, 2, 3, 5, 8, 9])
+def test_whole_images_or_shared_images_give_the_same_bits(batch, gen):
+    # With 2 or 3 threads some of these batches are split into whole images per
+    # thread and others have the threads share each image; 1 thread runs whole images.
+    x = logits(gen, b=batch, h=37, w=21, dtype=torch.float32)
+    threads = torch.get_num_threads()
+    results = {}
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            results[n] = concentration(x, True)
+    finally:
+        torch.set_num_threads(threads)
+    for n in (2, 3):
+        for a, b in zip(results[n], results[1], strict=True):
+            assert_bitwise_equal(a, b)
+
+
+@pytest.mark.parametrize("weight", [1.0, 2.5, 0.0, -1.0])
+def test_backward_scales_by_the_upstream_gradient(weight, gen):
+    x = logits(gen).requires_grad_(True)
+    got = torch.autograd.grad(losses.concentration_loss(x, backend="cpp") * weight, x)[0]
+    assert_rel(got, reference_grad(x, weight), TOL[torch.float64])
+
+
+def test_a_retained_graph_gives_the_same_gradient_twice(gen):
+    x = logits(gen).requires_grad_(True)
+    loss = losses.concentration_loss(x, backend="cpp")
+    for weight in (3.0, 1.0, 3.0):
+        got = torch.autograd.grad(loss * weight, x, retain_graph=True)[0]
+        assert_rel(got, reference_grad(x, weight), TOL[torch.float64], f"weight {weight}")
+
+
+def test_gradcheck_under_a_weight(gen):
+    x = logits(gen, b=2, k=2, h=5, w=4).requires_grad_(True)
+    assert torch.autograd.gradcheck(
+        lambda p: 0.5 * losses.concentration_loss(p, backend="cpp"), (x,)
+    )
+
+
+def test_cpu_losses_use_the_fused_op(gen):
+    x = logits(gen).requires_grad_(True)
+    assert "scops_fast_concentration" in losses.concentration_loss(x, backend="cpp").grad_fn.name()
+    with torch.no_grad():  # no gradient wanted: the op skips it
+        value = losses.concentration_loss(x, backend="cpp")
+    assert_rel(value, losses.concentration_loss(x.detach(), backend="reference"), 1e-12)
+
+
+def test_backward_without_a_forward_gradient_says_why(gen):
+    x = logits(gen).requires_grad_(True)
+    loss = concentration(x, False)[0]
+    with pytest.raises(RuntimeError, match="with_grad=False"):
+        loss.backward()
