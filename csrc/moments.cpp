@@ -109,37 +109,55 @@ void sum_tiles(const double* partial, int64_t b0, int64_t b1, int64_t parts, int
 // polynomial G(x) = g0 + g1 x + g3 x^2, in the precision S it is evaluated in.
 template <typename S>
 struct RowGradient {
-  S g0, g1, g3;
+  S g0 = 0, g1 = 0, g3 = 0;
+  RowGradient() = default;
   RowGradient(const double* g, S y)
       : g0(S(g[0]) + S(g[2]) * y + S(g[3]) * y * y), g1(S(g[1])), g3(S(g[3])) {}
   S at(S x) const { return g0 + g1 * x + g3 * x * x; }
 };
 
-// One row of dz_c = p_c (G_c - sum_k p_k G_k), G_0 = 0 for the background, from the
-// softmax p (channel c at p + c * p_stride) to out (at out + c * out_stride, which may be
-// p itself: each pixel is read whole before it is written).
+// dz_c = p_c (G_c - sum_k p_k G_k), G_0 = 0 for the background, on pixels [j0, j0 + n) of
+// one row, from the softmax p (channel c at p + c * p_stride) to out (at out + c *
+// out_stride, which may be p itself: each pixel is read whole before it is written).
+// G[k] holds part k's polynomial on this row. n <= kGradientBlock: the dot product stays in
+// registers while the parts are added into it, and the block's softmax in L1 for the
+// second loop.
+constexpr int64_t kGradientBlock = 64;
+
+template <typename T>
+[[gnu::always_inline]] inline void softmax_moment_gradient_block(
+    const T* p, int64_t p_stride, int64_t parts, const RowGradient<T>* G, const T* xs,
+    int64_t j0, int64_t n, T* out, int64_t out_stride) {
+  T dot[kGradientBlock] = {};
+  for (int64_t k = 0; k < parts; ++k) {
+    const RowGradient<T> Gk = G[k];
+    const T* pk = p + (k + 1) * p_stride + j0;
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) dot[j] += pk[j] * Gk.at(xs[j0 + j]);
+  }
+  const T* p0 = p + j0;
+  T* out0 = out + j0;
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) out0[j] = -p0[j] * dot[j];
+  for (int64_t k = 0; k < parts; ++k) {
+    const RowGradient<T> Gk = G[k];
+    const T* pk = p + (k + 1) * p_stride + j0;
+    T* outk = out + (k + 1) * out_stride + j0;
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) outk[j] = pk[j] * (Gk.at(xs[j0 + j]) - dot[j]);
+  }
+}
+
+// One row of the gradient above, part k's polynomial from g[4 k ...]; G: scratch of parts.
 template <typename T>
 void softmax_moment_gradient_row(const T* p, int64_t p_stride, int64_t parts, const double* g,
-                                 T y, const T* xs, int64_t W, T* dot, T* out,
+                                 T y, const T* xs, int64_t W, RowGradient<T>* G, T* out,
                                  int64_t out_stride) {
-  std::fill(dot, dot + W, T(0));
-  for (int64_t k = 0; k < parts; ++k) {
-    const RowGradient<T> G(g + k * 4, y);
-    const T* pk = p + (k + 1) * p_stride;
-#pragma omp simd
-    for (int64_t j = 0; j < W; ++j) dot[j] += pk[j] * G.at(xs[j]);
-  }
-  const T* p0 = p;
-  T* out0 = out;
-#pragma omp simd
-  for (int64_t j = 0; j < W; ++j) out0[j] = -p0[j] * dot[j];
-  for (int64_t k = 0; k < parts; ++k) {
-    const RowGradient<T> G(g + k * 4, y);
-    const T* pk = p + (k + 1) * p_stride;
-    T* outk = out + (k + 1) * out_stride;
-#pragma omp simd
-    for (int64_t j = 0; j < W; ++j) outk[j] = pk[j] * (G.at(xs[j]) - dot[j]);
-  }
+  for (int64_t k = 0; k < parts; ++k) G[k] = RowGradient<T>(g + k * 4, y);
+  int64_t j0 = 0;
+  for (; j0 + kGradientBlock <= W; j0 += kGradientBlock)
+    softmax_moment_gradient_block(p, p_stride, parts, G, xs, j0, kGradientBlock, out, out_stride);
+  if (j0 < W) softmax_moment_gradient_block(p, p_stride, parts, G, xs, j0, W - j0, out, out_stride);
 }
 
 }  // namespace
@@ -165,7 +183,8 @@ void moments_backward(const T* z, const double* grad_moments, int64_t B, int64_t
   const int64_t parts = from_logits ? channels - 1 : channels;
   const int64_t plane = H * W;
   pf(B * H, [&](int64_t begin, int64_t end) {
-    std::vector<T> e(channels * W), mx(W), inv(W), xs(W), dot(W);
+    std::vector<T> e(channels * W), mx(W), inv(W), xs(W);
+    std::vector<RowGradient<T>> G(parts);
     std::vector<double> xd(W);
     for (int64_t j = 0; j < W; ++j) xd[j] = loss_coord(j, W);
     for (int64_t j = 0; j < W; ++j) xs[j] = T(xd[j]);
@@ -191,7 +210,7 @@ void moments_backward(const T* z, const double* grad_moments, int64_t B, int64_t
 #pragma omp simd
         for (int64_t j = 0; j < W; ++j) ec[j] *= inv[j];
       }
-      softmax_moment_gradient_row(e.data(), W, parts, g, y, xs.data(), W, dot.data(), grad + row,
+      softmax_moment_gradient_row(e.data(), W, parts, g, y, xs.data(), W, G.data(), grad + row,
                                   plane);
     }
   });
@@ -232,13 +251,14 @@ void concentration_images(const T* z, int64_t b0, int64_t b1, int64_t B, int64_t
     g[3] = scale / m[0];
   }
   pf(n * H, [&](int64_t begin, int64_t end) {
-    std::vector<T> xs(W), dot(W);
+    std::vector<T> xs(W);
+    std::vector<RowGradient<T>> G(parts);
     for (int64_t j = 0; j < W; ++j) xs[j] = T(loss_coord(j, W));
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / H, i = task % H;
       T* row = grad + (b0 + b) * channels * plane + i * W;
       softmax_moment_gradient_row(row, plane, parts, coef.data() + b * parts * 4,
-                                  T(loss_coord(i, H)), xs.data(), W, dot.data(), row, plane);
+                                  T(loss_coord(i, H)), xs.data(), W, G.data(), row, plane);
     }
   });
 }
