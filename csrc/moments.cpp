@@ -4,6 +4,9 @@
 // Rows are grouped into fixed tiles; each tile writes its own partial sums, added in
 // tile order, so the result is the same for any number of threads.
 #include <algorithm>
+#include <cstdint>
+#include <type_traits>
+#include <memory>
 #include <vector>
 
 #include "kernels.h"
@@ -12,6 +15,8 @@ namespace scops_fast {
 namespace {
 
 constexpr int64_t kTilePixels = 4096;
+// Gradients from this size on (about this machine's L3) are written around the cache.
+constexpr int64_t kStreamBytes = int64_t(32) << 20;
 
 int64_t rows_per_tile(int64_t W) { return std::max<int64_t>(1, kTilePixels / std::max<int64_t>(W, 1)); }
 int64_t tiles_per_image(int64_t H, int64_t W) { return (H + rows_per_tile(W) - 1) / rows_per_tile(W); }
@@ -69,14 +74,14 @@ struct TileMoments {
       const double y = loss_coord(i, H);
       if (probs != nullptr) {
         const T* wk = weight.data();
-        T* p0 = probs + row;
+        T* p0 = probs + i * W;
 #pragma omp simd
         for (int64_t j = 0; j < W; ++j) p0[j] = e[j] * wk[j];
       }
       for (int64_t k = 0; k < parts; ++k) {
         const T* pk = from_logits ? e.data() + (k + 1) * W : zrow + k * plane;
         T s0 = 0, s1 = 0, s2 = 0;
-        T* out = probs != nullptr ? probs + row + (k + 1) * plane : sink.data();
+        T* out = probs != nullptr ? probs + (k + 1) * plane + i * W : sink.data();
         row_sums(pk, weight.data(), xs.data(), W, out, s0, s1, s2);
         acc[k * 4 + 0] += s0;
         acc[k * 4 + 1] += s1;
@@ -124,11 +129,36 @@ struct RowGradient {
 // second loop.
 constexpr int64_t kGradientBlock = 64;
 
+// n values from vals to dst. With `stream`, a whole 64-byte-aligned block of floats goes
+// around the cache: a gradient larger than the cache is not read again soon, and a
+// streaming store does not first read the line it overwrites. (Callers end their stores
+// with finish_streaming.)
+template <typename T>
+[[gnu::always_inline]] inline void put_block(T* dst, const T* vals, int64_t n, bool stream) {
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float>) {
+    if (stream && n == kGradientBlock && (reinterpret_cast<uintptr_t>(dst) & 63) == 0) {
+      for (int64_t j = 0; j < kGradientBlock; j += 16)
+        _mm512_stream_ps(dst + j, _mm512_loadu_ps(vals + j));
+      return;
+    }
+  }
+#endif
+  std::copy(vals, vals + n, dst);
+}
+
+inline void finish_streaming() {
+#if defined(__AVX512F__)
+  _mm_sfence();  // streaming stores are weakly ordered: publish them before the join
+#endif
+}
+
 template <typename T>
 [[gnu::always_inline]] inline void softmax_moment_gradient_block(
     const T* p, int64_t p_stride, int64_t parts, const RowGradient<T>* G, const T* xs,
-    int64_t j0, int64_t n, T* out, int64_t out_stride) {
+    int64_t j0, int64_t n, T* out, int64_t out_stride, bool stream) {
   T dot[kGradientBlock] = {};
+  alignas(64) T vals[kGradientBlock];
   for (int64_t k = 0; k < parts; ++k) {
     const RowGradient<T> Gk = G[k];
     const T* pk = p + (k + 1) * p_stride + j0;
@@ -136,15 +166,15 @@ template <typename T>
     for (int64_t j = 0; j < n; ++j) dot[j] += pk[j] * Gk.at(xs[j0 + j]);
   }
   const T* p0 = p + j0;
-  T* out0 = out + j0;
 #pragma omp simd
-  for (int64_t j = 0; j < n; ++j) out0[j] = -p0[j] * dot[j];
+  for (int64_t j = 0; j < n; ++j) vals[j] = -p0[j] * dot[j];
+  put_block(out + j0, vals, n, stream);
   for (int64_t k = 0; k < parts; ++k) {
     const RowGradient<T> Gk = G[k];
     const T* pk = p + (k + 1) * p_stride + j0;
-    T* outk = out + (k + 1) * out_stride + j0;
 #pragma omp simd
-    for (int64_t j = 0; j < n; ++j) outk[j] = pk[j] * (Gk.at(xs[j0 + j]) - dot[j]);
+    for (int64_t j = 0; j < n; ++j) vals[j] = pk[j] * (Gk.at(xs[j0 + j]) - dot[j]);
+    put_block(out + (k + 1) * out_stride + j0, vals, n, stream);
   }
 }
 
@@ -152,12 +182,14 @@ template <typename T>
 template <typename T>
 void softmax_moment_gradient_row(const T* p, int64_t p_stride, int64_t parts, const double* g,
                                  T y, const T* xs, int64_t W, RowGradient<T>* G, T* out,
-                                 int64_t out_stride) {
+                                 int64_t out_stride, bool stream) {
   for (int64_t k = 0; k < parts; ++k) G[k] = RowGradient<T>(g + k * 4, y);
   int64_t j0 = 0;
   for (; j0 + kGradientBlock <= W; j0 += kGradientBlock)
-    softmax_moment_gradient_block(p, p_stride, parts, G, xs, j0, kGradientBlock, out, out_stride);
-  if (j0 < W) softmax_moment_gradient_block(p, p_stride, parts, G, xs, j0, W - j0, out, out_stride);
+    softmax_moment_gradient_block(p, p_stride, parts, G, xs, j0, kGradientBlock, out, out_stride,
+                                  stream);
+  if (j0 < W)
+    softmax_moment_gradient_block(p, p_stride, parts, G, xs, j0, W - j0, out, out_stride, stream);
 }
 
 }  // namespace
@@ -182,6 +214,7 @@ void moments_backward(const T* z, const double* grad_moments, int64_t B, int64_t
                       int64_t H, int64_t W, bool from_logits, T* grad, ParallelFor pf) {
   const int64_t parts = from_logits ? channels - 1 : channels;
   const int64_t plane = H * W;
+  const bool stream = B * channels * plane * int64_t(sizeof(T)) >= kStreamBytes;
   pf(B * H, [&](int64_t begin, int64_t end) {
     std::vector<T> e(channels * W), mx(W), inv(W), xs(W);
     std::vector<RowGradient<T>> G(parts);
@@ -211,8 +244,9 @@ void moments_backward(const T* z, const double* grad_moments, int64_t B, int64_t
         for (int64_t j = 0; j < W; ++j) ec[j] *= inv[j];
       }
       softmax_moment_gradient_row(e.data(), W, parts, g, y, xs.data(), W, G.data(), grad + row,
-                                  plane);
+                                  plane, stream);
     }
+    finish_streaming();
   });
 }
 
@@ -222,44 +256,43 @@ void serial_for(int64_t n, const RangeFn& body) {
   if (n > 0) body(0, n);
 }
 
-// The fused loss's work on images [b0, b1): their moments, then (with grad) the
-// gradient coefficients and the gradient rows, each stage spread over pf.
+// The fused loss's work on image b: its moments, then (with grad) the gradient
+// coefficients and the gradient rows, each stage spread over pf. The image's softmax goes
+// to `scratch` when given, and the gradient is then streamed out; otherwise the softmax is
+// stored in the gradient's place and overwritten by it.
 template <typename T>
-void concentration_images(const T* z, int64_t b0, int64_t b1, int64_t B, int64_t channels,
-                          int64_t H, int64_t W, double* moments, T* grad, ParallelFor pf) {
+void concentration_image(const T* z, int64_t b, int64_t B, int64_t channels, int64_t H,
+                         int64_t W, double* moments, T* grad, T* scratch, ParallelFor pf) {
   const int64_t parts = channels - 1, tiles = tiles_per_image(H, W), plane = H * W;
-  const int64_t n = b1 - b0;
-  std::vector<double> partial(n * tiles * parts * 4, 0.0);
-  pf(n * tiles, [&](int64_t begin, int64_t end) {
+  T* out = grad == nullptr ? nullptr : grad + b * channels * plane;
+  T* probs = scratch != nullptr ? scratch : out;
+  std::vector<double> partial(tiles * parts * 4, 0.0);
+  pf(tiles, [&](int64_t begin, int64_t end) {
     TileMoments<T> tile(channels, W);
-    for (int64_t task = begin; task < end; ++task)
-      tile.run(z, b0 + task / tiles, task % tiles, channels, H, W, true, grad,
-               partial.data() + task * parts * 4);
+    for (int64_t t = begin; t < end; ++t)
+      tile.run(z, b, t, channels, H, W, true, probs, partial.data() + t * parts * 4);
   });
-  sum_tiles(partial.data(), b0, b1, parts, H, W, moments);
+  sum_tiles(partial.data(), b, b + 1, parts, H, W, moments);
   if (grad == nullptr) return;
   // d/d(moments) of scale * (m3 / m0 - c_x^2 - c_y^2), c = (m1, m2) / m0.
   const double scale = 1.0 / (double(B) * double(B));
-  std::vector<double> coef(n * parts * 4);
-  for (int64_t bk = 0; bk < n * parts; ++bk) {
-    const double* m = moments + (b0 * parts + bk) * 4;
+  std::vector<double> g(parts * 4);
+  for (int64_t k = 0; k < parts; ++k) {
+    const double* m = moments + (b * parts + k) * 4;
     const double cx = m[1] / m[0], cy = m[2] / m[0];
-    double* g = coef.data() + bk * 4;
-    g[0] = scale * (2.0 * (cx * cx + cy * cy) - m[3] / m[0]) / m[0];
-    g[1] = scale * -2.0 * cx / m[0];
-    g[2] = scale * -2.0 * cy / m[0];
-    g[3] = scale / m[0];
+    g[k * 4 + 0] = scale * (2.0 * (cx * cx + cy * cy) - m[3] / m[0]) / m[0];
+    g[k * 4 + 1] = scale * -2.0 * cx / m[0];
+    g[k * 4 + 2] = scale * -2.0 * cy / m[0];
+    g[k * 4 + 3] = scale / m[0];
   }
-  pf(n * H, [&](int64_t begin, int64_t end) {
+  pf(H, [&](int64_t begin, int64_t end) {
     std::vector<T> xs(W);
     std::vector<RowGradient<T>> G(parts);
     for (int64_t j = 0; j < W; ++j) xs[j] = T(loss_coord(j, W));
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / H, i = task % H;
-      T* row = grad + (b0 + b) * channels * plane + i * W;
-      softmax_moment_gradient_row(row, plane, parts, coef.data() + b * parts * 4,
-                                  T(loss_coord(i, H)), xs.data(), W, G.data(), row, plane);
-    }
+    for (int64_t i = begin; i < end; ++i)
+      softmax_moment_gradient_row(probs + i * W, plane, parts, g.data(), T(loss_coord(i, H)),
+                                  xs.data(), W, G.data(), out + i * W, plane, scratch != nullptr);
+    finish_streaming();
   });
 }
 
@@ -268,19 +301,31 @@ void concentration_images(const T* z, int64_t b0, int64_t b1, int64_t B, int64_t
 template <typename T>
 double concentration_fused(const T* z, int64_t B, int64_t channels, int64_t H, int64_t W,
                            double* moments, T* grad, ParallelFor pf, int64_t workers) {
-  // One image is the unit: its softmax, stored by the first pass, is still in cache when
-  // the second pass turns it into the gradient. When the images share out evenly, each
-  // thread takes whole images, so one thread's memory-bound pass overlaps another's
-  // arithmetic; otherwise the threads share each image in turn. Either way every sum is
-  // formed in the same order, so the results do not depend on the choice.
-  if (B % std::max<int64_t>(workers, 1) == 0 || B >= 4 * workers) {
-    pf(B, [&](int64_t begin, int64_t end) {
-      for (int64_t b = begin; b < end; ++b)
-        concentration_images(z, b, b + 1, B, channels, H, W, moments, grad, serial_for);
+  // One image is the unit: its softmax, stored by the first pass, is read back from cache
+  // by the second pass, which writes the gradient. A gradient larger than the cache goes
+  // around it (streaming stores: no read of the lines it overwrites), with each image's
+  // softmax in a scratch image instead; a smaller one overwrites the softmax in place.
+  // When the images share out evenly, each worker takes whole images, so one thread's
+  // memory-bound pass overlaps another's arithmetic; otherwise the threads share each
+  // image in turn. Either way every sum is formed in the same order, so the results do
+  // not depend on the choice.
+  workers = std::max<int64_t>(workers, 1);
+  const bool whole_images = B % workers == 0 || B >= 4 * workers;
+  const int64_t image = channels * H * W;
+  const bool stream = grad != nullptr && B * image * int64_t(sizeof(T)) >= kStreamBytes;
+  const int64_t slots = !stream ? 0 : whole_images ? std::min(B, workers) : 1;
+  std::unique_ptr<T[]> scratch(slots > 0 ? new T[slots * image] : nullptr);
+  if (whole_images) {
+    const int64_t used = std::min(B, workers);
+    pf(used, [&](int64_t begin, int64_t end) {
+      for (int64_t w = begin; w < end; ++w)
+        for (int64_t b = B * w / used; b < B * (w + 1) / used; ++b)
+          concentration_image(z, b, B, channels, H, W, moments, grad,
+                              slots > 0 ? scratch.get() + w * image : nullptr, serial_for);
     });
   } else {
     for (int64_t b = 0; b < B; ++b)
-      concentration_images(z, b, b + 1, B, channels, H, W, moments, grad, pf);
+      concentration_image(z, b, B, channels, H, W, moments, grad, scratch.get(), pf);
   }
   const int64_t parts = channels - 1;
   double loss = 0;

@@ -102,3 +102,30 @@ def test_backward_without_a_forward_gradient_says_why(gen):
     loss = concentration(x, False)[0]
     with pytest.raises(RuntimeError, match="with_grad=False"):
         loss.backward()
+
+
+@pytest.mark.parametrize(
+    "shape, dtype",
+    [
+        # Odd rows: most start off a 64-byte boundary, where streaming stores fall back.
+        ((3, 8, 560, 557), torch.float32),
+        ((2, 8, 490, 480), torch.float64),
+    ],
+)
+def test_gradients_beyond_the_cache_are_streamed_correctly(shape, dtype, gen):
+    # From 32 MiB the softmax goes to a scratch image and the gradient around the cache;
+    # with 2 threads a batch of 3 has the threads share each image, with 1 whole images.
+    b, k, h, w = shape
+    x = logits(gen, b, k, h, w, dtype)
+    assert x.nbytes >= 32 << 20
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        shared = concentration(x, True)
+        torch.set_num_threads(1)
+        whole = concentration(x, True)
+    finally:
+        torch.set_num_threads(threads)
+    for a, e in zip(shared, whole, strict=True):
+        assert_bitwise_equal(a, e)
+    assert_rel(shared[2], reference_grad(x), TOL[dtype], "streamed gradient")
