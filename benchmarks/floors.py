@@ -17,8 +17,10 @@ def floors(B=6, K=8, H=256, W=256, C=1024, h=16, w=16, itemsize=4):
     logits = N * K1 * itemsize
     softmax = N * K1 * 4  # max, subtract, exp, normalise per element
     return {
-        # Forward reads the logits; the backward reads them again and writes the gradient.
-        "concentration_loss": (3 * logits, 2 * softmax + 2 * N * K * 8),
+        # One pass reads the logits and writes the gradient (the fused op forms it in the
+        # forward; the backward only scales it). Per pixel and part: the 3 moment sums, and
+        # the part's polynomial, its share of the dot product and its gradient.
+        "concentration_loss": (2 * logits, softmax + 2 * N * K * 8),
         # Same passes over (B, K, H, W) probabilities, without the softmax.
         "batch_get_centers": (3 * N * K * itemsize, 2 * N * K * 8),
         # Per pass: the spline position (25 radial terms: 2 subtractions, 3 mul-adds and a
