@@ -100,19 +100,43 @@ void* new_block(size_t bytes) {
   return block;
 }
 
-at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& opts) {
-  const size_t nbytes = c10::multiply_integers(sizes) * c10::elementSize(
-      c10::typeMetaToScalarType(opts.dtype()));
+bool huge_pages_enabled() {
   static const bool enabled = [] {
     const char* env = std::getenv("SCOPS_FAST_HUGE_PAGES");
     return env == nullptr || std::string(env) != "0";
   }();
-  if (!enabled || !opts.device().is_cpu() || nbytes < kFreshMmapBytes) return at::empty(sizes, opts);
+  return enabled;
+}
+
+// A tensor on a block from the cache, or undefined if none can be had.
+at::Tensor cached_block(at::IntArrayRef sizes, const at::TensorOptions& opts) {
+  const size_t nbytes = c10::multiply_integers(sizes) * c10::elementSize(
+      c10::typeMetaToScalarType(opts.dtype()));
   const size_t bytes = (nbytes + kHugePage - 1) / kHugePage * kHugePage;
   void* block = new_block(bytes);
-  if (block == nullptr) return at::empty(sizes, opts);
-  auto out = at::from_blob(
+  if (block == nullptr) return at::Tensor();
+  return at::from_blob(
       block, sizes, [bytes](void* p) { block_cache().give(p, bytes); }, opts);
+}
+
+// Kernel scratch, used within one call and freed at its end: from the block cache at any
+// size, since a fresh allocation would fault its pages in on every call.
+at::Tensor scratch_buffer(int64_t elems, const at::TensorOptions& opts) {
+  if (elems == 0) return at::Tensor();
+  if (huge_pages_enabled()) {
+    auto block = cached_block({elems}, opts);
+    if (block.defined()) return block;
+  }
+  return at::empty({elems}, opts);
+}
+
+at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& opts) {
+  const size_t nbytes = c10::multiply_integers(sizes) * c10::elementSize(
+      c10::typeMetaToScalarType(opts.dtype()));
+  if (!huge_pages_enabled() || !opts.device().is_cpu() || nbytes < kFreshMmapBytes)
+    return at::empty(sizes, opts);
+  auto out = cached_block(sizes, opts);
+  if (!out.defined()) return at::empty(sizes, opts);
   if (at::globalContext().deterministicAlgorithms() &&
       at::globalContext().deterministicFillUninitializedMemory())
     out.fill_(std::numeric_limits<double>::quiet_NaN());
@@ -180,12 +204,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> concentration_op(const at::Tensor
   const int64_t B = x.size(0), channels = x.size(1), H = x.size(2), W = x.size(3);
   auto moments = at::empty({B, channels - 1, 4}, x.options().dtype(at::kDouble));
   auto grad = with_grad ? empty_output_like(x) : at::empty({0}, x.options());
+  const int64_t workers = at::get_num_threads();
+  const auto scratch = scratch_buffer(
+      concentration_scratch_elems(B, channels, H, W, x.element_size(), workers, with_grad),
+      x.options());
   double loss = 0;
   SF_DISPATCH(x.scalar_type(), [&] {
-    loss = concentration_fused<scalar_t>(x.data_ptr<scalar_t>(), B, channels, H, W,
-                                         moments.data_ptr<double>(),
-                                         with_grad ? grad.data_ptr<scalar_t>() : nullptr,
-                                         aten_parallel, at::get_num_threads());
+    loss = concentration_fused<scalar_t>(
+        x.data_ptr<scalar_t>(), B, channels, H, W, moments.data_ptr<double>(),
+        with_grad ? grad.data_ptr<scalar_t>() : nullptr,
+        scratch.defined() ? scratch.data_ptr<scalar_t>() : nullptr, aten_parallel, workers);
   });
   return {at::scalar_tensor(loss, x.options().dtype(at::kDouble)), moments, grad};
 }

@@ -119,10 +119,14 @@ void moments_backward(const T* z, const double* grad_moments, int64_t B, int64_t
 // The concentration loss (SPEC section 3) of logits z, returned, with the moments it comes
 // from in `moments` (B, K, 4) and, unless grad is null, its gradient w.r.t. z: the softmax
 // is computed once for both, an image at a time so that the second pass over it hits the
-// cache. `workers`: the number of threads pf runs on.
+// cache. `workers`: the number of threads pf runs on. scratch: concentration_scratch_elems
+// elements (may be null when that is 0).
 template <typename T>
 double concentration_fused(const T* z, int64_t B, int64_t channels, int64_t H, int64_t W,
-                           double* moments, T* grad, ParallelFor pf, int64_t workers);
+                           double* moments, T* grad, T* scratch, ParallelFor pf,
+                           int64_t workers);
+int64_t concentration_scratch_elems(int64_t B, int64_t channels, int64_t H, int64_t W,
+                                    int64_t itemsize, int64_t workers, bool with_grad);
 
 // Bilinear corners of every pixel of one output row, structure-of-arrays so the
 // per-channel sampling loops vectorise: offset -1 marks a corner outside the image

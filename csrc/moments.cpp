@@ -3,10 +3,12 @@
 //   sum pdf |p - c|^2 = sum pdf (x^2 + y^2) - |c|^2.
 // Rows are grouped into fixed tiles; each tile writes its own partial sums, added in
 // tile order, so the result is the same for any number of threads.
+// The concentration loss's own op (concentration_fused) also stores each image's softmax
+// in that pass and, once the image's moments are known, turns it into the loss's gradient
+// in a second pass over the image, while it is still in cache.
 #include <algorithm>
 #include <cstdint>
 #include <type_traits>
-#include <memory>
 #include <vector>
 
 #include "kernels.h"
@@ -52,8 +54,8 @@ inline void row_sums(const T* pk, const T* wk, const T* xs, int64_t W, T* out, T
 
 // Partial moments of one tile of rows of image b, added into acc (parts x 4). With
 // `probs`, the tile's channel softmax (every channel, background included) is also
-// stored there, laid out like z: the fused concentration loss reads it back while it is
-// still in cache instead of computing the exponentials again.
+// stored there, laid out like one image of z: the fused concentration loss reads it back
+// while it is still in cache instead of computing the exponentials again.
 template <typename T>
 struct TileMoments {
   std::vector<T> e, mx, weight, xs, sink;
@@ -296,36 +298,51 @@ void concentration_image(const T* z, int64_t b, int64_t B, int64_t channels, int
   });
 }
 
+// How concentration_fused splits its work. One image is the unit: its softmax, stored
+// by the first pass, is read back from cache by the second pass, which writes the
+// gradient. A gradient larger than the cache goes around it (streaming stores: no read of
+// the lines it overwrites), with each image's softmax in a scratch image instead; a
+// smaller one overwrites the softmax in place. When the images share out evenly, each
+// worker takes whole images, so one thread's memory-bound pass overlaps another's
+// arithmetic; otherwise the threads share each image in turn. Either way every sum is
+// formed in the same order, so the results do not depend on the plan.
+struct FusedPlan {
+  bool whole_images, stream;
+  int64_t workers, image, slots;
+  FusedPlan(int64_t B, int64_t channels, int64_t H, int64_t W, int64_t itemsize,
+            int64_t workers_, bool with_grad)
+      : workers(std::max<int64_t>(workers_, 1)), image(channels * H * W) {
+    whole_images = B % workers == 0 || B >= 4 * workers;
+    stream = with_grad && B * image * itemsize >= kStreamBytes;
+    slots = !stream ? 0 : whole_images ? std::min(B, workers) : 1;
+  }
+};
+
 }  // namespace
+
+int64_t concentration_scratch_elems(int64_t B, int64_t channels, int64_t H, int64_t W,
+                                    int64_t itemsize, int64_t workers, bool with_grad) {
+  const FusedPlan plan(B, channels, H, W, itemsize, workers, with_grad);
+  return plan.slots * plan.image;
+}
 
 template <typename T>
 double concentration_fused(const T* z, int64_t B, int64_t channels, int64_t H, int64_t W,
-                           double* moments, T* grad, ParallelFor pf, int64_t workers) {
-  // One image is the unit: its softmax, stored by the first pass, is read back from cache
-  // by the second pass, which writes the gradient. A gradient larger than the cache goes
-  // around it (streaming stores: no read of the lines it overwrites), with each image's
-  // softmax in a scratch image instead; a smaller one overwrites the softmax in place.
-  // When the images share out evenly, each worker takes whole images, so one thread's
-  // memory-bound pass overlaps another's arithmetic; otherwise the threads share each
-  // image in turn. Either way every sum is formed in the same order, so the results do
-  // not depend on the choice.
-  workers = std::max<int64_t>(workers, 1);
-  const bool whole_images = B % workers == 0 || B >= 4 * workers;
-  const int64_t image = channels * H * W;
-  const bool stream = grad != nullptr && B * image * int64_t(sizeof(T)) >= kStreamBytes;
-  const int64_t slots = !stream ? 0 : whole_images ? std::min(B, workers) : 1;
-  std::unique_ptr<T[]> scratch(slots > 0 ? new T[slots * image] : nullptr);
-  if (whole_images) {
-    const int64_t used = std::min(B, workers);
+                           double* moments, T* grad, T* scratch, ParallelFor pf,
+                           int64_t workers) {
+  const FusedPlan plan(B, channels, H, W, sizeof(T), workers, grad != nullptr);
+  if (plan.whole_images) {
+    const int64_t used = std::min(B, plan.workers);
     pf(used, [&](int64_t begin, int64_t end) {
       for (int64_t w = begin; w < end; ++w)
         for (int64_t b = B * w / used; b < B * (w + 1) / used; ++b)
           concentration_image(z, b, B, channels, H, W, moments, grad,
-                              slots > 0 ? scratch.get() + w * image : nullptr, serial_for);
+                              plan.slots > 0 ? scratch + w * plan.image : nullptr, serial_for);
     });
   } else {
     for (int64_t b = 0; b < B; ++b)
-      concentration_image(z, b, B, channels, H, W, moments, grad, scratch.get(), pf);
+      concentration_image(z, b, B, channels, H, W, moments, grad,
+                          plan.slots > 0 ? scratch : nullptr, pf);
   }
   const int64_t parts = channels - 1;
   double loss = 0;
@@ -346,8 +363,8 @@ template void moments_backward<float>(const float*, const double*, int64_t, int6
 template void moments_backward<double>(const double*, const double*, int64_t, int64_t, int64_t,
                                        int64_t, bool, double*, ParallelFor);
 template double concentration_fused<float>(const float*, int64_t, int64_t, int64_t, int64_t,
-                                           double*, float*, ParallelFor, int64_t);
+                                           double*, float*, float*, ParallelFor, int64_t);
 template double concentration_fused<double>(const double*, int64_t, int64_t, int64_t, int64_t,
-                                            double*, double*, ParallelFor, int64_t);
+                                            double*, double*, double*, ParallelFor, int64_t);
 
 }  // namespace scops_fast
