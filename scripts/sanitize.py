@@ -31,6 +31,7 @@ BUILD = ROOT / "build" / "sanitize"
 LIBRARY = BUILD / "libscops_fast_sanitize.so"
 DEFAULT_TESTS = [
     "tests/test_cpp_backend.py",
+    "tests/test_cpp_concentration.py",
     "tests/test_robust_validation.py",
     "tests/test_robust_numerics.py",
     "tests/test_robust_properties.py",
