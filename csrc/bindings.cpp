@@ -218,14 +218,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> concentration_op(const at::Tensor
   return {at::scalar_tensor(loss, x.options().dtype(at::kDouble)), moments, grad};
 }
 
-// grad * scale into an output from empty_output: the concentration loss's backward, where
-// a plain multiply would fault in a fresh logits-sized block on every step.
-at::Tensor scaled_op(const at::Tensor& grad, const at::Tensor& scale) {
-  auto out = empty_output(grad.sizes(), grad.options());
-  at::mul_out(out, grad, scale.to(grad.scalar_type()));
-  return out;
-}
-
 at::Tensor tps_warp_op(const at::Tensor& x_, const at::Tensor& mapping, bool border) {
   const auto x = x_.contiguous();
   const auto m = f64(mapping);
@@ -359,7 +351,6 @@ TORCH_LIBRARY(scops_fast, m) {
   m.def("softmax_moments(Tensor x, bool from_logits) -> Tensor");
   m.def("softmax_moments_backward(Tensor x, Tensor grad_moments, bool from_logits) -> Tensor");
   m.def("concentration(Tensor x, bool with_grad) -> (Tensor, Tensor, Tensor)");
-  m.def("scaled(Tensor grad, Tensor scale) -> Tensor");
   m.def("tps_warp(Tensor x, Tensor mapping, bool border) -> Tensor");
   m.def("tps_warp_backward(Tensor grad_out, Tensor mapping, bool border) -> Tensor");
   m.def(
@@ -380,7 +371,6 @@ TORCH_LIBRARY_IMPL(scops_fast, CPU, m) {
   m.impl("softmax_moments", &softmax_moments_op);
   m.impl("softmax_moments_backward", &softmax_moments_backward_op);
   m.impl("concentration", &concentration_op);
-  m.impl("scaled", &scaled_op);
   m.impl("tps_warp", &tps_warp_op);
   m.impl("tps_warp_backward", &tps_warp_backward_op);
   m.impl("equivariance", &equivariance_op);

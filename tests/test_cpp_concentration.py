@@ -97,11 +97,22 @@ def test_cpu_losses_use_the_fused_op(gen):
     assert_rel(value, losses.concentration_loss(x.detach(), backend="reference"), 1e-12)
 
 
-def test_backward_without_a_forward_gradient_says_why(gen):
+def test_backward_after_a_forward_without_gradient_forms_it(gen):
     x = logits(gen).requires_grad_(True)
     loss = concentration(x, False)[0]
-    with pytest.raises(RuntimeError, match="with_grad=False"):
-        loss.backward()
+    assert_rel(torch.autograd.grad(loss * 2, x)[0], reference_grad(x, 2.0), TOL[torch.float64])
+
+
+def test_a_returned_gradient_is_the_callers_alone(gen):
+    # The first backward hands over the kernel's buffer; changing it in place must not
+    # change what a retained graph's next backward returns.
+    x = logits(gen).requires_grad_(True)
+    loss = losses.concentration_loss(x, backend="cpp")
+    first = torch.autograd.grad(loss, x, retain_graph=True)[0]
+    first.mul_(7.0)
+    again = torch.autograd.grad(loss, x, retain_graph=True)[0]
+    assert_rel(again, reference_grad(x), TOL[torch.float64])
+    assert again.data_ptr() != first.data_ptr()
 
 
 @pytest.mark.parametrize(

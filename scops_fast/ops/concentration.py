@@ -36,11 +36,6 @@ def _backward(ctx, grad):
 torch.library.register_autograd("scops_fast::softmax_moments", _backward, setup_context=_setup)
 
 
-@torch.library.register_fake("scops_fast::scaled")
-def _(grad, scale):
-    return torch.empty_like(grad)
-
-
 @torch.library.register_fake("scops_fast::concentration")
 def _(x, with_grad):
     moments = x.new_empty((x.shape[0], x.shape[1] - 1, 4), dtype=torch.float64)
@@ -53,28 +48,39 @@ def _(x, with_grad):
 
 
 def _setup_loss(ctx, inputs, output):
-    ctx.save_for_backward(output[2])
     ctx.mark_non_differentiable(output[1], output[2])
     # Otherwise autograd fills a zero gradient for the unused outputs, one of them as
     # large as the logits.
     ctx.set_materialize_grads(False)
+    ctx.compiled = torch.compiler.is_compiling()
+    if ctx.compiled:
+        ctx.save_for_backward(output[2])
+    else:
+        # The gradient is handed to the first backward, which scales it in place and
+        # returns it: no copy, and nothing else holds it then. A retained graph's later
+        # backwards form it again from the logits.
+        ctx.save_for_backward(inputs[0])
+        ctx.grad = output[2]
 
 
 def _loss_backward(ctx, grad_loss, _grad_moments, _grad_grad):
     if grad_loss is None:  # gradients are not materialised: no gradient reached the loss
         return None, None
-    (grad,) = ctx.saved_tensors
-    if grad.numel() == 0:
-        raise RuntimeError(
-            "scops_fast::concentration ran with with_grad=False, so it has no gradient to give"
-        )
-    if torch.compiler.is_compiling():
+    if ctx.compiled:
+        (grad,) = ctx.saved_tensors
+        if grad.numel() == 0:
+            raise RuntimeError(
+                "scops_fast::concentration ran with with_grad=False, so it has no gradient"
+            )
         return grad * grad_loss, None
-    # A loss backpropagated on its own gets exactly 1: the kernel's gradient is then the
-    # answer, and scaling it would be one more pass over the whole map.
-    if grad_loss.item() == 1.0:
-        return grad, None
-    return torch.ops.scops_fast.scaled(grad, grad_loss), None
+    grad, ctx.grad = ctx.grad, None
+    if grad is None or grad.numel() == 0:  # handed over already, or never formed
+        (x,) = ctx.saved_tensors
+        grad = torch.ops.scops_fast.concentration(x, True)[2]
+    # A loss backpropagated on its own gets exactly 1: the gradient is then the answer.
+    if grad_loss.item() != 1.0:
+        grad.mul_(grad_loss)
+    return grad, None
 
 
 torch.library.register_autograd(
