@@ -50,15 +50,23 @@ SF_HD int32_t float_to_bits(float f) {
 // about 1 ulp in float32. NaN propagates; below -87.3 (where float32 goes subnormal) it
 // returns exactly 0, as exp(-inf) must: a softmax entry of a -inf logit is then 0, so
 // the KL term's "q > 0" mask drops it instead of multiplying -inf by a tiny q.
+// Its constants are shared with the AVX-512 softmax exponential (kernels.h), which gives
+// the same bits.
+constexpr float kExpLowest = -87.3f;
+constexpr float kExpHighest = 88.0f;
+// Round to nearest by adding and subtracting 1.5 * 2^23: floorf would block vectorisation.
+constexpr float kExpShifter = 12582912.0f;
+constexpr float kExpLog2e = 1.44269504088896341f;
+constexpr float kExpLn2Hi = 0.693145751953125f;  // ln 2 = hi + lo, hi exact in few bits
+constexpr float kExpLn2Lo = 1.428606765330187e-06f;
+
 SF_HD float vexp(float x) {
-  const float lo = -87.3f, hi = 88.0f;
+  const float lo = kExpLowest, hi = kExpHighest;
   float c = x < lo ? lo : x;
   c = c > hi ? hi : c;
-  // Round to nearest by the 1.5 * 2^23 shifter: floorf would block vectorisation.
-  const float shifter = 12582912.0f;
-  float k = (c * 1.44269504088896341f + shifter) - shifter;
-  float r = c - k * 0.693145751953125f;
-  r = r - k * 1.428606765330187e-06f;
+  float k = (c * kExpLog2e + kExpShifter) - kExpShifter;
+  float r = c - k * kExpLn2Hi;
+  r = r - k * kExpLn2Lo;
   float p = 1.0f / 720.0f;
   p = p * r + 1.0f / 120.0f;
   p = p * r + 1.0f / 24.0f;

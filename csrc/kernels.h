@@ -18,11 +18,11 @@ namespace scops_fast {
 // upper clamp, which leaves about half the instructions GCC makes of vexp. (Where the
 // argument is below -87.3, masked to exactly 0 as vexp does; NaN propagates.)
 inline __m512 softmax_exp16(__m512 d) {
-  const __m512 shifter = _mm512_set1_ps(12582912.0f);
+  const __m512 shifter = _mm512_set1_ps(kExpShifter);
   const __m512 k =
-      _mm512_sub_ps(_mm512_fmadd_ps(d, _mm512_set1_ps(1.44269504088896341f), shifter), shifter);
-  __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693145751953125f), d);
-  r = _mm512_fnmadd_ps(k, _mm512_set1_ps(1.428606765330187e-06f), r);
+      _mm512_sub_ps(_mm512_fmadd_ps(d, _mm512_set1_ps(kExpLog2e), shifter), shifter);
+  __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(kExpLn2Hi), d);
+  r = _mm512_fnmadd_ps(k, _mm512_set1_ps(kExpLn2Lo), r);
   __m512 p = _mm512_set1_ps(1.0f / 720.0f);
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
@@ -30,7 +30,7 @@ inline __m512 softmax_exp16(__m512 d) {
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  const __mmask16 keep = _mm512_cmp_ps_mask(d, _mm512_set1_ps(-87.3f), _CMP_NLT_UQ);
+  const __mmask16 keep = _mm512_cmp_ps_mask(d, _mm512_set1_ps(kExpLowest), _CMP_NLT_UQ);
   return _mm512_maskz_scalef_ps(keep, p, k);
 }
 #endif

@@ -239,12 +239,8 @@ void moments_backward(const T* z, const double* grad_moments, int64_t B, int64_t
         }
         continue;
       }
-      row_exp(z + row, plane, channels, W, e.data(), mx.data(), inv.data());
-      for (int64_t c = 0; c < channels; ++c) {
-        T* ec = e.data() + c * W;
-#pragma omp simd
-        for (int64_t j = 0; j < W; ++j) ec[j] *= inv[j];
-      }
+      row_softmax(z + row, plane, channels, W, e.data(), static_cast<T*>(nullptr), mx.data(),
+                  inv.data());
       softmax_moment_gradient_row(e.data(), W, parts, g, y, xs.data(), W, G.data(), grad + row,
                                   plane, stream);
     }

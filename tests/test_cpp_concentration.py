@@ -16,7 +16,7 @@ assert _unavailable is None, f"backend cpp: {_unavailable}"
 concentration = torch.ops.scops_fast.concentration
 
 
-def assert_bitwise_equal(a, b):
+def assert_same_bits(a, b):
     assert a.dtype == b.dtype and a.shape == b.shape
     assert torch.equal(a, b)
 
@@ -40,11 +40,11 @@ def reference_grad(x, weight=1.0):
 def test_moments_and_loss_are_those_of_the_two_pass_path(dtype, gen):
     x = logits(gen, dtype=dtype)
     loss, moments, grad = concentration(x, True)
-    assert_bitwise_equal(moments, torch.ops.scops_fast.softmax_moments(x, True))
+    assert_same_bits(moments, torch.ops.scops_fast.softmax_moments(x, True))
     no_grad_loss, no_grad_moments, empty = concentration(x, False)
     assert empty.numel() == 0
-    assert_bitwise_equal(no_grad_loss, loss)
-    assert_bitwise_equal(no_grad_moments, moments)
+    assert_same_bits(no_grad_loss, loss)
+    assert_same_bits(no_grad_moments, moments)
     assert loss.dtype == torch.float64 and loss.dim() == 0
     assert_rel(grad, reference_grad(x), TOL[dtype], "gradient for a unit upstream")
 
@@ -64,7 +64,7 @@ def test_whole_images_or_shared_images_give_the_same_bits(batch, gen):
         torch.set_num_threads(threads)
     for n in (2, 3):
         for a, b in zip(results[n], results[1], strict=True):
-            assert_bitwise_equal(a, b)
+            assert_same_bits(a, b)
 
 
 @pytest.mark.parametrize("weight", [1.0, 2.5, 0.0, -1.0])
@@ -138,5 +138,5 @@ def test_gradients_beyond_the_cache_are_streamed_correctly(shape, dtype, gen):
     finally:
         torch.set_num_threads(threads)
     for a, e in zip(shared, whole, strict=True):
-        assert_bitwise_equal(a, e)
+        assert_same_bits(a, e)
     assert_rel(shared[2], reference_grad(x), TOL[dtype], "streamed gradient")

@@ -73,10 +73,10 @@ def losses_from(k: Primitives) -> dict:
     """{public op name: implementation} built on the kernel primitives `k`."""
 
     def concentration_loss(pred):
+        x = pred.to(working_dtype(pred))
         if k.concentration is not None and pred.device.type in k.concentration_devices:
-            x = pred.to(working_dtype(pred))
             return k.concentration(x, needs_grad(x))[0].to(pred.dtype)
-        moments = k.softmax_moments(pred.to(working_dtype(pred)), True)
+        moments = k.softmax_moments(x, True)
         center = centers_from_moments(moments)
         # SPEC section 3: sum pdf |p - c|^2 = sum pdf (x^2 + y^2) - |c|^2.
         spread = moments[..., 3] / moments[..., 0] - (center * center).sum(-1)
