@@ -70,6 +70,53 @@ def _check_scale_range(random_scale) -> tuple[float, float]:
     return low, high
 
 
+def source_points_from_draws(
+    mode: str,
+    perturbation: torch.Tensor,
+    angle: torch.Tensor,
+    scale: torch.Tensor,
+    *,
+    shift: torch.Tensor | None = None,
+    tilt: torch.Tensor | None = None,
+    mirror: bool = False,
+) -> torch.Tensor:
+    """RandTPS's source points (B, 25, 2) from its random draws (SPEC section 6), in the
+    draws' dtype: `perturbation` (B, 25, 2) added to the target grid, in-plane `angle`
+    (B,) in radians, `scale` (B,) the inverted random scale, and `shift` (B, 2) in affine
+    mode or `tilt` (B, 2) (radians about x, then y) in projective mode; `mirror` negates
+    every x after the transform. Split from the drawing so that draws recorded elsewhere
+    (the original's, say) give the same points."""
+    if mode not in MODES:
+        raise ValueError(f"mode: expected one of {list(MODES)}, got {mode!r}")
+    b = perturbation.shape[0]
+    points = _ref.target_points(dtype=perturbation.dtype).expand(b, -1, -1) + perturbation
+    homogeneous = torch.cat((points, torch.ones_like(points[..., :1])), -1)
+    if mode == "affine":
+        if shift is None:
+            raise ValueError("shift: required in affine mode")
+        cos, sin = scale * torch.cos(angle), scale * torch.sin(angle)
+        affine = torch.stack(
+            (
+                torch.stack((cos, -sin, shift[:, 0]), -1),
+                torch.stack((sin, cos, shift[:, 1]), -1),
+            ),
+            dim=1,
+        )  # (B, 2, 3)
+        points = homogeneous @ affine.transpose(1, 2)
+    else:
+        if tilt is None:
+            raise ValueError("tilt: required in projective mode")
+        rz = _rotation(2, angle)
+        rz[:, :2, :2] *= scale[:, None, None]  # the scale multiplies the in-plane rotation
+        # Column vectors: p' = Rx Ry Rz_s p (the z rotation acts first).
+        matrix = _rotation(0, tilt[:, 0]) @ _rotation(1, tilt[:, 1]) @ rz
+        projected = homogeneous @ matrix.transpose(1, 2)
+        points = projected[..., :2] / projected[..., 2:]
+    if mirror:
+        points = points * torch.tensor([-1.0, 1.0], dtype=points.dtype)
+    return points
+
+
 class RandTPS(torch.nn.Module):
     """Random thin-plate-spline warp of a batch, as used for the equivariance losses.
 
@@ -131,33 +178,20 @@ class RandTPS(torch.nn.Module):
     def reset_control_points(self) -> None:
         """Draw new source control points (SPEC section 6)."""
         g, b = self.generator, self.batch_size
-        points = _ref.target_points().expand(b, -1, -1)
-        points = points + _uniform(g, -self.sigma, self.sigma, b, _ref.N_CONTROL, 2)
-        homogeneous = torch.cat((points, torch.ones(b, _ref.N_CONTROL, 1, dtype=points.dtype)), -1)
+        perturbation = _uniform(g, -self.sigma, self.sigma, b, _ref.N_CONTROL, 2)
         deg = math.pi / 180.0
         angle = _uniform(g, -MAX_ANGLE_DEG * deg, MAX_ANGLE_DEG * deg, b)
         scale = self._draw_scale()
         if self.mode == "affine":
-            shift = _uniform(g, -MAX_TRANSLATION, MAX_TRANSLATION, b, 2)
-            cos, sin = scale * torch.cos(angle), scale * torch.sin(angle)
-            affine = torch.stack(
-                (
-                    torch.stack((cos, -sin, shift[:, 0]), -1),
-                    torch.stack((sin, cos, shift[:, 1]), -1),
-                ),
-                dim=1,
-            )  # (B, 2, 3)
-            points = homogeneous @ affine.transpose(1, 2)
+            shift, tilt = _uniform(g, -MAX_TRANSLATION, MAX_TRANSLATION, b, 2), None
         else:
             tilt_x = _uniform(g, -MAX_TILT_DEG * deg, MAX_TILT_DEG * deg, b)
             tilt_y = _uniform(g, -MAX_TILT_DEG * deg, MAX_TILT_DEG * deg, b)
-            rz = _rotation(2, angle)
-            rz[:, :2, :2] *= scale[:, None, None]  # the scale multiplies the in-plane rotation
-            matrix = rz @ _rotation(1, tilt_y) @ _rotation(0, tilt_x)
-            projected = homogeneous @ matrix.transpose(1, 2)
-            points = projected[..., :2] / projected[..., 2:]
-        if self.random_mirror and bool(torch.rand(1, generator=g) < 0.5):
-            points = points * torch.tensor([-1.0, 1.0], dtype=points.dtype)
+            shift, tilt = None, torch.stack((tilt_x, tilt_y), -1)
+        mirror = self.random_mirror and bool(torch.rand(1, generator=g) < 0.5)
+        points = source_points_from_draws(
+            self.mode, perturbation, angle, scale, shift=shift, tilt=tilt, mirror=mirror
+        )
         self.source_control_points.copy_(points.to(self.source_control_points.dtype))
         self._grid = None
 
@@ -178,4 +212,11 @@ class RandTPS(torch.nn.Module):
         return tps_warp(x, self.source_control_points.to(x.device), padding_mode=padding_mode)
 
 
-__all__ = ["MODES", "TARGET_POINTS", "RandTPS", "tps_grid", "tps_warp"]
+__all__ = [
+    "MODES",
+    "TARGET_POINTS",
+    "RandTPS",
+    "source_points_from_draws",
+    "tps_grid",
+    "tps_warp",
+]

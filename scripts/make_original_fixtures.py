@@ -1,0 +1,347 @@
+"""Regenerate tests/fixtures/original/ by running the ORIGINAL SCOPS code on fixed inputs.
+
+    python scripts/make_original_fixtures.py --original PATH/TO/SCOPS --tps PATH/TO/tps_stn_pytorch
+        [--out tests/fixtures/original] [--only tps,model,...]
+
+PATH/TO/SCOPS is a checkout of NVlabs/SCOPS (commit 05da7e4), PATH/TO/tps_stn_pytorch one of
+WarBean/tps_stn_pytorch (272a813): its `tps_stn_pytorch` submodule. The original is licensed
+CC BY-NC-SA 4.0; nothing of it is copied into this repository. This script copies the checkout
+to a temporary folder, makes it run on the CPU with torch 2.x (every `.cuda(...)` removed,
+`torch.cuda.FloatTensor` -> `torch.FloatTensor`, `align_corners=True` in its grid sampler:
+the torch 0.4 behaviour it was written for), stubs the modules it imports but does not need
+(tensorboardX, visdom; `scipy.misc.imread` reads with PIL), imports it, and records what it
+computes. Only numbers are written: inputs, the original's outputs and how they were drawn.
+
+It needs, beside this repository's own environment: opencv-python-headless, scikit-learn,
+scipy, imageio, absl-py and matplotlib (the original's imports).
+
+Every fixture file is an .npz (loadable with allow_pickle=False) named after its section;
+`manifest.json` records the commits and versions it came from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import types
+
+import numpy as np
+import torch
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from scops_fast.models.seeded import seeded_state_dict  # noqa: E402
+
+# --------------------------------------------------------------------------- the original on CPU
+#: (file, pattern, replacement) edits that make the original run on the CPU with torch 2.x.
+CPU_EDITS = (
+    ("*.py", r"\.cuda\([^()]*\)", ""),
+    ("*.py", r"torch\.cuda\.FloatTensor", "torch.FloatTensor"),
+    (
+        "tps/grid_sample.py",
+        r"F\.grid_sample\(input, grid, mode='bilinear', padding_mode=padding_mode\)",
+        "F.grid_sample(input, grid, mode='bilinear', padding_mode=padding_mode, "
+        "align_corners=True)",
+    ),
+)
+
+
+def _git_head(path: pathlib.Path) -> str:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True
+        )
+        return out.stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def prepare_original(original: pathlib.Path, tps: pathlib.Path, work: pathlib.Path):
+    """A patched copy of the original in `work`, importable; returns its folder."""
+    dest = work / "scops_original"
+    shutil.copytree(original, dest, ignore=shutil.ignore_patterns(".git", "umr"))
+    sub = dest / "tps_stn_pytorch"
+    if sub.exists():
+        shutil.rmtree(sub)
+    shutil.copytree(tps, sub, ignore=shutil.ignore_patterns(".git"))
+    for glob, pattern, repl in CPU_EDITS:
+        for path in dest.rglob(glob):
+            text = path.read_text()
+            new = re.sub(pattern, repl, text)
+            if new != text:
+                path.write_text(new)
+    grid_sample = (dest / "tps" / "grid_sample.py").read_text()
+    if "align_corners=True" not in grid_sample:
+        raise SystemExit("could not add align_corners=True to tps/grid_sample.py")
+
+    # Modules the original imports for visualisation only.
+    for name in ("tensorboardX", "visdom"):
+        stub = types.ModuleType(name)
+        stub.SummaryWriter = stub.Visdom = lambda *a, **k: None
+        sys.modules[name] = stub
+    import scipy.misc
+    from PIL import Image
+
+    scipy.misc.imread = lambda path, *a, **k: np.asarray(Image.open(path).convert("RGB"))
+    sys.path.insert(0, str(dest))
+    return dest
+
+
+class NullVisualizer:
+    """Stands in for the original's tensorboard/visdom Visualizer."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __getattr__(self, name):
+        return lambda *a, **k: None
+
+
+@contextlib.contextmanager
+def recorded(module, name: str, log: list):
+    """Replaces `module.name` by a wrapper that appends each call's result to `log`."""
+    inner = getattr(module, name)
+
+    def wrapper(*args, **kwargs):
+        out = inner(*args, **kwargs)
+        log.append(out)
+        return out
+
+    setattr(module, name, wrapper)
+    try:
+        yield log
+    finally:
+        setattr(module, name, inner)
+
+
+def save(out: pathlib.Path, name: str, **arrays) -> None:
+    arrays = {k: np.asarray(v) for k, v in arrays.items()}
+    for k, v in arrays.items():
+        if v.dtype == object:
+            raise TypeError(f"{name}.{k}: object arrays would need pickle")
+    np.savez_compressed(out / f"{name}.npz", **arrays)
+    size = (out / f"{name}.npz").stat().st_size
+    print(f"  {name}.npz: {', '.join(sorted(arrays))} ({size / 1024:.0f} KiB)")
+
+
+def as_json(value) -> np.ndarray:
+    return np.array(json.dumps(value))
+
+
+# --------------------------------------------------------------------------- sections
+def make_tps(out: pathlib.Path) -> None:
+    """RandTPS source points, with every random draw it made recorded."""
+    import random
+
+    from tps import rand_tps
+
+    arrays = {}
+    cases = [
+        ("affine", False, (0.7, 2.0), 0),
+        ("affine", True, (0.7, 1.1), 5),  # seeds whose second mirror draw is 1
+        ("projective", False, (0.7, 2.0), 2),
+        ("projective", True, (0.7, 1.1), 8),
+    ]
+    for mode, mirror, scale, seed in cases:
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        random.seed(seed)
+        tps = rand_tps.RandTPS(
+            20, 16, batch_size=5, sigma=0.01, random_mirror=mirror, random_scale=scale, mode=mode
+        )
+        uniforms, perturbs, mirrors, sources = [], [], [], []
+        grid_gen = rand_tps.TPSGridGen
+
+        class Recording(grid_gen):
+            def forward(self, source_control_points):
+                sources.append(source_control_points.clone())
+                return super().forward(source_control_points)
+
+        real_uniform = torch.Tensor.uniform_
+
+        def uniform_(self, *a, **k):
+            out = real_uniform(self, *a, **k)
+            perturbs.append(out.clone())
+            return out
+
+        rand_tps.TPSGridGen = Recording
+        torch.Tensor.uniform_ = uniform_
+        try:
+            with (
+                recorded(np.random, "uniform", uniforms),
+                recorded(random, "randint", mirrors),
+            ):
+                tps.reset_control_points()
+        finally:
+            rand_tps.TPSGridGen = grid_gen
+            torch.Tensor.uniform_ = real_uniform
+        key = f"{mode}_{'mirror' if mirror else 'plain'}"
+        names = (
+            ("angle", "scale", "shift_x", "shift_y")
+            if mode == "affine"
+            else ("tilt_x", "tilt_y", "angle", "scale")
+        )
+        if len(uniforms) != len(names) or len(perturbs) != 1 or len(sources) != 1:
+            raise SystemExit(f"tps {key}: unexpected draws {len(uniforms)}, {len(perturbs)}")
+        for n, u in zip(names, uniforms, strict=True):
+            arrays[f"{key}.{n}"] = u  # degrees for angles, as drawn
+        arrays[f"{key}.perturbation"] = perturbs[0].numpy()
+        arrays[f"{key}.mirror"] = np.array(bool(mirrors[0]) if mirrors else False)
+        arrays[f"{key}.random_scale"] = np.array(scale)
+        arrays[f"{key}.source_points"] = sources[0].numpy()
+        arrays[f"{key}.grid"] = tps.grid.detach().numpy()
+        x = torch.from_numpy(np.random.RandomState(seed).randn(5, 3, 16, 20).astype(np.float32))
+        arrays[f"{key}.input"] = x.numpy()
+        arrays[f"{key}.warped_zeros"] = tps(x).detach().numpy()
+        arrays[f"{key}.warped_border"] = tps(x, padding_mode="border").detach().numpy()
+    save(out, "tps", **arrays)
+
+
+def make_losses(out: pathlib.Path) -> None:
+    """The loss module's extra names (softmax, get_variance) and its four losses."""
+    import loss
+
+    rs = np.random.RandomState(7)
+    arrays = {}
+    for dtype in ("float32", "float64"):
+        part = rs.rand(9, 9).astype(dtype)
+        part /= part.sum()
+        xc, yc = 0.13, -0.27
+        v_x, v_y = loss.get_variance(torch.from_numpy(part), xc, yc)
+        arrays[f"variance_{dtype}.part_map"] = part
+        arrays[f"variance_{dtype}.center"] = np.array([xc, yc])
+        arrays[f"variance_{dtype}.v"] = np.array([float(v_x), float(v_y)])
+        arrays[f"variance_{dtype}.v_dtype"] = np.array(str(v_x.dtype))
+    logits = torch.from_numpy(rs.randn(2, 5, 12, 12).astype(np.float32))
+    arrays["softmax.input"] = logits.numpy()
+    arrays["softmax.output"] = loss.softmax(logits).numpy()
+    arrays["concentration.input"] = logits.numpy()
+    arrays["concentration.loss"] = loss.concentration_loss(logits).numpy()
+    save(out, "losses", **arrays)
+
+
+MODEL_CASES = (
+    # name, constructor, parts, input shape, seed
+    ("resnet50", "Res50_Deeplab_2branch", 8, (2, 3, 41, 57), 50),
+    ("resnet101", "Res101_Deeplab_2branch", 4, (2, 3, 33, 33), 101),
+)
+
+
+def make_model(out: pathlib.Path) -> None:
+    """Logits of the original two-branch DeepLab with seeded weights (see
+    scops_fast.models.seeded), in eval mode and in train mode (batch statistics)."""
+    from model import deeplab_2branch
+
+    arrays = {}
+    for name, ctor, parts, shape, seed in MODEL_CASES:
+        net = getattr(deeplab_2branch, ctor)(num_classes=parts + 1)
+        shapes = [(k, tuple(v.shape)) for k, v in net.state_dict().items()]
+        state = {k: torch.from_numpy(v) for k, v in seeded_state_dict(shapes, seed).items()}
+        net.load_state_dict(state)
+        x = torch.from_numpy(
+            (np.random.RandomState(seed).rand(*shape) * 255 - 120).astype(np.float32)
+        )
+        with torch.no_grad():
+            net.eval()
+            eval_logits = net(x)[2]
+            net.train()
+            train_logits = net(x)[2]
+        trainable = [k for k, p in net.named_parameters() if p.requires_grad]
+        arrays[f"{name}.state_shapes"] = as_json(shapes)
+        arrays[f"{name}.seed"] = np.array(seed)
+        arrays[f"{name}.num_parts"] = np.array(parts)
+        arrays[f"{name}.input"] = x.numpy()
+        arrays[f"{name}.logits_eval"] = eval_logits.numpy()
+        arrays[f"{name}.logits_train"] = train_logits.numpy()
+        arrays[f"{name}.trainable"] = as_json(trainable)
+        arrays[f"{name}.running_mean_after_train"] = net.layer1[0].downsample[1].running_mean
+    save(out, "model", **arrays)
+
+
+def make_evaluation(out: pathlib.Path) -> None:
+    """evaluate_celebAWild.py's landmark pipeline on fixed logits: part centres in pixels
+    (visualize.Batch_Get_Centers) and the regression errors (face_evaluation_wild)."""
+    sys.path.insert(0, str(pathlib.Path(sys.modules["loss"].__file__).parent / "evaluation"))
+    import face_evaluation_wild
+    import visualize
+
+    rs = np.random.RandomState(11)
+    arrays = {}
+    centers = {}
+    for split, n in (("train", 40), ("test", 16)):
+        logits = rs.randn(n, 5, 24, 24).astype(np.float32) * 3
+        # Landmarks as the original data set gives them: integer pixels.
+        gt = rs.randint(2, 22, size=(n, 5, 2)).astype(np.float64)
+        c = visualize.Batch_Get_Centers(torch.from_numpy(logits))
+        centers[split] = (c, gt)
+        arrays[f"{split}.logits"] = logits
+        arrays[f"{split}.landmarks"] = gt
+        arrays[f"{split}.centers"] = c
+    err_train, err_test = face_evaluation_wild.face_evaluation(
+        centers["train"][0], centers["train"][1], centers["test"][0], centers["test"][1]
+    )
+    arrays["error_train"] = np.array(err_train)
+    arrays["error_test"] = np.array(err_test)
+    save(out, "evaluation", **arrays)
+
+
+SECTIONS = {
+    "tps": make_tps,
+    "losses": make_losses,
+    "model": make_model,
+    "evaluation": make_evaluation,
+}
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--original", required=True, type=pathlib.Path, help="NVlabs/SCOPS checkout")
+    p.add_argument("--tps", required=True, type=pathlib.Path, help="tps_stn_pytorch checkout")
+    p.add_argument("--out", type=pathlib.Path, default=REPO / "tests" / "fixtures" / "original")
+    p.add_argument("--only", help=f"comma-separated sections of {', '.join(SECTIONS)}")
+    args = p.parse_args(argv)
+    wanted = args.only.split(",") if args.only else list(SECTIONS)
+    unknown = [s for s in wanted if s not in SECTIONS]
+    if unknown:
+        p.error(f"--only: unknown sections {unknown}; known: {', '.join(SECTIONS)}")
+    torch.set_num_threads(1)  # deterministic reductions in the recorded outputs
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        prepare_original(args.original, args.tps, pathlib.Path(tmp))
+        import visualize
+
+        visualize.Visualizer = NullVisualizer
+        for name in wanted:
+            print(f"{name}:")
+            SECTIONS[name](args.out)
+    manifest_path = args.out / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    import cv2
+    import PIL
+
+    manifest.update(
+        {
+            "original_commit": _git_head(args.original),
+            "tps_commit": _git_head(args.tps),
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+            "opencv": cv2.__version__,
+            "pillow": PIL.__version__,
+        }
+    )
+    manifest.setdefault("sections", {})
+    for name in wanted:
+        manifest["sections"][name] = f"{name}.npz"
+    manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
+if __name__ == "__main__":
+    main()
