@@ -29,7 +29,7 @@ $(STAMPS)/build: $(STAMPS)/deps setup.py pyproject.toml $(EXT_SOURCES)
 install: $(STAMPS)/build
 
 test: install
-	$(VENV)/bin/ruff check scops_fast tests benchmarks
+	$(VENV)/bin/ruff check scops_fast tests benchmarks scripts
 	$(PY) -m pytest tests -q
 
 # The main job: train SCOPS on the embedded synthetic dataset, evaluate, write the report.
@@ -56,7 +56,7 @@ sanitize: $(STAMPS)/deps
 	$(PY) scripts/sanitize.py
 
 lint: install
-	$(VENV)/bin/ruff check scops_fast tests benchmarks
+	$(VENV)/bin/ruff check scops_fast tests benchmarks scripts
 	$(VENV)/bin/ruff format --check scops_fast tests benchmarks
 
 format: install

@@ -137,6 +137,39 @@ def as_json(value) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- sections
+def _record_reset(tps):
+    """Calls tps.reset_control_points() and returns what it drew and computed: numpy
+    uniforms, torch uniform_ results, random.randint results, TPSGridGen inputs."""
+    import random
+
+    from tps import rand_tps
+
+    uniforms, perturbs, mirrors, sources = [], [], [], []
+    grid_gen = rand_tps.TPSGridGen
+
+    class Recording(grid_gen):
+        def forward(self, source_control_points):
+            sources.append(source_control_points.clone())
+            return super().forward(source_control_points)
+
+    real_uniform = torch.Tensor.uniform_
+
+    def uniform_(self, *a, **k):
+        out = real_uniform(self, *a, **k)
+        perturbs.append(out.clone())
+        return out
+
+    rand_tps.TPSGridGen = Recording
+    torch.Tensor.uniform_ = uniform_
+    try:
+        with recorded(np.random, "uniform", uniforms), recorded(random, "randint", mirrors):
+            tps.reset_control_points()
+    finally:
+        rand_tps.TPSGridGen = grid_gen
+        torch.Tensor.uniform_ = real_uniform
+    return uniforms, perturbs, mirrors, sources
+
+
 def make_tps(out: pathlib.Path) -> None:
     """RandTPS source points, with every random draw it made recorded."""
     import random
@@ -157,32 +190,7 @@ def make_tps(out: pathlib.Path) -> None:
         tps = rand_tps.RandTPS(
             20, 16, batch_size=5, sigma=0.01, random_mirror=mirror, random_scale=scale, mode=mode
         )
-        uniforms, perturbs, mirrors, sources = [], [], [], []
-        grid_gen = rand_tps.TPSGridGen
-
-        class Recording(grid_gen):
-            def forward(self, source_control_points):
-                sources.append(source_control_points.clone())
-                return super().forward(source_control_points)
-
-        real_uniform = torch.Tensor.uniform_
-
-        def uniform_(self, *a, **k):
-            out = real_uniform(self, *a, **k)
-            perturbs.append(out.clone())
-            return out
-
-        rand_tps.TPSGridGen = Recording
-        torch.Tensor.uniform_ = uniform_
-        try:
-            with (
-                recorded(np.random, "uniform", uniforms),
-                recorded(random, "randint", mirrors),
-            ):
-                tps.reset_control_points()
-        finally:
-            rand_tps.TPSGridGen = grid_gen
-            torch.Tensor.uniform_ = real_uniform
+        uniforms, perturbs, mirrors, sources = _record_reset(tps)
         key = f"{mode}_{'mirror' if mirror else 'plain'}"
         names = (
             ("angle", "scale", "shift_x", "shift_y")
