@@ -92,6 +92,24 @@ def orthonormal_loss(w):
 orthonomal_loss = orthonormal_loss
 
 
+#: The original module's `softmax`: a module that takes the softmax over dim 1 (channels).
+softmax = torch.nn.Softmax(dim=1)
+
+
+def get_variance(part_map, x_c, y_c):
+    """The original module's `get_variance`: (v_x, v_y) = (sum p (x - x_c)^2, sum p (y - y_c)^2)
+    of a part map p (H, W) (a density) around the centre (x_c, y_c), with the coordinates of
+    SPEC section 1 built in float32 as the original's are (float64 maps promote them)."""
+    check.tensor("part_map", part_map, 2, "(H, W)")
+    h, w = part_map.shape
+    # Rounded like the original's: float64 j / W * 2 - 1, then float32.
+    x = (torch.arange(w, dtype=torch.float64, device=part_map.device) / w * 2 - 1).float()
+    y = (torch.arange(h, dtype=torch.float64, device=part_map.device) / h * 2 - 1).float()
+    v_x = (part_map * ((x - x_c) * (x - x_c))[None, :]).sum()
+    v_y = (part_map * ((y - y_c) * (y - y_c))[:, None]).sum()
+    return v_x, v_y
+
+
 def equivariance_losses(pred, pred_tps, source_points, *, padding_mode="zeros", backend=None):
     """(L_eqv, L_lmeqv) of SPEC section 7.
 
@@ -115,8 +133,10 @@ __all__ = [
     "batch_get_centers",
     "concentration_loss",
     "equivariance_losses",
+    "get_variance",
     "orthonomal_loss",
     "orthonormal_loss",
     "semantic_consistency_loss",
     "semantic_consistency_loss_lowres",
+    "softmax",
 ]
