@@ -8,7 +8,13 @@ from scops_fast.models.common import (
     PartSegmenter,
     freeze_batchnorm_affine,
 )
-from scops_fast.models.deeplab import deeplab_resnet50, logits_size
+from scops_fast.models.deeplab import (
+    deeplab_resnet,
+    deeplab_resnet50,
+    deeplab_resnet101,
+    logits_size,
+)
+from scops_fast.models.original import load_original
 from scops_fast.models.small import small_net
 from scops_fast.models.vgg import (
     FEATURE_KINDS,
@@ -17,7 +23,7 @@ from scops_fast.models.vgg import (
     build_features,
 )
 
-ARCHITECTURES = ("deeplab_resnet50", "small")
+ARCHITECTURES = ("deeplab_resnet50", "deeplab_resnet101", "small")
 
 __all__ = [
     "ARCHITECTURES",
@@ -29,8 +35,11 @@ __all__ = [
     "PartSegmenter",
     "VGG19Features",
     "build_features",
+    "deeplab_resnet",
     "deeplab_resnet50",
+    "deeplab_resnet101",
     "freeze_batchnorm_affine",
+    "load_original",
     "logits_size",
     "small_net",
 ]

@@ -1,0 +1,173 @@
+"""Weights in the original SCOPS layout: its snapshots (`model_<step>.pth`, the state dict
+of its `Res50_Deeplab_2branch` / `Res101_Deeplab_2branch`) and the caffe-converted DeepLab
+initialisations it starts from.
+
+The original network is a DeepLab-v2 ResNet in the caffe layout (layer2 downsamples in its
+first 1x1 convolution) whose classifier is `layer5.conv2d_list.{0..3}`; it takes 0-255 RGB
+images minus the per-channel mean `CAFFE_MEAN_RGB`, neither divided by 255 nor by a standard
+deviation. `load_original` gives our `PartSegmenter` with those weights and that input
+convention: `model(x)` on the original's input returns the original's last output, the
+low-resolution logits (B, K+1, h, w); `model.normalize` maps [0, 1] RGB images to that input.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+
+import torch
+
+from scops_fast.models.common import PartSegmenter
+from scops_fast.models.deeplab import DEEPLAB_DILATIONS, deeplab_resnet
+
+#: The caffe ImageNet mean of the original, in RGB order, in 0-255 units.
+CAFFE_MEAN_RGB = (122.67891434, 116.66876762, 104.00698793)
+#: `PartSegmenter.input_mean` / `input_std` ([0, 1] units) that make `normalize` give the
+#: original's input: (x - mean / 255) / (1 / 255) = 255 x - mean.
+CAFFE_INPUT_MEAN = tuple(m / 255.0 for m in CAFFE_MEAN_RGB)
+CAFFE_INPUT_STD = (1.0 / 255.0,) * 3
+
+_CLASSIFIER = re.compile(r"^layer5\.conv2d_list\.(\d+)\.(weight|bias)$")
+#: Prefixes of wrapped state dicts: DataParallel's, and the caffe DeepLab files' "Scale.".
+_PREFIXES = ("module.", "Scale.")
+
+
+class CheckpointFormatError(ValueError):
+    """A weight file is not in the layout the loader expects; the message says which."""
+
+
+def _strip_prefixes(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, value in state.items():
+        for prefix in _PREFIXES:
+            if key.startswith(prefix):
+                key = key[len(prefix) :]
+        out[key] = value
+    return out
+
+
+def original_depth(state: Mapping[str, torch.Tensor]) -> int:
+    """50 or 101, from the number of layer3 blocks of an original-layout state dict."""
+    blocks = {int(k.split(".")[1]) for k in state if k.startswith("layer3.")}
+    depth = {6: 50, 23: 101}.get(len(blocks))
+    if depth is None:
+        raise CheckpointFormatError(
+            f"expected the 6 (ResNet-50) or 23 (ResNet-101) layer3 blocks of the original "
+            f"DeepLab layout, found {len(blocks)}"
+        )
+    return depth
+
+
+def original_num_parts(state: Mapping[str, torch.Tensor]) -> int | None:
+    """K of an original snapshot (its classifier has K+1 outputs); None without one."""
+    weight = state.get("layer5.conv2d_list.0.weight")
+    return None if weight is None else int(weight.shape[0]) - 1
+
+
+def convert_original_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """An original-layout state dict renamed to `PartSegmenter`'s: conv1/bn1 -> the stem,
+    layerN -> backbone.layerN, layer5.conv2d_list.i -> head.classifier.branches.i. Keys
+    it does not know (a caffe file's `fc`) are dropped."""
+    out = {}
+    for key, value in _strip_prefixes(state).items():
+        head, _, rest = key.partition(".")
+        match = _CLASSIFIER.match(key)
+        if match:
+            out[f"head.classifier.branches.{match[1]}.{match[2]}"] = value
+        elif head in ("conv1", "bn1"):
+            out[f"backbone.stem.{0 if head == 'conv1' else 1}.{rest}"] = value
+        elif head in ("layer1", "layer2", "layer3", "layer4"):
+            out[f"backbone.{key}"] = value
+    return out
+
+
+def _read(source) -> dict[str, torch.Tensor]:
+    if isinstance(source, Mapping):
+        return dict(source)
+    try:
+        state = torch.load(os.fspath(source), map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the unpickler's errors are many
+        raise CheckpointFormatError(
+            f"{os.fspath(source)!r}: not a plain state dict of tensors ({exc.__class__.__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}); nothing in it was run"
+        ) from None
+    if isinstance(state, Mapping) and "state_dict" in state and len(state) <= 4:
+        state = state["state_dict"]
+    if not isinstance(state, Mapping) or not all(torch.is_tensor(v) for v in state.values()):
+        raise CheckpointFormatError(f"{os.fspath(source)!r}: expected a state dict of tensors")
+    return dict(state)
+
+
+def load_original(
+    source,
+    *,
+    num_parts: int | None = None,
+    train_downsample_bn: bool = True,
+) -> PartSegmenter:
+    """Our network with the weights of an original SCOPS snapshot or a caffe DeepLab
+    initialisation (a path, read with `weights_only=True`, or a state dict), in eval mode.
+
+    K is read from the snapshot's classifier. A file without one (an ImageNet/COCO
+    initialisation) or with another number of outputs keeps a freshly initialised
+    classifier for `num_parts`, as the original's partial copy does. The depth (50 or
+    101) is read from the file. `train_downsample_bn` keeps the original's trainable
+    shortcut BatchNorms for further training.
+    """
+    state = _strip_prefixes(_read(source))
+    depth = original_depth(state)
+    file_parts = original_num_parts(state)
+    parts = num_parts if num_parts is not None else file_parts
+    if parts is None:
+        raise ValueError(
+            "num_parts: the file has no SCOPS classifier (layer5.conv2d_list), so give the "
+            "number of parts K"
+        )
+    net = deeplab_resnet(
+        parts,
+        depth=depth,
+        head_dilations=DEEPLAB_DILATIONS,
+        input_mean=CAFFE_INPUT_MEAN,
+        input_std=CAFFE_INPUT_STD,
+        block_stride="1x1",
+        train_downsample_bn=train_downsample_bn,
+    )
+    converted = convert_original_state(state)
+    if file_parts != parts:
+        converted = {k: v for k, v in converted.items() if not k.startswith("head.")}
+    own = net.state_dict()
+    wrong = [k for k, v in converted.items() if k in own and own[k].shape != v.shape]
+    if wrong:
+        k = wrong[0]
+        raise CheckpointFormatError(
+            f"{len(wrong)} tensors have other shapes than the original DeepLab-ResNet{depth}'s, "
+            f"e.g. {k}: {tuple(converted[k].shape)} vs {tuple(own[k].shape)}"
+        )
+    missing, unexpected = net.load_state_dict(converted, strict=False)
+    # Files of torch < 0.4.1 have no BatchNorm step counters; a head left out stays fresh.
+    missing = [
+        k for k in missing if not k.endswith("num_batches_tracked") and not k.startswith("head.")
+    ]
+    if file_parts == parts:
+        missing += [k for k in net.state_dict() if k.startswith("head.") and k not in converted]
+    missing = [k for k in missing if not k.startswith("input_")]
+    if missing or unexpected:
+        raise CheckpointFormatError(
+            f"not an original DeepLab-ResNet{depth} state dict: missing {sorted(missing)[:4]}, "
+            f"unexpected {sorted(unexpected)[:4]}"
+        )
+    return net.eval()
+
+
+__all__ = [
+    "CAFFE_INPUT_MEAN",
+    "CAFFE_INPUT_STD",
+    "CAFFE_MEAN_RGB",
+    "CheckpointFormatError",
+    "convert_original_state",
+    "load_original",
+    "original_depth",
+    "original_num_parts",
+]

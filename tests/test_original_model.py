@@ -1,0 +1,121 @@
+"""The original two-branch DeepLab (ResNet-50 and -101) against ours loaded with
+`load_original`: the same seeded weights give the same logits, in eval mode and in train
+mode (batch statistics), and the same parameters train."""
+
+import pytest
+import torch
+from conftest import assert_rel, rel_error
+from original_fixtures import load
+
+from scops_fast.models import load_original
+from scops_fast.models.original import (
+    CheckpointFormatError,
+    convert_original_state,
+    original_depth,
+)
+from scops_fast.models.seeded import seeded_state_dict
+
+CASES = ("resnet50", "resnet101")
+
+
+def original_state(case: str) -> dict:
+    """The original's state dict, rebuilt from the documented seeded procedure."""
+    f = load("model")
+    shapes = f.json(f"{case}.state_shapes")
+    state = seeded_state_dict(shapes, int(f[f"{case}.seed"]))
+    return {k: torch.from_numpy(v) for k, v in state.items()}
+
+
+@pytest.fixture(scope="module", params=CASES)
+def loaded(request):
+    return request.param, load_original(original_state(request.param))
+
+
+def test_depth_and_parts_are_read_from_the_file(loaded):
+    case, net = loaded
+    f = load("model")
+    assert net.num_parts == int(f[f"{case}.num_parts"])
+    assert net.backbone.depth == (50 if case == "resnet50" else 101)
+    assert not net.training
+
+
+def test_eval_logits_match_the_original(loaded):
+    case, net = loaded
+    f = load("model")
+    with torch.no_grad():
+        out = net.eval()(f[f"{case}.input"])
+    assert_rel(out, f[f"{case}.logits_eval"], 1e-5, case)
+
+
+def test_train_mode_logits_and_statistics_match_the_original(loaded):
+    """Batch statistics amplify float32 rounding (two threads instead of one moved these
+    logits by 4.5e-5 relative), so the rule is flash-attention's: our float32 error
+    against the original at most 3x our own float32 error against float64, plus 1e-6."""
+    case, _ = loaded
+    f = load("model")
+    x = f[f"{case}.input"]
+    net = load_original(original_state(case)).train()
+    with torch.no_grad():
+        out = net(x)
+        exact = load_original(original_state(case)).double().train()(x.double())
+    budget = 3 * rel_error(out, exact) + 1e-6
+    assert rel_error(out, f[f"{case}.logits_train"]) <= budget, case
+    running = net.backbone.layer1[0].downsample[1].running_mean
+    assert_rel(running, f[f"{case}.running_mean_after_train"], 1e-5, case)
+
+
+def test_the_original_trainable_parameters_train(loaded):
+    case, net = loaded
+    f = load("model")
+    names = {k: k for k in f.json(f"{case}.trainable")}
+    expected = set(convert_original_state({k: torch.zeros(1) for k in names}))
+    trainable = {k for k, p in net.named_parameters() if p.requires_grad}
+    assert trainable == expected
+    # Among them the four shortcut BatchNorms' affine parameters, the original's quirk.
+    assert {k for k in trainable if "downsample.1" in k} == {
+        f"backbone.layer{i}.0.downsample.1.{p}" for i in range(1, 5) for p in ("weight", "bias")
+    }
+
+
+def test_snapshot_file_loads_safely_and_with_a_prefix(tmp_path):
+    state = {f"module.{k}": v for k, v in original_state("resnet101").items()}
+    path = tmp_path / "model_100000.pth"
+    torch.save(state, path)
+    net = load_original(path)
+    f = load("model")
+    with torch.no_grad():
+        assert_rel(net(f["resnet101.input"]), f["resnet101.logits_eval"], 1e-5)
+
+
+def test_initialisation_without_classifier_needs_the_number_of_parts():
+    state = {k: v for k, v in original_state("resnet50").items() if not k.startswith("layer5")}
+    with pytest.raises(ValueError, match="num_parts"):
+        load_original(state)
+    net = load_original(state, num_parts=3)
+    assert net.num_parts == 3
+    trunk = load_original(original_state("resnet50")).backbone.state_dict()
+    for k, v in net.backbone.state_dict().items():
+        assert torch.equal(v, trunk[k]), k
+
+
+def test_other_classifier_size_keeps_a_fresh_head():
+    net = load_original(original_state("resnet50"), num_parts=5)
+    assert net.head.classifier.branches[0].weight.shape[0] == 6
+
+
+def test_wrong_files_are_refused(tmp_path):
+    bad = original_state("resnet50")
+    del bad["layer3.5.conv1.weight"], bad["layer3.5.bn1.weight"]
+    with pytest.raises(CheckpointFormatError, match="missing"):
+        load_original(bad)
+    with pytest.raises(CheckpointFormatError, match="layer3 blocks"):
+        original_depth({"layer3.0.conv1.weight": torch.zeros(1)})
+    evil = tmp_path / "evil.pth"
+
+    class Boom:
+        def __reduce__(self):
+            return (print, ("this must not run",))
+
+    torch.save({"x": Boom()}, evil)
+    with pytest.raises(CheckpointFormatError, match="nothing in it was run"):
+        load_original(evil)
