@@ -22,11 +22,22 @@ MAX_TILT_DEG = 10.0  # rotations about x and y in projective mode
 MAX_TRANSLATION = 0.1
 
 
-def tps_grid(source_points, height, width):
+GRID_SOLVES = ("float64", "float32")
+
+
+def tps_grid(source_points, height, width, *, solve="float64"):
     """Sampling grid (B, H, W, 2) that maps output pixels to input positions, as
-    `F.grid_sample(align_corners=True)` expects, for source points (B, 25, 2)."""
+    `F.grid_sample(align_corners=True)` expects, for source points (B, 25, 2).
+
+    solve: "float64" (accurate) or "float32": solved and evaluated in float32 as the
+    original's TPS does, off by about 6e-6 (for reproducing its numbers)."""
     check.source_points("source_points", source_points)
-    return _ref.tps_grid(source_points, check.size("height", height), check.size("width", width))
+    height, width = check.size("height", height), check.size("width", width)
+    if solve == "float32":
+        return _ref.tps_grid_float32_solve(source_points, height, width)
+    if solve != "float64":
+        raise ValueError(f"solve: expected one of {list(GRID_SOLVES)}, got {solve!r}")
+    return _ref.tps_grid(source_points, height, width)
 
 
 def tps_warp(x, source_points, *, padding_mode="zeros", backend=None):
@@ -213,6 +224,7 @@ class RandTPS(torch.nn.Module):
 
 
 __all__ = [
+    "GRID_SOLVES",
     "MODES",
     "TARGET_POINTS",
     "RandTPS",

@@ -301,11 +301,273 @@ def make_evaluation(out: pathlib.Path) -> None:
     save(out, "evaluation", **arrays)
 
 
+#: The step fixture's size: the CelebA K=8 experiment (exps/SCOPS_K8_retrain.json) at a
+#: size and batch the CPU runs in seconds.
+STEP_SIZE, STEP_BATCH, STEP_MODEL_SEED, STEP_VGG_SEED = 64, 2, 8, 19
+CAFFE_MEAN_BGR = np.array((104.00698793, 116.66876762, 122.67891434), dtype=np.float32)
+
+
+def seeded_vgg19(build):
+    """`build()`'s VGG-19 with seeded `features` (the original uses only those)."""
+    net = build(weights=None)
+    shapes = [(k, tuple(v.shape)) for k, v in net.features.state_dict().items()]
+    state = seeded_state_dict([(f"features.{k}", s) for k, s in shapes], STEP_VGG_SEED)
+    net.features.load_state_dict(
+        {k[len("features.") :]: torch.from_numpy(v) for k, v in state.items()}
+    )
+    return net
+
+
+class _Proxy:
+    """A module whose attribute `name` is replaced by `fn`; the rest is `module`'s."""
+
+    def __init__(self, module, **replaced):
+        self._module, self._replaced = module, replaced
+
+    def __getattr__(self, name):
+        return self._replaced.get(name) or getattr(self._module, name)
+
+
+def make_step(out: pathlib.Path) -> None:
+    """Step 0 of the original trainer (train.main with exps/SCOPS_K8_retrain.json at
+    64x64, batch 2): its inputs, random draws, jittered images, five losses and the
+    clipped gradients, with how often each parameter occurs in its optimiser group."""
+    import loss
+    import scops_trainer
+    import torchvision
+    import train
+    from model import model_factory
+    from tps import rand_tps
+
+    exp = json.loads(
+        (pathlib.Path(loss.__file__).parent / "exps" / "SCOPS_K8_retrain.json").read_text()
+    )
+    rs = np.random.RandomState(5)
+    h = w = STEP_SIZE
+    # Smooth random images: blobs of colour, so the jitter and the warp see structure.
+    yy, xx = np.mgrid[0:h, 0:w] / h
+    imgs_u8 = []
+    for _ in range(STEP_BATCH):
+        chans = [
+            sum(
+                rs.uniform(40, 120)
+                * np.exp(-((xx - rs.rand()) ** 2 + (yy - rs.rand()) ** 2) / 0.05)
+                for _ in range(3)
+            )
+            + rs.uniform(0, 60)
+            for _ in range(3)
+        ]
+        imgs_u8.append(np.clip(np.stack(chans) + rs.randn(3, h, w) * 8, 0, 255).astype(np.uint8))
+    imgs_u8 = np.stack(imgs_u8)
+    saliency = np.clip(
+        1.2 - np.sqrt((xx - 0.5) ** 2 + (yy - 0.5) ** 2) * 2.5 + rs.rand(STEP_BATCH, h, w) * 0.1,
+        0,
+        1,
+    ).astype(np.float32)
+    # What the original's CelebA loader yields: RGB minus the RGB-ordered mean, float32.
+    mean_rgb = CAFFE_MEAN_BGR[::-1].reshape(1, 3, 1, 1)
+    items = [
+        {
+            "img": (imgs_u8[i].astype(np.float32) - mean_rgb[0]),
+            "saliency": saliency[i],
+            "size": np.array([h, w, 3]),
+            "name": f"{i:06d}.jpg",
+        }
+        for i in range(STEP_BATCH)
+    ]
+
+    tmp = pathlib.Path(tempfile.mkdtemp())
+    exp.update(
+        {
+            "input_size": f"{h},{w}",
+            "batch_size": STEP_BATCH,
+            "num_steps": 1,
+            "num_workers": 0,
+            "restore_from": "None",
+            "snapshot_dir": str(tmp),
+        }
+    )
+    (tmp / "exp.json").write_text(json.dumps(exp))
+    rec = {
+        "tps": [],
+        "jitter_params": [],
+        "cj_in": [],
+        "cj_out": [],
+        "mse": [],
+        "kl": [],
+        "clip": [],
+    }
+    cap = {}
+
+    def generate_model(args):
+        net = model_factory.model_generator(args)
+        shapes = [(k, tuple(v.shape)) for k, v in net.state_dict().items()]
+        state = seeded_state_dict(shapes, STEP_MODEL_SEED)
+        net.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
+        cap["shapes"] = shapes
+        return net
+
+    real_step, real_init = scops_trainer.SCOPSTrainer.step, scops_trainer.SCOPSTrainer.__init__
+
+    def init(self, args, model):
+        real_init(self, args, model)
+        basis = np.abs(
+            seeded_state_dict([("w", (args.num_parts, self.zoo_feat_net.out_dim))], 1)["w"]
+        )
+        self.part_basis_generator.w.data.copy_(torch.from_numpy(basis))
+        cj = self.cj_transform
+
+        def jitter(img):
+            rec["cj_in"].append(img.clone())
+            result = cj(img)
+            rec["cj_out"].append(result.clone())
+            return result
+
+        self.cj_transform = jitter
+        self.kl = _record_calls(self.kl, rec["kl"])
+        tps_forward = self.tps.forward
+
+        def tps_forward_recorded(x, padding_mode=None):
+            y = tps_forward(x, padding_mode)
+            if "images_cj" not in cap:
+                cap["images_cj"], cap["images_tps"] = x.clone(), y.detach().clone()
+            return y
+
+        self.tps.forward = tps_forward_recorded
+
+    def step(self, batch, i):
+        cap["batch_names"] = list(batch["name"])
+        cap["img"] = batch["img"].clone()
+        cap["saliency"] = batch["saliency"].clone()
+        cap["basis"] = self.part_basis_generator.w.detach().clone()
+        real_step(self, batch, i)
+        # The update's inputs: the clipped gradients (the optimisers do not change them)
+        # and how often each parameter occurs in its optimiser group (the original lists
+        # backbone parameters once per module that contains them).
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        names[id(self.part_basis_generator.w)] = "basis.w"
+        cap["grads"], cap["multiplicity"] = {}, {}
+        for opt in (self.optimizer_seg, self.optimizer_sc):
+            for g, group in enumerate(opt.param_groups):
+                for p in group["params"]:
+                    name = names[id(p)]
+                    cap["grads"][name] = p.grad.numpy().copy()
+                    cap["multiplicity"][name] = cap["multiplicity"].get(name, 0) + 1
+                    cap.setdefault("group", {})[name] = g
+        cap["lrs"] = [g["lr"] for g in self.optimizer_seg.param_groups]
+
+    losses_called = {
+        n: [] for n in ("concentration_loss", "semantic_consistency_loss", "orthonomal_loss")
+    }
+    originals = {n: getattr(loss, n) for n in losses_called}
+    jitter_get_params = torchvision.transforms.ColorJitter.get_params
+    real_vgg19 = torchvision.models.vgg19
+    grid_gen = rand_tps.TPSGridGen
+
+    class Recording(grid_gen):
+        def forward(self, source_control_points):
+            rec["tps"].append(source_control_points.clone())
+            return super().forward(source_control_points)
+
+    def get_params(*args):
+        params = jitter_get_params(*args)
+        rec["jitter_params"].append(params)
+        return params
+
+    clip = torch.nn.utils.clip_grad_norm_
+
+    def clip_recorded(*a, **k):
+        norm = clip(*a, **k)
+        rec["clip"].append(float(norm))
+        return norm
+
+    try:
+        for n in losses_called:
+            setattr(loss, n, _record_calls(originals[n], losses_called[n]))
+        scops_trainer.F = _Proxy(
+            torch.nn.functional, mse_loss=_record_calls(torch.nn.functional.mse_loss, rec["mse"])
+        )
+        torchvision.models.vgg19 = lambda *a, **k: seeded_vgg19(real_vgg19)
+        torchvision.transforms.ColorJitter.get_params = staticmethod(get_params)
+        torch.nn.utils.clip_grad_norm_ = clip_recorded
+        scops_trainer.SCOPSTrainer.__init__, scops_trainer.SCOPSTrainer.step = init, step
+        train.model_generator = generate_model
+        train.dataset_generator = lambda args: items
+        sys.argv = ["train.py", "-f", str(tmp / "exp.json")]
+        rand_tps.TPSGridGen = Recording
+        torch.manual_seed(0)
+        np.random.seed(0)
+        with contextlib.redirect_stdout(sys.stderr):
+            train.main()
+    finally:
+        rand_tps.TPSGridGen = grid_gen
+        for n in losses_called:
+            setattr(loss, n, originals[n])
+        scops_trainer.F = torch.nn.functional
+        torchvision.transforms.ColorJitter.get_params = jitter_get_params
+        torchvision.models.vgg19 = real_vgg19
+        torch.nn.utils.clip_grad_norm_ = clip
+        scops_trainer.SCOPSTrainer.__init__, scops_trainer.SCOPSTrainer.step = real_init, real_step
+        shutil.rmtree(tmp)
+
+    order = [int(n[:6]) for n in cap["batch_names"]]
+    # The step's reset draws the warp (the constructor drew one before it).
+    arrays = {
+        "config": as_json(exp),
+        "img_u8": imgs_u8[order],
+        "img": cap["img"].numpy(),
+        "saliency": cap["saliency"].numpy(),
+        "basis": cap["basis"].numpy(),
+        "model_seed": np.array(STEP_MODEL_SEED),
+        "vgg_seed": np.array(STEP_VGG_SEED),
+        "state_shapes": as_json(cap["shapes"]),
+        "source_points": rec["tps"][-1].numpy(),
+        "images_cj": cap["images_cj"].numpy(),
+        "images_tps": cap["images_tps"].numpy(),
+        "jitter_in": torch.stack(rec["cj_in"]).numpy(),
+        "jitter_out": torch.stack(rec["cj_out"]).numpy(),
+        "jitter_order": np.stack([p[0].numpy() for p in rec["jitter_params"]]),
+        "jitter_factors": np.array([p[1:] for p in rec["jitter_params"]]),
+        "loss.concentration": losses_called["concentration_loss"][0].detach().numpy(),
+        "loss.equivariance": rec["kl"][0].detach().numpy(),
+        "loss.landmark_equivariance": rec["mse"][0].detach().numpy(),
+        "loss.semantic": losses_called["semantic_consistency_loss"][0].detach().numpy(),
+        "loss.orthonormal": losses_called["orthonomal_loss"][0].detach().numpy(),
+        "grad_norms": np.array(rec["clip"]),
+        "lrs": np.array(cap["lrs"]),
+        "multiplicity": as_json(cap["multiplicity"]),
+        "param_group": as_json(cap["group"]),
+    }
+    probe = np.random.default_rng(0)
+    for name, upd in cap["grads"].items():
+        if name.startswith(("layer5.", "basis.")) or upd.size <= 4096:
+            arrays[f"grad.{name}"] = upd
+        else:
+            # A summary of large tensors: norm, a signed random projection, 64 entries.
+            flat = upd.reshape(-1).astype(np.float64)
+            signs = probe.choice([-1.0, 1.0], size=flat.size)
+            idx = probe.choice(flat.size, size=64, replace=False)
+            arrays[f"summary.{name}"] = np.concatenate(
+                ([np.linalg.norm(flat), flat @ signs], flat[idx], idx.astype(np.float64))
+            )
+    save(out, "step", **arrays)
+
+
+def _record_calls(fn, log: list):
+    def wrapper(*args, **kwargs):
+        out = fn(*args, **kwargs)
+        log.append(out)
+        return out
+
+    return wrapper
+
+
 SECTIONS = {
     "tps": make_tps,
     "losses": make_losses,
     "model": make_model,
     "evaluation": make_evaluation,
+    "step": make_step,
 }
 
 

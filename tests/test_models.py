@@ -164,7 +164,9 @@ def test_bgr_quirk_shifts_red_and_blue():
     plain = build_features("random_vgg19", seed=0)
     quirk = build_features("random_vgg19", seed=0, bgr_quirk=True)
     x = torch.rand(1, 3, 32, 32)
-    shifted = x + torch.tensor([-18.67, 0.0, 18.67]).view(1, 3, 1, 1) / 255
+    # The original adds the BGR-ordered mean (104.007, 116.669, 122.679) to RGB images.
+    shift = torch.tensor([104.00698793 - 122.67891434, 0.0, 122.67891434 - 104.00698793])
+    shifted = x + shift.view(1, 3, 1, 1) / 255
     torch.testing.assert_close(quirk(x)[0], plain(shifted)[0])
 
 

@@ -74,7 +74,7 @@ def test_defaults_equal_the_celeba_preset_where_it_is_silent():
         ({"model": {"archh": "small"}}, "unknown field 'model.archh'"),
         (
             {"model": {"arch": "vgg"}},
-            r"model.arch: expected one of \['deeplab_resnet50', 'small'\]",
+            r"model.arch: expected one of \['deeplab_resnet50', 'deeplab_resnet101', 'small'\]",
         ),
         ({"model": {"num_parts": 0}}, "model.num_parts: expected at least 1"),
         ({"model": {"num_parts": 2.5}}, "model.num_parts: expected an int"),

@@ -12,6 +12,8 @@ from torch import nn
 #: ImageNet statistics of torchvision's pretrained weights, in [0, 1] units.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: The caffe ImageNet mean of the original SCOPS network's input, RGB order, 0-255 units.
+CAFFE_MEAN_RGB = (122.67891434, 116.66876762, 104.00698793)
 
 BATCHNORM_MODES = ("train", "eval")
 

@@ -18,11 +18,14 @@ from collections.abc import Mapping
 
 import torch
 
-from scops_fast.models.common import PartSegmenter
+from scops_fast.models.common import CAFFE_MEAN_RGB, PartSegmenter
 from scops_fast.models.deeplab import DEEPLAB_DILATIONS, deeplab_resnet
+from scops_fast.models.weights import resolve_weights
 
-#: The caffe ImageNet mean of the original, in RGB order, in 0-255 units.
-CAFFE_MEAN_RGB = (122.67891434, 116.66876762, 104.00698793)
+#: The original's initialisations (its model_factory's URLs), found in the torch hub cache
+#: where its own download would have put them.
+ORIGINAL_WEIGHT_FILES = {50: ("resnet50-caffe-22edcc82.pth",), 101: ("resnet101COCO-41f33a49.pth",)}
+
 #: `PartSegmenter.input_mean` / `input_std` ([0, 1] units) that make `normalize` give the
 #: original's input: (x - mean / 255) / (1 / 255) = 255 x - mean.
 CAFFE_INPUT_MEAN = tuple(m / 255.0 for m in CAFFE_MEAN_RGB)
@@ -101,6 +104,66 @@ def _read(source) -> dict[str, torch.Tensor]:
     return dict(state)
 
 
+def _check_layout(net: PartSegmenter) -> None:
+    trunk = net.backbone
+    if getattr(trunk, "block_stride", None) != "1x1":
+        raise ValueError(
+            "original weights need the caffe block layout: set model.block_stride to '1x1'"
+        )
+
+
+def load_original_weights(net: PartSegmenter, source, *, strict_head: bool = False) -> None:
+    """Copies original-layout weights (a path, "torchvision" for the original's file in the
+    torch hub cache, or a state dict) into `net`, a DeepLab of the same depth in the
+    caffe block layout. The classifier is copied when its shape matches (the original's
+    partial copy), unless `strict_head` requires it."""
+    _check_layout(net)
+    depth = net.backbone.depth
+    if isinstance(source, str | os.PathLike) and not isinstance(source, Mapping):
+        source = resolve_weights(
+            source,
+            ORIGINAL_WEIGHT_FILES[depth],
+            f"original DeepLab-ResNet{depth}",
+            "model.pretrained",
+        )
+    state = _strip_prefixes(_read(source))
+    if original_depth(state) != depth:
+        raise CheckpointFormatError(
+            f"the file holds a ResNet-{original_depth(state)}, the network is a ResNet-{depth}"
+        )
+    converted = convert_original_state(state)
+    own = net.state_dict()
+    head = [k for k in converted if k.startswith("head.")]
+    head_fits = bool(head) and all(own[k].shape == converted[k].shape for k in head if k in own)
+    if strict_head and not head_fits:
+        raise CheckpointFormatError(
+            f"the file's classifier does not give {net.num_parts + 1} outputs"
+        )
+    if not head_fits:
+        converted = {k: v for k, v in converted.items() if not k.startswith("head.")}
+    wrong = [k for k, v in converted.items() if k in own and own[k].shape != v.shape]
+    if wrong:
+        k = wrong[0]
+        raise CheckpointFormatError(
+            f"{len(wrong)} tensors have other shapes than the original DeepLab-ResNet{depth}'s, "
+            f"e.g. {k}: {tuple(converted[k].shape)} vs {tuple(own[k].shape)}"
+        )
+    missing, unexpected = net.load_state_dict(converted, strict=False)
+    # Files of torch < 0.4.1 have no BatchNorm step counters; a head left out stays fresh.
+    missing = [
+        k
+        for k in missing
+        if not k.endswith("num_batches_tracked")
+        and not k.startswith("input_")
+        and not (k.startswith("head.") and not head_fits)
+    ]
+    if missing or unexpected:
+        raise CheckpointFormatError(
+            f"not an original DeepLab-ResNet{depth} state dict: missing {sorted(missing)[:4]}, "
+            f"unexpected {sorted(unexpected)[:4]}"
+        )
+
+
 def load_original(
     source,
     *,
@@ -117,7 +180,6 @@ def load_original(
     shortcut BatchNorms for further training.
     """
     state = _strip_prefixes(_read(source))
-    depth = original_depth(state)
     file_parts = original_num_parts(state)
     parts = num_parts if num_parts is not None else file_parts
     if parts is None:
@@ -127,37 +189,14 @@ def load_original(
         )
     net = deeplab_resnet(
         parts,
-        depth=depth,
+        depth=original_depth(state),
         head_dilations=DEEPLAB_DILATIONS,
         input_mean=CAFFE_INPUT_MEAN,
         input_std=CAFFE_INPUT_STD,
         block_stride="1x1",
         train_downsample_bn=train_downsample_bn,
     )
-    converted = convert_original_state(state)
-    if file_parts != parts:
-        converted = {k: v for k, v in converted.items() if not k.startswith("head.")}
-    own = net.state_dict()
-    wrong = [k for k, v in converted.items() if k in own and own[k].shape != v.shape]
-    if wrong:
-        k = wrong[0]
-        raise CheckpointFormatError(
-            f"{len(wrong)} tensors have other shapes than the original DeepLab-ResNet{depth}'s, "
-            f"e.g. {k}: {tuple(converted[k].shape)} vs {tuple(own[k].shape)}"
-        )
-    missing, unexpected = net.load_state_dict(converted, strict=False)
-    # Files of torch < 0.4.1 have no BatchNorm step counters; a head left out stays fresh.
-    missing = [
-        k for k in missing if not k.endswith("num_batches_tracked") and not k.startswith("head.")
-    ]
-    if file_parts == parts:
-        missing += [k for k in net.state_dict() if k.startswith("head.") and k not in converted]
-    missing = [k for k in missing if not k.startswith("input_")]
-    if missing or unexpected:
-        raise CheckpointFormatError(
-            f"not an original DeepLab-ResNet{depth} state dict: missing {sorted(missing)[:4]}, "
-            f"unexpected {sorted(unexpected)[:4]}"
-        )
+    load_original_weights(net, state)
     return net.eval()
 
 
@@ -168,6 +207,7 @@ __all__ = [
     "CheckpointFormatError",
     "convert_original_state",
     "load_original",
+    "load_original_weights",
     "original_depth",
     "original_num_parts",
 ]

@@ -33,15 +33,16 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from scops_fast.models.common import IMAGENET_MEAN, IMAGENET_STD
+from scops_fast.models.common import CAFFE_MEAN_RGB, IMAGENET_MEAN, IMAGENET_STD
 from scops_fast.models.weights import HUB_CACHE, resolve_weights
 
 VGG19_WEIGHT_FILES = ("vgg19-dcbb9e9d.pth",)
 #: Index in `torchvision.models.vgg19().features` of the ReLU after each named conv.
 VGG19_RELU_INDEX = {"relu5_2": 31, "relu5_4": 35, "relu4_2": 22, "relu4_4": 26}
 SCOPS_LAYERS = ("relu5_2", "relu5_4")
-#: The original's BGR/RGB mean mix-up (SPEC section 8), in [0, 1] units.
-BGR_QUIRK_SHIFT = 18.67 / 255.0
+#: The original's BGR/RGB mean mix-up (SPEC section 8), in [0, 1] units: it adds the
+#: BGR-ordered caffe mean back to RGB images, so red loses and blue gains this much.
+BGR_QUIRK_SHIFT = (CAFFE_MEAN_RGB[0] - CAFFE_MEAN_RGB[2]) / 255.0
 
 FEATURE_KINDS = ("vgg19", "random_vgg19", "lowlevel")
 

@@ -19,7 +19,9 @@ from typing import Any
 
 from scops_fast._dispatch import CHOICES as BACKEND_CHOICES
 from scops_fast.models.common import BATCHNORM_MODES, IMAGENET_MEAN, IMAGENET_STD
+from scops_fast.models.deeplab import BLOCK_STRIDES
 from scops_fast.models.vgg import FEATURE_KINDS, SCOPS_LAYERS, VGG19_RELU_INDEX
+from scops_fast.tps import GRID_SOLVES
 from scops_fast.tps import MODES as TPS_MODES
 
 PRESET_DIR = pathlib.Path(__file__).parent / "configs"
@@ -39,10 +41,25 @@ def _choices(*values) -> dict:
 
 @dataclass
 class ModelConfig:
-    arch: str = field(default="deeplab_resnet50", metadata=_choices("deeplab_resnet50", "small"))
+    arch: str = field(
+        default="deeplab_resnet50",
+        metadata=_choices("deeplab_resnet50", "deeplab_resnet101", "small"),
+    )
     num_parts: int = field(default=8, metadata={"min": 1})
-    #: None, a path to torchvision's ImageNet resnet50 .pth, or "torchvision" (hub cache).
+    #: None, a path to a weight file, or "torchvision" (the file in the torch hub cache).
     pretrained: str | None = None
+    #: Layout of the `pretrained` file: "torchvision" (an ImageNet ResNet state dict) or
+    #: "original" (an original SCOPS snapshot or the caffe DeepLab initialisation it
+    #: starts from, `resnet50-caffe-22edcc82.pth` / `resnet101COCO-41f33a49.pth`).
+    pretrained_format: str = field(
+        default="torchvision", metadata=_choices("torchvision", "original")
+    )
+    #: Where layer2's first block downsamples: "3x3" (torchvision's ResNet v1.5) or "1x1"
+    #: (the caffe ResNet of the original; its weights need it).
+    block_stride: str = field(default="3x3", metadata=_choices(*BLOCK_STRIDES))
+    #: Quirk of the original: the shortcut projections' BatchNorm scale and shift train
+    #: (every other BatchNorm's are frozen).
+    train_downsample_bn: bool = False
     #: Channel width of the small network (its last layer has 4x this).
     width: int = field(default=32, metadata={"min": 1})
     #: Dilations of the classifier's parallel 3x3 convolutions; None: the arch's default.
@@ -93,6 +110,11 @@ class LossConfig:
     landmark_equivariance: float = 1e2
     semantic: float = 1e4
     orthonormal: float = 0.1
+    #: "original": the original's sum over parts and pixels divided by B twice;
+    #: "per_image": divided by B once, so the loss does not shrink as the batch grows.
+    concentration_reduction: str = field(
+        default="original", metadata=_choices("original", "per_image")
+    )
     #: "lowres": semantic_consistency_loss_lowres; "full": upsample the features first.
     semantic_form: str = field(default="lowres", metadata=_choices("lowres", "full"))
     #: Loss backend passed as `backend=`; None: the process default.
@@ -105,8 +127,14 @@ class WarpConfig:
     sigma: float = field(default=0.01, metadata={"min": 0.0})
     random_scale: list[float] | None = field(default_factory=lambda: [0.7, 2.0])
     random_mirror: bool = False
-    #: Padding when warping the normalised images and the logits.
+    #: Padding when warping the (normalised, jittered) images.
     padding: str = field(default="zeros", metadata=_choices("zeros", "border"))
+    #: Padding when warping the logits. The original always pads them with zeros, even
+    #: when its images are warped with border padding (`eqv_border_padding`).
+    logits_padding: str = field(default="zeros", metadata=_choices("zeros", "border"))
+    #: How the images' warp grid is solved: "float64" (accurate), or "float32" as the
+    #: original's TPS, whose grid is off by about 6e-6 (0.01 of an 8-bit level).
+    grid_solve: str = field(default="float64", metadata=_choices(*GRID_SOLVES))
 
 
 @dataclass
@@ -117,6 +145,12 @@ class JitterConfig:
     contrast: float = field(default=0.3, metadata={"min": 0.0})
     saturation: float = field(default=0.2, metadata={"min": 0.0})
     hue: float = field(default=0.2, metadata={"min": 0.0, "max": 0.5})
+    #: "tensor": torchvision's tensor ops on the batch, 8-bit levels rounded. "pil": the
+    #: original's path, image by image through PIL (8-bit levels truncated, not rounded).
+    implementation: str = field(default="tensor", metadata=_choices("tensor", "pil"))
+    #: Quirk of the original: the jitter sees colours shifted by its BGR/RGB mean mix-up
+    #: (red down, blue up by 18.7 levels, clipped at 0 and 255), shifted back after.
+    bgr_quirk: bool = False
 
 
 @dataclass
@@ -132,6 +166,10 @@ class OptimConfig:
     basis_momentum: float = 0.9
     basis_weight_decay: float = 5e-4
     basis_grad_clip: float | None = 5.0
+    #: Quirk of the original: its backbone parameter list names each parameter once per
+    #: module that contains it, so SGD steps a parameter 1 (conv1), 3 (a block's
+    #: convolutions) or 4 times (a shortcut's convolution and BatchNorm) per step.
+    nested_param_repeats: bool = False
 
 
 @dataclass

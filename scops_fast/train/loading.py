@@ -7,7 +7,8 @@ import os
 import torch
 import torch.nn.functional as F
 
-from scops_fast.models import PartSegmenter, deeplab_resnet50, small_net
+from scops_fast.models import PartSegmenter, deeplab_resnet, small_net
+from scops_fast.models.original import load_original_weights
 from scops_fast.train.checkpoint import load_checkpoint
 from scops_fast.train.config import ModelConfig, config_from_dict
 
@@ -20,9 +21,21 @@ def build_network(cfg: ModelConfig, *, load_pretrained: bool = True) -> PartSegm
     }
     if cfg.head_dilations is not None:
         common["head_dilations"] = cfg.head_dilations
-    if cfg.arch == "deeplab_resnet50":
+    if cfg.arch.startswith("deeplab_resnet"):
+        depth = int(cfg.arch.removeprefix("deeplab_resnet"))
         pretrained = cfg.pretrained if load_pretrained else None
-        return deeplab_resnet50(cfg.num_parts, pretrained=pretrained, **common)
+        original = cfg.pretrained_format == "original"
+        net = deeplab_resnet(
+            cfg.num_parts,
+            depth=depth,
+            pretrained=None if original else pretrained,
+            block_stride=cfg.block_stride,
+            train_downsample_bn=cfg.train_downsample_bn,
+            **common,
+        )
+        if original and pretrained is not None:
+            load_original_weights(net, pretrained)
+        return net
     if cfg.arch == "small":
         return small_net(cfg.num_parts, width=cfg.width, **common)
     raise ValueError(f"model.arch: unknown architecture {cfg.arch!r}")

@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from scops_fast import losses
 from scops_fast.models import build_features
-from scops_fast.tps import tps_warp
+from scops_fast.tps import tps_grid, tps_warp
 from scops_fast.train import distributed
 from scops_fast.train.augment import GlobalBatchColorJitter, GlobalBatchWarps
 from scops_fast.train.checkpoint import (
@@ -72,6 +72,20 @@ class SCOPSObjective(nn.Module):
         # Two passes, not one over the concatenation: BatchNorm in train mode keeps
         # separate batch statistics for the two branches, as the original.
         return self.net(images), self.net(warped), self.part_basis()
+
+
+def nested_repeats(net: nn.Module) -> list[nn.Parameter]:
+    """The network's trainable backbone parameters, each listed once per module of the
+    original's layout that contains it, as the original builds its optimiser group:
+    conv1 once, a block's convolutions 3 times (layerN, the block, the conv), a shortcut's
+    convolution and BatchNorm 4 times (layerN, the block, `downsample`, the layer)."""
+    out = []
+    for name, p in net.backbone.named_parameters():
+        if not p.requires_grad:
+            continue
+        module_path = name.split(".")[:-1]
+        out += [p] * (1 if module_path[0] == "stem" else len(module_path))
+    return out
 
 
 def poly_lr(base: float, step: int, total: int, power: float) -> float:
@@ -140,14 +154,24 @@ class Trainer:
             self.module = DistributedDataParallel(self.objective, device_ids=ids)
 
         o = cfg.optim
-        self.net_optimizer = torch.optim.SGD(
-            [
-                {"params": list(self.net.backbone_parameters()), "lr_mult": 1.0},
-                {"params": list(self.net.head_parameters()), "lr_mult": o.head_lr_mult},
-            ],
-            lr=o.lr,
-            momentum=o.momentum,
-            weight_decay=o.weight_decay,
+        backbone = list(self.net.backbone_parameters())
+        if o.nested_param_repeats:
+            backbone = nested_repeats(self.net)
+        with warnings.catch_warnings():
+            # The original's quirk, reproduced on purpose (optim.nested_param_repeats).
+            warnings.filterwarnings("ignore", message=".*duplicate parameters.*")
+            self.net_optimizer = torch.optim.SGD(
+                [
+                    {"params": backbone, "lr_mult": 1.0},
+                    {"params": list(self.net.head_parameters()), "lr_mult": o.head_lr_mult},
+                ],
+                lr=o.lr,
+                momentum=o.momentum,
+                weight_decay=o.weight_decay,
+            )
+        #: Each trained network parameter once (the optimiser may list some repeatedly).
+        self.net_parameters = list(
+            dict.fromkeys(p for g in self.net_optimizer.param_groups for p in g["params"])
         )
         self.basis_optimizer = torch.optim.SGD(
             [self.objective.basis],
@@ -194,23 +218,31 @@ class Trainer:
         source_points = self.warps.draw(local).to(self.device)
         jittered = self.jitter(images, local)
         # Warped in normalised space: zeros padding there is the mean colour.
-        warped = tps_warp(
-            self.net.normalize(jittered),
-            source_points,
-            padding_mode=cfg.warp.padding,
-            backend=backend,
-        )
+        normalized = self.net.normalize(jittered)
+        if cfg.warp.grid_solve == "float32":
+            grid = tps_grid(source_points, *size, solve="float32").to(normalized.dtype)
+            warped = F.grid_sample(
+                normalized, grid, padding_mode=cfg.warp.padding, align_corners=True
+            )
+        else:
+            warped = tps_warp(
+                normalized, source_points, padding_mode=cfg.warp.padding, backend=backend
+            )
         logits, logits_warped, basis = self.module(self.net.normalize(images), warped)
         pred = upsample_logits(logits, size)
         pred_warped = upsample_logits(logits_warped, size)
 
         # The original divides by B twice; scaled so that the mean over ranks of the
-        # local losses equals the loss of the global batch.
+        # local losses equals the loss of the global batch (divided by B once for
+        # "per_image").
+        local_batch = images.shape[0]
         con = losses.concentration_loss(pred, backend=backend) * (
-            images.shape[0] / cfg.data.batch_size
+            local_batch
+            if cfg.loss.concentration_reduction == "per_image"
+            else local_batch / cfg.data.batch_size
         )
         eqv, lmeqv = losses.equivariance_losses(
-            pred, pred_warped, source_points, padding_mode=cfg.warp.padding, backend=backend
+            pred, pred_warped, source_points, padding_mode=cfg.warp.logits_padding, backend=backend
         )
         sem = self._semantic_loss(feats, batch, pred, basis)
         orth = losses.orthonormal_loss(basis)
@@ -262,9 +294,8 @@ class Trainer:
         if self.cfg.release_heap and self.device.type == "cpu":
             release_free_heap()  # the forward's freed transients, before the backward
         total.backward()
-        net_params = [p for g in self.net_optimizer.param_groups for p in g["params"]]
         if o.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(net_params, o.grad_clip)
+            torch.nn.utils.clip_grad_norm_(self.net_parameters, o.grad_clip)
         if o.basis_grad_clip is not None:
             torch.nn.utils.clip_grad_norm_([self.objective.basis], o.basis_grad_clip)
         lr = poly_lr(o.lr, self.step, self.cfg.steps, o.poly_power)
