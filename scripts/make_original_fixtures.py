@@ -331,7 +331,20 @@ class _Proxy:
 def make_step(out: pathlib.Path) -> None:
     """Step 0 of the original trainer (train.main with exps/SCOPS_K8_retrain.json at
     64x64, batch 2): its inputs, random draws, jittered images, five losses and the
-    clipped gradients, with how often each parameter occurs in its optimiser group."""
+    clipped gradients, with how often each parameter occurs in its optimiser group.
+
+    Run on one thread, then again on two (`threads2.*`: the losses and gradients only).
+    The two differ by float32 rounding alone, amplified by batch-statistics BatchNorm
+    (up to 5e-3 relative in a gradient): the original's own noise floor."""
+    arrays = _original_step(threads=1)
+    again = _original_step(threads=2)
+    for key, value in again.items():
+        if key.startswith(("loss.", "grad.", "summary.", "grad_norms")):
+            arrays[f"threads2.{key}"] = value
+    save(out, "step", **arrays)
+
+
+def _original_step(threads: int) -> dict:
     import loss
     import scops_trainer
     import torchvision
@@ -497,6 +510,7 @@ def make_step(out: pathlib.Path) -> None:
         rand_tps.TPSGridGen = Recording
         torch.manual_seed(0)
         np.random.seed(0)
+        torch.set_num_threads(threads)
         with contextlib.redirect_stdout(sys.stderr):
             train.main()
     finally:
@@ -509,6 +523,7 @@ def make_step(out: pathlib.Path) -> None:
         torch.nn.utils.clip_grad_norm_ = clip
         scops_trainer.SCOPSTrainer.__init__, scops_trainer.SCOPSTrainer.step = real_init, real_step
         shutil.rmtree(tmp)
+        torch.set_num_threads(1)
 
     order = [int(n[:6]) for n in cap["batch_names"]]
     # The step's reset draws the warp (the constructor drew one before it).
@@ -537,6 +552,7 @@ def make_step(out: pathlib.Path) -> None:
         "lrs": np.array(cap["lrs"]),
         "multiplicity": as_json(cap["multiplicity"]),
         "param_group": as_json(cap["group"]),
+        "threads": np.array(threads),
     }
     probe = np.random.default_rng(0)
     for name, upd in cap["grads"].items():
@@ -550,7 +566,7 @@ def make_step(out: pathlib.Path) -> None:
             arrays[f"summary.{name}"] = np.concatenate(
                 ([np.linalg.norm(flat), flat @ signs], flat[idx], idx.astype(np.float64))
             )
-    save(out, "step", **arrays)
+    return arrays
 
 
 def _record_calls(fn, log: list):
