@@ -578,12 +578,111 @@ def _record_calls(fn, log: list):
     return wrapper
 
 
+#: The fake CelebA-wild tree: (height, width) of each image and its face box (x, y, w, h).
+CELEBA_TREE = (
+    ((61, 47), (8, 10, 30, 36)),  # face covers 0.38: kept
+    ((50, 80), (30, 12, 20, 22)),  # 0.11: filtered out by celeba_th 0.3
+    ((72, 72), (10, 8, 50, 55)),
+    ((45, 90), (20, 5, 40, 32)),  # 0.32: kept
+    ((66, 53), (5, 6, 40, 44)),
+)
+
+
+def celeba_tree(root: pathlib.Path, rng: np.random.RandomState) -> dict:
+    """Writes a CelebA-wild tree in the original's file formats under root; returns its
+    arrays (images and saliency maps as written: PNG data, whatever the .jpg name says,
+    so that every decoder reads the same pixels)."""
+    from PIL import Image
+
+    (root / "img_celeba").mkdir(parents=True)
+    (root / "Saliency_Wild").mkdir()
+    (root / "MAFL").mkdir()
+    arrays, lm_rows, box_rows, size_rows, names = {}, [], [], [], []
+    for i, ((h, w), box) in enumerate(CELEBA_TREE, start=1):
+        name = f"{i:06d}.jpg"
+        yy, xx = np.mgrid[0:h, 0:w]
+        img = np.stack(
+            [
+                127 + 90 * np.sin(xx * rng.uniform(0.05, 0.3) + yy * rng.uniform(0.05, 0.3) + c)
+                for c in range(3)
+            ],
+            -1,
+        )
+        img = np.clip(img + rng.randn(h, w, 3) * 12, 0, 255).astype(np.uint8)
+        Image.fromarray(img).save(root / "img_celeba" / name, format="PNG")
+        # One map at another size than its image: the original resizes it to the image first.
+        sh, sw = (h // 2, w // 2) if i == 4 else (h, w)
+        sal = (rng.rand(sh, sw) * 255).astype(np.uint8)
+        Image.fromarray(sal).save(root / "Saliency_Wild" / f"{i:06d}.png")
+        x, y, bw, bh = box
+        marks = rng.randint(0, min(h, w), size=(5, 2))
+        lm_rows.append(name + "".join(f" {a} {b}" for a, b in marks))
+        box_rows.append(f"{name} {x} {y} {bw} {bh}")
+        size_rows.append(f"{name} {h} {w}")
+        names.append(name)
+        arrays[f"tree.{name}.image"] = img
+        arrays[f"tree.{name}.saliency"] = sal
+    header = "lefteye_x lefteye_y righteye_x righteye_y nose_x nose_y leftmouth_x leftmouth_y "
+    header += "rightmouth_x rightmouth_y"
+    files = {
+        "list_landmarks_celeba.txt": f"{len(names)}\n{header}\n" + "\n".join(lm_rows) + "\n",
+        "list_bbox_celeba.txt": f"{len(names)}\nimage_id x_1 y_1 width height\n"
+        + "\n".join(box_rows)
+        + "\n",
+        "list_imsize_celeba.txt": f"{len(names)}\nimage_id height width\n"
+        + "\n".join(size_rows)
+        + "\n",
+        "MAFL/celebA_training.txt": "\n".join(names) + "\n",
+    }
+    for rel, text in files.items():
+        (root / rel).write_text(text)
+        arrays[f"tree.{rel}"] = np.array(text)
+    return arrays
+
+
+def make_celeba(out: pathlib.Path) -> None:
+    """What the original's CelebAWildDataset returns for a fake tree: resized image (RGB
+    minus the mean), saliency, integer landmarks; which images the face-area filter keeps;
+    and the centre-crop variant's image and saliency."""
+    from dataset.celeba_wild_dataset import CelebAWildDataset
+
+    root = pathlib.Path(tempfile.mkdtemp()) / "CelebA"
+    arrays = celeba_tree(root, np.random.RandomState(3))
+    size = (40, 40)
+    try:
+        for variant, center in (("resize", False), ("center_crop", True)):
+            ds = CelebAWildDataset(
+                str(root),
+                str(root / "MAFL" / "celebA_training.txt"),
+                crop_size=size,
+                mean=CAFFE_MEAN_BGR,
+                center_crop=center,
+                iou_threshold=0.3,
+            )
+            # Its centre crop never sets the landmark scale (it fails on a first item).
+            ds.scale_x = ds.scale_y = 1.0
+            kept = [f["name"] for f in ds.files]
+            arrays[f"{variant}.kept"] = np.array(kept)
+            for i, name in enumerate(kept):
+                item = ds[i]
+                arrays[f"{variant}.{name}.img"] = item["img"]
+                arrays[f"{variant}.{name}.saliency"] = item["saliency"]
+                if not center:
+                    arrays[f"{variant}.{name}.landmarks"] = item["landmarks"].numpy()
+                    arrays[f"{variant}.{name}.size"] = item["size"]
+    finally:
+        shutil.rmtree(root.parent)
+    arrays["size"] = np.array(size)
+    save(out, "celeba", **arrays)
+
+
 SECTIONS = {
     "tps": make_tps,
     "losses": make_losses,
     "model": make_model,
     "evaluation": make_evaluation,
     "step": make_step,
+    "celeba": make_celeba,
 }
 
 

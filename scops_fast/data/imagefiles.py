@@ -23,6 +23,7 @@ __all__ = [
     "load_rgb",
     "load_grey",
     "load_saliency",
+    "opencv",
     "square_box",
     "parse_size",
 ]
@@ -47,6 +48,18 @@ def parse_size(size) -> tuple[int, int]:
     if h < 1 or w < 1:
         raise ValueError(f"size must be positive, got {size}")
     return h, w
+
+
+def opencv():
+    """The cv2 module, for the readers that reproduce the original's OpenCV arithmetic."""
+    try:
+        import cv2
+    except ImportError:
+        raise ImportError(
+            'reader="opencv" (the original\'s exact image reading and resizing) needs OpenCV: '
+            "pip install opencv-python-headless"
+        ) from None
+    return cv2
 
 
 def load_rgb(path) -> Image.Image:
