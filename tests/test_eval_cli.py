@@ -84,15 +84,21 @@ def test_folder_of_images(checkpoint, tmp_path, capsys):
 
 
 def test_perfect_predictions_pass_the_criteria():
-    data = SyntheticParts(6, size=32, seed=0)
+    # Separate splits, more images than regression inputs: a 6-image fit on its own
+    # training images is exact for both models, and the ratio of two ~1e-16 errors is
+    # BLAS rounding noise (0.85 on one CPU), not a check of the criteria.
+    train, test = SyntheticParts(40, size=32, seed=0), SyntheticParts(20, size=32, seed=1)
+    lookup = {float(d[i]["img"].sum()): d[i]["parts"] for d in (train, test) for i in range(len(d))}
 
     def oracle(images):  # the ground-truth parts, looked up by image
-        index = {float(data[i]["img"].sum()): i for i in range(len(data))}
-        parts = torch.stack([data[index[float(im.sum())]]["parts"] for im in images])
+        parts = torch.stack([lookup[float(im.sum())] for im in images])
         return torch.nn.functional.one_hot(parts, 10).permute(0, 3, 1, 2).float()
 
-    result = evaluate_with_baselines(oracle, data, data, 4, batch_size=4)
+    result = evaluate_with_baselines(oracle, train, test, 4, batch_size=8)
     assert result["model"]["part_nmi"] == pytest.approx(1.0)
+    # The oracle's error is a third of k-means' here; the criterion asks for 0.8.
+    assert result["model"]["landmark_error_test"] > 1e-3
+    assert result["criteria"]["landmark_error_ratio_vs_kmeans"] < 0.5
     assert result["criteria"]["passed"]
     assert criteria({"part_nmi": 0.5}, {"part_nmi": 0.45}) == {
         "part_nmi_margin_vs_kmeans": pytest.approx(0.05),

@@ -218,3 +218,26 @@ def test_evaluate_dataset_on_synthetic_items():
     hidden[3]["landmarks"][2] = float("nan")  # an unannotated keypoint, as in CUB
     partial = evaluate_dataset(oracle, train, hidden, batch_size=4)
     assert "landmark_error_test" not in partial and partial["keypoint_nmi"] == pytest.approx(1.0)
+
+
+def test_foreground_keypoint_and_full_image_part_metrics():
+    probs_tr, lm_tr, _ = synthetic_predictions(20, seed=6)
+    probs_te, lm_te, parts_te = synthetic_predictions(10, seed=7)
+    perfect = evaluate_predictions(probs_tr, lm_tr, probs_te, lm_te, parts_test=parts_te)
+    for key in ("keypoint_fg_nmi", "keypoint_fg_ari", "part_nmi_full", "part_ari_full"):
+        assert perfect[key] == pytest.approx(1.0), key
+    assert perfect["keypoint_on_background"] == 0.0
+
+    # Half the images predicted as background everywhere: the full keypoint metrics count
+    # those keypoints as one more cluster; the foreground ones leave them out.
+    half = probs_te.clone()
+    half[::2] = 0.0
+    half[::2, 0] = 1.0
+    out = evaluate_predictions(probs_tr, lm_tr, half, lm_te, parts_test=parts_te)
+    assert out["keypoint_on_background"] == pytest.approx(0.5)
+    assert out["keypoint_fg_nmi"] == pytest.approx(1.0) and out["keypoint_fg_ari"] == pytest.approx(
+        1.0
+    )
+    assert out["keypoint_nmi"] < 0.9 and out["keypoint_ari"] < 0.9
+    # Full-image: background pixels predicted right count too, so it beats the fg-only score.
+    assert out["part_nmi_full"] > out["part_nmi"]

@@ -53,7 +53,11 @@ class PartEvaluator:
       landmark_error_train, landmark_error_test: SPEC §9 regression error, fractions (x100 for %);
       keypoint_nmi, keypoint_ari: arg-max label (background included) at visible test keypoints vs
         keypoint id;
+      keypoint_fg_nmi, keypoint_fg_ari: the same over the keypoints whose arg-max label is a part
+        (background predictions left out); keypoint_on_background: the fraction left out;
       part_nmi, part_ari: arg-max label vs ground-truth part id over ground-truth foreground pixels;
+      part_nmi_full, part_ari_full: the same over every pixel, background (0) a label on both
+        sides;
       fg_iou: mean over test images of the IoU of (arg-max != 0) with fg; fg_iou_pooled: total
         intersection / total union over the test set.
     """
@@ -69,6 +73,7 @@ class PartEvaluator:
         self._empty_parts = 0
         self._kp_table = None
         self._part_table = None
+        self._full_table = None
         self._ious: list[np.ndarray] = []
         self._inter = self._union = 0
 
@@ -113,6 +118,12 @@ class PartEvaluator:
             self._part_table = add_tables(
                 self._part_table, contingency_table(pred, gt, n_a=p.shape[1], n_b=n_b)
             )
+            # Every pixel, background (0) included on both sides.
+            pred, gt = dense_part_labels(labels, parts, torch.ones_like(labels, dtype=torch.bool))
+            n_b = max(int(gt.max()) + 1 if gt.size else 1, 2)
+            self._full_table = add_tables(
+                self._full_table, contingency_table(pred, gt, n_a=p.shape[1], n_b=n_b)
+            )
         gt_fg = (
             fg if fg is not None else (torch.as_tensor(parts) > 0 if parts is not None else None)
         )
@@ -142,9 +153,17 @@ class PartEvaluator:
         if self._kp_table is not None:
             out["keypoint_nmi"] = nmi_from_table(self._kp_table)
             out["keypoint_ari"] = ari_from_table(self._kp_table)
+            # Keypoints that fall on a predicted part: background predictions left out.
+            fg_rows = self._kp_table[1:]
+            out["keypoint_fg_nmi"] = nmi_from_table(fg_rows)
+            out["keypoint_fg_ari"] = ari_from_table(fg_rows)
+            total = self._kp_table.sum()
+            out["keypoint_on_background"] = float(self._kp_table[0].sum() / total) if total else 0.0
         if self._part_table is not None:
             out["part_nmi"] = nmi_from_table(self._part_table)
             out["part_ari"] = ari_from_table(self._part_table)
+            out["part_nmi_full"] = nmi_from_table(self._full_table)
+            out["part_ari_full"] = ari_from_table(self._full_table)
         if self._ious:
             out["fg_iou"] = float(np.concatenate(self._ious).mean())
             out["fg_iou_pooled"] = self._inter / self._union if self._union else 1.0

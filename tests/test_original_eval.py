@@ -1,0 +1,42 @@
+"""The landmark evaluation of the original (evaluate_celebAWild.py's part centres,
+evaluation/face_evaluation_wild.py's regression) against ours on fixed logits."""
+
+import numpy as np
+import torch
+from original_fixtures import load
+
+from scops_fast.eval import landmark_regression_error, part_centers_pixels
+
+
+def centres(split: str) -> np.ndarray:
+    logits = load("evaluation")[f"{split}.logits"]
+    return part_centers_pixels(torch.softmax(logits, 1)[:, 1:]).double().numpy()
+
+
+def test_part_centres_are_the_originals():
+    f = load("evaluation")
+    for split in ("train", "test"):
+        # The original sums float32 maps; ours in float64.
+        np.testing.assert_allclose(centres(split), f.arrays[f"{split}.centers"], atol=2e-4)
+
+
+def test_regression_errors_are_the_originals():
+    f = load("evaluation")
+    err_train, err_test = landmark_regression_error(
+        centres("train"), f.arrays["train.landmarks"], centres("test"), f.arrays["test.landmarks"]
+    )
+    # Centres in float64 here, float32 there: the regression moves by less than 1e-6.
+    np.testing.assert_allclose(
+        [err_train, err_test], [f.arrays["error_train"], f.arrays["error_test"]], rtol=1e-6
+    )
+
+
+def test_regression_on_the_originals_centres_is_exact():
+    f = load("evaluation")
+    a = f.arrays
+    err_train, err_test = landmark_regression_error(
+        a["train.centers"], a["train.landmarks"], a["test.centers"], a["test.landmarks"]
+    )
+    np.testing.assert_allclose(
+        [err_train, err_test], [a["error_train"], a["error_test"]], rtol=1e-9
+    )
