@@ -40,3 +40,28 @@ def test_regression_on_the_originals_centres_is_exact():
     np.testing.assert_allclose(
         [err_train, err_test], [a["error_train"], a["error_test"]], rtol=1e-9
     )
+
+
+def test_scops_eval_scores_an_original_snapshot_with_the_original_protocol(tmp_path, capsys):
+    import json
+
+    from test_original_data import write_tree
+    from test_original_model import original_state
+
+    from scops_fast.eval.cli import main
+
+    root = tmp_path / "CelebA"
+    write_tree(root, load("celeba"))
+    names = (root / "MAFL" / "celebA_training.txt").read_text().split()
+    (root / "MAFL" / "training.txt").write_text("\n".join(names) + "\n")
+    (root / "MAFL" / "testing.txt").write_text("\n".join(names[:3]) + "\n")
+    snapshot = tmp_path / "model_100000.pth"
+    torch.save(original_state("resnet50"), snapshot)
+    argv = ["--checkpoint", str(snapshot), "--data", "celeba", "--root", str(root), "--size", "48"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["checkpoint_format"] == "original" and out["num_parts"] == 8
+    assert out["data"]["protocol"] == "original"
+    # The face-area filter dropped one image of each list.
+    assert out["model"]["n_train"] == 4 and out["model"]["n_test"] == 2
+    assert {"keypoint_nmi", "keypoint_fg_nmi", "landmark_error_test"} <= set(out["model"])

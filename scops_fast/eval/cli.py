@@ -6,12 +6,20 @@
     scops-eval --checkpoint runs/celeba-k8 --data celeba --root data/celeba
     scops-eval --checkpoint RUN --data cub --root data/cub
     scops-eval --checkpoint RUN --data folder --root photos/              # no labels: few numbers
+    scops-eval --checkpoint model_100000.pth --data celeba --root data/CelebA  # original snapshot
 
 The landmark regressor (SPEC section 9) and the k-means centres are fitted on the train split
 (synthetic: `--train-n` items of seed `--train-seed`; CelebA: the MAFL training list; CUB: the
 train split) and everything is scored on the test split. The network sees every image resized
 to the size it was trained at (`--net-size` to change, 0 for the image's own size); its part
 maps come back at the image's size.
+
+`--checkpoint` also takes a snapshot of the original SCOPS trainer (`model_<step>.pth`, its
+network's state dict: loaded with `scops_fast.models.load_original`, K and depth read from it).
+`--protocol original` reads the data as the original's evaluate_celebAWild.py does: the MAFL
+lists filtered to faces covering at least 0.3 of the image, each whole image resized to 256x256
+with OpenCV, integer landmarks (the default for an original snapshot); `ours` is the loader's
+default (a square crop around the face box).
 """
 
 from __future__ import annotations
@@ -25,6 +33,11 @@ import time
 from scops_fast.eval.compare import evaluate_with_baselines
 
 DATA_KINDS = ("synthetic", "celeba", "cub", "folder")
+PROTOCOLS = ("ours", "original")
+#: The original evaluation's image size (evaluate_celebAWild.py's INPUT_SIZE).
+ORIGINAL_SIZE = 256
+#: CelebAWild arguments of the original's evaluation data.
+ORIGINAL_CELEBA = {"crop": None, "min_face_area": 0.3, "reader": "opencv"}
 #: Test / train splits of the real data sets' loaders.
 SPLITS = {"celeba": ("test", "train"), "cub": ("test", "train"), "folder": (None, None)}
 
@@ -63,6 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--saliency-dir", help="celeba / cub / folder: saliency maps directory")
     p.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        help="celeba: 'original' reads the data as the original's evaluation (whole image resized, "
+        "face-area filter 0.3, OpenCV); 'ours' crops around the face box. Default: original for "
+        "an original snapshot, else ours",
+    )
+    p.add_argument(
         "--net-size",
         type=int,
         help="size the network sees (default: its training size; 0: the image's own size)",
@@ -74,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _datasets(args, image_size: int):
+def _datasets(args, image_size: int, protocol: str = "ours"):
     from scops_fast.data import CUB, CelebAWild, ImageFolder, SyntheticParts
 
     kind, root = args.data, args.root
@@ -103,6 +123,8 @@ def _datasets(args, image_size: int):
     if kind == "folder":
         return None, ImageFolder(root, **common), {"dataset": kind, "root": root, "size": size}
     cls = CelebAWild if kind == "celeba" else CUB
+    if protocol == "original" and kind == "celeba":
+        common.update(ORIGINAL_CELEBA)
     test_split = args.split or SPLITS[kind][0]
     train_split = args.train_split or SPLITS[kind][1]
     test = cls(root, split=test_split, **common)
@@ -111,22 +133,51 @@ def _datasets(args, image_size: int):
         "dataset": kind,
         "root": root,
         "size": size,
+        "protocol": protocol,
         "test": {"split": test_split},
         "train": None if train is None else {"split": train_split},
     }
     return train, test, spec
 
 
+def _original_snapshot(path):
+    """The state dict of an original SCOPS snapshot at `path`, or None for anything else.
+    Read with weights_only=True: a file that would run code when unpickled is refused."""
+    import torch
+
+    from scops_fast.models.original import original_num_parts
+
+    path = pathlib.Path(path)
+    if path.is_dir():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - ours (or unreadable): the checkpoint loader explains
+        return None
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        return None
+    stripped = {k.removeprefix("module."): v for k, v in state.items()}
+    return state if original_num_parts(stripped) is not None else None
+
+
 def evaluate_checkpoint(args) -> dict:
     import torch
 
+    from scops_fast.models import load_original
     from scops_fast.train import load_model, predict_parts
     from scops_fast.train.checkpoint import load_checkpoint
 
-    ckpt_info = load_checkpoint(args.checkpoint)
-    model = load_model(args.checkpoint, map_location=args.device)
+    original = _original_snapshot(args.checkpoint)
+    if original is not None:
+        model = load_original(original).to(args.device)
+        model.image_size = ORIGINAL_SIZE
+        step = None
+    else:
+        step = int(load_checkpoint(args.checkpoint)["step"])
+        model = load_model(args.checkpoint, map_location=args.device)
+    protocol = args.protocol or ("original" if original is not None else "ours")
     train_size = model.image_size
-    train, test, spec = _datasets(args, train_size)
+    train, test, spec = _datasets(args, train_size, protocol)
     net_size = train_size if args.net_size is None else (args.net_size or None)
     if len(test) == 0:
         raise ValueError("the test split has no items")
@@ -146,7 +197,8 @@ def evaluate_checkpoint(args) -> dict:
         )
     out = {
         "checkpoint": str(args.checkpoint),
-        "checkpoint_step": int(ckpt_info["step"]),
+        "checkpoint_step": step,
+        "checkpoint_format": "original" if original is not None else "scops_fast",
         "num_parts": model.num_parts,
         "data": spec,
         "network_input_size": net_size if net_size else "image size",
