@@ -346,8 +346,10 @@ def preset_names() -> list[str]:
 def load_config(
     name_or_path: str | pathlib.Path, overrides: dict[str, Any] | None = None
 ) -> Config:
-    """A preset name (`celeba-k8`, `cub`, `demo`) or the path of a JSON file; fields
-    left out take the defaults of `Config` (which are SPEC section 8's)."""
+    """A preset name (`celeba-k8`, `celeba-k8-original`, `cub`, `demo`) or the path of a
+    JSON file: ours (fields left out take the defaults of `Config`, which are SPEC section
+    8's) or an experiment file of the original trainer (`exps/*.json`, see
+    `scops_fast.train.original_config`)."""
     text = str(name_or_path)
     path = pathlib.Path(text).expanduser()
     if not path.exists():
@@ -369,7 +371,12 @@ def load_config(
             f"config file {str(path)!r} is not valid JSON: {exc.msg} at line {exc.lineno}, "
             f"column {exc.colno}"
         ) from None
-    cfg = config_from_dict(data, source=f"config {str(path)!r}")
+    from scops_fast.train.original_config import config_from_original, is_original_experiment
+
+    if is_original_experiment(data):
+        cfg = config_from_original(data, source=f"original experiment file {str(path)!r}")
+    else:
+        cfg = config_from_dict(data, source=f"config {str(path)!r}")
     return cfg.replace(overrides) if overrides else cfg
 
 
