@@ -676,6 +676,83 @@ def make_celeba(out: pathlib.Path) -> None:
     save(out, "celeba", **arrays)
 
 
+CUB_SIZE = 64
+
+
+def cub_tree(root: pathlib.Path, cache: pathlib.Path, rng: np.random.RandomState) -> dict:
+    """A CUB image folder and a CMR cache (`data/test_cub_cleaned.mat`, `sfm/anno_test.mat`)
+    in the original's formats; returns the arrays written."""
+    import scipy.io
+    from PIL import Image
+
+    (cache / "data").mkdir(parents=True)
+    (cache / "sfm").mkdir()
+    arrays, records, sfm = {}, [], []
+    specs = [  # rel_path, (h, w), box (x1, y1, x2, y2) 1-based, grey image
+        ("001.Black_footed_Albatross/a_0001.jpg", (60, 80), (10, 12, 50, 45), False),
+        ("002.Laysan_Albatross/b_0002.jpg", (70, 52), (3, 5, 50, 66), False),
+        ("003.Sooty_Albatross/c_0003.jpg", (48, 48), (20, 2, 47, 30), True),  # box at the edge
+        ("004.Groove_billed_Ani/d_0004.jpg", (55, 90), (30, 10, 60, 40), False),
+    ]
+    for rel, (h, w), (x1, y1, x2, y2), grey in specs:
+        path = root / "images" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shape = (h, w) if grey else (h, w, 3)
+        img = (rng.rand(*shape) * 255).astype(np.uint8)
+        Image.fromarray(img).save(path, format="PNG")
+        arrays[f"tree.{rel}.image"] = img
+        parts = np.zeros((3, 15))
+        parts[0] = rng.randint(x1, x2 + 1, 15)
+        parts[1] = rng.randint(y1, y2 + 1, 15)
+        parts[2] = rng.rand(15) > 0.3
+        parts[:2, parts[2] == 0] = 0
+        mask = (rng.rand(h, w) > 0.5).astype(np.uint8)
+        bbox = {"x1": float(x1), "y1": float(y1), "x2": float(x2), "y2": float(y2)}
+        records.append((rel, bbox, parts, mask))
+        sfm.append((np.array(1.0), np.zeros(2), np.eye(3)))
+        arrays[f"tree.{rel}.bbox"] = np.array([x1, y1, x2, y2], np.float64)
+        arrays[f"tree.{rel}.parts"] = parts
+        arrays[f"tree.{rel}.mask"] = mask
+    images = np.zeros(len(records), dtype=[(k, "O") for k in ("rel_path", "bbox", "parts", "mask")])
+    for i, r in enumerate(records):
+        images[i] = r
+    scipy.io.savemat(str(cache / "data" / "test_cub_cleaned.mat"), {"images": images})
+    anno = np.zeros(len(sfm), dtype=[(k, "O") for k in ("scale", "trans", "rot")])
+    for i, r in enumerate(sfm):
+        anno[i] = r
+    scipy.io.savemat(str(cache / "sfm" / "anno_test.mat"), {"sfm_anno": anno})
+    arrays["tree.rel_paths"] = np.array([r[0] for r in records])
+    return arrays
+
+
+def make_cub(out: pathlib.Path) -> None:
+    """What the original's CUB dataset class (evaluate_cub.py's loader) returns for a fake
+    CUB tree and CMR cache: the image (RGB minus the mean), keypoints in [-1, 1] and the
+    mask, with the box-jitter draws it made (it jitters test images too)."""
+    from dataset import base, cub
+
+    base.IMG_SIZE = CUB_SIZE  # its output side, 256 in the original; smaller fixtures
+    tmp = pathlib.Path(tempfile.mkdtemp())
+    arrays = cub_tree(tmp / "CUB_200_2011", tmp / "cache", np.random.RandomState(9))
+    cub.cub_dir, cub.cub_cache_dir = str(tmp / "CUB_200_2011"), str(tmp / "cache")
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            ds = cub.CUBDataset(opts=None)
+        np.random.seed(0)
+        for i, rel in enumerate(arrays["tree.rel_paths"]):
+            draws = []
+            with recorded(np.random, "random", draws):
+                item = ds[i]
+            arrays[f"{rel}.draws"] = np.array(draws)
+            arrays[f"{rel}.img"] = item["img"]
+            arrays[f"{rel}.kp"] = item["kp"]
+            arrays[f"{rel}.mask"] = item["mask"]
+    finally:
+        shutil.rmtree(tmp)
+    arrays["size"] = np.array(CUB_SIZE)
+    save(out, "cub", **arrays)
+
+
 SECTIONS = {
     "tps": make_tps,
     "losses": make_losses,
@@ -683,6 +760,7 @@ SECTIONS = {
     "evaluation": make_evaluation,
     "step": make_step,
     "celeba": make_celeba,
+    "cub": make_cub,
 }
 
 

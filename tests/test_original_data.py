@@ -110,3 +110,59 @@ def test_bad_options_are_named(celeba_root):
         CelebAWild(celeba_root, center_crop=True)
     with pytest.raises(ValueError, match="split"):
         CelebAWild(celeba_root, split="MAFL/missing.txt")
+
+
+def write_cub(tmp_path) -> tuple:
+    """The fixture's CUB images (PNG data) and CMR cache (.mat, written with scipy)."""
+    import scipy.io
+
+    f = load("cub")
+    root, cache = tmp_path / "CUB_200_2011", tmp_path / "cache"
+    (cache / "data").mkdir(parents=True)
+    rels = [str(r) for r in f.arrays["tree.rel_paths"]]
+    images = np.zeros(len(rels), dtype=[(k, "O") for k in ("rel_path", "bbox", "parts", "mask")])
+    for i, rel in enumerate(rels):
+        path = root / "images" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(f.arrays[f"tree.{rel}.image"]).save(path, format="PNG")
+        x1, y1, x2, y2 = f.arrays[f"tree.{rel}.bbox"]
+        box = {"x1": x1, "y1": y1, "x2": x2, "y2": y2}
+        images[i] = (rel, box, f.arrays[f"tree.{rel}.parts"], f.arrays[f"tree.{rel}.mask"])
+    scipy.io.savemat(str(cache / "data" / "test_cub_cleaned.mat"), {"images": images})
+    return root, cache, rels
+
+
+def test_cub_items_are_the_originals(tmp_path, monkeypatch):
+    from scops_fast.data.cub_original import CUBOriginal
+
+    f = load("cub")
+    root, cache, rels = write_cub(tmp_path)
+    size = int(f.arrays["size"])
+    ds = CUBOriginal(root, cache, split="test", size=size)
+    monkeypatch.setattr(ds, "jitter_draws", lambda i: f.arrays[f"{rels[i]}.draws"])
+    assert len(ds) == 4
+    for i, rel in enumerate(rels):
+        item = ds[i]
+        assert item["name"] == rel
+        # The network's input as the original computes it, in float32.
+        ours = item["img"].numpy() * np.float32(255.0) - MEAN_RGB[:, None, None]
+        np.testing.assert_allclose(ours, f.arrays[f"{rel}.img"], atol=1e-4)
+        np.testing.assert_allclose(item["mask"].numpy(), f.arrays[f"{rel}.mask"], atol=1e-6)
+        kp = f.arrays[f"{rel}.kp"]  # x, y in [-1, 1] (0 where not visible), visible
+        visible = kp[:, 2] > 0
+        assert (item["visible"].numpy() == visible).all()
+        norm = 2 * item["landmarks"].numpy() / size - 1
+        np.testing.assert_allclose(norm[visible], kp[visible, :2], atol=1e-6)
+        assert np.isnan(item["landmarks"].numpy()[~visible]).all()
+
+
+def test_cub_subsets_and_repeatable_jitter(tmp_path):
+    from scops_fast.data.cub_original import SCOPS_CUB_SUBSETS, CUBOriginal
+
+    root, cache, _ = write_cub(tmp_path)
+    ds = CUBOriginal(root, cache, split="test", size=32, classes=SCOPS_CUB_SUBSETS[2])
+    assert [r["rel_path"][:3] for r in ds.records] == ["002"]
+    assert torch.equal(ds[0]["img"], ds[0]["img"])  # seeded per item
+    still = CUBOriginal(root, cache, split="test", size=32, bbox_jitter=0.0, seed=1)
+    other = CUBOriginal(root, cache, split="test", size=32, bbox_jitter=0.0, seed=2)
+    assert torch.equal(still[0]["img"], other[0]["img"])

@@ -65,3 +65,24 @@ def test_scops_eval_scores_an_original_snapshot_with_the_original_protocol(tmp_p
     # The face-area filter dropped one image of each list.
     assert out["model"]["n_train"] == 4 and out["model"]["n_test"] == 2
     assert {"keypoint_nmi", "keypoint_fg_nmi", "landmark_error_test"} <= set(out["model"])
+
+
+def test_scops_eval_reads_cub_as_the_original(tmp_path, capsys):
+    import json
+
+    from test_original_data import write_cub
+    from test_original_model import original_state
+
+    from scops_fast.eval.cli import main
+
+    root, cache, _ = write_cub(tmp_path)
+    snapshot = tmp_path / "model_60000.pth"
+    torch.save(original_state("resnet101"), snapshot)
+    argv = ["--checkpoint", str(snapshot), "--data", "cub", "--root", str(root)]
+    argv += ["--cub-cache", str(cache), "--no-regression", "--size", "32", "--net-size", "32"]
+    assert main(argv + ["--cub-subset", "1"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["data"]["protocol"] == "original" and out["model"]["n_test"] == 1
+    assert out["num_parts"] == 4 and "keypoint_nmi" in out["model"]
+    assert main(argv[:-7] + ["--no-regression"]) == 2
+    assert "--cub-cache" in capsys.readouterr().err

@@ -152,3 +152,12 @@ def test_round_trip():
     cfg = load_config("cub")
     assert Config().replace({}) == Config()
     assert load_config("cub").to_dict() == cfg.to_dict()
+
+
+def test_readme_shows_the_quirk_table_of_the_presets():
+    import pathlib
+
+    from scops_fast.train.quirks import quirk_table
+
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert quirk_table() in readme, "regenerate it: python -m scops_fast.train.quirks"

@@ -47,6 +47,8 @@ def test_nested_repeats_step_a_parameter_once_per_enclosing_module(tmp_path):
             assert counts[id(p)] == len(name.split(".")) - 1, name
     # Clipping still sees each parameter once.
     assert len(trainer.net_parameters) == len({id(p) for p in trainer.net_parameters})
+    # The multi-tensor update (torch's default for GPU tensors) would not chain the repeats.
+    assert trainer.net_optimizer.defaults["foreach"] is False
 
     # One SGD step applies the rule once per occurrence: at step 0 each occurrence
     # starts its own momentum from grad + wd * (the parameter as it then is).

@@ -76,6 +76,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--saliency-dir", help="celeba / cub / folder: saliency maps directory")
     p.add_argument(
+        "--cub-cache",
+        help="cub with --protocol original: CMR's cub cache folder (data/<split>_cub_cleaned.mat)",
+    )
+    p.add_argument(
+        "--cub-subset",
+        type=int,
+        choices=(1, 2, 3),
+        help="cub with --protocol original: score one of SCOPS's single-class subsets (classes "
+        "001, 002, 003); the regression is fitted on the three classes' train split",
+    )
+    p.add_argument(
         "--protocol",
         choices=PROTOCOLS,
         help="celeba: 'original' reads the data as the original's evaluation (whole image resized, "
@@ -122,6 +133,8 @@ def _datasets(args, image_size: int, protocol: str = "ours"):
     common = {"size": size, "saliency_dir": args.saliency_dir}
     if kind == "folder":
         return None, ImageFolder(root, **common), {"dataset": kind, "root": root, "size": size}
+    if protocol == "original" and kind == "cub":
+        return _cub_original(args, root, size)
     cls = CelebAWild if kind == "celeba" else CUB
     if protocol == "original" and kind == "celeba":
         common.update(ORIGINAL_CELEBA)
@@ -158,6 +171,40 @@ def _original_snapshot(path):
         return None
     stripped = {k.removeprefix("module."): v for k, v in state.items()}
     return state if original_num_parts(stripped) is not None else None
+
+
+def _cub_original(args, root, size):
+    """CUB as the original's evaluation reads it: CMR's cache, jittered square crops."""
+    from scops_fast.data import SCOPS_CUB_SUBSETS, CUBOriginal
+
+    if not args.cub_cache:
+        raise ValueError(
+            "--data cub --protocol original needs --cub-cache (CMR's cub cache folder)"
+        )
+    classes = None if args.cub_subset is None else SCOPS_CUB_SUBSETS[args.cub_subset]
+    fit_classes = (
+        None
+        if args.cub_subset is None
+        else sorted(c for subset in SCOPS_CUB_SUBSETS.values() for c in subset)
+    )
+    test_split = args.split or "test"
+    train_split = args.train_split or "train"
+    test = CUBOriginal(root, args.cub_cache, split=test_split, size=size, classes=classes)
+    train = (
+        None
+        if args.no_regression
+        else CUBOriginal(root, args.cub_cache, split=train_split, size=size, classes=fit_classes)
+    )
+    spec = {
+        "dataset": "cub",
+        "root": root,
+        "size": size,
+        "protocol": "original",
+        "cub_subset": args.cub_subset,
+        "test": {"split": test_split},
+        "train": None if train is None else {"split": train_split},
+    }
+    return train, test, spec
 
 
 def evaluate_checkpoint(args) -> dict:

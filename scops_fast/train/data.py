@@ -21,6 +21,7 @@ DATASETS = {
     "synthetic": "scops_fast.data.synthetic:SyntheticParts",
     "celeba": "scops_fast.data.celeba:CelebAWild",
     "cub": "scops_fast.data.cub:CUB",
+    "cub-original": "scops_fast.data.cub_original:CUBOriginal",
     "folder": "scops_fast.data.folder:ImageFolder",
 }
 

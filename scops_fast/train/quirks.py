@@ -39,7 +39,7 @@ QUIRKS = (
         "optim.nested_param_repeats",
         "repeated parameters",
         "its optimiser group lists a backbone parameter once per module that contains it, so "
-        "SGD steps it 1, 3 or 4 times per step (about 3x the step with momentum 0.9)",
+        "SGD steps it 1, 3 or 4 times per step: 3x (shortcuts 4x) the steady-state step",
     ),
     Quirk(
         "features.bgr_quirk",

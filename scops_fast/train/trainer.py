@@ -168,6 +168,9 @@ class Trainer:
                 lr=o.lr,
                 momentum=o.momentum,
                 weight_decay=o.weight_decay,
+                # Repeated parameters need the one-tensor-at-a-time update the original got:
+                # the multi-tensor path (torch's default on GPUs) does not chain repeats.
+                foreach=False if o.nested_param_repeats else None,
             )
         #: Each trained network parameter once (the optimiser may list some repeatedly).
         self.net_parameters = list(
