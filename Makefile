@@ -38,7 +38,11 @@ demo: install
 	$(PY) -m scops_fast.train --config demo --out runs/demo --resume
 
 # All benchmarks, then benchmarks/RESULTS.md and its plots (about 45 minutes here, quiet).
+# With ORIGINAL=path/to/SCOPS ORIGINAL_TPS=path/to/tps_stn_pytorch (checkouts of the original
+# code) it also times the original's training step beside ours (about 6 minutes more).
 BENCH_CAP_GB ?= 16
+ORIGINAL ?=
+ORIGINAL_TPS ?=
 BENCH_OUT := benchmarks/results
 bench: install
 	mkdir -p $(BENCH_OUT)
@@ -48,6 +52,9 @@ bench: install
 	$(PY) -m pytest benchmarks/bench_train_step.py --benchmark-only --train-cases 256x6 --train-rounds 2 --train-run-cap-gb 16 --benchmark-json $(BENCH_OUT)/train_celeba.json
 	$(PY) benchmarks/train_step.py compare --size 256 --batch 2 --rounds 4 --out $(BENCH_OUT)/compare_256x2.json
 	$(PY) benchmarks/train_step.py largest $(BENCH_OUT)/train.json $(BENCH_OUT)/train_celeba.json --cap-gb $(BENCH_CAP_GB) --run-cap-gb $(BENCH_CAP_GB) --out $(BENCH_OUT)/largest.json
+ifneq ($(ORIGINAL),)
+	$(PY) benchmarks/original_step.py --original $(ORIGINAL) --tps $(ORIGINAL_TPS) --size 256 --batch 6 --steps 2 --out $(BENCH_OUT)/original_step.json
+endif
 	$(PY) benchmarks/report.py
 
 # C++ kernels under AddressSanitizer + UBSan (build/sanitize/), running the cpp and

@@ -27,6 +27,7 @@ from PIL import Image, ImageDraw
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
+import original_step  # noqa: E402
 import summarize  # noqa: E402
 import train_step  # noqa: E402
 
@@ -701,6 +702,28 @@ def header(datas: list[dict]) -> list[str]:
     return lines
 
 
+def original_section(data: dict) -> list[str]:
+    """The original's training step against ours (benchmarks/original_step.py)."""
+    m = data["machine"]
+    lines = [
+        f"The original SCOPS trainer's step (its own code, patched to run on the CPU) and ours "
+        f"at {data['size']}x{data['size']}, batch {data['batch']}, the CelebA K=8 experiment's "
+        f"settings, run one after the other in fresh processes on {m['threads']} threads "
+        f"({m['cpu']}, load {m['load_average'][0]:.2f} at the start, {data['date']}):",
+        "",
+        original_step.summary(data["results"]).rstrip("\n"),
+    ]
+    shares = data.get("profile", {}).get("profile_fraction")
+    if shares:
+        parts = ", ".join(f"{k} {v:.1%}" for k, v in shares.items())
+        lines += [
+            "",
+            f"Where a `{data['profile']['backend']}` step's time goes (torch.profiler, self CPU "
+            f"time of one step): {parts}.",
+        ]
+    return lines
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     results = os.path.join(HERE, "results")
@@ -718,6 +741,7 @@ def main(argv=None):
     parser.add_argument(
         "--compare", nargs="*", default=[os.path.join(results, "compare_256x2.json")]
     )
+    parser.add_argument("--original", default=os.path.join(results, "original_step.json"))
     parser.add_argument("--out", default=os.path.join(HERE, "RESULTS.md"))
     args = parser.parse_args(argv)
     out_dir = os.path.dirname(os.path.abspath(args.out))
@@ -730,6 +754,7 @@ def main(argv=None):
     )
     largest = load(args.largest)
     compares = [d for d in map(load, args.compare) if d]
+    original = load(args.original)
     sources = [(os.path.relpath(p, out_dir), d) for p, d in losses + trains]
     doc = [
         "# Benchmark results",
@@ -743,6 +768,10 @@ def main(argv=None):
         "core count): one step or op can take up to about twice as long from one run to the "
         "next, so compare implementations within one run, preferably the side-by-side run; "
         "peak memory does not depend on the load.",
+        "",
+        "## Against the original",
+        "",
+        *(original_section(original) if original else ["Not run (make bench ORIGINAL=...)."]),
         "",
         "## Training step",
         "",

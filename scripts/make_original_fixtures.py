@@ -25,12 +25,9 @@ import argparse
 import contextlib
 import json
 import pathlib
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
-import types
 
 import numpy as np
 import torch
@@ -38,71 +35,10 @@ import torch
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+sys.path.insert(0, str(REPO / "scripts"))
+from original_checkout import git_head, prepare_original  # noqa: E402
+
 from scops_fast.models.seeded import seeded_state_dict  # noqa: E402
-
-# --------------------------------------------------------------------------- the original on CPU
-#: (file, pattern, replacement) edits that make the original run on the CPU with torch 2.x.
-CPU_EDITS = (
-    ("*.py", r"\.cuda\([^()]*\)", ""),
-    ("*.py", r"torch\.cuda\.FloatTensor", "torch.FloatTensor"),
-    (
-        "tps/grid_sample.py",
-        r"F\.grid_sample\(input, grid, mode='bilinear', padding_mode=padding_mode\)",
-        "F.grid_sample(input, grid, mode='bilinear', padding_mode=padding_mode, "
-        "align_corners=True)",
-    ),
-)
-
-
-def _git_head(path: pathlib.Path) -> str:
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True
-        )
-        return out.stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
-
-
-def prepare_original(original: pathlib.Path, tps: pathlib.Path, work: pathlib.Path):
-    """A patched copy of the original in `work`, importable; returns its folder."""
-    dest = work / "scops_original"
-    shutil.copytree(original, dest, ignore=shutil.ignore_patterns(".git", "umr"))
-    sub = dest / "tps_stn_pytorch"
-    if sub.exists():
-        shutil.rmtree(sub)
-    shutil.copytree(tps, sub, ignore=shutil.ignore_patterns(".git"))
-    for glob, pattern, repl in CPU_EDITS:
-        for path in dest.rglob(glob):
-            text = path.read_text()
-            new = re.sub(pattern, repl, text)
-            if new != text:
-                path.write_text(new)
-    grid_sample = (dest / "tps" / "grid_sample.py").read_text()
-    if "align_corners=True" not in grid_sample:
-        raise SystemExit("could not add align_corners=True to tps/grid_sample.py")
-
-    # Modules the original imports for visualisation only.
-    for name in ("tensorboardX", "visdom"):
-        stub = types.ModuleType(name)
-        stub.SummaryWriter = stub.Visdom = lambda *a, **k: None
-        sys.modules[name] = stub
-    import scipy.misc
-    from PIL import Image
-
-    scipy.misc.imread = lambda path, *a, **k: np.asarray(Image.open(path).convert("RGB"))
-    sys.path.insert(0, str(dest))
-    return dest
-
-
-class NullVisualizer:
-    """Stands in for the original's tensorboard/visdom Visualizer."""
-
-    def __init__(self, *args, **kwargs):
-        pass
-
-    def __getattr__(self, name):
-        return lambda *a, **k: None
 
 
 @contextlib.contextmanager
@@ -779,9 +715,6 @@ def main(argv=None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         prepare_original(args.original, args.tps, pathlib.Path(tmp))
-        import visualize
-
-        visualize.Visualizer = NullVisualizer
         for name in wanted:
             print(f"{name}:")
             SECTIONS[name](args.out)
@@ -792,8 +725,8 @@ def main(argv=None) -> None:
 
     manifest.update(
         {
-            "original_commit": _git_head(args.original),
-            "tps_commit": _git_head(args.tps),
+            "original_commit": git_head(args.original),
+            "tps_commit": git_head(args.tps),
             "torch": torch.__version__,
             "numpy": np.__version__,
             "opencv": cv2.__version__,
