@@ -92,12 +92,13 @@ def stepped(tmp_path_factory):
     load_original_weights(trainer.net, state, strict_head=True)
     with torch.no_grad():
         trainer.objective.basis.copy_(f["basis"])
-    trainer.warps.draw = lambda local: f["source_points"].double()[local]
     jitter = trainer.jitter
-    trainer.jitter = lambda imgs, local: jitter.apply(
-        imgs, f["jitter_factors"][local], f["jitter_order"][local]
+    jittered = jitter.apply(images, f["jitter_factors"], f["jitter_order"])
+    logged = trainer.train_step(
+        {"img": images, "saliency": f["saliency"]},
+        source_points=f["source_points"].double(),
+        jittered=jittered,
     )
-    logged = trainer.train_step({"img": images, "saliency": f["saliency"]})
     return trainer, logged, jitter, images
 
 
@@ -175,3 +176,26 @@ def test_optimiser_steps_each_parameter_as_often_as_the_original(stepped):
         trainer.basis_optimizer.param_groups[0]["lr"]
         == json.loads(str(f.arrays["config"]))["learning_rate_w"]
     )
+
+
+def test_replaying_the_originals_own_jittered_images(stepped, tmp_path):
+    """The documented replay: the original's network input images_cj, brought to [0, 1]."""
+    trainer, logged, _, images = stepped
+    f = load("step")
+    mean = torch.tensor((122.67891434, 116.66876762, 104.00698793)).view(1, 3, 1, 1)
+    items = [{"img": img} for img in images]
+    again = Trainer(
+        trainer.cfg, tmp_path / "again", dataset=items, progress=False, tensorboard=False
+    )
+    shapes = f.json("state_shapes")
+    state = seeded_state_dict(shapes, f["model_seed"].item())
+    load_original_weights(again.net, {k: torch.from_numpy(v) for k, v in state.items()})
+    with torch.no_grad():
+        again.objective.basis.copy_(f["basis"])
+    replayed = again.train_step(
+        {"img": images, "saliency": f["saliency"]},
+        source_points=f["source_points"],
+        jittered=(f["images_cj"] + mean) / 255.0,
+    )
+    for name, a, b in zip(LOSS_NAMES, replayed[1:].tolist(), logged[1:].tolist(), strict=True):
+        assert a == pytest.approx(b, rel=1e-5), name

@@ -204,8 +204,15 @@ class Trainer:
             self.load_state_dict(ckpt)
 
     # ------------------------------------------------------------------ one step
-    def compute_losses(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """(weighted total, the five unweighted losses) of one local batch."""
+    def compute_losses(
+        self, batch: dict, *, source_points=None, jittered=None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weighted total, the five unweighted losses) of one local batch.
+
+        source_points (B, 25, 2) and jittered (B, 3, H, W) images in [0, 1] replace this
+        step's random warp and colour jitter when given (their draws are then skipped):
+        to replay another implementation's step, e.g. the original's, whose jittered
+        network input `images_cj` is `(images_cj + CAFFE_MEAN_RGB) / 255` here."""
         cfg, backend = self.cfg, self.cfg.loss.backend
         images = batch["img"].to(self.device, torch.float32)
         size = images.shape[-2:]
@@ -218,8 +225,12 @@ class Trainer:
         # transient buffers (VGG-19's 256x256 maps) then do not add to the step's peak.
         feats = self._features(images)
         local = self.order.local_slice()
-        source_points = self.warps.draw(local).to(self.device)
-        jittered = self.jitter(images, local)
+        if source_points is None:
+            source_points = self.warps.draw(local)
+        source_points = torch.as_tensor(source_points).to(self.device)
+        if jittered is None:
+            jittered = self.jitter(images, local)
+        jittered = torch.as_tensor(jittered).to(self.device, images.dtype)
         # Warped in normalised space: zeros padding there is the mean colour.
         normalized = self.net.normalize(jittered)
         if cfg.warp.grid_solve == "float32":
@@ -286,14 +297,15 @@ class Trainer:
             full = full * saliency[:, None]
         return losses.semantic_consistency_loss(full, pred, basis, backend=backend)
 
-    def train_step(self, batch: dict) -> torch.Tensor:
-        """One optimisation step; returns the logged values (total, five losses)."""
+    def train_step(self, batch: dict, **replay) -> torch.Tensor:
+        """One optimisation step; returns the logged values (total, five losses).
+        `replay`: source_points, jittered, as `compute_losses` takes them."""
         o = self.cfg.optim
         # Last step's gradients are dropped before the forward, not after it: alive
         # through it they would add the network's size to the step's peak.
         self.net_optimizer.zero_grad(set_to_none=True)
         self.basis_optimizer.zero_grad(set_to_none=True)
-        total, terms = self.compute_losses(batch)
+        total, terms = self.compute_losses(batch, **replay)
         if self.cfg.release_heap and self.device.type == "cpu":
             release_free_heap()  # the forward's freed transients, before the backward
         total.backward()
