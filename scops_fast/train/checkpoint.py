@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import pathlib
+import pickle
 
 import torch
+from torch.torch_version import TorchVersion
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT_VERSION = 1
@@ -46,14 +48,27 @@ def save_atomic(obj, path: str | os.PathLike) -> None:
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    """A training checkpoint of ours, read with `weights_only=True`: tensors, numbers,
+    strings, lists and dicts only. A file whose unpickling would build any other object
+    (code to run, say) is refused with a CheckpointError and nothing in it runs."""
     path = pathlib.Path(path)
     if path.is_dir():
         path = path / CHECKPOINT_NAME
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {str(path)!r}")
-    # weights_only=False: the file holds RNG states and the config dict, written by us.
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+        # Checkpoints written before 2026-11-30 store torch.__version__ as a TorchVersion,
+        # a str subclass: harmless, so allowed.
+        with torch.serialization.safe_globals([TorchVersion]):
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} was refused: it holds objects other than tensors, numbers, "
+            f"strings, lists and dicts, and unpickling them could run code ("
+            f"{str(exc).splitlines()[-1][:160] if str(exc) else type(exc).__name__}). Nothing in it "
+            "was run. If you wrote it yourself and trust it, load it with torch.load(path, "
+            "weights_only=False) and save the parts you need again."
+        ) from None
     except Exception as exc:  # truncated or corrupt: torch and pickle raise many types
         raise CheckpointError(
             f"checkpoint {str(path)!r} is unreadable (truncated or corrupt?): "

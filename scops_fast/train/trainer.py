@@ -446,7 +446,7 @@ class Trainer:
             },
             "skipped_indices": sorted(self.skipped),
             "world_size": self.proc.world_size,
-            "torch_version": torch.__version__,
+            "torch_version": str(torch.__version__),  # a plain str: loads weights_only
             "train_seconds": self.train_seconds,
         }
 

@@ -1,0 +1,65 @@
+"""Loading a checkpoint never runs code from it: weights_only unpickling, a clear refusal."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from train_helpers import tiny_config
+
+from scops_fast.train import Trainer, load_model
+from scops_fast.train.checkpoint import CheckpointError, load_checkpoint
+
+
+class RunsCode:
+    """Unpickling this calls os.system: what a malicious checkpoint would do."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.fixture
+def trained(tmp_path):
+    Trainer(tiny_config(), tmp_path / "run", progress=False, tensorboard=False).train(until=1)
+    return tmp_path / "run" / "checkpoint.pt"
+
+
+def test_our_checkpoints_load_with_weights_only(trained):
+    ckpt = torch.load(trained, weights_only=True)
+    assert ckpt["step"] == 1 and isinstance(ckpt["torch_version"], str)
+
+
+def test_a_crafted_checkpoint_runs_nothing(trained, tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    ckpt = torch.load(trained, weights_only=True)
+    ckpt["config"]["payload"] = RunsCode(marker)
+    torch.save(ckpt, trained)
+    with pytest.raises(CheckpointError, match="refused.*Nothing in it was run"):
+        load_checkpoint(trained)
+    with pytest.raises(CheckpointError, match="refused"):
+        load_model(trained)
+    from scops_fast.eval.cli import main
+
+    assert main(["--checkpoint", str(trained)]) == 2
+    assert "refused" in capsys.readouterr().err
+    assert not marker.exists()
+    # The payload is real: an unsafe load would have run it.
+    subprocess.run(
+        [sys.executable, "-c", f"import torch; torch.load({str(trained)!r}, weights_only=False)"],
+        check=True,
+        capture_output=True,
+    )
+    assert marker.exists()
+
+
+def test_checkpoints_of_earlier_versions_still_load(trained):
+    """They stored torch.__version__ as a TorchVersion (a str subclass)."""
+    ckpt = torch.load(trained, weights_only=True)
+    ckpt["torch_version"] = torch.__version__
+    assert type(ckpt["torch_version"]).__name__ == "TorchVersion"
+    torch.save(ckpt, trained)
+    assert load_checkpoint(trained)["step"] == 1
