@@ -62,11 +62,11 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
         with torch.serialization.safe_globals([TorchVersion]):
             ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
+        reason = str(exc).splitlines()[-1][:160] if str(exc) else type(exc).__name__
         raise CheckpointError(
             f"checkpoint {str(path)!r} was refused: it holds objects other than tensors, numbers, "
-            f"strings, lists and dicts, and unpickling them could run code ("
-            f"{str(exc).splitlines()[-1][:160] if str(exc) else type(exc).__name__}). Nothing in it "
-            "was run. If you wrote it yourself and trust it, load it with torch.load(path, "
+            f"strings, lists and dicts, and unpickling them could run code ({reason}). Nothing in "
+            "it was run. If you wrote it yourself and trust it, load it with torch.load(path, "
             "weights_only=False) and save the parts you need again."
         ) from None
     except Exception as exc:  # truncated or corrupt: torch and pickle raise many types
