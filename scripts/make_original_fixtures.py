@@ -464,7 +464,7 @@ def _original_step(threads: int) -> dict:
     order = [int(n[:6]) for n in cap["batch_names"]]
     # The step's reset draws the warp (the constructor drew one before it).
     arrays = {
-        "config": as_json(exp),
+        "config": as_json({**exp, "snapshot_dir": "<temporary folder>"}),
         "img_u8": imgs_u8[order],
         "img": cap["img"].numpy(),
         "saliency": cap["saliency"].numpy(),
