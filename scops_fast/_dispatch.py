@@ -67,7 +67,8 @@ _loaded: dict[str, _Loaded] = {}
 _process_default: str | None = None
 
 
-def _load(name: str) -> _Loaded:
+def _ensure_loaded(name: str) -> bool:
+    """Imports and probes backend `name` once."""
     if name not in _loaded:
         try:
             module = importlib.import_module(BACKEND_MODULES[name])
@@ -75,6 +76,18 @@ def _load(name: str) -> _Loaded:
             _loaded[name] = _Loaded(None, f"import failed: {type(exc).__name__}: {exc}")
         else:
             _loaded[name] = _Loaded(module, module.probe())
+    return True
+
+
+# torch.compile calls this while it traces instead of tracing it (the import machinery
+# cannot be traced), so a compiled call works as the first thing a process does. This
+# is the mark torch.compiler.assume_constant_result sets; set here directly because
+# that function imports torch._dynamo, a second's import for every user of scops_fast.
+_ensure_loaded._dynamo_marked_constant = True
+
+
+def _load(name: str) -> _Loaded:
+    _ensure_loaded(name)
     return _loaded[name]
 
 
