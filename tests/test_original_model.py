@@ -119,3 +119,21 @@ def test_wrong_files_are_refused(tmp_path):
     torch.save({"x": Boom()}, evil)
     with pytest.raises(CheckpointFormatError, match="nothing in it was run"):
         load_original(evil)
+
+
+def test_a_config_can_start_from_an_original_file(tmp_path):
+    from scops_fast.train.config import load_config
+    from scops_fast.train.loading import build_network
+
+    path = tmp_path / "resnet50-caffe-22edcc82.pth"
+    torch.save(original_state("resnet50"), path)
+    cfg = load_config("celeba-k8-original", {"model.pretrained": str(path)})
+    net = build_network(cfg.model).eval()
+    f = load("model")
+    with torch.no_grad():
+        assert_rel(net(f["resnet50.input"]), f["resnet50.logits_eval"], 1e-5)
+    wrong = load_config(
+        "celeba-k8-original", {"model.pretrained": str(path), "model.block_stride": "3x3"}
+    )
+    with pytest.raises(ValueError, match="block_stride"):
+        build_network(wrong.model)

@@ -25,6 +25,8 @@ from scops_fast.models.weights import resolve_weights
 #: The original's initialisations (its model_factory's URLs), found in the torch hub cache
 #: where its own download would have put them.
 ORIGINAL_WEIGHT_FILES = {50: ("resnet50-caffe-22edcc82.pth",), 101: ("resnet101COCO-41f33a49.pth",)}
+#: Where the original's model_factory downloads them from.
+ORIGINAL_WEIGHTS_URL = "http://vllab1.ucmerced.edu/~whung/adv-semi-seg/"
 
 #: `PartSegmenter.input_mean` / `input_std` ([0, 1] units) that make `normalize` give the
 #: original's input: (x - mean / 255) / (1 / 255) = 255 x - mean.
@@ -125,6 +127,7 @@ def load_original_weights(net: PartSegmenter, source, *, strict_head: bool = Fal
             ORIGINAL_WEIGHT_FILES[depth],
             f"original DeepLab-ResNet{depth}",
             "model.pretrained",
+            url_base=ORIGINAL_WEIGHTS_URL,
         )
     state = _strip_prefixes(_read(source))
     if original_depth(state) != depth:

@@ -19,11 +19,15 @@ def hub_checkpoint_dir() -> pathlib.Path:
 
 
 def resolve_weights(
-    spec: str | os.PathLike, file_names: Sequence[str], what: str, option: str
+    spec: str | os.PathLike,
+    file_names: Sequence[str],
+    what: str,
+    option: str,
+    url_base: str = "https://download.pytorch.org/models/",
 ) -> pathlib.Path:
     """The weight file named by `spec`: a path, or HUB_CACHE for the first of
     `file_names` present in the torch hub cache. Raises FileNotFoundError saying how
-    to provide the file."""
+    to provide the file (`url_base`: where it can be downloaded)."""
     if str(spec) == HUB_CACHE:
         folder = hub_checkpoint_dir()
         for name in file_names:
@@ -31,9 +35,8 @@ def resolve_weights(
                 return folder / name
         raise FileNotFoundError(
             f"{what} weights: none of {list(file_names)} is in the torch hub cache {folder}. "
-            f"Copy torchvision's ImageNet file there (it is never downloaded here; on a "
-            f"machine with network access torchvision fetches it from "
-            f"https://download.pytorch.org/models/{file_names[0]}), or set {option} to the "
+            f"Copy the file there (it is never downloaded here; on a machine with network "
+            f"access it is at {url_base}{file_names[0]}), or set {option} to the "
             f"path of the .pth file (e.g. --set {option}=/path/{file_names[0]})."
         )
     path = pathlib.Path(spec).expanduser()
