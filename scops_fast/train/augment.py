@@ -98,13 +98,14 @@ class GlobalBatchColorJitter:
     def _pil(self, img: torch.Tensor, f, order) -> torch.Tensor:
         # The original's arithmetic, all float32: its loader's image is u - mean_rgb; it adds
         # its (BGR-ordered) mean back, divides by 255, clips, and ToPILImage truncates x*255.
-        mean_in, mean_out = _network_means(self.cfg.bgr_quirk)
+        # The mean it adds back and subtracts again: BGR-ordered with the quirk.
+        mean = _MEAN_BGR if self.cfg.bgr_quirk else _MEAN_RGB
         levels = torch.round(img.detach().cpu().float().clamp(0, 1) * 255.0)
         caffe = levels - _MEAN_RGB
-        x = ((caffe + mean_in) / 255.0).clamp(0.0, 1.0)
+        x = ((caffe + mean) / 255.0).clamp(0.0, 1.0)
         pil = TF.to_pil_image((x * 255.0).to(torch.uint8))
         out = TF.pil_to_tensor(self._adjust(pil, f, order)).float() / 255.0
-        caffe_out = out * 255.0 - mean_out
+        caffe_out = out * 255.0 - mean
         return (caffe_out + _MEAN_RGB) / 255.0
 
 
@@ -112,10 +113,6 @@ class GlobalBatchColorJitter:
 #: vector it adds to RGB images (its mix-up).
 _MEAN_RGB = torch.tensor(CAFFE_MEAN_RGB, dtype=torch.float32).view(3, 1, 1)
 _MEAN_BGR = _MEAN_RGB.flip(0)
-
-
-def _network_means(bgr_quirk: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    return (_MEAN_BGR, _MEAN_BGR) if bgr_quirk else (_MEAN_RGB, _MEAN_RGB)
 
 
 def _quirk_shift(images: torch.Tensor) -> torch.Tensor:
