@@ -1,6 +1,12 @@
 """Builds the compiled kernels of csrc/ next to the pure-Python package.
 
-- scops_fast._C: the CPU kernels (csrc/*.cpp), always.
+- the CPU kernels (csrc/*.cpp), always. On x86-64 they are built twice, for a portable
+  baseline and for AVX-512: scops_fast._C_avx2 (-march=x86-64-v3: AVX2 and FMA) and
+  scops_fast._C_avx512 (-march=x86-64-v4), and scops_fast/_ext.py loads the one the CPU
+  runs (SCOPS_FAST_CPU_CAPABILITY=avx2|avx512 forces one), so a wheel or a shared install
+  runs on every x86-64 node of a cluster. SCOPS_FAST_MARCH=native (or any -march value)
+  builds a single scops_fast._C for that target instead; other architectures build one
+  scops_fast._C with the compiler's default target.
 - scops_fast._C_cuda: the CUDA kernels (csrc/cuda/), when torch sees a GPU or
   FORCE_CUDA=1 (CI compiles them for sm_80 and sm_90 without a GPU).
 
@@ -12,6 +18,7 @@ the compiler's error as the reason the backend is unavailable.
 import glob
 import os
 import pathlib
+import platform
 
 from setuptools import setup
 
@@ -26,10 +33,49 @@ CPU_FLAGS = [
     "-fopenmp",
     "-fno-math-errno",
     "-fno-trapping-math",
-    # The package is built where it runs, so target the build machine by default.
-    f"-march={os.environ.get('SCOPS_FAST_MARCH', 'native')}",
     "-std=c++20",
 ]
+#: The x86-64 builds: library suffix -> target flags. x86-64-v4 is AVX-512 F/BW/CD/DQ/VL
+#: (what torch calls AVX512); its loops are asked to use the full 512-bit registers.
+X86_VARIANTS = {
+    "avx2": ["-march=x86-64-v3"],
+    "avx512": ["-march=x86-64-v4", "-mprefer-vector-width=512"],
+}
+
+
+def cpu_variants() -> dict[str, list[str]]:
+    """{extension name: target flags} of the CPU libraries to build."""
+    march = os.environ.get("SCOPS_FAST_MARCH")
+    if march:
+        return {"scops_fast._C": [f"-march={march}"]}
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        return {f"scops_fast._C_{isa}": flags for isa, flags in X86_VARIANTS.items()}
+    return {"scops_fast._C": []}
+
+
+def remove_stale_builds(names) -> None:
+    """In-place builds: drop CPU libraries of the other layout (one `_C` vs the x86-64
+    pair), which the loader would otherwise find first."""
+    keep = {n.rsplit(".", 1)[-1] for n in names}
+    for lib in (ROOT / "scops_fast").glob("_C*.so"):
+        stem = lib.name.split(".", 1)[0]
+        if stem != "_C_cuda" and stem not in keep:
+            lib.unlink()
+
+
+def variant_sources(name: str, sources: list[str]) -> list[str]:
+    """Per-variant wrappers that include the real sources, so that each variant compiles
+    into objects of its own (one build folder holds them all)."""
+    folder = ROOT / "build" / "isa_sources" / name.rsplit(".", 1)[-1]
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for src in sources:
+        wrapper = folder / pathlib.Path(src).name
+        text = f'#include "{(ROOT / src).resolve()}"\n'
+        if not wrapper.exists() or wrapper.read_text() != text:
+            wrapper.write_text(text)
+        out.append(str(wrapper.relative_to(ROOT)))
+    return out
 
 
 def want_cuda() -> bool:
@@ -52,13 +98,15 @@ def extensions():
 
     exts = []
     sources = sorted(glob.glob("csrc/*.cpp"))
-    if sources:
+    variants = cpu_variants() if sources else {}
+    remove_stale_builds(variants)
+    for name, target in variants.items():
         exts.append(
             CppExtension(
-                "scops_fast._C",
-                sources,
+                name,
+                variant_sources(name, sources) if len(variants) > 1 else sources,
                 include_dirs=[str(ROOT / "csrc")],
-                extra_compile_args=CPU_FLAGS,
+                extra_compile_args=[*CPU_FLAGS, *target],
                 extra_link_args=["-fopenmp"],
             )
         )

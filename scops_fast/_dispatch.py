@@ -151,14 +151,20 @@ def resolve(op: str, backend: str | None, device_type: str):
 
 class BackendReport(dict):
     """{name: devices it runs on} for the usable backends, with `.unavailable`
-    {name: reason} for the others. `in` and iteration see only usable ones."""
+    {name: reason} for the others and `.details` {name: which build runs} where a backend
+    says. `in` and iteration see only usable ones."""
 
-    def __init__(self, usable: dict, unavailable: dict):
+    def __init__(self, usable: dict, unavailable: dict, details: dict | None = None):
         super().__init__(usable)
         self.unavailable = dict(unavailable)
+        self.details = dict(details or {})
 
     def __str__(self) -> str:
-        lines = [f"{name:10s} usable on {', '.join(devs)}" for name, devs in self.items()]
+        lines = [
+            f"{name:10s} usable on {', '.join(devs)}"
+            + (f" ({self.details[name]})" if name in self.details else "")
+            for name, devs in self.items()
+        ]
         lines += [f"{name:10s} unavailable: {why}" for name, why in self.unavailable.items()]
         return "\n".join(lines)
 
@@ -168,11 +174,15 @@ class BackendReport(dict):
 
 def available_backends() -> BackendReport:
     """What is usable in this process and, for every backend that is not, why."""
-    usable, unavailable = {}, {}
+    usable, unavailable, details = {}, {}, {}
     for name in BACKENDS:
         reason = unavailable_reason(name)
         if reason is None:
-            usable[name] = tuple(_load(name).module.DEVICES)
+            module = _load(name).module
+            usable[name] = tuple(module.DEVICES)
+            described = getattr(module, "describe", lambda: None)()
+            if described:
+                details[name] = described
         else:
             unavailable[name] = reason
-    return BackendReport(usable, unavailable)
+    return BackendReport(usable, unavailable, details)

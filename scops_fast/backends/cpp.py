@@ -6,6 +6,11 @@ DEVICES = ("cpu",)
 OPS: dict = {}
 
 
+def describe() -> str | None:
+    """Which instruction-set build of the kernels runs."""
+    return _ext.cpu_path()
+
+
 def probe():
     reason = _ext.load()
     if reason is not None:

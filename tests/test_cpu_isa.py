@@ -1,0 +1,105 @@
+"""The CPU kernels' instruction-set builds (scops_fast/_ext.py): the portable one holds no
+AVX-512 instruction, each build this CPU can run passes the cpp suites, the builds agree,
+and the choice is the CPU's best, forced by SCOPS_FAST_CPU_CAPABILITY or refused."""
+
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import scops_fast
+from scops_fast import _ext
+
+HERE = pathlib.Path(__file__).resolve().parent
+ISAS = [isa for isa in _ext.ISA_BUILDS if _ext._built(_ext.ISA_BUILDS[isa][0])]
+CPU = torch.backends.cpu.get_cpu_capability()
+#: Builds agree to this, relative to each tensor's largest entry (measured: 7e-7; the
+#: wider registers sum in another order).
+ISA_RTOL = 5e-6
+
+pytestmark = pytest.mark.skipif(
+    not ISAS, reason="the x86-64 builds are not here (a single-target build, or not x86-64)"
+)
+
+
+def runnable(isa: str) -> bool:
+    return CPU in _ext.ISA_BUILDS[isa][1]
+
+
+def env_for(isa: str) -> dict:
+    return {**os.environ, _ext.CAPABILITY_VAR: isa}
+
+
+@pytest.mark.skipif(shutil.which("objdump") is None, reason="objdump is not installed")
+def test_the_portable_build_holds_no_avx512_instruction():
+    lib = _ext._built("_C_avx2")
+    text = subprocess.run(["objdump", "-d", lib], capture_output=True, text=True).stdout
+    assert "vfmadd" in text  # it is the AVX2 + FMA build
+    for mark in ("%zmm", "%k1", "vpternlog", "vscalef", "{1to"):
+        assert mark not in text, mark
+
+
+def test_the_best_build_runs_and_says_so():
+    report = scops_fast.available_backends()
+    best = next(isa for isa in ISAS if runnable(isa))
+    if os.environ.get(_ext.CAPABILITY_VAR):
+        pytest.skip(f"{_ext.CAPABILITY_VAR} is set in this process")
+    assert report.details["cpp"].startswith(f"{best} kernels")
+
+
+@pytest.mark.parametrize("isa", ["avx2", "avx512"])
+def test_each_build_this_cpu_runs_passes_the_cpp_suites(isa):
+    if isa not in ISAS or not runnable(isa):
+        pytest.skip(f"this CPU ({CPU}) cannot run the {isa} build")
+    suites = ["test_cpp_backend.py", "test_cpp_concentration.py", "test_robust_determinism.py"]
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", *[str(HERE / s) for s in suites]],
+        env=env_for(isa),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert " passed" in done.stdout
+
+
+def test_the_builds_agree(tmp_path):
+    ran = [isa for isa in ISAS if runnable(isa)]
+    if len(ran) < 2:
+        pytest.skip(f"this CPU ({CPU}) runs only {ran}: nothing to compare")
+    outs = {}
+    for isa in ran:
+        path = tmp_path / f"{isa}.npz"
+        subprocess.run(
+            [sys.executable, str(HERE / "isa_child.py"), str(path)],
+            env=env_for(isa),
+            check=True,
+            timeout=300,
+        )
+        outs[isa] = np.load(path)
+        assert str(outs[isa]["build"]).startswith(isa)
+    a, b = (outs[isa] for isa in ran)
+    for key in a.files:
+        if key == "build":
+            continue
+        scale = max(float(np.abs(b[key]).max()), 1e-30)
+        assert float(np.abs(a[key] - b[key]).max()) / scale <= ISA_RTOL, key
+
+
+def test_a_forced_build_the_cpu_cannot_run_is_refused():
+    code = "import scops_fast; print(scops_fast.available_backends().unavailable.get('cpp'))"
+    env = {**env_for("avx512"), "ATEN_CPU_CAPABILITY": "avx2"}  # torch then reports AVX2
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    assert "cannot run those kernels" in out
+    env = {**os.environ, _ext.CAPABILITY_VAR: "sse4"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    assert "expected one of" in out
