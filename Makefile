@@ -9,7 +9,7 @@ EXT_SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/cuda/*.cu csrc/cuda/*.h csrc/
 # the build here; `make test FORCE_CUDA=0` skips them.
 FORCE_CUDA ?= 1
 
-.PHONY: all install test demo bench lint format clean sanitize
+.PHONY: all install test demo bench bench-isa lint format clean sanitize
 
 all: test
 
@@ -56,6 +56,18 @@ ifneq ($(ORIGINAL),)
 	$(PY) benchmarks/original_step.py --original $(ORIGINAL) --tps $(ORIGINAL_TPS) --size 256 --batch 6 --steps 2 --out $(BENCH_OUT)/original_step.json
 endif
 	$(PY) benchmarks/report.py
+
+# The CPU kernels' two x86-64 builds timed one after the other (concentration at B=16 and
+# the dense semantic loss at B=2, with eager, torch.compile and a copy): about 1 minute.
+ISA_CASES := -k "concentration_loss or copy or (semantic_consistency_loss and not lowres)"
+bench-isa: install
+	mkdir -p $(BENCH_OUT)
+	for isa in avx2 avx512; do \
+		SCOPS_FAST_CPU_CAPABILITY=$$isa $(PY) -m pytest benchmarks/bench_losses.py --benchmark-only \
+			--bench-size b16,dense2 $(ISA_CASES) --bench-memory off -q \
+			--benchmark-json $(BENCH_OUT)/isa_$$isa.json || exit 1; \
+		$(PY) benchmarks/summarize.py $(BENCH_OUT)/isa_$$isa.json; \
+	done
 
 # C++ kernels under AddressSanitizer + UBSan (build/sanitize/), running the cpp and
 # robustness tests against them: a release check, about 2 minutes here.
