@@ -151,10 +151,25 @@ def build_command():
     return TolerantBuildExtension.with_options(use_ninja=True)
 
 
+def requirements(compiled: bool) -> list[str]:
+    """A package with compiled kernels runs only with the torch it was built against (the
+    C++ ABI of torch's libraries): pin that release."""
+    torch_req = "torch>=2.4"
+    if compiled:
+        import torch
+
+        torch_req = f"torch=={torch.__version__.split('+')[0]}"
+    return [torch_req, "torchvision", "numpy", "pillow"]
+
+
 if os.environ.get("SCOPS_FAST_NO_EXTENSIONS") == "1":
-    setup()
+    setup(install_requires=requirements(compiled=False))
 else:
     cuda_home_default()
     # Without a GPU to ask, build for the Ampere and Hopper data-centre parts.
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
-    setup(ext_modules=extensions(), cmdclass={"build_ext": build_command()})
+    setup(
+        ext_modules=extensions(),
+        cmdclass={"build_ext": build_command()},
+        install_requires=requirements(compiled=True),
+    )

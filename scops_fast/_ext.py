@@ -89,6 +89,12 @@ def load(name: str = "_C") -> str | None:
         records = sorted(BUILD_ERRORS.glob(f"{name}*.txt"))
         if records:
             return f"the build failed: {records[0].read_text().strip()[:500]}"
+        if name == "_C_cuda":
+            return (
+                "not built: the CUDA kernels are compiled only where torch sees a GPU at build "
+                "time or FORCE_CUDA=1 is set (with nvcc), e.g. FORCE_CUDA=1 pip install "
+                "--no-build-isolation ."
+            )
         return "not built: run `make install` (or `pip install -e .`) with a C++ compiler"
     try:
         torch.ops.load_library(origin)
