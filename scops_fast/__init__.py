@@ -3,6 +3,7 @@
 from scops_fast import losses as loss
 """
 
+from scops_fast import _quiet
 from scops_fast._dispatch import (
     BackendUnavailableError,
     available_backends,
@@ -11,6 +12,8 @@ from scops_fast._dispatch import (
 )
 
 __version__ = "0.1.0"
+
+_quiet.install()
 
 __all__ = [
     "BackendUnavailableError",
