@@ -3,6 +3,7 @@ every public loss and tps_warp, forward and backward, as the first thing a fresh
 for every backend name that runs here and for the default. Each process starts with a
 different op (tests/compile_cold_child.py)."""
 
+import os
 import pathlib
 import subprocess
 import sys
@@ -28,8 +29,11 @@ RUNS = (
 
 
 @pytest.fixture(scope="module")
-def outputs():
-    """The four children, two at a time (each compiles on one core)."""
+def outputs(tmp_path_factory):
+    """The four children, two at a time (each compiles on one core), with an empty
+    Inductor cache of their own: cold, and immune to kernels cached by a process that
+    saw another CPU capability (torch reuses them and computes garbage)."""
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path_factory.mktemp("inductor"))}
     done = {}
     for pair in (RUNS[:2], RUNS[2:]):
         procs = {
@@ -38,6 +42,7 @@ def outputs():
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
+                env=env,
             )
             for run in pair
         }
