@@ -102,12 +102,7 @@ def child_original(args) -> dict:
         "size": args.size,
         "batch": args.batch,
         "threads": torch.get_num_threads(),
-        "status": "ok",
-        "warmup_seconds": warm,
-        "step_seconds": times,
-        "baseline_mb": peak.baseline_mb,
-        "hwm_mb": peak.hwm_mb,
-        "peak_mb": peak.peak_mb,
+        **train_step.timed(warm, times, peak),
     }
 
 

@@ -122,8 +122,12 @@ def child_run(args) -> dict:
             times = [_step(trainer, batch) for _ in range(args.steps)]
     except (RuntimeError, MemoryError) as exc:
         return {**result, "status": "failed", "error": f"{type(exc).__name__}: {exc}"[:300]}
+    return {**result, **timed(warm, times, peak)}
+
+
+def timed(warm: list[float], times: list[float], peak) -> dict:
+    """The result keys of a successful run: step times and the memprobe.Peak of them."""
     return {
-        **result,
         "status": "ok",
         "warmup_seconds": warm,
         "step_seconds": times,

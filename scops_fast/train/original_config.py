@@ -67,50 +67,76 @@ def _data_list(path: str, data_dir: str | None) -> str:
         return str(pathlib.Path(path).resolve())
 
 
+#: Flags that map one to one: flag -> (our field or fields, type).
+DIRECT = {
+    "exp_name": ("name", str),
+    "num_parts": ("model.num_parts", int),
+    "learning_rate_w": ("optim.basis_lr", float),
+    "ref_norm": ("features.normalize", bool),
+    "num_workers": ("data.num_workers", int),
+    "input_size": ("data.image_size", None),  # "H,W": see _size
+    "batch_size": ("data.batch_size", int),
+    "random_seed": ("seed", int),
+    "num_steps": ("steps", int),
+    "save_pred_every": ("checkpoint_every", int),
+    "learning_rate": ("optim.lr", float),
+    "power": ("optim.poly_power", float),
+    # The original uses these for both of its optimisers.
+    "momentum": (("optim.momentum", "optim.basis_momentum"), float),
+    "weight_decay": (("optim.weight_decay", "optim.basis_weight_decay"), float),
+    "clip_gradients": (("optim.grad_clip", "optim.basis_grad_clip"), float),
+    "lambda_con": ("loss.concentration", float),
+    "lambda_eqv": ("loss.equivariance", float),
+    "lambda_lmeqv": ("loss.landmark_equivariance", float),
+    "lambda_sc": ("loss.semantic", float),
+    "lambda_orthonormal": ("loss.orthonormal", float),
+    "tps_mode": ("warp.mode", str),
+    "tps_sigma": ("warp.sigma", float),
+    "eqv_random_mirror": ("warp.random_mirror", bool),
+}
+#: Flags that become arguments of the data set: flag -> (argument, type).
+DATA_ARGS = {
+    "data_dir": ("root", str),
+    "data_list": ("split", str),
+    "celeba_th": ("min_face_area", float),
+    "center_crop": ("center_crop", bool),
+}
+
+
 def overrides_from_original(data: dict, source: str = "the experiment file") -> dict[str, Any]:
     """Dotted overrides of `celeba-k8-original` for an original experiment dict."""
     out: dict[str, Any] = {}
     ignored, unknown = [], []
     args: dict[str, Any] = {}
-
-    def put(key, value):
-        out[key] = value
-
     for key, value in data.items():
-        if key == "exp_name":
-            put("name", value)
-        elif key == "num_parts":
-            put("model.num_parts", int(value))
+        if key in DIRECT:
+            fields, kind = DIRECT[key]
+            for name in (fields,) if isinstance(fields, str) else fields:
+                out[name] = _size(value) if kind is None else kind(value)
+        elif key in DATA_ARGS:
+            name, kind = DATA_ARGS[key]
+            args[name] = kind(value)
         elif key == "model":
             if value not in ARCHS:
                 raise ConfigError(
                     f"{source}: model {value!r} is not supported; expected one of {list(ARCHS)}"
                 )
-            put("model.arch", ARCHS[value])
+            out["model.arch"] = ARCHS[value]
         elif key == "restore_from":
-            if value in (None, ""):
-                put("model.pretrained", "torchvision")  # the original's file, from the hub cache
-            elif value == "None":
-                put("model.pretrained", None)
-            else:
-                put("model.pretrained", str(value))
+            # null: the original's own initialisation, looked for in the torch hub cache.
+            pretrained = {None: "torchvision", "": "torchvision", "None": None}
+            out["model.pretrained"] = pretrained.get(value, str(value))
         elif key == "restore_part_basis":
             if value:
                 raise ConfigError(f"{source}: restore_part_basis is not supported")
-        elif key == "learning_rate_w":
-            put("optim.basis_lr", float(value))
         elif key == "ref_net":
             if value != "vgg19":
                 raise ConfigError(f"{source}: ref_net {value!r}: only 'vgg19' is supported")
-            put("features.kind", "vgg19")
+            out["features.kind"] = "vgg19"
         elif key == "ref_layer":
-            put("features.layers", [s for s in str(value).split(",") if s] or ["relu5_4"])
-        elif key == "ref_norm":
-            put("features.normalize", bool(value))
+            out["features.layers"] = [s for s in str(value).split(",") if s] or ["relu5_4"]
         elif key == "no_sal_masking":
-            put("features.saliency", not value)
-        elif key == "num_workers":
-            put("data.num_workers", int(value))
+            out["features.saliency"] = not value
         elif key == "dataset":
             kind = str(value).split("_")[0]
             if kind not in DATASETS:
@@ -118,70 +144,22 @@ def overrides_from_original(data: dict, source: str = "the experiment file") -> 
                     f"{source}: dataset {value!r} is not supported; expected one of "
                     f"{list(DATASETS)}"
                 )
-            put("data.dataset", DATASETS[kind])
-        elif key == "data_dir":
-            args["root"] = str(value)
-        elif key == "data_list":
-            args["split"] = str(value)
-        elif key == "celeba_th":
-            args["min_face_area"] = float(value)
-        elif key == "center_crop":
-            args["center_crop"] = bool(value)
-        elif key == "input_size":
-            put("data.image_size", _size(value))
-        elif key == "batch_size":
-            put("data.batch_size", int(value))
-        elif key == "random_seed":
-            put("seed", int(value))
-        elif key == "num_steps":
-            put("steps", int(value))
-        elif key == "save_pred_every":
-            put("checkpoint_every", int(value))
-        elif key == "learning_rate":
-            put("optim.lr", float(value))
-        elif key == "power":
-            put("optim.poly_power", float(value))
-        elif key == "momentum":  # the original uses it for both optimisers
-            put("optim.momentum", float(value))
-            put("optim.basis_momentum", float(value))
-        elif key == "weight_decay":
-            put("optim.weight_decay", float(value))
-            put("optim.basis_weight_decay", float(value))
-        elif key == "clip_gradients":
-            put("optim.grad_clip", float(value))
-            put("optim.basis_grad_clip", float(value))
-        elif key in ("lambda_con", "lambda_eqv", "lambda_lmeqv", "lambda_sc", "lambda_orthonormal"):
-            name = {
-                "lambda_con": "concentration",
-                "lambda_eqv": "equivariance",
-                "lambda_lmeqv": "landmark_equivariance",
-                "lambda_sc": "semantic",
-                "lambda_orthonormal": "orthonormal",
-            }[key]
-            put(f"loss.{name}", float(value))
-        elif key == "tps_mode":
-            put("warp.mode", str(value))
-        elif key == "tps_sigma":
-            put("warp.sigma", float(value))
-        elif key == "eqv_random_mirror":
-            put("warp.random_mirror", bool(value))
+            out["data.dataset"] = DATASETS[kind]
         elif key == "eqv_border_padding":
             # The original pads only the warped images with the border; logits get zeros.
-            put("warp.padding", "border" if value else "zeros")
-            put("warp.logits_padding", "zeros")
+            out["warp.padding"] = "border" if value else "zeros"
+            out["warp.logits_padding"] = "zeros"
         elif key in ("random_scale_low", "random_scale_high"):
             pass  # below, as a pair
         elif key in NO_EFFECT:
-            if value and NO_EFFECT[key]:
+            if value:
                 ignored.append(f"{key} ({NO_EFFECT[key]})")
         else:
             unknown.append(key)
     if "random_scale_low" in data or "random_scale_high" in data:
         # The original's flag defaults: 0.7 and 1.1.
-        put(
-            "warp.random_scale",
-            [float(data.get("random_scale_low", 0.7)), float(data.get("random_scale_high", 1.1))],
-        )
+        low, high = data.get("random_scale_low", 0.7), data.get("random_scale_high", 1.1)
+        out["warp.random_scale"] = [float(low), float(high)]
     if "split" in args:
         args["split"] = _data_list(args["split"], args.get("root"))
     if args:
