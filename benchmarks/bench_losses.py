@@ -1,7 +1,8 @@
 """Forward + backward time and peak memory of every SCOPS loss, implementation beside
 implementation.
 
-    pytest benchmarks/ --benchmark --bench-size quick
+    pytest benchmarks/ --benchmark                       # every op at the CelebA size, ~2 min
+    pytest benchmarks/ --benchmark --bench-size all      # quick, celeba, b16, dense2
     pytest benchmarks/bench_losses.py --benchmark --bench-size heavy   # b32, hires512
 
 Implementations: "eager" (the public function with backend="reference"), "compile"
@@ -54,6 +55,9 @@ class Size:
 
 
 SIZES = {
+    # What `pytest benchmarks/ --benchmark` runs: every op at the CelebA size, the dense
+    # semantic loss at batch 2 (its eager reference alone would take seconds per call at 6).
+    "default": Size(B=6, K=8, H=256, W=256, C=1024, h=16, w=16, budget_s=0.5, B_semantic=2),
     "quick": Size(B=2, K=4, H=64, W=64, C=64, h=4, w=4),
     # SPEC section 8: 256x256 crops, batch 6, K=8, VGG relu5_2 + relu5_4 at 1/16.
     "celeba": Size(B=6, K=8, H=256, W=256, C=1024, h=16, w=16, budget_s=2.0),
@@ -120,8 +124,43 @@ OPS = {
     "equivariance_losses": (losses.equivariance_losses, reference.equivariance_losses),
 }
 
-# "reference" is what "eager" runs, so it is not listed twice.
+# "reference" is what "eager" runs, so it is not listed twice. "original" (the original
+# SCOPS code's own functions) joins with --original (conftest.py).
 IMPLS = ("eager", "compile", *(name for name in available_backends() if name != "reference"))
+#: The original's functions for our ops, by (module, name): its loss.py and utils.
+ORIGINAL_FUNCTIONS = {
+    "concentration_loss": ("loss", "concentration_loss"),
+    "semantic_consistency_loss": ("loss", "semantic_consistency_loss"),
+    "orthonormal_loss": ("loss", "orthonomal_loss"),
+    "batch_get_centers": ("utils.utils", "batch_get_centers"),
+}
+_original_checkout = []
+
+
+def original_function(op: str):
+    """The original code's function for `op`, from the checkout named by the environment
+    (conftest.py sets it from --original); skips the case where the original has none."""
+    if op not in ORIGINAL_FUNCTIONS:
+        pytest.skip(f"the original has no function for {op} (its trainer computes it inline)")
+    if not _original_checkout:
+        import importlib
+        import pathlib
+        import tempfile
+
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "scripts"))
+        from original_checkout import prepare_original
+
+        work = pathlib.Path(tempfile.mkdtemp(prefix="scops-original-"))
+        prepare_original(
+            pathlib.Path(os.environ["SCOPS_FAST_ORIGINAL"]),
+            pathlib.Path(os.environ["SCOPS_FAST_ORIGINAL_TPS"]),
+            work,
+        )
+        _original_checkout.append(importlib)
+    module, name = ORIGINAL_FUNCTIONS[op]
+    return getattr(_original_checkout[0].import_module(module), name)
+
+
 DEVICES = ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
 
 
@@ -176,6 +215,8 @@ def implementation(op: str, impl: str, device: str):
         # A fresh cache per case: otherwise the second size recompiles with dynamic shapes.
         torch._dynamo.reset()
         return torch.compile(ref, dynamic=False)
+    if impl == "original":
+        return original_function(op)
     name = "reference" if impl == "eager" else impl
     if device not in available_backends()[name]:
         pytest.skip(f"backend {name!r} does not run on {device} tensors")
@@ -259,7 +300,6 @@ def memory_child(op: str, impl: str, size: str, device: str, max_gb: float) -> d
     }
 
 
-@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("op", OPS)
 @pytest.mark.parametrize("device", DEVICES)
 def test_forward_backward(benchmark, request, size, device, op, impl):
@@ -341,7 +381,7 @@ if __name__ == "__main__":
 
     parser = argparse.ArgumentParser(description="peak memory of one case, in this process")
     parser.add_argument("op", choices=tuple(OPS))
-    parser.add_argument("impl")
+    parser.add_argument("impl", help="eager, compile, original or a backend name")
     parser.add_argument("size", choices=tuple(SIZES))
     parser.add_argument("device")
     parser.add_argument("--max-gb", type=float, default=10.0)

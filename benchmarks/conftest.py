@@ -1,23 +1,39 @@
 """Options of the benchmark suite.
 
-    pytest benchmarks/ --benchmark [--bench-size quick|celeba|...|all|heavy|every]
+    pytest benchmarks/ --benchmark [--bench-size default|quick|celeba|...|all|heavy|every]
 
 `--benchmark` is the design card's spelling of pytest-benchmark's `--benchmark-only`.
-Loss-op sizes: `all` (the default) is quick, celeba, b16 and dense2; the heavy sizes
-b32 (batch 32 at 256x256) and hires512 (512x512) run only when named (`heavy` is both,
-`every` is all six); a comma-separated list picks any of them.
+Loss-op sizes: `default` (every op at the CelebA size, the dense semantic loss at batch 2:
+about two minutes on two cores) unless named; `all` is quick, celeba, b16 and dense2; the
+heavy sizes b32 (batch 32 at 256x256) and hires512 (512x512) run only when named (`heavy`
+is both, `every` is all); a comma-separated list picks any of them.
 Training-step cases (bench_train_step.py): `--train-cases 128x1,256x2` (resolution x
-batch, each with every CPU backend), `--train-cases none` to leave them out.
+batch, each with every CPU backend); none by default.
+After pytest-benchmark's table, a summary (benchmarks/summary.py) answers "how much faster":
+per op and implementation the median, the speed-up over eager and torch.compile, the
+bandwidth against a copy and the peak memory, with the machine; the same rows go into the
+`--benchmark-json` file under "scops_fast_summary". `--original PATH --original-tps PATH`
+adds the original SCOPS code's loss functions and its training step.
 """
+
+import os
+import sys
 
 import pytest
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
 SIZES = ("quick", "celeba", "b16", "dense2")
 HEAVY_SIZES = ("b32", "hires512")
-SIZE_GROUPS = {"all": SIZES, "heavy": HEAVY_SIZES, "every": SIZES + HEAVY_SIZES}
+SIZE_GROUPS = {
+    "all": SIZES,
+    "heavy": HEAVY_SIZES,
+    "every": ("default", *SIZES, *HEAVY_SIZES),
+}
 TRAIN_BACKENDS = ("reference", "cpp")
-DEFAULT_TRAIN_CASES = "128x1,128x2"
+DEFAULT_TRAIN_CASES = "none"
 LOADAVG_START = pytest.StashKey[str]()
+ORIGINAL_STEP = pytest.StashKey[dict]()
 
 
 def _sizes(text: str) -> tuple:
@@ -26,11 +42,11 @@ def _sizes(text: str) -> tuple:
         part = part.strip()
         if part in SIZE_GROUPS:
             out += [s for s in SIZE_GROUPS[part] if s not in out]
-        elif part in SIZES + HEAVY_SIZES:
+        elif part in ("default", *SIZES, *HEAVY_SIZES):
             if part not in out:
                 out.append(part)
         else:
-            choices = ", ".join((*SIZES, *HEAVY_SIZES, *SIZE_GROUPS))
+            choices = ", ".join(("default", *SIZES, *HEAVY_SIZES, *SIZE_GROUPS))
             raise pytest.UsageError(f"--bench-size: unknown size {part!r}; choose from {choices}")
     return tuple(out)
 
@@ -59,11 +75,11 @@ def pytest_addoption(parser):
     )
     group.addoption(
         "--bench-size",
-        default="all",
-        help="Loss-op problem sizes, comma-separated: quick (a smoke run), celeba (SPEC "
-        "section 8), b16 and dense2 (the CPU-kernel targets), b32 (batch 32, 256x256), "
-        "hires512 (512x512); groups: all (the first four, default), heavy (the last two), "
-        "every.",
+        default="default",
+        help="Loss-op problem sizes, comma-separated: default (every op at the CelebA size, "
+        "the dense semantic loss at batch 2), quick (a smoke run), celeba (SPEC section 8), "
+        "b16 and dense2 (the CPU-kernel targets), b32 (batch 32, 256x256), hires512 "
+        "(512x512); groups: all (quick, celeba, b16, dense2), heavy (the last two), every.",
     )
     group.addoption(
         "--bench-memory",
@@ -87,6 +103,20 @@ def pytest_addoption(parser):
     )
     group.addoption("--train-rounds", type=int, default=2, help="Timed steps per case.")
     group.addoption(
+        "--original",
+        help="A checkout of the original SCOPS code (NVlabs/SCOPS): its loss functions join the "
+        "loss-op cases as impl 'original', and its training step is timed beside ours.",
+    )
+    group.addoption(
+        "--original-tps",
+        help="With --original: a checkout of its tps_stn_pytorch (WarBean/tps_stn_pytorch).",
+    )
+    group.addoption(
+        "--original-step",
+        default="128x2",
+        help="With --original: SIZExBATCH of the training steps compared (default 128x2).",
+    )
+    group.addoption(
         "--train-form",
         choices=("lowres", "full"),
         default="lowres",
@@ -108,9 +138,81 @@ def pytest_configure(config):
     config.stash[LOADAVG_START] = _loadavg()
     if config.getoption("benchmark"):
         config.option.benchmark_only = True
+    if config.getoption("original"):
+        if not config.getoption("original_tps"):
+            raise pytest.UsageError("--original needs --original-tps (its tps_stn_pytorch)")
+        # The memory children of the loss-op cases load the original from these.
+        os.environ["SCOPS_FAST_ORIGINAL"] = config.getoption("original")
+        os.environ["SCOPS_FAST_ORIGINAL_TPS"] = config.getoption("original_tps")
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_sessionfinish(session, exitstatus):
+    """With --original, the training steps side by side, before pytest-benchmark saves."""
+    config = session.config
+    if config.getoption("original") and config.option.benchmark_only:
+        import original_step
+
+        size, _, batch = config.getoption("original_step").partition("x")
+        config.stash[ORIGINAL_STEP] = original_step.compare(
+            config.getoption("original"),
+            config.getoption("original_tps"),
+            size=int(size),
+            batch=int(batch),
+            steps=1,
+        )
+    yield
+
+
+def _summary(config):
+    session = getattr(config, "_benchmarksession", None)
+    if session is None or not session.benchmarks:
+        return None
+    import summarize
+
+    data = {"benchmarks": [b.as_dict(include_data=False) for b in session.benchmarks]}
+    machine = summarize.machine_summary(config.stash.get(LOADAVG_START, "?"), _loadavg())
+    return summarize.summary_rows(data), summarize.rows(data)[1], machine
+
+
+def pytest_benchmark_update_json(config, benchmarks, output_json):
+    summary = _summary(config)
+    if summary is not None:
+        rows, _, machine = summary
+        output_json["scops_fast_summary"] = {"rows": rows, "machine": machine}
+    if ORIGINAL_STEP in config.stash:
+        output_json["scops_fast_original_step"] = config.stash[ORIGINAL_STEP]
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_terminal_summary(terminalreporter, config):
+    summary = _summary(config)
+    if summary is None:
+        return
+    import summarize
+
+    rows, copy, machine = summary
+    tr = terminalreporter
+    tr.section("scops_fast: how much faster (medians of this run)")
+    tr.write_line(summarize.terminal_text(rows, machine, copy))
+    if ORIGINAL_STEP in config.stash:
+        import original_step
+
+        step = config.stash[ORIGINAL_STEP]
+        tr.write_line("")
+        tr.write_line(
+            f"training step against the original ({step['size']}x{step['size']}, "
+            f"batch {step['batch']}):"
+        )
+        tr.write_line(original_step.summary(step["results"]).rstrip())
 
 
 def pytest_generate_tests(metafunc):
+    if "impl" in metafunc.fixturenames:
+        from bench_losses import IMPLS
+
+        original = ("original",) if metafunc.config.getoption("original") else ()
+        metafunc.parametrize("impl", (*IMPLS, *original))
     if "size" in metafunc.fixturenames:
         metafunc.parametrize("size", _sizes(metafunc.config.getoption("bench_size")))
     if "train_case" in metafunc.fixturenames:

@@ -176,6 +176,52 @@ def summary(results: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def compare(
+    original,
+    tps,
+    *,
+    size: int = 256,
+    batch: int = 6,
+    steps: int = 2,
+    warmup: int = 1,
+    backends: str = "cpp,reference",
+    guard_gb: float = GUARD_GB,
+) -> dict:
+    """The original's step, then ours per backend, then a profile of our first backend:
+    the report that --out writes."""
+    import torch
+
+    args = argparse.Namespace(
+        original=original,
+        tps=tps,
+        size=size,
+        batch=batch,
+        steps=steps,
+        warmup=warmup,
+        guard_gb=guard_gb,
+    )
+    results = [_child("original", args)]
+    for backend in backends.split(","):
+        results.append(
+            train_step.run_child(
+                backend, size, batch, warmup=warmup, steps=steps, guard_gb=guard_gb
+            )
+        )
+    return {
+        "machine": {
+            "cpu": memprobe.cpu_model(),
+            "threads": torch.get_num_threads(),
+            "load_average": os.getloadavg(),
+            "torch": torch.__version__,
+        },
+        "size": size,
+        "batch": batch,
+        "results": results,
+        "profile": _child("profile", args, backend=backends.split(",")[0]),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("mode", nargs="?", default="compare", choices=("compare", "original", "profile"))
@@ -198,34 +244,17 @@ def main(argv=None) -> int:
         return 0
     if not args.original or not args.tps:
         p.error("--original and --tps: checkouts of the original code are needed")
-    import torch
-
-    results = [_child("original", args)]
-    for backend in args.backends.split(","):
-        results.append(
-            train_step.run_child(
-                backend,
-                args.size,
-                args.batch,
-                warmup=args.warmup,
-                steps=args.steps,
-                guard_gb=args.guard_gb,
-            )
-        )
-    profile = _child("profile", args, backend=args.backends.split(",")[0])
-    report = {
-        "machine": {
-            "cpu": memprobe.cpu_model(),
-            "threads": torch.get_num_threads(),
-            "load_average": os.getloadavg(),
-            "torch": torch.__version__,
-        },
-        "size": args.size,
-        "batch": args.batch,
-        "results": results,
-        "profile": profile,
-        "date": time.strftime("%Y-%m-%d"),
-    }
+    report = compare(
+        args.original,
+        args.tps,
+        size=args.size,
+        batch=args.batch,
+        steps=args.steps,
+        warmup=args.warmup,
+        backends=args.backends,
+        guard_gb=args.guard_gb,
+    )
+    results, profile = report["results"], report["profile"]
     table = summary(results)
     print(table)
     if "profile_fraction" in profile:
