@@ -3,7 +3,7 @@
     pytest benchmarks/ --benchmark [--bench-size default|quick|celeba|...|all|heavy|every]
 
 `--benchmark` is the design card's spelling of pytest-benchmark's `--benchmark-only`.
-Loss-op sizes: `default` (every op at the CelebA size, the dense semantic loss at batch 2:
+Loss-op sizes: `default` (every op at the CelebA size, the semantic losses at batch 1:
 about two minutes on two cores) unless named; `all` is quick, celeba, b16 and dense2; the
 heavy sizes b32 (batch 32 at 256x256) and hires512 (512x512) run only when named (`heavy`
 is both, `every` is all); a comma-separated list picks any of them.
@@ -77,7 +77,7 @@ def pytest_addoption(parser):
         "--bench-size",
         default="default",
         help="Loss-op problem sizes, comma-separated: default (every op at the CelebA size, "
-        "the dense semantic loss at batch 2), quick (a smoke run), celeba (SPEC section 8), "
+        "the semantic losses at batch 1), quick (a smoke run), celeba (SPEC section 8), "
         "b16 and dense2 (the CPU-kernel targets), b32 (batch 32, 256x256), hires512 "
         "(512x512); groups: all (quick, celeba, b16, dense2), heavy (the last two), every.",
     )
