@@ -1,6 +1,7 @@
 """`scops-train` / `python -m scops_fast.train`."""
 
 import json
+import pathlib
 import subprocess
 import sys
 
@@ -55,3 +56,73 @@ def test_runs_as_a_module():
     )
     assert result.returncode == 0
     assert "--config" in result.stdout and "--resume" in result.stdout
+
+
+def test_a_folder_holding_a_run_is_not_overwritten_by_accident(tmp_path, capsys):
+    config = write_config(tmp_path)
+    out = tmp_path / "out"
+    argv = ["--config", str(config), "--steps", "2", "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    done = capsys.readouterr().err
+    assert f"checkpoint {out / 'checkpoint.pt'}" in done and "done: 2 steps" in done
+    before = (out / "checkpoint.pt").read_bytes()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "already holds a run" in err and "--resume" in err and "--overwrite" in err
+    assert (out / "checkpoint.pt").read_bytes() == before
+    assert main(argv + ["--overwrite"]) == 0
+
+
+def test_unusable_backend_or_data_root_fail_before_any_folder(tmp_path, capsys):
+    config = write_config(tmp_path)
+    out = tmp_path / "never"
+    assert main(["--config", str(config), "--backend", "cuda", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("scops-train: error: loss.backend 'cuda' cannot run") and not out.exists()
+    assert err.count("\n") == 1
+    argv = ["--config", "celeba-k8", "--set", f"data.args.root={tmp_path / 'nowhere'}"]
+    argv += ["--set", "model.pretrained=null", "--set", "features.kind=lowlevel"]
+    assert main(argv + ["--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "list_landmarks_celeba.txt is missing" in err and "MAFL/training.txt" in err
+    assert not out.exists()
+
+
+def test_ctrl_c_saves_the_step_and_says_how_to_resume(tmp_path):
+    import os
+    import signal
+    import time
+
+    config = write_config(tmp_path, steps=400, log_every=1, checkpoint_every=1000)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "scops_fast.train", "--config", str(config), "--out", str(out)]
+    tests = str(pathlib.Path(__file__).parent)  # the child imports train_fakes from here
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")])),
+    }
+    proc = subprocess.Popen(cmd + ["--no-progress"], stderr=subprocess.PIPE, text=True, env=env)
+    # Wait for training to be under way (a logged step), then interrupt.
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        if line.startswith("step 3/"):
+            break
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=120) == 130, "".join(lines) + rest
+    assert "Traceback" not in rest
+    assert f"scops-train --out {out} --resume" in rest
+    step = load_checkpoint(out)["step"]
+    assert f"interrupted after step {step}" in rest and 3 <= step < 400
+    resumed = subprocess.run(
+        [sys.executable, "-m", "scops_fast.train", "--out", str(out), "--resume", "--steps"]
+        + [str(step + 2), "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert load_checkpoint(out)["step"] == step + 2

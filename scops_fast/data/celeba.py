@@ -6,9 +6,8 @@ Expected layout under `root` (the original CelebA release plus MAFL lists):
     list_landmarks_celeba.txt          count; header; "name x1 y1 ... x5 y5" (the UNALIGNED file,
                                        not list_landmarks_align_celeba.txt, which is for img_align)
     list_bbox_celeba.txt               count; header "image_id x_1 y_1 width height"; rows
-    MAFL/training.txt, MAFL/testing.txt   one image name per line
+    MAFL/training.txt                  one image name per line; MAFL/testing.txt the same
     <saliency_dir>/000001.png ...      optional grey saliency maps, same stem as the image
-
     list_imsize_celeba.txt             count; header; "name height width" (for min_face_area; not
                                        in the CelebA release: the original SCOPS authors' file)
     Saliency_Wild/000001.png ...       the original's saliency maps (saliency_dir="Saliency_Wild")

@@ -37,6 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", action="store_true", help="continue from OUT/checkpoint.pt if it exists"
     )
     parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start over in OUT even if it holds a run (without it, or --resume, such a "
+        "folder is refused)",
+    )
+    parser.add_argument(
         "--set",
         action="append",
         default=[],
@@ -73,9 +79,19 @@ def main(argv=None) -> int:
         return 2
 
     from scops_fast.train import distributed
-    from scops_fast.train.trainer import Trainer
+    from scops_fast.train.trainer import Trainer, TrainingInterrupted
 
     out = pathlib.Path(args.out or pathlib.Path("runs") / cfg.name)
+    existing = out / CHECKPOINT_NAME
+    if existing.exists() and not (args.resume or args.overwrite):
+        print(
+            f"scops-train: error: {out} already holds a run ({existing}); pass --resume to "
+            f"continue it, --overwrite to start over in it, or another --out",
+            file=sys.stderr,
+        )
+        return 2
+    resume_hint = f"scops-train --out {out} --resume"
+    trainer = None
     try:
         trainer = Trainer(cfg, out, resume=args.resume, progress=not args.no_progress)
         if trainer.proc.is_main:
@@ -88,9 +104,52 @@ def main(argv=None) -> int:
     except (ConfigError, CheckpointError, FileNotFoundError, KeyError) as exc:
         print(f"scops-train: error: {exc}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as stop:
+        print(
+            f"\nscops-train: interrupted after step {stop.step}; saved {stop.checkpoint}. "
+            f"Continue with: {resume_hint}",
+            file=sys.stderr,
+        )
+        return 130
+    except KeyboardInterrupt:
+        saved = f"the last checkpoint is {existing}" if existing.exists() else "nothing saved"
+        print(
+            f"\nscops-train: interrupted; {saved}. Continue with: {resume_hint}", file=sys.stderr
+        )
+        return 130
     finally:
         distributed.teardown()
+    if trainer.proc.is_main:
+        print(summary(trainer, out), file=sys.stderr)
     return 0
+
+
+def summary(trainer, out: pathlib.Path) -> str:
+    """The end-of-run lines: what ran, the verdict where scored, where the report is."""
+    metrics = getattr(trainer, "metrics", None) or {}
+    lines = [
+        f"scops-train: done: {trainer.step} steps of {trainer.cfg.name} in "
+        f"{trainer.train_seconds:.0f} s of training; checkpoint {out / CHECKPOINT_NAME}"
+    ]
+    criteria = metrics.get("criteria")
+    if criteria:
+        verdict = "met" if criteria.get("passed") else "not met"
+        parts = []
+        if "landmark_error_ratio_vs_kmeans" in criteria:
+            parts.append(
+                f"landmark error {criteria['landmark_error_ratio_vs_kmeans']:.2f}x k-means's "
+                f"(at most {criteria['landmark_ratio_max']})"
+            )
+        if "part_nmi_margin_vs_kmeans" in criteria:
+            parts.append(
+                f"part NMI {criteria['part_nmi_margin_vs_kmeans']:+.3f} over k-means "
+                f"(at least +{criteria['nmi_margin_min']})"
+            )
+        lines.append(f"scops-train: criteria {verdict}: " + "; ".join(parts))
+    report = out / "report.html"
+    if report.exists():
+        lines.append(f"scops-train: report: {report}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

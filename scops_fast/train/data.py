@@ -98,6 +98,28 @@ def dataset_from_spec(name: str, args: dict, image_size: int, option: str = "dat
         return factory(**kwargs)
     except TypeError as exc:
         raise ConfigError(f"{option} do not fit {name!r}: {exc}") from None
+    except FileNotFoundError as exc:
+        missing = exc.filename or str(exc)
+        layout = expected_layout(factory)
+        hint = f"; expected under the root: {layout}" if layout else ""
+        raise ConfigError(f"data set {name!r}: {missing} is missing{hint}") from None
+
+
+def expected_layout(factory) -> str:
+    """The files a data set expects, from the "Expected layout" block of its module's
+    docstring (the names of its indented lines), comma-separated; "" when it has none."""
+    doc = inspect.getmodule(factory).__doc__ or ""
+    lines = doc.split("Expected layout", 1)[1].splitlines()[1:] if "Expected layout" in doc else []
+    names = []
+    for line in lines:
+        if not line.strip():
+            if names:
+                break
+            continue
+        first = line.split()[0].rstrip(",")
+        if line.startswith("    ") and ("/" in first or "." in first):
+            names.append(first)
+    return ", ".join(names)
 
 
 class GlobalBatchOrder:

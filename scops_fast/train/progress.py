@@ -1,6 +1,6 @@
-"""Where training progress goes: a progress bar (tqdm when installed, else a log
-line every `log_every` steps), `metrics.jsonl` (one JSON object per logged step: the
-loss curves) and TensorBoard scalars when tensorboard is installed."""
+"""Where training progress goes: a progress bar (tqdm, when installed and stderr is a
+terminal; else a log line every `log_every` steps), `metrics.jsonl` (one JSON object per
+logged step: the loss curves) and TensorBoard scalars when tensorboard is installed."""
 
 from __future__ import annotations
 
@@ -55,7 +55,16 @@ def _tensorboard_writer(log_dir: pathlib.Path):
     return SummaryWriter(str(log_dir))
 
 
+def _is_terminal(stream) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
+
+
 def _progress_bar(total: int, initial: int):
+    # A bar only where someone watches: in a log file its redraws are noise, and the log
+    # lines every log_every steps say the same.
+    if not _is_terminal(sys.stderr):
+        return None
     try:
         from tqdm import tqdm
     except ImportError:

@@ -13,6 +13,8 @@ weights of 6 steps.
 from __future__ import annotations
 
 import pathlib
+import signal
+import threading
 import time
 import warnings
 
@@ -52,6 +54,35 @@ LOG_NAMES = ("loss", *LOSS_NAMES)
 _BASIS_SEED, _WARP_SEED, _JITTER_SEED = 1, 2, 3
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during `Trainer.train`: the step under way was finished and checkpointed."""
+
+    def __init__(self, step: int, checkpoint: pathlib.Path):
+        super().__init__(f"interrupted after step {step}; checkpoint {checkpoint}")
+        self.step, self.checkpoint = step, checkpoint
+
+
+class _DeferredInterrupt:
+    """While installed, the first Ctrl-C (SIGINT) only sets `requested`: the loop ends
+    after the step under way, whose weights and optimiser state are then consistent and
+    checkpointed. A second Ctrl-C interrupts at once. Only in the main thread of a
+    single-process run (ranks of a distributed run must stop at the same step)."""
+
+    def __init__(self, enabled: bool = True):
+        self.requested, self._previous = False, None
+        if enabled and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+
 class SCOPSObjective(nn.Module):
     """The trained parameters: segmentation network and part basis w (K, C). One
     module so that DistributedDataParallel averages the basis gradient too."""
@@ -88,6 +119,20 @@ def nested_repeats(net: nn.Module) -> list[nn.Parameter]:
     return out
 
 
+def _check_backend(backend: str | None, device_type: str) -> None:
+    """A named loss backend that cannot run here fails now, with the reason, not inside
+    the first step."""
+    from scops_fast._dispatch import unavailable_reason
+
+    if backend in (None, "auto"):
+        return
+    reason = unavailable_reason(backend, None, device_type)
+    if reason is not None:
+        raise ConfigError(
+            f"loss.backend {backend!r} cannot run on this run's {device_type} device: {reason}"
+        )
+
+
 def poly_lr(base: float, step: int, total: int, power: float) -> float:
     return base * max(0.0, 1.0 - step / total) ** power
 
@@ -122,14 +167,7 @@ class Trainer:
         self.proc = distributed.setup(cfg.device)
         self.device = self.proc.device
         self.progress, self.tensorboard = progress, tensorboard
-        if self.proc.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            if ckpt is None and self.checkpoint_path.exists():
-                warnings.warn(
-                    f"{self.checkpoint_path} exists and will be overwritten (pass resume=True / "
-                    "--resume to continue it)",
-                    stacklevel=2,
-                )
+        _check_backend(cfg.loss.backend, self.device.type)
 
         if cfg.threads is not None:
             torch.set_num_threads(cfg.threads)
@@ -184,6 +222,16 @@ class Trainer:
         )
 
         self.dataset = dataset if dataset is not None else build_dataset(cfg.data)
+        # Only now, with everything the run needs found: a bad backend, data root or
+        # weight path leaves no empty run folder behind.
+        if self.proc.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            if ckpt is None and self.checkpoint_path.exists():
+                warnings.warn(
+                    f"{self.checkpoint_path} exists and will be overwritten (pass resume=True / "
+                    "--resume to continue it)",
+                    stacklevel=2,
+                )
         self.order = GlobalBatchOrder(
             len(self.dataset), cfg.data.batch_size, cfg.seed, self.proc.rank, self.proc.world_size
         )
@@ -340,12 +388,15 @@ class Trainer:
         running = torch.zeros(len(LOG_NAMES), dtype=torch.float64, device=self.device)
         count, last = 0, {}
         start, clock = self.step, time.perf_counter()
+        interrupted = _DeferredInterrupt(enabled=self.proc.world_size == 1)
         try:
             for batch in batches(self.dataset, self.order, self.step, stop, cfg.data.num_workers):
                 self.skipped |= substituted(self.order.indices(self.step), batch)
                 running += self.train_step(batch).double()
                 count += 1
                 log.advance()
+                if interrupted.requested:
+                    break
                 if self.step % cfg.log_every == 0 or self.step == stop:
                     mean = distributed.mean_over_ranks(running / count, self.proc).tolist()
                     last = dict(zip(LOG_NAMES, mean, strict=True))
@@ -360,12 +411,15 @@ class Trainer:
                     clock = time.perf_counter()
                     self.save_checkpoint()
         finally:
+            interrupted.restore()
             log.close()
             # A finished run resumed trains nothing; its set-up time is not training time.
             if self.step > start:
                 self.train_seconds += time.perf_counter() - clock
         self._warn_skipped()
         self.save_checkpoint()
+        if interrupted.requested:
+            raise TrainingInterrupted(self.step, self.checkpoint_path)
         if self.proc.is_main and self.step == cfg.steps:
             if not last:  # a finished run resumed: its last logged losses
                 last = _last_losses(self.out_dir)
