@@ -126,3 +126,30 @@ def test_ctrl_c_saves_the_step_and_says_how_to_resume(tmp_path):
     )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert load_checkpoint(out)["step"] == step + 2
+
+
+def test_the_end_of_run_summary_gives_the_verdict_and_the_report(tmp_path):
+    import types
+
+    from scops_fast.train.cli import summary
+
+    (tmp_path / "report.html").write_text("<html></html>")
+    criteria = {
+        "landmark_error_ratio_vs_kmeans": 0.56,
+        "landmark_ratio_max": 0.8,
+        "part_nmi_margin_vs_kmeans": 0.223,
+        "nmi_margin_min": 0.1,
+        "passed": True,
+    }
+    trainer = types.SimpleNamespace(
+        step=2500,
+        cfg=types.SimpleNamespace(name="demo"),
+        train_seconds=342.4,
+        metrics={"criteria": criteria},
+    )
+    text = summary(trainer, tmp_path)
+    assert "done: 2500 steps of demo in 342 s" in text
+    assert "criteria met: landmark error 0.56x k-means's (at most 0.8); part NMI +0.223" in text
+    assert f"report: {tmp_path / 'report.html'}" in text
+    trainer.metrics["criteria"] = {**criteria, "passed": False}
+    assert "criteria not met" in summary(trainer, tmp_path)
