@@ -153,3 +153,43 @@ def test_the_end_of_run_summary_gives_the_verdict_and_the_report(tmp_path):
     assert f"report: {tmp_path / 'report.html'}" in text
     trainer.metrics["criteria"] = {**criteria, "passed": False}
     assert "criteria not met" in summary(trainer, tmp_path)
+
+
+def test_training_on_a_folder_of_images(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        pixels = (rng.random((40 + i, 50, 3)) * 255).astype(np.uint8)
+        Image.fromarray(pixels).save(photos / f"cat_{i}.jpg")
+    out = tmp_path / "run"
+    argv = ["--config", "demo", "--data", "folder", "--root", str(photos), "--steps", "2"]
+    argv += ["--out", str(out), "--no-progress", "--set", "data.batch_size=2"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "nothing to score" in err and f"report: {out / 'report.html'}" in err
+    cfg = load_checkpoint(out)["config"]
+    # The demo's synthetic-data arguments and evaluation did not follow it to the folder.
+    assert cfg["data"]["args"] == {"root": str(photos)} and not cfg["evaluation"]["enabled"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "criteria" not in metrics and "model" not in metrics
+    assert (out / "parts.png").exists()
+
+
+def test_the_same_data_set_keeps_its_arguments(tmp_path):
+    from scops_fast.train.cli import build_parser, data_overrides
+    from scops_fast.train.config import load_config
+
+    cfg = load_config("celeba-k8")
+    args = build_parser().parse_args(["--data", "celeba", "--root", "/data/CelebA"])
+    args_cfg = cfg.replace(data_overrides(args, cfg))
+    assert args_cfg.data.args["root"] == "/data/CelebA"
+    assert args_cfg.data.args["min_face_area"] == 0.3  # the preset's protocol stays
+    args = build_parser().parse_args(["--data", "cub", "--root", "/data/CUB"])
+    cub = cfg.replace(data_overrides(args, cfg))
+    assert cub.data.args == {"root": "/data/CUB", "split": "train"}
+    assert cub.evaluation.enabled
+    assert cub.evaluation.test_args == {"root": "/data/CUB", "split": "test"}

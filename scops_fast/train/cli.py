@@ -49,8 +49,70 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FIELD=VALUE",
         help="override a config field, e.g. --set data.batch_size=4 (value parsed as JSON)",
     )
+    data = parser.add_argument_group(
+        "data (short for --set data...: the data set's arguments are replaced, not merged)"
+    )
+    data.add_argument(
+        "--data",
+        help="data set: synthetic, celeba, cub, folder (any folder of images), or "
+        "package.module:Class",
+    )
+    data.add_argument("--root", help="the data set's folder (celeba, cub, folder)")
+    data.add_argument(
+        "--saliency",
+        help="folder of grey saliency maps named like the images (<stem>.png); without one the "
+        "semantic loss is not masked",
+    )
+    data.add_argument("--image-size", type=int, help="training image size (square)")
     parser.add_argument("--no-progress", action="store_true", help="log lines, no progress bar")
     return parser
+
+
+#: What each data set is evaluated on when --data picks it: labelled test and train splits
+#: of the same root, or nothing to score (a folder of images).
+EVALUATION_SPLITS = {"celeba": ("test", "train"), "cub": ("test", "train")}
+
+
+def data_overrides(args, cfg) -> dict:
+    """The --data/--root/--saliency/--image-size flags as overrides of `cfg`. The same data
+    set as the config's keeps its arguments (root and saliency replaced); another one gets
+    arguments of its own and an evaluation that follows it: its labelled splits, or none
+    for a folder of unlabelled images."""
+    out = {}
+    if args.image_size is not None:
+        out["data.image_size"] = args.image_size
+    kind = args.data or cfg.data.dataset
+    data_args = {} if kind != cfg.data.dataset else dict(cfg.data.args)
+    if args.root is not None:
+        data_args["root"] = args.root
+    if args.saliency is not None:
+        data_args["saliency_dir"] = args.saliency
+    if args.data is None or kind == cfg.data.dataset:
+        if args.root is not None or args.saliency is not None:
+            out["data.args"] = data_args
+        if args.saliency is not None:
+            out["features.saliency"] = True
+        return out
+    out.update({"data.dataset": kind, "data.args": data_args})
+    if kind == "synthetic":
+        return out
+    out["features.saliency"] = args.saliency is not None
+    if kind in EVALUATION_SPLITS:
+        test, train = EVALUATION_SPLITS[kind]
+        common = {"root": args.root} if args.root else {}
+        out.update(
+            {
+                "data.args": {**data_args, "split": train},
+                "evaluation.enabled": True,
+                "evaluation.test_dataset": kind,
+                "evaluation.test_args": {**common, "split": test},
+                "evaluation.train_dataset": kind,
+                "evaluation.train_args": {**common, "split": train},
+            }
+        )
+    else:
+        out["evaluation.enabled"] = False  # no labels: nothing to score, pictures only
+    return out
 
 
 def _config(args, parser):
@@ -60,13 +122,15 @@ def _config(args, parser):
     if args.backend is not None:
         overrides["loss.backend"] = args.backend
     if args.config is not None:
-        return load_config(args.config, overrides)
-    if args.resume and args.out:
+        cfg = load_config(args.config, overrides)
+    elif args.resume and args.out and (pathlib.Path(args.out) / CHECKPOINT_NAME).exists():
         path = pathlib.Path(args.out) / CHECKPOINT_NAME
-        if path.exists():
-            cfg = config_from_dict(load_checkpoint(path)["config"], source=str(path))
-            return cfg.replace(overrides) if overrides else cfg
-    parser.error("--config is required (unless --resume finds OUT/checkpoint.pt)")
+        cfg = config_from_dict(load_checkpoint(path)["config"], source=str(path))
+        cfg = cfg.replace(overrides) if overrides else cfg
+    else:
+        parser.error("--config is required (unless --resume finds OUT/checkpoint.pt)")
+    flags = data_overrides(args, cfg)
+    return cfg.replace(flags) if flags else cfg
 
 
 def main(argv=None) -> int:
@@ -113,9 +177,7 @@ def main(argv=None) -> int:
         return 130
     except KeyboardInterrupt:
         saved = f"the last checkpoint is {existing}" if existing.exists() else "nothing saved"
-        print(
-            f"\nscops-train: interrupted; {saved}. Continue with: {resume_hint}", file=sys.stderr
-        )
+        print(f"\nscops-train: interrupted; {saved}. Continue with: {resume_hint}", file=sys.stderr)
         return 130
     finally:
         distributed.teardown()
@@ -146,6 +208,11 @@ def summary(trainer, out: pathlib.Path) -> str:
                 f"(at least +{criteria['nmi_margin_min']})"
             )
         lines.append(f"scops-train: criteria {verdict}: " + "; ".join(parts))
+    elif not trainer.cfg.evaluation.enabled:
+        lines.append(
+            "scops-train: nothing to score: no evaluation set with labels was configured "
+            "(a folder of images has none); the report shows the parts on your images"
+        )
     report = out / "report.html"
     if report.exists():
         lines.append(f"scops-train: report: {report}")
