@@ -153,26 +153,6 @@ def _datasets(args, image_size: int, protocol: str = "ours"):
     return train, test, spec
 
 
-def _original_snapshot(path):
-    """The state dict of an original SCOPS snapshot at `path`, or None for anything else.
-    Read with weights_only=True: a file that would run code when unpickled is refused."""
-    import torch
-
-    from scops_fast.models.original import original_num_parts
-
-    path = pathlib.Path(path)
-    if path.is_dir():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - ours (or unreadable): the checkpoint loader explains
-        return None
-    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-        return None
-    stripped = {k.removeprefix("module."): v for k, v in state.items()}
-    return state if original_num_parts(stripped) is not None else None
-
-
 def _cub_original(args, root, size):
     """CUB as the original's evaluation reads it: CMR's cache, jittered square crops."""
     from scops_fast.data import SCOPS_CUB_SUBSETS, CUBOriginal
@@ -211,10 +191,11 @@ def evaluate_checkpoint(args) -> dict:
     import torch
 
     from scops_fast.models import load_original
+    from scops_fast.models.original import original_snapshot
     from scops_fast.train import load_model, predict_parts
     from scops_fast.train.checkpoint import load_checkpoint
 
-    original = _original_snapshot(args.checkpoint)
+    original = original_snapshot(args.checkpoint)
     if original is not None:
         model = load_original(original).to(args.device)
         model.image_size = ORIGINAL_SIZE

@@ -167,6 +167,22 @@ def load_original_weights(net: PartSegmenter, source, *, strict_head: bool = Fal
         )
 
 
+def original_snapshot(path) -> dict | None:
+    """The state dict at `path` if it is an original SCOPS snapshot (a flat state dict with
+    the SCOPS classifier), else None (a folder, a checkpoint of ours, anything else).
+    Read with weights_only=True: a file that would run code when unpickled is refused."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - not ours to explain: the caller's loader does
+        return None
+    if not isinstance(state, Mapping) or not all(torch.is_tensor(v) for v in state.values()):
+        return None
+    return dict(state) if original_num_parts(_strip_prefixes(state)) is not None else None
+
+
 def load_original(
     source,
     *,
@@ -211,6 +227,7 @@ __all__ = [
     "convert_original_state",
     "load_original",
     "load_original_weights",
+    "original_snapshot",
     "original_depth",
     "original_num_parts",
 ]

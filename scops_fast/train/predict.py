@@ -1,0 +1,168 @@
+"""`scops-predict`: apply a trained model to new images.
+
+    scops-predict --checkpoint runs/cats --images photos/ --out parts/
+
+For every image under `--images` (searched recursively; any size), it writes:
+- `OUT/maps/<relative path>.png`: the arg-max part of each pixel as an 8-bit palette image
+  (index 0 background, 1..K the parts; the palette holds the parts' colours);
+- `OUT/overlays/<relative path>.jpg`: the image tinted by its parts, each part that wins
+  at least one pixel marked at its centre;
+- one row per image and part in `OUT/parts.csv` and the same in `OUT/parts.json`: the
+  part's pixels and its centre (x, y) in the image's pixels (the probability-weighted mean
+  position, as the landmark evaluation uses), left empty for a part that wins no pixel.
+
+The checkpoint is a run of ours (checkpoint.pt or its folder) or a snapshot of the original
+SCOPS trainer; the network sees each image at the size it was trained at.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import pathlib
+import sys
+
+import torch
+from PIL import Image
+
+from scops_fast.data.imagefiles import IMAGE_EXTENSIONS, UNREADABLE, image_tensor, load_rgb
+from scops_fast.train.loading import load_model, predict_parts
+
+#: Where an original snapshot is run: its evaluation's input size.
+ORIGINAL_IMAGE_SIZE = 256
+
+
+def load_any(checkpoint, device: str = "cpu"):
+    """(network in eval mode, "original" or "scops_fast") for either kind of checkpoint."""
+    from scops_fast.models import load_original
+    from scops_fast.models.original import original_snapshot
+
+    state = original_snapshot(checkpoint)
+    if state is not None:
+        net = load_original(state).to(device)
+        net.image_size = ORIGINAL_IMAGE_SIZE
+        return net, "original"
+    return load_model(checkpoint, map_location=device), "scops_fast"
+
+
+def image_files(root: pathlib.Path) -> list[str]:
+    return sorted(
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*")
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
+
+
+def describe_parts(probs: torch.Tensor) -> list[dict]:
+    """Per part of probs (K+1, H, W): its pixels (arg-max area) and centre, None when empty."""
+    from scops_fast import viz
+
+    labels = probs.argmax(0)
+    centres = viz.part_centres(probs[None])[0]
+    out = []
+    for k in range(1, probs.shape[0]):
+        pixels = int((labels == k).sum())
+        centre = [round(float(v), 2) for v in centres[k - 1]] if pixels else None
+        out.append({"part": k, "pixels": pixels, "center": centre})
+    return out
+
+
+def predict_folder(net, images: pathlib.Path, out: pathlib.Path, progress: bool = True) -> dict:
+    """Writes the maps, overlays, parts.csv and parts.json of every image; returns
+    {"images": n, "skipped": [relative paths that could not be read]}."""
+    from scops_fast import viz
+
+    files = image_files(images)
+    if not files:
+        raise FileNotFoundError(f"no image files under {images} ({', '.join(IMAGE_EXTENSIONS)})")
+    colours = viz.part_colours(net.num_parts)
+    palette = colours.flatten().tolist()
+    results, skipped = {}, []
+    bar = _bar(len(files)) if progress else None
+    for rel in files:
+        try:
+            image = image_tensor(load_rgb(images / rel))[None]
+        except UNREADABLE:
+            skipped.append(rel)
+            continue
+        param = next(net.parameters())
+        probs = predict_parts(net, image.to(param.device)).cpu()[0]
+        parts = describe_parts(probs)
+        results[rel] = {"size": list(probs.shape[-2:]), "parts": parts}
+        map_path = (out / "maps" / rel).with_suffix(".png")
+        map_path.parent.mkdir(parents=True, exist_ok=True)
+        labels = Image.fromarray(probs.argmax(0).byte().numpy(), mode="P")
+        labels.putpalette(palette)
+        labels.save(map_path)
+        overlay = viz.to_pil(viz.overlay_parts(image, probs[None])[0])
+        drawn = [p for p in parts if p["center"] is not None]
+        if drawn:
+            centres = torch.tensor([p["center"] for p in drawn])
+            overlay = viz.draw_centres(overlay, centres, colours[[p["part"] for p in drawn]])
+        overlay_path = (out / "overlays" / rel).with_suffix(".jpg")
+        overlay_path.parent.mkdir(parents=True, exist_ok=True)
+        overlay.save(overlay_path, quality=92)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    (out / "parts.json").write_text(json.dumps({"images": results, "skipped": skipped}, indent=1))
+    with open(out / "parts.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image", "part", "pixels", "x", "y"])
+        for rel, result in results.items():
+            for p in result["parts"]:
+                x, y = p["center"] if p["center"] is not None else ("", "")
+                writer.writerow([rel, p["part"], p["pixels"], x, y])
+    return {"images": len(results), "skipped": skipped}
+
+
+def _bar(total: int):
+    from scops_fast.train.progress import _is_terminal
+
+    if not _is_terminal(sys.stderr):
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, unit="image", file=sys.stderr)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(
+        prog="scops-predict", description="Part maps, overlays and part centres for new images."
+    )
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="a run (folder or checkpoint.pt) or an original SCOPS snapshot",
+    )
+    p.add_argument("--images", required=True, help="folder of images (searched recursively)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    images = pathlib.Path(args.images)
+    try:
+        if not images.is_dir():
+            raise FileNotFoundError(f"--images: {images} is not a folder")
+        net, kind = load_any(args.checkpoint, args.device)
+        out = pathlib.Path(args.out)
+        with torch.no_grad():
+            done = predict_folder(net, images, out, progress=not args.no_progress)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"scops-predict: error: {exc}", file=sys.stderr)
+        return 2
+    skipped = f", {len(done['skipped'])} unreadable skipped" if done["skipped"] else ""
+    print(
+        f"scops-predict: {done['images']} images{skipped} ({kind} checkpoint, K={net.num_parts}); "
+        f"maps in {out / 'maps'}, overlays in {out / 'overlays'}, centres in {out / 'parts.csv'}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
