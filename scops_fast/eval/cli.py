@@ -34,8 +34,6 @@ from scops_fast.eval.compare import evaluate_with_baselines
 
 DATA_KINDS = ("synthetic", "celeba", "cub", "folder")
 PROTOCOLS = ("ours", "original")
-#: The original evaluation's image size (evaluate_celebAWild.py's INPUT_SIZE).
-ORIGINAL_SIZE = 256
 #: CelebAWild arguments of the original's evaluation data.
 ORIGINAL_CELEBA = {"crop": None, "min_face_area": 0.3, "reader": "opencv"}
 #: Test / train splits of the real data sets' loaders.
@@ -190,20 +188,14 @@ def _cub_original(args, root, size):
 def evaluate_checkpoint(args) -> dict:
     import torch
 
-    from scops_fast.models import load_original
-    from scops_fast.models.original import original_snapshot
-    from scops_fast.train import load_model, predict_parts
+    from scops_fast.train import predict_parts
     from scops_fast.train.checkpoint import load_checkpoint
+    from scops_fast.train.loading import load_any_model
 
-    original = original_snapshot(args.checkpoint)
-    if original is not None:
-        model = load_original(original).to(args.device)
-        model.image_size = ORIGINAL_SIZE
-        step = None
-    else:
-        step = int(load_checkpoint(args.checkpoint)["step"])
-        model = load_model(args.checkpoint, map_location=args.device)
-    protocol = args.protocol or ("original" if original is not None else "ours")
+    model, kind = load_any_model(args.checkpoint, map_location=args.device)
+    original = kind == "original"
+    step = None if original else int(load_checkpoint(args.checkpoint)["step"])
+    protocol = args.protocol or ("original" if original else "ours")
     train_size = model.image_size
     train, test, spec = _datasets(args, train_size, protocol)
     net_size = train_size if args.net_size is None else (args.net_size or None)
@@ -226,7 +218,7 @@ def evaluate_checkpoint(args) -> dict:
     out = {
         "checkpoint": str(args.checkpoint),
         "checkpoint_step": step,
-        "checkpoint_format": "original" if original is not None else "scops_fast",
+        "checkpoint_format": kind,
         "num_parts": model.num_parts,
         "data": spec,
         "network_input_size": net_size if net_size else "image size",

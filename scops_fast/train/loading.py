@@ -60,6 +60,25 @@ def load_model(checkpoint_path: str | os.PathLike, map_location="cpu") -> PartSe
     return net.to(map_location if isinstance(map_location, str | torch.device) else "cpu").eval()
 
 
+#: The input size an original SCOPS snapshot is run at: its evaluation's.
+ORIGINAL_IMAGE_SIZE = 256
+
+
+def load_any_model(checkpoint_path, map_location="cpu") -> tuple[PartSegmenter, str]:
+    """(network in eval mode, "original" or "scops_fast"): a run of ours (checkpoint.pt or
+    its folder, as `load_model`) or a snapshot of the original SCOPS trainer (read with
+    weights_only, run at ORIGINAL_IMAGE_SIZE)."""
+    from scops_fast.models import load_original
+    from scops_fast.models.original import original_snapshot
+
+    state = original_snapshot(checkpoint_path)
+    if state is None:
+        return load_model(checkpoint_path, map_location=map_location), "scops_fast"
+    net = load_original(state).to(map_location)
+    net.image_size = ORIGINAL_IMAGE_SIZE
+    return net, "original"
+
+
 def _pair(size) -> tuple[int, int]:
     if isinstance(size, int):
         return (size, size)

@@ -26,32 +26,10 @@ import sys
 import torch
 from PIL import Image
 
+from scops_fast.data import ImageFolder
 from scops_fast.data.imagefiles import IMAGE_EXTENSIONS, UNREADABLE, image_tensor, load_rgb
-from scops_fast.train.loading import load_model, predict_parts
-
-#: Where an original snapshot is run: its evaluation's input size.
-ORIGINAL_IMAGE_SIZE = 256
-
-
-def load_any(checkpoint, device: str = "cpu"):
-    """(network in eval mode, "original" or "scops_fast") for either kind of checkpoint."""
-    from scops_fast.models import load_original
-    from scops_fast.models.original import original_snapshot
-
-    state = original_snapshot(checkpoint)
-    if state is not None:
-        net = load_original(state).to(device)
-        net.image_size = ORIGINAL_IMAGE_SIZE
-        return net, "original"
-    return load_model(checkpoint, map_location=device), "scops_fast"
-
-
-def image_files(root: pathlib.Path) -> list[str]:
-    return sorted(
-        p.relative_to(root).as_posix()
-        for p in root.rglob("*")
-        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-    )
+from scops_fast.train.loading import load_any_model, predict_parts
+from scops_fast.train.progress import progress_bar
 
 
 def describe_parts(probs: torch.Tensor) -> list[dict]:
@@ -73,21 +51,21 @@ def predict_folder(net, images: pathlib.Path, out: pathlib.Path, progress: bool 
     {"images": n, "skipped": [relative paths that could not be read]}."""
     from scops_fast import viz
 
-    files = image_files(images)
+    files = ImageFolder(images).files  # its listing; each image is read at its own size
     if not files:
         raise FileNotFoundError(f"no image files under {images} ({', '.join(IMAGE_EXTENSIONS)})")
     colours = viz.part_colours(net.num_parts)
     palette = colours.flatten().tolist()
     results, skipped = {}, []
-    bar = _bar(len(files)) if progress else None
+    bar = progress_bar(len(files), unit="image") if progress else None
+    device = next(net.parameters()).device
     for rel in files:
         try:
             image = image_tensor(load_rgb(images / rel))[None]
         except UNREADABLE:
             skipped.append(rel)
             continue
-        param = next(net.parameters())
-        probs = predict_parts(net, image.to(param.device)).cpu()[0]
+        probs = predict_parts(net, image.to(device)).cpu()[0]
         parts = describe_parts(probs)
         results[rel] = {"size": list(probs.shape[-2:]), "parts": parts}
         map_path = (out / "maps" / rel).with_suffix(".png")
@@ -118,18 +96,6 @@ def predict_folder(net, images: pathlib.Path, out: pathlib.Path, progress: bool 
     return {"images": len(results), "skipped": skipped}
 
 
-def _bar(total: int):
-    from scops_fast.train.progress import _is_terminal
-
-    if not _is_terminal(sys.stderr):
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, unit="image", file=sys.stderr)
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(
         prog="scops-predict", description="Part maps, overlays and part centres for new images."
@@ -148,7 +114,7 @@ def main(argv=None) -> int:
     try:
         if not images.is_dir():
             raise FileNotFoundError(f"--images: {images} is not a folder")
-        net, kind = load_any(args.checkpoint, args.device)
+        net, kind = load_any_model(args.checkpoint, args.device)
         out = pathlib.Path(args.out)
         with torch.no_grad():
             done = predict_folder(net, images, out, progress=not args.no_progress)

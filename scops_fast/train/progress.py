@@ -60,7 +60,8 @@ def _is_terminal(stream) -> bool:
     return bool(isatty and isatty())
 
 
-def _progress_bar(total: int, initial: int):
+def progress_bar(total: int, initial: int = 0, unit: str = "step"):
+    """A tqdm bar on stderr when it is a terminal and tqdm is installed, else None."""
     # A bar only where someone watches: in a log file its redraws are noise, and the log
     # lines every log_every steps say the same.
     if not _is_terminal(sys.stderr):
@@ -69,7 +70,7 @@ def _progress_bar(total: int, initial: int):
         from tqdm import tqdm
     except ImportError:
         return None
-    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, file=sys.stderr)
+    return tqdm(total=total, initial=initial, unit=unit, dynamic_ncols=True, file=sys.stderr)
 
 
 class RunLog:
@@ -98,7 +99,7 @@ class RunLog:
             return
         if self.metrics_path.exists():
             truncate_metrics(self.metrics_path, start_step)
-        self.bar = _progress_bar(total_steps, start_step) if progress else None
+        self.bar = progress_bar(total_steps, start_step) if progress else None
         self.writer = (
             _tensorboard_writer(pathlib.Path(out_dir) / "tensorboard") if tensorboard else None
         )
