@@ -45,13 +45,7 @@ from scops_fast.models.seeded import seeded_state_dict  # noqa: E402
 def recorded(module, name: str, log: list):
     """Replaces `module.name` by a wrapper that appends each call's result to `log`."""
     inner = getattr(module, name)
-
-    def wrapper(*args, **kwargs):
-        out = inner(*args, **kwargs)
-        log.append(out)
-        return out
-
-    setattr(module, name, wrapper)
+    setattr(module, name, _record_calls(inner, log))
     try:
         yield log
     finally:
@@ -506,6 +500,8 @@ def _original_step(threads: int) -> dict:
 
 
 def _record_calls(fn, log: list):
+    """`fn`, appending each call's result to `log`."""
+
     def wrapper(*args, **kwargs):
         out = fn(*args, **kwargs)
         log.append(out)
