@@ -16,6 +16,10 @@ from .imagefiles import (
     parse_size,
 )
 
+#: Where `saliency_dir="auto"` caches its maps, under the root (`scops_fast.data.saliency`
+#: imports OpenCV, so only the name lives here).
+CACHE_DIR_NAME = ".scops_saliency"
+
 __all__ = ["ImageFolder"]
 
 
@@ -26,8 +30,11 @@ class ImageFolder(SkippingDataset):
         root: folder of images; files whose extension is not an image extension are ignored.
         size: output size, int or (H, W); images are resized to it (aspect ratio not kept).
         saliency_dir: folder mirroring root's relative paths with grey maps of the same stem
-            (.png preferred, any image extension accepted); None gives a saliency of ones.
-            A missing map makes its item unreadable (skipped and counted).
+            (.png preferred, any image extension accepted); None gives a saliency of ones;
+            "auto" estimates the maps (`scops_fast.data.saliency`) and caches them in
+            `root/.scops_saliency/` (a folder never listed as images), computing only those
+            missing or older than their image. A missing map makes its item unreadable
+            (skipped and counted).
         extensions: file extensions to include (lower case, with the dot).
 
     Item: img (3, H, W) float32 in [0, 1]; saliency (H, W) float32; name str (relative path);
@@ -40,13 +47,21 @@ class ImageFolder(SkippingDataset):
         if not self.root.is_dir():
             raise FileNotFoundError(f"image folder {self.root} does not exist")
         self.size = parse_size(size)
-        self.saliency_dir = pathlib.Path(saliency_dir) if saliency_dir is not None else None
         exts = tuple(e.lower() for e in extensions)
         self.files = sorted(
-            p.relative_to(self.root).as_posix()
-            for p in self.root.rglob("*")
-            if p.is_file() and p.suffix.lower() in exts
+            rel.as_posix()
+            for rel in (p.relative_to(self.root) for p in self.root.rglob("*"))
+            if rel.suffix.lower() in exts
+            and CACHE_DIR_NAME not in rel.parts
+            and (self.root / rel).is_file()
         )
+        #: The counts of the maps `saliency_dir="auto"` wrote and reused (None otherwise).
+        self.saliency_counts = None
+        if saliency_dir == "auto":
+            from .saliency import cached_saliency_dir
+
+            saliency_dir, self.saliency_counts = cached_saliency_dir(self.root, self.files)
+        self.saliency_dir = pathlib.Path(saliency_dir) if saliency_dir is not None else None
 
     def __len__(self) -> int:
         return len(self.files)

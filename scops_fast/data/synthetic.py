@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-__all__ = ["SyntheticParts", "PART_NAMES", "LANDMARK_NAMES"]
+__all__ = ["SyntheticParts", "PART_NAMES", "LANDMARK_NAMES", "SALIENCY_KINDS"]
 
 PART_NAMES = (
     "left_eye",
@@ -93,6 +93,8 @@ _HEAD_GROUP = ("head", "left_eye", "right_eye", "nose", "left_ear", "right_ear")
 _SALIENCY_DROPPABLE = tuple(
     PART_NAMES.index(k) for k in ("nose", "left_ear", "right_ear", "left_arm", "right_arm")
 )
+#: The choices of SyntheticParts's `saliency` argument.
+SALIENCY_KINDS = ("degraded", "estimate", "ones")
 _TEXTURE_FREQ = {"rings": 9.0, "dots": 4.5, "stripes": 5.0, "checks": 6.0}
 _TEXTURE_ANGLE = {"left_arm": 90.0, "right_arm": 90.0, "head": 20.0}
 
@@ -180,6 +182,9 @@ class SyntheticParts(Dataset):
         symmetric_pairs: give the right eye/ear/arm the left one's colours (left/right parts
             then differ only by position, as on a real animal).
         saliency_blur: Gaussian sigma of the saliency's blur, as a fraction of the shorter side.
+        saliency: what the item's saliency is: "degraded" (the default, below), "estimate"
+            (`scops_fast.data.saliency.estimate_saliency` of the image, what a data set without
+            maps gets from `--saliency auto`) or "ones" (no saliency: nothing masked).
         single_thread: render each item with one torch intra-op thread (restoring the count
             afterwards); much faster on a loaded CPU. Turn off only if items are rendered in a
             thread running concurrently with other torch work.
@@ -190,6 +195,7 @@ class SyntheticParts(Dataset):
         fg (H, W) bool, parts > 0;
         saliency (H, W) float32 in [0, 1], a degraded foreground (blurred, dilated or eroded a few
             pixels, sometimes missing a part, with noise and false blobs), as from a saliency model;
+            or the estimate, or ones (see the `saliency` argument);
         landmarks (9, 2) float32 pixel (x, y) (x = column index), the centres of the parts in
             PART_NAMES order: landmarks[0], landmarks[1] are the left and right eyes;
         visible (9,) bool, whether the part is visible (has pixels in the image);
@@ -217,6 +223,7 @@ class SyntheticParts(Dataset):
         colour_jitter: float = 0.04,
         symmetric_pairs: bool = False,
         saliency_blur: float = 0.02,
+        saliency: str = "degraded",
         single_thread: bool = True,
     ):
         if n < 0:
@@ -228,6 +235,8 @@ class SyntheticParts(Dataset):
             raise ValueError(f"scale must be (low, high) with 0 < low <= high, got {scale}")
         if clutter[0] < 0 or clutter[0] > clutter[1]:
             raise ValueError(f"clutter must be (min, max) with 0 <= min <= max, got {clutter}")
+        if saliency not in SALIENCY_KINDS:
+            raise ValueError(f"saliency must be one of {SALIENCY_KINDS}, got {saliency!r}")
         if deformation_grid < 2:
             raise ValueError(f"deformation_grid must be >= 2, got {deformation_grid}")
         self.n, self.size, self.seed = n, (h, w), seed
@@ -236,6 +245,7 @@ class SyntheticParts(Dataset):
         self.deformation_grid, self.clutter = deformation_grid, tuple(clutter)
         self.noise, self.colour_jitter, self.saliency_blur = noise, colour_jitter, saliency_blur
         self.symmetric_pairs, self.single_thread = symmetric_pairs, single_thread
+        self.saliency = saliency
         self._colours = self._part_colours(symmetric_pairs)
         self._grid = self._pixel_grid(h, w)
         sigma = saliency_blur * min(h, w)
@@ -382,7 +392,17 @@ class SyntheticParts(Dataset):
         img = img.clamp(0.0, 1.0)
 
         fg = labels > 0
-        saliency = self._saliency(g, dist_px, labels, half)
+        # The degraded map draws from g last among the random draws, so the other kinds leave
+        # every other output of the item unchanged.
+        if self.saliency == "degraded":
+            saliency = self._saliency(g, dist_px, labels, half)
+        elif self.saliency == "estimate":
+            from .saliency import estimate_saliency
+
+            rgb = (img * 255).round().byte().permute(1, 2, 0).numpy()
+            saliency = torch.from_numpy(estimate_saliency(rgb)).float() / 255.0
+        else:
+            saliency = torch.ones(h, w)
         centres = frames[:, :2, 2]  # part-local origin in canonical units
         landmarks = self._to_pixels(pose, centres, displacement, half, h, w)
         visible = torch.zeros(self.num_parts + 1, dtype=torch.bool)

@@ -60,8 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--root", help="the data set's folder (celeba, cub, folder)")
     data.add_argument(
         "--saliency",
-        help="folder of grey saliency maps named like the images (<stem>.png); without one the "
-        "semantic loss is not masked",
+        help="folder of grey saliency maps named like the images (<stem>.png), or 'auto' (a "
+        "folder: estimate them with OpenCV once, cached in ROOT/.scops_saliency/, reused while "
+        "newer than the images); without either the semantic loss is not masked",
     )
     data.add_argument("--image-size", type=int, help="training image size (square)")
     parser.add_argument("--no-progress", action="store_true", help="log lines, no progress bar")
