@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from scops_fast.train.progress import read_metrics
+from scops_fast.metrics_file import read_metrics
 
 # Distinct, saturated colours for the first parts (then evenly spaced hues).
 _BASE_COLOURS = (
@@ -102,42 +102,216 @@ def draw_centres(image: Image.Image, centres, colours, radius: int | None = None
     return image
 
 
+# Colours of a data set's true parts: a set of their own, because true part k and found
+# part k are unrelated (the model's parts come in no particular order), and shared colours
+# would suggest a match that is not there.
+_TRUTH_COLOURS = (
+    (27, 158, 119),
+    (217, 95, 2),
+    (117, 112, 179),
+    (231, 41, 138),
+    (102, 166, 30),
+    (230, 171, 2),
+    (150, 150, 150),
+    (166, 206, 227),
+    (251, 154, 153),
+    (178, 223, 138),
+    (202, 178, 214),
+    (255, 255, 153),
+)
+
+
+def truth_colours(num_parts: int) -> torch.Tensor:
+    """(N+1, 3) uint8 colours of a data set's true parts: row 0 background (black, as for
+    the found parts), rows 1..N the true parts, in colours of their own."""
+    colours = [BACKGROUND_COLOUR, *_TRUTH_COLOURS[:num_parts]]
+    for i in range(max(0, num_parts - len(_TRUTH_COLOURS))):
+        r, g, b = colorsys.hsv_to_rgb((0.31 + i * 0.618034) % 1.0, 0.45, 0.8)
+        colours.append((round(r * 255), round(g * 255), round(b * 255)))
+    return torch.tensor(colours, dtype=torch.uint8)
+
+
+def won_parts(probs: torch.Tensor) -> torch.Tensor:
+    """(B, K) bool: whether part k is the arg-max of at least one pixel of image b. A part
+    that wins no pixel has no area, so it has no centre worth drawing."""
+    labels = probs.argmax(1).flatten(1)
+    won = torch.zeros(probs.shape[0], probs.shape[1], dtype=torch.bool, device=probs.device)
+    won.scatter_(1, labels, True)
+    return won[:, 1:]
+
+
+def part_probability_map(images: torch.Tensor, probs: torch.Tensor, part: int) -> torch.Tensor:
+    """(B, 3, H, W): part `part`'s probability drawn in its colour over a dimmed grey copy
+    of the images (the copy shows where on the object the probability lies)."""
+    colour = part_colours(probs.shape[1] - 1)[part].to(images.device).float() / 255.0
+    grey = images.mean(1, keepdim=True).expand_as(images) * 0.35
+    p = probs[:, part : part + 1].clamp(0, 1)
+    return grey * (1 - p) + colour.view(1, 3, 1, 1) * p
+
+
+def _text_height(font) -> int:
+    box = font.getbbox("Ag")
+    return box[3] - box[1]
+
+
+def _legend_items(draw, items, font, x0: int, y0: int, width: int, *, draw_it: bool) -> int:
+    """Lays out (label, colour) swatches left to right, wrapping at `width`; draws them when
+    `draw_it`; returns the height used."""
+    swatch, gap = 14, 14
+    line_h = max(swatch, _text_height(font)) + 8
+    x, y = x0, y0
+    for label, colour in items:
+        if colour is None:  # a heading: starts a new line unless the line is empty
+            if x != x0:
+                x, y = x0, y + line_h
+            if draw_it:
+                draw.text((x, y + swatch // 2), label, fill=(0, 0, 0), font=font, anchor="lm")
+            x += round(draw.textlength(label, font=font)) + gap
+            continue
+        item_w = swatch + 5 + round(draw.textlength(label, font=font)) + gap
+        if x + item_w > x0 + width and x != x0:
+            x, y = x0, y + line_h
+        if draw_it:
+            draw.rectangle((x, y, x + swatch, y + swatch), fill=tuple(colour), outline=(90, 90, 90))
+            draw.text(
+                (x + swatch + 5, y + swatch // 2), label, fill=(0, 0, 0), font=font, anchor="lm"
+            )
+        x += item_w
+    return y + line_h - y0
+
+
 def part_grid(
     images: torch.Tensor,
     probs: torch.Tensor,
     *,
+    truth: torch.Tensor | None = None,
+    truth_names: Sequence[str] | None = None,
     columns: int = 8,
     show_centres: bool = True,
+    part_maps: bool = True,
+    legend: bool = True,
+    title: str | None = None,
     padding: int = 2,
     min_tile: int = 96,
 ) -> Image.Image:
-    """One tile per image: the image above its part overlay (with centres) above the
-    arg-max label map; tiles in rows of `columns`. Images smaller than `min_tile`
-    pixels are enlarged by an integer factor (nearest neighbour)."""
+    """A labelled sheet of the parts found on `images`, one column per image and one row per
+    view, each row named on the left:
+
+    - the input image;
+    - the image tinted by its arg-max part, each part that wins a pixel marked at its centre;
+    - the arg-max parts alone (black: background);
+    - the data set's true parts, when `truth` (B, H, W) integer labels (0 background) is given;
+    - each part's probability (`part_maps`).
+
+    More than `columns` images continue in a second block below. A legend (`legend`) names
+    the colours: background, part 1..K, and the true parts (`truth_names`, else numbers).
+    Images smaller than `min_tile` pixels are enlarged by an integer factor (nearest)."""
     images, probs = images.detach().cpu().float(), probs.detach().cpu().float()
+    if truth is not None:
+        truth = torch.as_tensor(truth).detach().cpu().long()
+        if truth.shape != (images.shape[0], *images.shape[-2:]):
+            raise ValueError(
+                f"truth: expected (B, H, W) = {(images.shape[0], *images.shape[-2:])}, "
+                f"got {tuple(truth.shape)}"
+            )
     if min(images.shape[-2:]) < min_tile:
         # Small images are enlarged so that parts and centre markers stay visible.
         scale = math.ceil(min_tile / min(images.shape[-2:]))
         size = (images.shape[-2] * scale, images.shape[-1] * scale)
         images = torch.nn.functional.interpolate(images, size=size, mode="nearest")
         probs = torch.nn.functional.interpolate(probs, size=size, mode="nearest")
+        if truth is not None:
+            truth = torch.nn.functional.interpolate(truth[:, None].float(), size=size)
+            truth = truth[:, 0].round().long()
     b, _, h, w = images.shape
-    overlays, labels = overlay_parts(images, probs), label_map(probs)
-    colours = part_colours(probs.shape[1] - 1)[1:]
+    num_parts = probs.shape[1] - 1
+    colours = part_colours(num_parts)
+    won = won_parts(probs)
     centres = part_centres(probs)
+    views = [("input image", lambda: [to_pil(im) for im in images], None)]
+
+    def overlays():
+        tiles = []
+        for i, overlay in enumerate(overlay_parts(images, probs)):
+            tile = to_pil(overlay)
+            if show_centres and won[i].any():
+                tile = draw_centres(tile, centres[i][won[i]], colours[1:][won[i]])
+            tiles.append(tile)
+        return tiles
+
+    views.append(("found parts" + (", centres" if show_centres else ""), overlays, None))
+    views.append(("found parts (arg-max)", lambda: [to_pil(m) for m in label_map(probs)], None))
+    num_truth = 0
+    if truth is not None:
+        num_truth = max(int(truth.max()), len(truth_names or ()))
+        palette = truth_colours(num_truth).float() / 255.0
+        truth_tiles = palette[truth.clamp(0, num_truth)].permute(0, 3, 1, 2)
+        views.append(("true parts (data set)", lambda: [to_pil(t) for t in truth_tiles], None))
+    if part_maps:
+        for k in range(1, num_parts + 1):
+            note = "probability" if won[:, k - 1].any() else "wins no pixel"
+
+            def maps(k=k):
+                return [to_pil(m) for m in part_probability_map(images, probs, k)]
+
+            views.append((f"part {k}\n{note}", maps, colours[k]))
+
+    font, title_font = _font(13), _font(16)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    label_w = 24 + max(
+        round(probe.textlength(line, font=font))
+        for label, _, _ in views
+        for line in label.split("\n")
+    )
     columns = max(1, min(columns, b))
-    rows = math.ceil(b / columns)
-    tile_w, tile_h = w + padding, 3 * h + padding
-    sheet = Image.new("RGB", (columns * tile_w + padding, rows * tile_h + padding), (255, 255, 255))
-    for i in range(b):
-        x0 = padding + (i % columns) * tile_w
-        y0 = padding + (i // columns) * tile_h
-        overlay = to_pil(overlays[i])
-        if show_centres:
-            overlay = draw_centres(overlay, centres[i], colours)
-        sheet.paste(to_pil(images[i]), (x0, y0))
-        sheet.paste(overlay, (x0, y0 + h))
-        sheet.paste(to_pil(labels[i]), (x0, y0 + 2 * h))
+    blocks = math.ceil(b / columns)
+    grid_w = columns * (w + padding) + padding
+    width = label_w + grid_w
+    title_h = _text_height(title_font) + 14 if title else 0
+    block_h = len(views) * (h + padding) + padding
+    items = []
+    if legend:
+        items = [("found parts:", None), ("background", colours[0].tolist())]
+        items += [(f"part {k}", colours[k].tolist()) for k in range(1, num_parts + 1)]
+        if truth is not None:
+            tcolours = truth_colours(num_truth)
+            names = list(truth_names or ())
+            items.append(("true parts:", None))
+            items += [
+                (names[n - 1] if n <= len(names) else f"true {n}", tcolours[n].tolist())
+                for n in range(1, num_truth + 1)
+            ]
+    legend_h = (
+        _legend_items(probe, items, font, 8, 0, width - 16, draw_it=False) + 8 if items else 0
+    )
+    gap = 10
+    height = title_h + blocks * block_h + (blocks - 1) * gap + legend_h
+    sheet = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    if title:
+        draw.text((8, 7), title, fill=(0, 0, 0), font=title_font)
+    rendered = [tiles() for _, tiles, _ in views]
+    for block in range(blocks):
+        top = title_h + block * (block_h + gap)
+        for r, (label, _, swatch) in enumerate(views):
+            y0 = top + padding + r * (h + padding)
+            x_text = 6
+            if swatch is not None:
+                draw.rectangle(
+                    (x_text, y0 + h // 2 - 6, x_text + 12, y0 + h // 2 + 6),
+                    fill=tuple(swatch.tolist()),
+                    outline=(90, 90, 90),
+                )
+                x_text += 17
+            draw.multiline_text(
+                (x_text, y0 + h // 2), label, fill=(0, 0, 0), font=font, anchor="lm", spacing=3
+            )
+            for c in range(columns):
+                i = block * columns + c
+                if i < b:
+                    sheet.paste(rendered[r][i], (label_w + padding + c * (w + padding), y0))
+    if items:
+        _legend_items(draw, items, font, 8, height - legend_h + 2, width - 16, draw_it=True)
     return sheet
 
 
@@ -149,27 +323,51 @@ def save_part_grid(path, images: torch.Tensor, probs: torch.Tensor, **kwargs) ->
 
 
 # --------------------------------------------------------------------------- curves
-def _nice_ticks(low: float, high: float, count: int = 4) -> list[float]:
+#: What each value the trainer logs is, for the y axis (others: their name).
+AXIS_NAMES = {
+    "loss": "total loss (weighted sum)",
+    "concentration": "concentration loss",
+    "equivariance": "equivariance loss",
+    "landmark_equivariance": "landmark equivariance loss",
+    "semantic": "semantic consistency loss",
+    "orthonormal": "orthonormality loss",
+    "lr": "learning rate",
+    "skipped_images": "images skipped so far",
+}
+#: A positive series goes on a log axis only when it spans at least this ratio: over less
+#: than a decade a log axis has too few ticks to read and a linear one shows the same shape.
+LOG_MIN_RATIO = 10.0
+
+
+def _nice_ticks(low: float, high: float, count: int = 4, integer: bool = False) -> list[float]:
+    """About `count` ticks at multiples of 1, 2 or 5 times a power of ten (of at least 1 when
+    `integer`), and at least three where such a step exists: a range just above a round
+    step would otherwise get a single tick."""
     if high <= low:
         return [low]
     raw = (high - low) / count
     magnitude = 10 ** math.floor(math.log10(raw))
-    step = min((m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw), default=raw)
-    first = math.ceil(low / step) * step
-    return [first + i * step for i in range(int((high - first) / step + 1e-9) + 1)]
+    steps = [m * magnitude for m in (10, 5, 2, 1, 0.5, 0.2, 0.1)]
+    steps = [st for st in steps if st <= 2 * raw] or steps[-1:]
+    if integer:
+        steps = sorted({max(1.0, float(round(st))) for st in steps}, reverse=True)
+    ticks: list[float] = []
+    for step in steps:
+        first, last = math.ceil(low / step - 1e-9), math.floor(high / step + 1e-9)
+        ticks = [k * step for k in range(first, last + 1)]
+        if len(ticks) >= 3:
+            break
+    return ticks
 
 
 def _log_ticks(lo: float, hi: float) -> list[float]:
-    """log10 positions of ticks between 10**lo and 10**hi: whole decades when the
-    range spans two or more, else 1-2-5 values, else linear ticks."""
+    """log10 positions of ticks between 10**lo and 10**hi, as matplotlib's LogLocator with
+    subs: whole decades, with 2 and 5 between them when the range spans three or fewer."""
     decades = range(math.floor(lo), math.ceil(hi) + 1)
     whole = [float(e) for e in decades if lo <= e <= hi]
-    if len(whole) >= 2:
+    if len(whole) > 3:
         return whole[:: math.ceil(len(whole) / 6)]
-    fine = [e + math.log10(m) for e in decades for m in (1, 2, 5) if lo <= e + math.log10(m) <= hi]
-    if len(fine) >= 2:
-        return fine
-    return [math.log10(t) for t in _nice_ticks(10**lo, 10**hi, 3) if t > 0]
+    return [e + math.log10(m) for e in decades for m in (1, 2, 5) if lo <= e + math.log10(m) <= hi]
 
 
 def _fmt(value: float) -> str:
@@ -178,13 +376,74 @@ def _fmt(value: float) -> str:
     return f"{value:.2g}"
 
 
+def _fmt_log(position: float) -> str:
+    """The value at log10 position `position` (1, 2 or 5 times a power of ten)."""
+    value = 10**position
+    exponent = math.floor(position + 1e-9)
+    mantissa = round(value / 10**exponent)
+    if -4 <= exponent <= 4:
+        return f"{mantissa * 10.0**exponent:.{max(0, -exponent)}f}"
+    return f"{mantissa}e{exponent}"
+
+
+def _fmt_linear(value: float, step: float) -> str:
+    """Tick labels with just the decimals that the tick step needs."""
+    if value == 0:
+        return "0"
+    if 1e-4 <= abs(step) and abs(value) < 1e6:
+        return f"{value:.{max(0, -math.floor(math.log10(step) + 1e-9))}f}"
+    # Significant digits down to the step's, so that neighbouring ticks read differently.
+    digits = math.floor(math.log10(abs(value))) - math.floor(math.log10(abs(step)) + 1e-9) + 1
+    return f"{value:.{max(1, digits)}g}"
+
+
+def _rotated_text(text: str, font, fill=(0, 0, 0)) -> Image.Image:
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    left, top, right, bottom = probe.textbbox((0, 0), text, font=font)
+    label = Image.new("RGB", (right - left + 2, bottom - top + 2), (255, 255, 255))
+    ImageDraw.Draw(label).text((1 - left, 1 - top), text, fill=fill, font=font)
+    return label.rotate(90, expand=True)
+
+
+def y_axis(values: Sequence[float], log_scale: bool = True):
+    """The y axis of a panel of `values`: (log, low, high, ticks, tick labels), with low,
+    high and the ticks in axis units (log10 of the value on a log axis). A log axis only for
+    positive values spanning `LOG_MIN_RATIO` or more; at least two ticks either way."""
+    use_log = (
+        log_scale
+        and bool(values)
+        and min(values) > 0
+        and max(values) / min(values) >= LOG_MIN_RATIO
+    )
+    if not values:
+        return False, 0.0, 1.0, [0.0, 1.0], ["0", "1"]
+    integer = all(float(v).is_integer() for v in values)
+    ys = [math.log10(v) if use_log else v for v in values]
+    y_lo, y_hi = min(ys), max(ys)
+    if y_hi - y_lo < 1e-12 * max(1.0, abs(y_hi)):
+        # A constant: a range around it, not below 0 for a value that cannot be negative.
+        half = 1.0 if integer or y_hi == 0 else 0.1 * abs(y_hi)
+        y_lo, y_hi = y_lo - half, y_hi + half
+        if min(values) >= 0:
+            y_lo = max(y_lo, 0.0)
+    pad = 0.05 * (y_hi - y_lo)
+    y_lo, y_hi = y_lo - pad, y_hi + pad
+    if use_log:
+        ticks = _log_ticks(y_lo, y_hi)
+        return True, y_lo, y_hi, ticks, [_fmt_log(t) for t in ticks]
+    ticks = _nice_ticks(y_lo, y_hi, 4, integer=integer)
+    step = ticks[1] - ticks[0] if len(ticks) > 1 else abs(ticks[0]) or 1.0
+    return False, y_lo, y_hi, ticks, [_fmt_linear(t, step) for t in ticks]
+
+
 def _panel(records: list[dict], key: str, size: tuple[int, int], log_scale: bool) -> Image.Image:
     width, height = size
     img = Image.new("RGB", size, (255, 255, 255))
     draw = ImageDraw.Draw(img)
     font, title_font = _font(11), _font(13)
-    left, right, top, bottom = 58, 12, 24, 30
-    draw.text((left, 4), key, fill=(0, 0, 0), font=title_font)
+    left, right, top, bottom = 76, 12, 24, 38
+    draw.text((8, 4), key, fill=(0, 0, 0), font=title_font)
+    title_end = 8 + draw.textlength(key, font=title_font)
     points = [
         (r["step"], float(r[key]))
         for r in records
@@ -192,37 +451,39 @@ def _panel(records: list[dict], key: str, size: tuple[int, int], log_scale: bool
     ]
     box = (left, top, width - right, height - bottom)
     draw.rectangle(box, outline=(80, 80, 80))
+    draw.text(
+        ((box[0] + box[2]) / 2, height - 3), "training step", fill=(0, 0, 0), font=font, anchor="md"
+    )
+    values = [v for _, v in points]
+    use_log, y_lo, y_hi, y_ticks, labels = y_axis(values, log_scale)
+    y_label = _rotated_text(AXIS_NAMES.get(key, key.replace("_", " ")), font)
+    if y_label.height > box[3] - box[1]:  # too long for the axis: the key is shorter
+        y_label = _rotated_text(key, font)
+    img.paste(y_label, (4, round((box[1] + box[3]) / 2 - y_label.height / 2)))
+    if use_log:
+        draw.text((title_end + 8, 6), "(log scale)", fill=(90, 90, 90), font=font)
     if not points:
         draw.text((left + 8, top + 8), "no data", fill=(120, 120, 120), font=font)
         return img
-    use_log = log_scale and all(v > 0 for _, v in points)
-    transform = math.log10 if use_log else (lambda v: v)
     xs = [s for s, _ in points]
-    ys = [transform(v) for _, v in points]
-    x_lo, x_hi = min(xs), max(xs)
-    y_lo, y_hi = min(ys), max(ys)
+    ys = [math.log10(v) if use_log else v for v in values]
+    # Steps count from 0: the axis starts there unless the log starts much later.
+    x_lo = 0 if min(xs) <= 0.5 * max(xs) else min(xs)
+    x_hi = max(xs)
     if x_hi == x_lo:
         x_lo, x_hi = x_lo - 1, x_hi + 1
-    if y_hi - y_lo < 1e-12:
-        y_lo, y_hi = y_lo - 0.5, y_hi + 0.5
-    pad = 0.05 * (y_hi - y_lo)
-    y_lo, y_hi = y_lo - pad, y_hi + pad
 
     def to_px(x, y):
         px = box[0] + (x - x_lo) / (x_hi - x_lo) * (box[2] - box[0])
         py = box[3] - (y - y_lo) / (y_hi - y_lo) * (box[3] - box[1])
         return px, py
 
-    if use_log:
-        y_ticks = _log_ticks(y_lo, y_hi)
-    else:
-        y_ticks = _nice_ticks(y_lo, y_hi)
-    for t in y_ticks:
+    for t, label in zip(y_ticks, labels, strict=True):
         _, py = to_px(x_lo, t)
         draw.line((box[0], py, box[2], py), fill=(225, 225, 225))
-        label = _fmt(10**t) if use_log else _fmt(t)
-        draw.text((box[0] - 4, py), label, fill=(60, 60, 60), font=font, anchor="rm")
-    for t in _nice_ticks(x_lo, x_hi):
+        draw.line((box[0] - 3, py, box[0], py), fill=(80, 80, 80))
+        draw.text((box[0] - 5, py), label, fill=(60, 60, 60), font=font, anchor="rm")
+    for t in _nice_ticks(x_lo, x_hi, integer=True):
         px, _ = to_px(t, y_lo)
         draw.line((px, box[3], px, box[3] + 3), fill=(80, 80, 80))
         draw.text((px, box[3] + 5), f"{t:g}", fill=(60, 60, 60), font=font, anchor="mt")
@@ -232,8 +493,9 @@ def _panel(records: list[dict], key: str, size: tuple[int, int], log_scale: bool
         draw.ellipse((x - 2, y - 2, x + 2, y + 2), fill=(31, 119, 180))
     else:
         draw.line(line, fill=(31, 119, 180), width=2, joint="curve")
-    last = f"last {_fmt(points[-1][1])}" + (" (log scale)" if use_log else "")
-    draw.text((width - right, 4), last, fill=(90, 90, 90), font=font, anchor="ra")
+    draw.text(
+        (width - right, 4), f"last {_fmt(points[-1][1])}", fill=(90, 90, 90), font=font, anchor="ra"
+    )
     return img
 
 
@@ -243,14 +505,16 @@ def plot_curves(
     keys: Sequence[str] | None = None,
     *,
     columns: int = 3,
-    panel_size: tuple[int, int] = (360, 220),
+    panel_size: tuple[int, int] = (380, 240),
     log_scale: bool = True,
 ) -> pathlib.Path:
-    """Small multiples, one panel per logged value against `step`, written as a PNG.
+    """Small multiples, one panel per logged value against the training step, written as a
+    PNG; each panel names its axes (`AXIS_NAMES` for the trainer's values).
 
     records: dicts with a `step` (as in metrics.jsonl), or the path of such a file
     or of a run directory. keys: what to plot (default: every numeric key but step
-    and steps_per_s). Positive series use a log axis when `log_scale`."""
+    and steps_per_s). With `log_scale`, positive series spanning a decade or more
+    (`LOG_MIN_RATIO`) use a log axis, the others a linear one."""
     if isinstance(records, str | pathlib.Path):
         records = read_metrics(records)
     records = list(records)
@@ -361,9 +625,13 @@ __all__ = [
     "part_centres",
     "part_colours",
     "part_grid",
+    "part_probability_map",
     "plot_curves",
     "read_metrics",
     "save_part_grid",
     "to_pil",
+    "truth_colours",
+    "won_parts",
+    "y_axis",
     "write_report",
 ]

@@ -10,23 +10,8 @@ import sys
 import time
 import warnings
 
-METRICS_NAME = "metrics.jsonl"
-
-
-def read_metrics(path) -> list[dict]:
-    """The records of a metrics.jsonl file (a directory: the file inside it)."""
-    path = pathlib.Path(path)
-    if path.is_dir():
-        path = path / METRICS_NAME
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            break  # a line cut short by a crash; what follows it is not trusted
-    return records
+# Re-exported: the trainer and its users have always imported them from here.
+from scops_fast.metrics_file import METRICS_NAME, read_metrics
 
 
 def truncate_metrics(path: pathlib.Path, last_step: int) -> None:

@@ -13,6 +13,7 @@ from scops_fast.train.loading import predict_parts
 from scops_fast.train.progress import read_metrics
 
 PARTS_PNG, CURVES_PNG = "parts.png", "curves.png"
+PARTS_CAPTION = "Parts found on the first images (each row named on its left, colours below)"
 
 #: Rows of the comparison table: (key in the evaluation dicts, label).
 COMPARED = (
@@ -70,6 +71,18 @@ def comparison_tables(metrics: dict) -> dict:
     return tables
 
 
+def true_parts(items: list[dict], size) -> torch.Tensor | None:
+    """(B, H, W) true part labels of the items, or None unless every item has a `parts` map of
+    the images' size (SyntheticParts has them; a folder of images has none)."""
+    maps = [item.get("parts") for item in items]
+    if not maps or any(m is None for m in maps):
+        return None
+    maps = [torch.as_tensor(m) for m in maps]
+    if any(m.shape != tuple(size) for m in maps):
+        return None
+    return torch.stack(maps).long()
+
+
 def write_training_report(
     out_dir,
     net,
@@ -82,16 +95,22 @@ def write_training_report(
     """Writes parts.png, curves.png and report.html into `out_dir`. `metrics`: the
     content of metrics.json (see `evaluation.run_metrics`), shown as tables."""
     out_dir = pathlib.Path(out_dir)
-    images = torch.stack(
-        [torch.as_tensor(dataset[i]["img"]) for i in range(min(count, len(dataset)))]
-    )
+    items = [dataset[i] for i in range(min(count, len(dataset)))]
+    images = torch.stack([torch.as_tensor(item["img"]) for item in items])
     was_training = net.training
     net.eval()
     try:
         probs = predict_parts(net, images)
     finally:
         net.train(was_training)
-    viz.save_part_grid(out_dir / PARTS_PNG, images, probs)
+    truth = true_parts(items, images.shape[-2:])
+    viz.save_part_grid(
+        out_dir / PARTS_PNG,
+        images,
+        probs,
+        truth=truth,
+        truth_names=getattr(dataset, "part_names", None) if truth is not None else None,
+    )
     records = read_metrics(out_dir)
     viz.plot_curves(out_dir / CURVES_PNG, records)
     metrics = dict(metrics or {})
@@ -101,7 +120,7 @@ def write_training_report(
         tables=comparison_tables(metrics),
         metrics=details or None,
         images={
-            "Parts (image / overlay with part centres / arg-max parts)": PARTS_PNG,
+            PARTS_CAPTION: PARTS_PNG,
             "Training losses (means over each logging interval)": CURVES_PNG,
         },
         title=f"SCOPS run: {out_dir.name}",
