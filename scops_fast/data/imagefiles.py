@@ -57,7 +57,7 @@ def opencv():
     except ImportError:
         raise ImportError(
             'reader="opencv" (the original\'s exact image reading and resizing) needs OpenCV: '
-            "pip install opencv-python-headless"
+            "pip install opencv-contrib-python-headless"
         ) from None
     return cv2
 
