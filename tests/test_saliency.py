@@ -194,3 +194,17 @@ def test_synthetic_parts_saliency_kinds():
     assert not torch.equal(kinds["degraded"]["saliency"], expected)
     with pytest.raises(ValueError, match="saliency must be one of"):
         SyntheticParts(3, saliency="true")
+
+
+def test_train_flag_auto_is_for_folders(tmp_path, capsys):
+    from scops_fast.train import cli, load_config
+
+    args = cli.build_parser().parse_args(["--data", "folder", "--root", "p", "--saliency", "auto"])
+    flags = cli.data_overrides(args, load_config("demo"))
+    assert flags["data.args"] == {"root": "p", "saliency_dir": "auto"}
+    assert flags["features.saliency"] is True
+    # The synthetic data set (the demo's) has no folder to estimate maps for.
+    argv = ["--config", "demo", "--saliency", "auto", "--out", str(tmp_path / "run")]
+    assert cli.main(argv) == 2
+    assert "--saliency auto: only for --data folder" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -16,6 +16,7 @@ from scops_fast.train.config import (
     parse_override,
     preset_names,
 )
+from scops_fast.train.data import DATASETS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,6 +84,12 @@ def data_overrides(args, cfg) -> dict:
     if args.image_size is not None:
         out["data.image_size"] = args.image_size
     kind = args.data or cfg.data.dataset
+    if args.saliency == "auto" and DATASETS.get(kind, kind) != DATASETS["folder"]:
+        # Other data sets would look for a folder named "auto" and find no maps.
+        raise ConfigError(
+            f"--saliency auto: only for --data folder (this run's data set is {kind}); write "
+            "maps with scops-saliency IMAGES --out DIR and pass --saliency DIR"
+        )
     data_args = {} if kind != cfg.data.dataset else dict(cfg.data.args)
     if args.root is not None:
         data_args["root"] = args.root
