@@ -180,12 +180,40 @@ def _legend_items(draw, items, font, x0: int, y0: int, width: int, *, draw_it: b
     return y + line_h - y0
 
 
+def _shorten(text: str, width: int, draw, font) -> str:
+    """`text`, cut in the middle with an ellipsis to fit `width` pixels (file names differ
+    most at their ends)."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    keep = len(text)
+    while keep > 2:
+        keep -= 1
+        short = text[: keep // 2] + "\u2026" + text[len(text) - (keep - keep // 2) :]
+        if draw.textlength(short, font=font) <= width:
+            return short
+    return "\u2026"
+
+
+def true_parts(items: Sequence[Mapping], size) -> torch.Tensor | None:
+    """(B, H, W) true part labels of data set items, for `part_grid(truth=...)`: None unless
+    every item has a `parts` map of the images' size (H, W) (SyntheticParts has them; a
+    folder of images has none, CelebA only landmarks)."""
+    maps = [item.get("parts") for item in items]
+    if not maps or any(m is None for m in maps):
+        return None
+    maps = [torch.as_tensor(m) for m in maps]
+    if any(m.shape != tuple(size) for m in maps):
+        return None
+    return torch.stack(maps).long()
+
+
 def part_grid(
     images: torch.Tensor,
     probs: torch.Tensor,
     *,
     truth: torch.Tensor | None = None,
     truth_names: Sequence[str] | None = None,
+    captions: Sequence[str] | None = None,
     columns: int = 8,
     show_centres: bool = True,
     part_maps: bool = True,
@@ -203,6 +231,7 @@ def part_grid(
     - the data set's true parts, when `truth` (B, H, W) integer labels (0 background) is given;
     - each part's probability (`part_maps`).
 
+    `captions` (one per image, e.g. file names) go above the columns, shortened to fit.
     More than `columns` images continue in a second block below. A legend (`legend`) names
     the colours: background, part 1..K, and the true parts (`truth_names`, else numbers).
     Images smaller than `min_tile` pixels are enlarged by an integer factor (nearest)."""
@@ -268,7 +297,8 @@ def part_grid(
     grid_w = columns * (w + padding) + padding
     width = label_w + grid_w
     title_h = _text_height(title_font) + 14 if title else 0
-    block_h = len(views) * (h + padding) + padding
+    caption_h = _text_height(font) + 8 if captions else 0
+    block_h = caption_h + len(views) * (h + padding) + padding
     items = []
     if legend:
         items = [("found parts:", None), ("background", colours[0].tolist())]
@@ -293,6 +323,13 @@ def part_grid(
     rendered = [tiles() for _, tiles, _ in views]
     for block in range(blocks):
         top = title_h + block * (block_h + gap)
+        for c in range(columns if captions else 0):
+            i = block * columns + c
+            if i < b:
+                text = _shorten(str(captions[i]), w, draw, font)
+                x = label_w + padding + c * (w + padding) + w / 2
+                draw.text((x, top + caption_h - 3), text, fill=(0, 0, 0), font=font, anchor="md")
+        top += caption_h
         for r, (label, _, swatch) in enumerate(views):
             y0 = top + padding + r * (h + padding)
             x_text = 6
@@ -630,6 +667,7 @@ __all__ = [
     "read_metrics",
     "save_part_grid",
     "to_pil",
+    "true_parts",
     "truth_colours",
     "won_parts",
     "y_axis",

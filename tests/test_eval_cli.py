@@ -73,14 +73,75 @@ def test_errors(checkpoint, tmp_path, capsys):
     assert "expected one of" in capsys.readouterr().err
 
 
-def test_folder_of_images(checkpoint, tmp_path, capsys):
+def sheet_height(n_images, size, num_parts, truth_names=None):
+    """Height of scops-eval's picture: it depends only on the layout (rows, legend lines),
+    not on what the parts are."""
+    from scops_fast import viz
+
+    images = torch.zeros(n_images, 3, size, size)
+    probs = torch.zeros(n_images, num_parts + 1, size, size)
+    truth = None
+    if truth_names is not None:
+        truth = torch.zeros(n_images, size, size, dtype=torch.long)
+        truth[0, 0, : len(truth_names)] = torch.arange(1, len(truth_names) + 1)
+    sheet = viz.part_grid(
+        images, probs, truth=truth, truth_names=truth_names, captions=["x"] * n_images, title="t"
+    )
+    return sheet.height
+
+
+def test_folder_of_images_is_not_scored_but_pictured(checkpoint, tmp_path, capsys):
     from PIL import Image
 
-    for i in range(3):
-        Image.new("RGB", (40, 30), (40 * i, 90, 200)).save(tmp_path / f"{i}.png")
-    assert main(["--checkpoint", str(checkpoint), "--data", f"folder:{tmp_path}"]) == 0
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(11):
+        Image.new("RGB", (40, 30), (20 * i, 90, 200)).save(photos / f"{i}.png")
+    out = tmp_path / "eval" / "cats.json"
+    argv = ["--checkpoint", str(checkpoint), "--data", f"folder:{photos}", "--out", str(out)]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    printed = json.loads(captured.out)
+    assert printed == json.loads(out.read_text())
+    # Nothing was scored, and nothing claims a verdict.
+    assert printed["scored"] is False and printed["criteria"] is None
+    assert "model" not in printed and "baselines" not in printed
+    assert printed["n_images"] == 11
+    picture = tmp_path / "eval" / "cats_parts.png"
+    assert printed["pictures"] == {"path": str(picture), "images": 8}
+    lines = captured.err.strip().splitlines()
+    assert lines == [
+        f"scops-eval: no labels in {photos}, so nothing is scored; the parts found on 8 of its "
+        f"11 images: {picture}"
+    ]
+    with Image.open(picture) as sheet:
+        # 8 columns of the images at the network's 32 px, enlarged 3x; no true-parts row.
+        assert sheet.width > 8 * 98
+        assert sheet.height == sheet_height(8, 32, 3)
+        assert len(sheet.convert("RGB").getcolors(1 << 20)) > 50
+    # Without --out: beside the checkpoint, not over the run's own parts.png.
+    assert main(["--checkpoint", str(checkpoint), "--data", "folder", "--root", str(photos)]) == 0
+    assert json.loads(capsys.readouterr().out)["pictures"]["path"] == str(
+        checkpoint.parent / "eval_parts.png"
+    )
+    assert (checkpoint.parent / "eval_parts.png").is_file()
+
+
+def test_labelled_data_is_scored_and_pictured_on_request(checkpoint, tmp_path, capsys):
+    argv = ["--checkpoint", str(checkpoint), "--n", "4", "--no-regression"]
+    assert main(argv) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert plain["scored"] is True and "pictures" not in plain
+    assert isinstance(plain["criteria"]["passed"], bool)
+    picture = tmp_path / "synthetic.png"
+    assert main([*argv, "--pictures", str(picture), "--pictures-n", "3"]) == 0
     printed = json.loads(capsys.readouterr().out)
-    assert printed["model"]["n_test"] == 3 and "part_nmi" not in printed["model"]
+    assert printed["pictures"] == {"path": str(picture), "images": 3}
+    assert printed["model"] == plain["model"]  # the numbers do not depend on the pictures
+    from PIL import Image
+
+    with Image.open(picture) as sheet:  # SyntheticParts has true parts: one row more
+        assert sheet.height == sheet_height(3, 32, 3, SyntheticParts.part_names)
 
 
 def test_perfect_predictions_pass_the_criteria():

@@ -5,7 +5,7 @@
     scops-eval --checkpoint runs/demo --data synthetic --size 128 --n 500 --out eval128.json
     scops-eval --checkpoint runs/celeba-k8 --data celeba --root data/celeba
     scops-eval --checkpoint RUN --data cub --root data/cub
-    scops-eval --checkpoint RUN --data folder --root photos/              # no labels: few numbers
+    scops-eval --checkpoint RUN --data folder --root photos/ --out eval/cats.json  # no labels
     scops-eval --checkpoint model_100000.pth --data celeba --root data/CelebA  # original snapshot
 
 The landmark regressor (SPEC section 9) and the k-means centres are fitted on the train split
@@ -20,6 +20,14 @@ network's state dict: loaded with `scops_fast.models.load_original`, K and depth
 lists filtered to faces covering at least 0.3 of the image, each whole image resized to 256x256
 with OpenCV, integer landmarks (the default for an original snapshot); `ours` is the loader's
 default (a square crop around the face box).
+
+A data set without labels (a folder of images) cannot be scored: scops-eval says so in one
+line on stderr, writes `"scored": false` and `"criteria": null` instead of numbers, and draws
+the parts it finds on a sample of the images (`--pictures-n`, spread over the folder) as a
+labelled sheet (`viz.part_grid`). It goes to `--pictures`, by default next to `--out`
+(`cats.json` -> `cats_parts.png`) or, without `--out`, beside the checkpoint
+(`eval_parts.png`). On labelled data the sheet is drawn only when `--pictures` asks for it,
+with the true parts in a row of their own where the data set has them.
 """
 
 from __future__ import annotations
@@ -36,6 +44,8 @@ DATA_KINDS = ("synthetic", "celeba", "cub", "folder")
 PROTOCOLS = ("ours", "original")
 #: CelebAWild arguments of the original's evaluation data.
 ORIGINAL_CELEBA = {"crop": None, "min_face_area": 0.3, "reader": "opencv"}
+#: Item keys that hold something to score against; a data set without any is not scored.
+LABEL_KEYS = ("landmarks", "parts", "fg")
 #: Test / train splits of the real data sets' loaders.
 SPLITS = {"celeba": ("test", "train"), "cub": ("test", "train"), "folder": (None, None)}
 
@@ -100,6 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
     p.add_argument("--out", help="also write the JSON to this file")
+    p.add_argument(
+        "--pictures",
+        help="PNG of the parts found on a sample of the test images (default, for data without "
+        "labels only: OUT's name with _parts.png, else eval_parts.png beside the checkpoint)",
+    )
+    p.add_argument("--pictures-n", type=int, default=8, help="images in the pictures (default 8)")
     return p
 
 
@@ -206,15 +222,20 @@ def evaluate_checkpoint(args) -> dict:
         return predict_parts(model, images, size=net_size or images.shape[-2:])
 
     t0 = time.perf_counter()
-    with torch.no_grad():
-        result = evaluate_with_baselines(
-            predict,
-            train,
-            test,
-            model.num_parts,
-            batch_size=args.batch_size,
-            limit=args.limit,
-        )
+    scored = has_labels(test)
+    if scored:
+        with torch.no_grad():
+            result = evaluate_with_baselines(
+                predict,
+                train,
+                test,
+                model.num_parts,
+                batch_size=args.batch_size,
+                limit=args.limit,
+            )
+    else:
+        n = len(test) if args.limit is None else min(args.limit, len(test))
+        result = {"criteria": None, "n_images": n}
     out = {
         "checkpoint": str(args.checkpoint),
         "checkpoint_step": step,
@@ -222,10 +243,64 @@ def evaluate_checkpoint(args) -> dict:
         "num_parts": model.num_parts,
         "data": spec,
         "network_input_size": net_size if net_size else "image size",
+        "scored": scored,
         **result,
-        "eval_seconds": time.perf_counter() - t0,
     }
+    if args.pictures or not scored:
+        path = pictures_path(args)
+        with torch.no_grad():
+            shown = write_pictures(path, predict, test, args.pictures_n, args.limit, spec, step)
+        out["pictures"] = {"path": str(path), "images": shown}
+    out["eval_seconds"] = time.perf_counter() - t0
     return out
+
+
+def has_labels(dataset) -> bool:
+    """Whether the data set's items carry anything to score the parts against."""
+    item = dataset[0]
+    return any(item.get(key) is not None for key in LABEL_KEYS)
+
+
+def pictures_path(args) -> pathlib.Path:
+    if args.pictures:
+        return pathlib.Path(args.pictures)
+    if args.out:
+        out = pathlib.Path(args.out)
+        return out.with_name(f"{out.stem}_parts.png")
+    checkpoint = pathlib.Path(args.checkpoint)
+    # Not parts.png: beside a run's checkpoint that is the trainer's picture of its own data.
+    return (checkpoint if checkpoint.is_dir() else checkpoint.parent) / "eval_parts.png"
+
+
+def write_pictures(path, predict, dataset, count: int, limit, spec: dict, step) -> int:
+    """The labelled sheet of `count` images spread evenly over the data set (its first
+    `limit`); returns how many it shows."""
+    import torch
+
+    from scops_fast import viz
+
+    available = len(dataset) if limit is None else min(limit, len(dataset))
+    count = max(1, min(count, available))
+    indices = torch.linspace(0, available - 1, count).round().long().unique().tolist()
+    items = [dataset[i] for i in indices]
+    images = torch.stack([torch.as_tensor(item["img"]).float() for item in items])
+    probs = torch.as_tensor(predict(images)).float().cpu()
+    truth = viz.true_parts(items, images.shape[-2:])
+    captions = [str(item.get("name", f"#{i}")) for i, item in zip(indices, items, strict=True)]
+    where = spec.get("root") or spec.get("dataset", "")
+    at = "" if step is None else f" (checkpoint step {step})"
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    viz.save_part_grid(
+        path,
+        images,
+        probs,
+        truth=truth,
+        truth_names=getattr(dataset, "part_names", None) if truth is not None else None,
+        captions=captions,
+        title=f"Parts found on {len(items)} of {available} images of {where}{at}",
+    )
+    return len(items)
 
 
 def main(argv=None) -> int:
@@ -236,6 +311,13 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError, KeyError) as exc:
         print(f"scops-eval: error: {exc}", file=sys.stderr)
         return 2
+    if not result["scored"]:
+        print(
+            f"scops-eval: no labels in {result['data'].get('root', args.data)}, so nothing is "
+            f"scored; the parts found on {result['pictures']['images']} of its "
+            f"{result['n_images']} images: {result['pictures']['path']}",
+            file=sys.stderr,
+        )
     text = json.dumps(result, indent=2) + "\n"
     sys.stdout.write(text)
     if args.out:

@@ -71,18 +71,6 @@ def comparison_tables(metrics: dict) -> dict:
     return tables
 
 
-def true_parts(items: list[dict], size) -> torch.Tensor | None:
-    """(B, H, W) true part labels of the items, or None unless every item has a `parts` map of
-    the images' size (SyntheticParts has them; a folder of images has none)."""
-    maps = [item.get("parts") for item in items]
-    if not maps or any(m is None for m in maps):
-        return None
-    maps = [torch.as_tensor(m) for m in maps]
-    if any(m.shape != tuple(size) for m in maps):
-        return None
-    return torch.stack(maps).long()
-
-
 def write_training_report(
     out_dir,
     net,
@@ -103,7 +91,7 @@ def write_training_report(
         probs = predict_parts(net, images)
     finally:
         net.train(was_training)
-    truth = true_parts(items, images.shape[-2:])
+    truth = viz.true_parts(items, images.shape[-2:])
     viz.save_part_grid(
         out_dir / PARTS_PNG,
         images,
