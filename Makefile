@@ -9,7 +9,7 @@ EXT_SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/cuda/*.cu csrc/cuda/*.h csrc/
 # the build here; `make test FORCE_CUDA=0` skips them.
 FORCE_CUDA ?= 1
 
-.PHONY: all install test demo bench bench-isa lint format clean sanitize
+.PHONY: all install browser test demo bench bench-isa lint format clean sanitize
 
 all: test
 
@@ -32,7 +32,17 @@ $(STAMPS)/build: $(STAMPS)/deps setup.py pyproject.toml $(EXT_SOURCES)
 
 install: $(STAMPS)/build
 
-test: install
+# tests/test_report_browser.py opens report.html in headless Chromium through chromedriver
+# (Debian's chromium and chromium-driver): installed here when missing, so that the test
+# run needs nothing installed by hand; nothing is done when both are on the PATH already.
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+		sudo=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$sudo apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -q chromium chromium-driver; \
+	fi
+
+test: install browser
 	$(VENV)/bin/ruff check scops_fast tests benchmarks scripts
 	$(PY) -m pytest tests -q
 
