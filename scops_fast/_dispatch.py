@@ -1,14 +1,16 @@
 """Backend selection: which implementation of an op runs for a given call.
 
-A backend is a module under `scops_fast.backends` that exposes
-- `DEVICES`: the device types it runs on,
-- `probe()`: None when usable in this process, else the reason it is not,
-- `OPS`: {op name: implementation}, each taking the reference's positional arguments.
+A backend is a module under `scops_fast.backends` that declares what it runs (see that
+package's docstring): the device types, a probe, and per op an implementation with a
+`supports(*args)` predicate. Adding a backend means writing that module and naming it in
+`BACKEND_MODULES`; no public function changes.
 
-Adding a backend means writing that module and naming it in `BACKEND_MODULES`;
-no public function changes. Precedence for a call: the explicit `backend=`
-argument, then `set_backend()`, then the `SCOPS_FAST_BACKEND` environment
-variable, then "auto".
+Precedence for a call: the explicit `backend=` argument, then `set_backend()`, then the
+`SCOPS_FAST_BACKEND` environment variable, then "auto". "auto" asks each candidate of
+`AUTO_ORDER` for the tensors' device in turn whether it can take *these* inputs and runs
+the first that can; the ones passed over and why are kept (`explain`). A backend named
+explicitly that cannot take the inputs raises `BackendUnavailableError` with the reason,
+before any kernel runs.
 """
 
 from __future__ import annotations
@@ -28,33 +30,21 @@ BACKEND_MODULES = {
 BACKENDS = tuple(BACKEND_MODULES)
 CHOICES = ("auto", *BACKENDS)
 
-# "auto" tries these in order for the tensors' device type; "reference" runs anywhere.
-# GPU backends are never tried for CPU tensors.
+# The order "auto" tries for the tensors' device type; "reference" runs anywhere. GPU
+# backends are never tried for CPU tensors.
+# The CUDA order is NOT MEASURED: no GPU has run these kernels yet. It follows the designs
+# (the CUDA pixel kernels keep the K + 1 softmax in registers where Triton reloads the
+# logits per part; the dense loss is cuBLAS GEMMs). `make gpu-check` times both
+# (benchmarks/gpu_bench.py) and this line should follow its result.
 AUTO_ORDER = {
     "cpu": ("cpp", "reference"),
     "cuda": ("cuda", "triton", "reference"),
 }
 AUTO_FALLBACK = ("reference",)
 
-# On CUDA tensors, per op, which GPU backend "auto" tries first, and why. Not yet
-# measured on a GPU (no GPU has run these kernels): the order follows the designs.
-AUTO_CUDA_PREFERENCE = {
-    # Pixel-parallel kernels with block-tree reductions: the CUDA kernels keep the
-    # K+1 softmax in registers, Triton reloads logits per part.
-    "concentration_loss": ("cuda", "triton"),
-    "batch_get_centers": ("cuda", "triton"),
-    # Both scatter their adjoint in int64 fixed point; the CUDA kernels sample all
-    # channels from one computed position.
-    "tps_warp": ("cuda", "triton"),
-    "equivariance_losses": ("cuda", "triton"),
-    "semantic_consistency_loss_lowres": ("cuda", "triton"),
-    # The CUDA dense loss is chunked cuBLAS GEMMs, which beat a hand-written tile.
-    "semantic_consistency_loss": ("cuda", "triton"),
-}
-
 
 class BackendUnavailableError(RuntimeError):
-    """A backend was asked for by name but cannot run here."""
+    """A backend was asked for by name but cannot run here, or not these inputs."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +55,9 @@ class _Loaded:
 
 _loaded: dict[str, _Loaded] = {}
 _process_default: str | None = None
+#: (op, device type) -> {backend passed over: why}, from the latest "auto" choice that
+#: passed over any.
+_passed_over: dict[tuple[str, str], dict[str, str]] = {}
 
 
 def _ensure_loaded(name: str) -> bool:
@@ -118,35 +111,62 @@ def unavailable_reason(name: str, op: str | None = None, device_type: str | None
     loaded = _load(name)
     if loaded.module is None or loaded.reason is not None:
         return loaded.reason
-    if device_type is not None and device_type not in loaded.module.DEVICES:
-        return f"it runs on {'/'.join(loaded.module.DEVICES)} tensors, not {device_type}"
+    devices = loaded.module.devices()
+    if device_type is not None and device_type not in devices:
+        return f"it runs on {'/'.join(devices)} tensors, not {device_type}"
     if op is not None and op not in loaded.module.OPS:
         return f"it does not implement {op}"
     return None
 
 
-def choose(op: str, backend: str | None, device_type: str) -> str:
-    """The name of the backend that a call of `op` with `backend=` on `device_type` runs."""
-    name = get_backend() if backend is None else check_name(backend)
-    if name == "auto":
-        order = AUTO_ORDER.get(device_type, AUTO_FALLBACK)
-        if device_type == "cuda":
-            order = (*AUTO_CUDA_PREFERENCE.get(op, ()), *order)
-        for candidate in order:
-            if unavailable_reason(candidate, op, device_type) is None:
-                return candidate
-        raise BackendUnavailableError(f"no backend can run {op} on {device_type} tensors")
+def _refusal(name: str, op: str, device_type: str, args) -> str | None:
+    """Why backend `name` cannot run `op` on these inputs (None: it can)."""
     reason = unavailable_reason(name, op, device_type)
-    if reason is not None:
-        raise BackendUnavailableError(
-            f"backend {name!r} is not available for {op} on {device_type} tensors: {reason}"
-        )
-    return name
+    if reason is None and args is not None:
+        reason = _load(name).module.OPS[op].supports(*args)
+    return reason
+
+
+def choose(op: str, backend: str | None, device_type: str, args=None) -> str:
+    """The name of the backend that a call of `op` with `backend=` on `device_type` runs;
+    `args`: the implementation's arguments, for the backends' input predicates (None:
+    judge by device only)."""
+    name = get_backend() if backend is None else check_name(backend)
+    if name != "auto":
+        reason = _refusal(name, op, device_type, args)
+        if reason is not None:
+            raise BackendUnavailableError(
+                f"backend {name!r} cannot run {op} on these {device_type} tensors: {reason}"
+            )
+        return name
+    passed = {}
+    for candidate in AUTO_ORDER.get(device_type, AUTO_FALLBACK):
+        reason = _refusal(candidate, op, device_type, args)
+        if reason is None:
+            if passed:
+                _passed_over[(op, device_type)] = passed
+            return candidate
+        passed[candidate] = reason
+    details = "; ".join(f"{n}: {r}" for n, r in passed.items())
+    raise BackendUnavailableError(f"no backend can run {op} on {device_type} tensors ({details})")
+
+
+def select(op: str, backend: str | None, device_type: str, args):
+    """The implementation of `op` that a call with `backend=` and these `args` runs."""
+    return _load(choose(op, backend, device_type, args)).module.OPS[op].run
 
 
 def resolve(op: str, backend: str | None, device_type: str):
-    """The implementation of `op` that a call with `backend=` on `device_type` runs."""
-    return _load(choose(op, backend, device_type)).module.OPS[op]
+    """The implementation `backend=` gives for `op` on `device_type`, by device alone."""
+    return _load(choose(op, backend, device_type)).module.OPS[op].run
+
+
+def explain(op: str, device_type: str, args=None, backend: str | None = None) -> dict:
+    """{"backend": what runs, "passed_over": {name: why}} for a call of `op` with these
+    arguments, without running it."""
+    _passed_over.pop((op, device_type), None)
+    picked = choose(op, backend, device_type, args)
+    return {"backend": picked, "passed_over": dict(_passed_over.get((op, device_type), {}))}
 
 
 class BackendReport(dict):
@@ -179,7 +199,7 @@ def available_backends() -> BackendReport:
         reason = unavailable_reason(name)
         if reason is None:
             module = _load(name).module
-            usable[name] = tuple(module.DEVICES)
+            usable[name] = tuple(module.devices())
             described = getattr(module, "describe", lambda: None)()
             if described:
                 details[name] = described

@@ -78,7 +78,7 @@ def load(name: str = "_C") -> str | None:
             torch.ops.load_library(override)
         except Exception as exc:
             return f"{PATH_VAR}={override!r} does not load: {type(exc).__name__}: {exc}"
-        return None
+        return _declare_native_ops()
     if name == "_C":
         library, why = cpu_build()
         if library is None and why is not None:
@@ -100,4 +100,13 @@ def load(name: str = "_C") -> str | None:
         torch.ops.load_library(origin)
     except Exception as exc:
         return f"{origin} does not load: {type(exc).__name__}: {exc}"
+    return _declare_native_ops() if name != "_C_cuda" else None
+
+
+def _declare_native_ops() -> None:
+    """The fake and autograd rules of the `scops_fast::` ops, which need their schemas:
+    registered as soon as the CPU library (which defines them) is loaded."""
+    from scops_fast import ops
+
+    ops.register(ops.NATIVE)
     return None

@@ -13,7 +13,7 @@ import torch
 
 from scops_fast import _validate as check
 from scops_fast import reference as _ref
-from scops_fast._dispatch import resolve
+from scops_fast._dispatch import select
 
 
 def concentration_loss(pred, *, backend=None):
@@ -22,13 +22,14 @@ def concentration_loss(pred, *, backend=None):
     pred: logits (B, K+1, H, W), channel 0 background. Returns a scalar.
     """
     check.logits("pred", pred)
-    return resolve("concentration_loss", backend, pred.device.type)(pred)
+    return select("concentration_loss", backend, pred.device.type, (pred,))(pred)
 
 
 def batch_get_centers(part_probs, *, backend=None):
     """Centres (x, y) in [-1, 1) coordinates of part maps (B, K, H, W) -> (B, K, 2)."""
     check.tensor("part_probs", part_probs, 4, "(B, K, H, W)")
-    return resolve("batch_get_centers", backend, part_probs.device.type)(part_probs)
+    args = (part_probs,)
+    return select("batch_get_centers", backend, part_probs.device.type, args)(*args)
 
 
 def _check_basis(basis, pred, channels: int, channels_source: str):
@@ -49,7 +50,8 @@ def semantic_consistency_loss(features, pred, basis, *, backend=None):
     check.spatial_like("features", features, "pred", pred)
     _check_basis(basis, pred, features.shape[1], "features")
     check.same_device(pred=pred, features=features, basis=basis)
-    return resolve("semantic_consistency_loss", backend, pred.device.type)(features, pred, basis)
+    args = (features, pred, basis)
+    return select("semantic_consistency_loss", backend, pred.device.type, args)(*args)
 
 
 def semantic_consistency_loss_lowres(features, pred, basis, saliency=None, *, backend=None):
@@ -78,8 +80,8 @@ def semantic_consistency_loss_lowres(features, pred, basis, saliency=None, *, ba
         check.spatial_like("saliency", saliency, "pred", pred)
     tensors = {f"features[{i}]": f for i, f in enumerate(maps)}
     check.same_device(pred=pred, basis=basis, saliency=saliency, **tensors)
-    impl = resolve("semantic_consistency_loss_lowres", backend, pred.device.type)
-    return impl(maps, pred, basis, saliency)
+    args = (maps, pred, basis, saliency)
+    return select("semantic_consistency_loss_lowres", backend, pred.device.type, args)(*args)
 
 
 def orthonormal_loss(w):
@@ -125,8 +127,8 @@ def equivariance_losses(pred, pred_tps, source_points, *, padding_mode="zeros", 
     check.source_points("source_points", source_points, pred.shape[0])
     check.padding_mode(padding_mode)
     check.same_device(pred=pred, pred_tps=pred_tps, source_points=source_points)
-    impl = resolve("equivariance_losses", backend, pred.device.type)
-    return impl(pred, pred_tps, source_points, padding_mode)
+    args = (pred, pred_tps, source_points, padding_mode)
+    return select("equivariance_losses", backend, pred.device.type, args)(*args)
 
 
 __all__ = [

@@ -9,7 +9,7 @@ import torch
 
 from scops_fast import _validate as check
 from scops_fast import reference as _ref
-from scops_fast._dispatch import resolve
+from scops_fast._dispatch import select
 
 #: The 25 target control points (x, y) of the 5x5 grid over [-1, 1]^2, x the slow index.
 TARGET_POINTS = _ref.target_points(dtype=torch.float32)
@@ -47,7 +47,8 @@ def tps_warp(x, source_points, *, padding_mode="zeros", backend=None):
     check.source_points("source_points", source_points, x.shape[0])
     check.padding_mode(padding_mode)
     check.same_device(x=x, source_points=source_points)
-    return resolve("tps_warp", backend, x.device.type)(x, source_points, padding_mode)
+    args = (x, source_points, padding_mode)
+    return select("tps_warp", backend, x.device.type, args)(*args)
 
 
 def _uniform(generator, low, high, *shape):

@@ -5,7 +5,6 @@ backend-vs-reference comparison of values and gradients."""
 import contextlib
 
 import torch
-from conftest import assert_rel
 
 from scops_fast import reference
 
@@ -52,39 +51,19 @@ def poisoned_allocations():
         torch.utils.deterministic.fill_uninitialized_memory = old[1]
 
 
-def check(backend, fn, inputs, dtype, tol, n_grad=None):
-    """fn(*inputs, backend=...) of `backend` vs "reference": every output, and the
-    gradients w.r.t. the first n_grad inputs under a random upstream weight."""
-    n_grad = len(inputs) if n_grad is None else n_grad
-    outs = {}
-    for name in (backend, "reference"):
-        out = fn(*inputs, backend=name)
-        outs[name] = (out,) if torch.is_tensor(out) else tuple(out)
-    gen = torch.Generator().manual_seed(99)
-    weights = [torch.rand(o.shape, generator=gen, dtype=dtype) + 0.5 for o in outs["reference"]]
-    grads = {}
-    for name, out in outs.items():
-        for a in out:
-            assert a.dtype == dtype
-        total = sum((o * w).sum() for o, w in zip(out, weights, strict=True))
-        grads[name] = torch.autograd.grad(total, inputs[:n_grad], allow_unused=True)
-    for a, e in zip(outs[backend], outs["reference"], strict=True):
-        assert_rel(a, e, tol[dtype], "value")
-    for i, (a, e) in enumerate(zip(grads[backend], grads["reference"], strict=True)):
-        assert_rel(a, e, tol[dtype], f"gradient of input {i}")
-
-
-def gradcheck_cases(backend, gen):
-    """(function, float64 inputs) pairs covering every op of `backend` for gradcheck."""
+def gradcheck_cases(backend, gen, device="cpu"):
+    """(function, float64 inputs) pairs covering every op of `backend` for gradcheck, on
+    `device`."""
     from scops_fast import losses, tps
 
     def t(*shape):
-        return torch.randn(*shape, generator=gen, dtype=torch.float64).requires_grad_(True)
+        x = torch.randn(*shape, generator=gen, dtype=torch.float64)
+        return x.to(device).requires_grad_(True)
 
-    pts = source_points(2, torch.float64, gen)
-    feats = torch.randn(2, 4, 5, 6, generator=gen, dtype=torch.float64)
-    low = torch.randn(2, 4, 3, 2, generator=gen, dtype=torch.float64)
-    sal = torch.rand(2, 5, 6, generator=gen, dtype=torch.float64)
+    pts = source_points(2, torch.float64, gen).to(device)
+    feats = torch.randn(2, 4, 5, 6, generator=gen, dtype=torch.float64).to(device)
+    low = torch.randn(2, 4, 3, 2, generator=gen, dtype=torch.float64).to(device)
+    sal = torch.rand(2, 5, 6, generator=gen, dtype=torch.float64).to(device)
     be = backend
     return [
         (lambda p: losses.concentration_loss(p, backend=be), (t(2, 3, 5, 6),)),
@@ -111,7 +90,7 @@ def gradcheck_cases(backend, gen):
     ]
 
 
-def run_all_ops(backend, shape, channels, low_hw, seed=5):
+def run_all_ops(backend, shape, channels, low_hw, seed=5, device="cpu"):
     """Outputs and gradients of every op of `backend` on one fixed float32 input set:
     logits of `shape` (B, K+1, H, W), `channels` feature channels at full and at `low_hw`
     resolution."""
@@ -119,12 +98,16 @@ def run_all_ops(backend, shape, channels, low_hw, seed=5):
 
     gen = torch.Generator().manual_seed(seed)
     b, k1, h, w = shape
-    pred = torch.randn(*shape, generator=gen, requires_grad=True)
-    pred_tps = torch.randn(*shape, generator=gen, requires_grad=True)
-    feats = torch.randn(b, channels, h, w, generator=gen)
-    low = torch.randn(b, channels, *low_hw, generator=gen)
-    basis = torch.rand(k1 - 1, channels, generator=gen, requires_grad=True)
-    pts = source_points(b, torch.float32, gen)
+
+    def on(t, grad=False):
+        return t.to(device).requires_grad_(grad)
+
+    pred = on(torch.randn(*shape, generator=gen), True)
+    pred_tps = on(torch.randn(*shape, generator=gen), True)
+    feats = on(torch.randn(b, channels, h, w, generator=gen))
+    low = on(torch.randn(b, channels, *low_hw, generator=gen))
+    basis = on(torch.rand(k1 - 1, channels, generator=gen), True)
+    pts = on(source_points(b, torch.float32, gen))
     outs = [
         losses.concentration_loss(pred, backend=backend),
         *losses.equivariance_losses(pred, pred_tps, pts, backend=backend),

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import scops_fast
-from scops_fast import _dispatch, losses, reference, tps
+from scops_fast import _dispatch, _ext, losses, reference, tps
 
 
 def test_public_names():
@@ -90,15 +90,20 @@ def test_auto_falls_back_to_a_cpu_backend(monkeypatch):
         if _dispatch.unavailable_reason(n, "concentration_loss", "cpu") is None
     )
     assert owner in ("cpp", "reference")
-    assert picked is _dispatch._load(owner).module.OPS["concentration_loss"]
+    assert picked is _dispatch._load(owner).module.OPS["concentration_loss"].run
 
 
 def test_a_registered_backend_is_picked_up_without_touching_the_face(monkeypatch):
+    from scops_fast.backends import table
+
     calls = []
 
     class Fake:
-        DEVICES = ("cpu",)
-        OPS = {"concentration_loss": lambda pred: calls.append(pred.shape) or pred.sum()}
+        OPS = table({"concentration_loss": lambda pred: calls.append(pred.shape) or pred.sum()})
+
+        @staticmethod
+        def devices():
+            return ("cpu",)
 
         @staticmethod
         def probe():
@@ -108,6 +113,58 @@ def test_a_registered_backend_is_picked_up_without_touching_the_face(monkeypatch
     pred = torch.randn(1, 3, 4, 4)
     losses.concentration_loss(pred, backend="cpp")
     assert calls == [pred.shape]
+
+
+def _declared(name):
+    """Backend `name`'s module, as if it had probed usable here."""
+    import importlib
+
+    return _dispatch._Loaded(importlib.import_module(_dispatch.BACKEND_MODULES[name]), None)
+
+
+@pytest.fixture
+def gpu_backends_usable(monkeypatch):
+    """The cuda and triton backends' own tables, as on a machine with a GPU: their
+    predicates judge the inputs; nothing is run."""
+    import scops_fast.backends.triton as triton_backend
+
+    for name in ("cuda", "triton"):
+        monkeypatch.setitem(_dispatch._loaded, name, _declared(name))
+    monkeypatch.setattr(triton_backend, "devices", lambda: ("cuda",))
+
+
+def test_auto_passes_over_cuda_for_more_parts_than_its_kernels_hold(gpu_backends_usable):
+    # 40 parts: 41 channels, beyond the CUDA kernels' 33.
+    pred = torch.empty(2, 41, 8, 8, device="meta")
+    for op, args in [
+        ("concentration_loss", (pred,)),
+        ("batch_get_centers", (pred[:, 1:],)),
+        ("equivariance_losses", (pred, pred, torch.empty(2, 25, 2), "zeros")),
+        ("semantic_consistency_loss_lowres", ([pred], pred, torch.empty(40, 41), None)),
+    ]:
+        choice = _dispatch.explain(op, "cuda", args)
+        assert choice["backend"] == "triton", (op, choice)
+        assert "at most 33 channels" in choice["passed_over"]["cuda"], choice
+        with pytest.raises(scops_fast.BackendUnavailableError, match="at most 33 channels"):
+            _dispatch.choose(op, "cuda", "cuda", args)
+    # Within the limit, or for ops without one, the CUDA kernels are first.
+    assert _dispatch.explain("concentration_loss", "cuda", (pred[:, :33],)) == {
+        "backend": "cuda",
+        "passed_over": {},
+    }
+    x = torch.empty(2, 64, 8, 8, device="meta")
+    assert _dispatch.explain("tps_warp", "cuda", (x, None, "zeros"))["backend"] == "cuda"
+
+
+def test_auto_records_every_backend_it_passed_over(gpu_backends_usable, monkeypatch):
+    import scops_fast.backends.triton as triton_backend
+
+    monkeypatch.setattr(triton_backend, "devices", lambda: ("cpu",))
+    pred = torch.empty(1, 41, 4, 4, device="meta")
+    choice = _dispatch.explain("concentration_loss", "cuda", (pred,))
+    assert choice["backend"] == "reference"
+    assert set(choice["passed_over"]) == {"cuda", "triton"}
+    assert "runs on cpu tensors, not cuda" in choice["passed_over"]["triton"]
 
 
 BAD_INPUTS = [
@@ -210,3 +267,40 @@ def test_meta_tensors_trace_shapes():
     pred = torch.randn(2, 5, 8, 6, device="meta")
     assert losses.concentration_loss(pred, backend="reference").shape == ()
     assert losses.batch_get_centers(pred[:, 1:], backend="reference").shape == (2, 4, 2)
+
+
+def test_missing_build_is_reported_not_raised(tmp_path, monkeypatch):
+    assert "not built" in _ext.load.__wrapped__("_no_such_library")
+    monkeypatch.setattr(_ext, "BUILD_ERRORS", tmp_path)
+    (tmp_path / "_no_such_library.txt").write_text("CompileError: g++ said no\n")
+    assert "g++ said no" in _ext.load.__wrapped__("_no_such_library")
+
+
+def test_triton_probe_reasons(monkeypatch):
+    import sys
+
+    from scops_fast import triton_kernels
+    from scops_fast.backends import triton as backend
+
+    monkeypatch.setattr(triton_kernels, "kernel_mode", lambda: "mixed")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert "set it before `import triton`" in backend.probe()
+    monkeypatch.setattr(triton_kernels, "kernel_mode", lambda: "compiled")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert "imported without TRITON_INTERPRET=1" in backend.probe()
+    monkeypatch.delenv("TRITON_INTERPRET")
+    assert "no CUDA device" in backend.probe()
+    monkeypatch.setitem(sys.modules, "triton", None)
+    assert "triton is not importable" in backend.probe()
+
+
+def test_probes_and_device_lists_have_no_side_effects():
+    import importlib
+
+    for name, path in _dispatch.BACKEND_MODULES.items():
+        module = importlib.import_module(path)
+        before = dict(module.OPS)
+        module.probe(), module.probe()
+        if module.probe() is None:
+            assert module.devices() == module.devices()
+        assert module.OPS == before, name

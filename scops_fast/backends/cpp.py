@@ -1,9 +1,17 @@
-"""Fused C++ CPU kernels from csrc/, registered as torch custom ops `scops_fast::*`."""
+"""Fused C++ CPU kernels from csrc/, registered as torch custom ops `scops_fast::*`: no
+limit on the number of parts, any float dtype (half precision accumulates in float32)."""
 
 from scops_fast import _ext
+from scops_fast.backends import table
+from scops_fast.ops import NATIVE, compose
 
-DEVICES = ("cpu",)
-OPS: dict = {}
+
+def devices():
+    return ("cpu",)
+
+
+# The fused concentration op exists in the CPU library only.
+OPS = table(compose.losses_from(NATIVE, concentration_devices=("cpu",)))
 
 
 def describe() -> str | None:
@@ -12,26 +20,4 @@ def describe() -> str | None:
 
 
 def probe():
-    reason = _ext.load()
-    if reason is not None:
-        return reason
-    import torch
-
-    # The op modules register fake and autograd rules, which need the library loaded.
-    from scops_fast.ops import compose, concentration, equivariance, semantic, warp  # noqa: F401
-
-    ops = torch.ops.scops_fast
-    OPS.update(
-        compose.losses_from(
-            compose.Primitives(
-                softmax_moments=ops.softmax_moments,
-                tps_warp=ops.tps_warp,
-                equivariance=ops.equivariance,
-                semantic_dense=ops.semantic_dense,
-                semantic_lowres=ops.semantic_lowres,
-                concentration=ops.concentration,
-                concentration_devices=("cpu",),
-            )
-        )
-    )
-    return None
+    return _ext.load()

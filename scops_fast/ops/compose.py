@@ -1,6 +1,6 @@
 """The SPEC losses composed from five kernel primitives, shared by every compiled
-backend ("cpp" and "cuda" through `torch.ops.scops_fast`, "triton" through
-`torch.ops.scops_fast_triton`). The kernels return small per-(b, k) statistics or
+backend ("cpp" and "cuda" through the `scops_fast::` ops, "triton" through
+`scops_fast_triton::`). The kernels return small per-(b, k) statistics or
 loss sums; the few tensor operations here turn them into the losses, and autograd
 carries gradients back through the kernels' registered backward rules.
 
@@ -9,15 +9,12 @@ Primitives (each a differentiable custom op):
 - concentration(x, with_grad) -> (loss, moments, gradient), optional: the whole
   concentration loss in one op, where a backend has it (CPU kernels only)
 - tps_warp(x, mapping, border) -> warped x
-- equivariance(pred, pred_tps, mapping, border) -> (kl (B,), mom_tps, mom_warp, ...)
+- equivariance(pred, pred_tps, mapping, border) -> (kl (B,), mom_tps, mom_warp, warped)
 - semantic_dense(features, pred, basis, grads) -> (loss sum, ...)
 - semantic_lowres(pred, A, G, gram, saliency, grads) -> (loss sum, ...)
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -57,24 +54,26 @@ def neighbour_gram(v: torch.Tensor) -> torch.Tensor:
     return torch.stack([(a * b).sum(1) for a, b in pairs], dim=1)
 
 
-@dataclass(frozen=True)
 class Primitives:
-    softmax_moments: Callable
-    tps_warp: Callable
-    equivariance: Callable
-    semantic_dense: Callable
-    semantic_lowres: Callable
-    # (x, with_grad) -> (float64 loss, moments, d loss / d x); used for the devices listed.
-    concentration: Callable | None = None
-    concentration_devices: tuple = ()
+    """The primitives of one op namespace, looked up when called, so that a backend's
+    table can be built before its library is loaded. `concentration_devices`: device types
+    on which the namespace has the fused `concentration` op."""
+
+    def __init__(self, namespace: str, concentration_devices: tuple = ()):
+        self.namespace = namespace
+        self.concentration_devices = concentration_devices
+
+    def __getattr__(self, name: str):
+        return getattr(getattr(torch.ops, self.namespace), name)
 
 
-def losses_from(k: Primitives) -> dict:
-    """{public op name: implementation} built on the kernel primitives `k`."""
+def losses_from(namespace: str, concentration_devices: tuple = ()) -> dict:
+    """{public op name: implementation} built on the primitives of `namespace`."""
+    k = Primitives(namespace, concentration_devices)
 
     def concentration_loss(pred):
         x = pred.to(working_dtype(pred))
-        if k.concentration is not None and pred.device.type in k.concentration_devices:
+        if pred.device.type in k.concentration_devices:
             return k.concentration(x, needs_grad(x))[0].to(pred.dtype)
         moments = k.softmax_moments(x, True)
         center = centers_from_moments(moments)

@@ -1,53 +1,73 @@
-"""Fake and autograd rules of the concentration ops (SPEC sections 2-3):
+"""Concentration family (SPEC sections 2-3): per-(b, k) moments of the softmax, from which
+the part centres and the concentration loss follow.
 
-- `scops_fast::softmax_moments`: the per-(b, k) moments behind the part centres and the
-  concentration loss, in one pass over the logits; its backward is a second pass.
-- `scops_fast::concentration`: the whole concentration loss, whose gradient the kernel
-  forms in the forward while the softmax is in cache; the backward only scales it.
-  CPU kernels only: CUDA and Triton compose the loss from `softmax_moments`.
+- `softmax_moments(x, from_logits)` -> (B, parts, 4) float64 sums of
+  (P + 1e-3) * (1, x, y, x^2 + y^2), parts = C - 1 from logits (background dropped), C from
+  probabilities; its backward `softmax_moments_backward` is a second pass over x.
+- `concentration(x, with_grad)` (native CPU kernels only) -> (loss, moments, gradient):
+  the whole loss, whose gradient the kernel forms in the forward while the softmax is in
+  cache; the backward only scales it. CUDA and Triton compose the loss from the moments.
 """
 
 import torch
 
-_moments_backward = torch.ops.scops_fast.softmax_moments_backward
+from scops_fast.ops import NATIVE, TRITON
 
 
-@torch.library.register_fake("scops_fast::softmax_moments")
-def _(x, from_logits):
+@torch.library.custom_op(f"{TRITON}::softmax_moments", mutates_args=())
+def _triton_moments(x: torch.Tensor, from_logits: bool) -> torch.Tensor:
+    from scops_fast.triton_kernels import moments as kernels
+    from scops_fast.triton_kernels import on_device
+
+    with on_device(x):
+        moments = kernels.moments_forward(x.contiguous(), from_logits)
+    return moments[:, 1:].contiguous() if from_logits else moments
+
+
+@torch.library.custom_op(f"{TRITON}::softmax_moments_backward", mutates_args=())
+def _triton_moments_backward(
+    x: torch.Tensor, grad_moments: torch.Tensor, from_logits: bool
+) -> torch.Tensor:
+    from scops_fast.triton_kernels import moments as kernels
+    from scops_fast.triton_kernels import on_device
+
+    grad = grad_moments.to(torch.float64)
+    if from_logits:  # the background channel has no moments: zero upstream gradient
+        grad = torch.cat((grad.new_zeros((grad.shape[0], 1, 4)), grad), dim=1)
+    with on_device(x):
+        return kernels.moments_backward(x.contiguous(), grad.contiguous(), from_logits)
+
+
+def _moments_fake(x, from_logits):
     parts = x.shape[1] - 1 if from_logits else x.shape[1]
     return x.new_empty((x.shape[0], parts, 4), dtype=torch.float64)
 
 
-@torch.library.register_fake("scops_fast::softmax_moments_backward")
-def _(x, grad_moments, from_logits):
+def _like_x(x, *_):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
-def _setup(ctx, inputs, output):
+def _moments_setup(ctx, inputs, output):
     ctx.save_for_backward(inputs[0])
     ctx.from_logits = inputs[1]
 
 
-def _backward(ctx, grad):
-    (x,) = ctx.saved_tensors
-    return _moments_backward(x, grad, ctx.from_logits), None
+def _moments_backward_rule(namespace):
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        op = getattr(torch.ops, namespace).softmax_moments_backward
+        return op(x, grad, ctx.from_logits), None
+
+    return backward
 
 
-torch.library.register_autograd("scops_fast::softmax_moments", _backward, setup_context=_setup)
-
-
-@torch.library.register_fake("scops_fast::concentration")
-def _(x, with_grad):
+def _loss_fake(x, with_grad):
     moments = x.new_empty((x.shape[0], x.shape[1] - 1, 4), dtype=torch.float64)
-    grad = (
-        torch.empty_like(x, memory_format=torch.contiguous_format)
-        if with_grad
-        else x.new_empty((0,))
-    )
+    grad = _like_x(x) if with_grad else x.new_empty((0,))
     return x.new_empty((), dtype=torch.float64), moments, grad
 
 
-def _setup_loss(ctx, inputs, output):
+def _loss_setup(ctx, inputs, output):
     ctx.mark_non_differentiable(output[1], output[2])
     # Otherwise autograd fills a zero gradient for the unused outputs, one of them as
     # large as the logits.
@@ -83,6 +103,15 @@ def _loss_backward(ctx, grad_loss, _grad_moments, _grad_grad):
     return grad, None
 
 
-torch.library.register_autograd(
-    "scops_fast::concentration", _loss_backward, setup_context=_setup_loss
-)
+def register(namespace: str) -> None:
+    lib = torch.library
+    lib.register_fake(f"{namespace}::softmax_moments", _moments_fake)
+    lib.register_fake(f"{namespace}::softmax_moments_backward", _like_x)
+    lib.register_autograd(
+        f"{namespace}::softmax_moments",
+        _moments_backward_rule(namespace),
+        setup_context=_moments_setup,
+    )
+    if namespace == NATIVE:
+        lib.register_fake(f"{NATIVE}::concentration", _loss_fake)
+        lib.register_autograd(f"{NATIVE}::concentration", _loss_backward, setup_context=_loss_setup)

@@ -1,28 +1,87 @@
-"""Fused equivariance losses (SPEC section 7). `scops_fast::equivariance` returns the
-per-image KL sums and the part moments of softmax(pred_tps) and softmax(warp(pred));
-the losses follow from those small tensors. It also returns warp(pred), which its
-backward reuses instead of sampling again. As in SCOPS, the KL target is detached:
-the op sends no KL gradient to pred."""
+"""Equivariance family (SPEC section 7): `equivariance(pred, pred_tps, mapping, border)`
+returns the per-image KL sums and the part moments of softmax(pred_tps) and
+softmax(warp(pred)), from which both losses follow, and `warped`: warp(pred), which the
+native backward reuses instead of sampling again (the Triton op samples again and returns
+an empty `warped`). As in SCOPS, the KL target is detached: no KL gradient reaches pred."""
 
 import torch
 
-_backward_op = torch.ops.scops_fast.equivariance_backward
+from scops_fast.ops import NATIVE, TRITON
+
+F64 = torch.float64
 
 
-@torch.library.register_fake("scops_fast::equivariance")
-def _(pred, pred_tps, mapping, border):
-    b, k = pred.shape[0], pred.shape[1] - 1
-    f64 = torch.float64
-    return (
-        pred.new_empty((b,), dtype=f64),
-        pred.new_empty((b, k, 3), dtype=f64),
-        pred.new_empty((b, k, 3), dtype=f64),
-        torch.empty_like(pred, memory_format=torch.contiguous_format),
-    )
+def _f64(g, shape, like):
+    return torch.zeros(shape, dtype=F64, device=like.device) if g is None else g.to(F64)
 
 
-@torch.library.register_fake("scops_fast::equivariance_backward")
-def _(pred, warped, pred_tps, mapping, border, g_kl, g_tps, g_warp):
+@torch.library.custom_op(f"{TRITON}::equivariance", mutates_args=())
+def _triton_equivariance(
+    pred: torch.Tensor, pred_tps: torch.Tensor, mapping: torch.Tensor, border: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    from scops_fast.triton_kernels import equivariance as kernels
+    from scops_fast.triton_kernels import on_device
+
+    with on_device(pred):
+        kl, mom_tps, mom_warp = kernels.equivariance_forward(
+            pred.contiguous(),
+            pred_tps.to(pred.dtype).contiguous(),
+            mapping.to(F64).contiguous(),
+            border,
+        )
+    # Parts only, and separate tensors: a custom op's outputs may not share storage.
+    return kl, mom_tps[:, 1:].clone(), mom_warp[:, 1:].clone(), pred.new_empty((0,))
+
+
+@torch.library.custom_op(f"{TRITON}::equivariance_backward", mutates_args=())
+def _triton_equivariance_backward(
+    pred: torch.Tensor,
+    warped: torch.Tensor,
+    pred_tps: torch.Tensor,
+    mapping: torch.Tensor,
+    border: bool,
+    g_kl: torch.Tensor,
+    g_tps: torch.Tensor,
+    g_warp: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    from scops_fast.triton_kernels import equivariance as kernels
+    from scops_fast.triton_kernels import on_device
+
+    def with_background(g):  # zero upstream gradient for the background's moments
+        return torch.cat((g.new_zeros((g.shape[0], 1, 3)), g.to(F64)), dim=1).contiguous()
+
+    with on_device(pred):
+        grad_pred, grad_tps = kernels.equivariance_backward(
+            pred.contiguous(),
+            pred_tps.to(pred.dtype).contiguous(),
+            mapping.to(F64).contiguous(),
+            border,
+            g_kl.to(F64).contiguous(),
+            with_background(g_tps),
+            with_background(g_warp),
+        )
+    return grad_pred, grad_tps.to(pred_tps.dtype)
+
+
+def _fake_rule(namespace):
+    def fake(pred, pred_tps, mapping, border):
+        b, k = pred.shape[0], pred.shape[1] - 1
+        warped = (
+            torch.empty_like(pred, memory_format=torch.contiguous_format)
+            if namespace == NATIVE
+            else pred.new_empty((0,))
+        )
+        return (
+            pred.new_empty((b,), dtype=F64),
+            pred.new_empty((b, k, 3), dtype=F64),
+            pred.new_empty((b, k, 3), dtype=F64),
+            warped,
+        )
+
+    return fake
+
+
+def _backward_fake(pred, warped, pred_tps, mapping, border, g_kl, g_tps, g_warp):
     fmt = torch.contiguous_format
     return torch.empty_like(pred, memory_format=fmt), torch.empty_like(pred, memory_format=fmt)
 
@@ -33,18 +92,29 @@ def _setup(ctx, inputs, output):
     ctx.border = border
 
 
-def _backward(ctx, g_kl, g_tps, g_warp, _g_warped):
-    pred, warped, pred_tps, mapping = ctx.saved_tensors
-    kl_shape = (pred.shape[0],)
-    mom_shape = (pred.shape[0], pred.shape[1] - 1, 3)
-    f64 = dict(dtype=torch.float64, device=pred.device)
-    g_kl = torch.zeros(kl_shape, **f64) if g_kl is None else g_kl
-    g_tps = torch.zeros(mom_shape, **f64) if g_tps is None else g_tps
-    g_warp = torch.zeros(mom_shape, **f64) if g_warp is None else g_warp
-    grad_pred, grad_tps = _backward_op(
-        pred, warped, pred_tps, mapping, ctx.border, g_kl, g_tps, g_warp
+def _backward_rule(namespace):
+    def backward(ctx, g_kl, g_tps, g_warp, _g_warped):
+        pred, warped, pred_tps, mapping = ctx.saved_tensors
+        b, k = pred.shape[0], pred.shape[1] - 1
+        op = getattr(torch.ops, namespace).equivariance_backward
+        grad_pred, grad_tps = op(
+            pred,
+            warped,
+            pred_tps,
+            mapping,
+            ctx.border,
+            _f64(g_kl, (b,), pred),
+            _f64(g_tps, (b, k, 3), pred),
+            _f64(g_warp, (b, k, 3), pred),
+        )
+        return grad_pred, grad_tps, None, None
+
+    return backward
+
+
+def register(namespace: str) -> None:
+    torch.library.register_fake(f"{namespace}::equivariance", _fake_rule(namespace))
+    torch.library.register_fake(f"{namespace}::equivariance_backward", _backward_fake)
+    torch.library.register_autograd(
+        f"{namespace}::equivariance", _backward_rule(namespace), setup_context=_setup
     )
-    return grad_pred, grad_tps, None, None
-
-
-torch.library.register_autograd("scops_fast::equivariance", _backward, setup_context=_setup)

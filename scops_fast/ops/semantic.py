@@ -1,16 +1,110 @@
-"""Registration of `scops_fast::semantic_dense` and `scops_fast::semantic_lowres`
-(SPEC section 4) with the rules of `semantic_rules`: the dense op reads the
-(B, C, H, W) features exactly once for forward and backward together."""
+"""Semantic family (SPEC section 4), dense and low-resolution:
+
+- `semantic_dense(features, pred, basis, grads)` -> (loss sum, d/d pred, d/d basis);
+- `semantic_lowres(pred, lowres, gram_basis, gram, saliency, grads)` -> (loss sum,
+  d/d pred, d/d lowres, d/d gram_basis), with lowres = W V and the neighbour Gram
+  matrices of `compose.neighbour_gram`.
+
+Both return the loss sum and, when `grads` is set, its gradients from the same pass (the
+dense one reads the (B, C, H, W) features exactly once); the backward only scales them.
+"""
 
 import torch
 
-from scops_fast.ops import semantic_rules as rules
+from scops_fast.ops import TRITON
 
-torch.library.register_fake("scops_fast::semantic_dense", rules.dense_fake)
-torch.library.register_autograd(
-    "scops_fast::semantic_dense", rules.dense_backward, setup_context=rules.dense_setup
-)
-torch.library.register_fake("scops_fast::semantic_lowres", rules.lowres_fake)
-torch.library.register_autograd(
-    "scops_fast::semantic_lowres", rules.lowres_backward, setup_context=rules.lowres_setup
-)
+
+@torch.library.custom_op(f"{TRITON}::semantic_dense", mutates_args=())
+def _triton_dense(
+    features: torch.Tensor, pred: torch.Tensor, basis: torch.Tensor, grads: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    from scops_fast.triton_kernels import on_device
+    from scops_fast.triton_kernels import semantic as kernels
+
+    dtype = pred.dtype
+    with on_device(pred):
+        return kernels.semantic_dense(
+            features.to(dtype).contiguous(), pred.contiguous(), basis.to(dtype).contiguous(), grads
+        )
+
+
+@torch.library.custom_op(f"{TRITON}::semantic_lowres", mutates_args=())
+def _triton_lowres(
+    pred: torch.Tensor,
+    lowres: torch.Tensor,
+    gram_basis: torch.Tensor,
+    gram: torch.Tensor,
+    saliency: torch.Tensor | None,
+    grads: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    from scops_fast.triton_kernels import on_device
+    from scops_fast.triton_kernels import semantic as kernels
+
+    def prepared(t):
+        return None if t is None else t.to(pred.dtype).contiguous()
+
+    with on_device(pred):
+        return kernels.semantic_lowres(
+            pred.contiguous(),
+            prepared(lowres),
+            prepared(gram_basis),
+            prepared(gram),
+            prepared(saliency),
+            grads,
+        )
+
+
+def _dense_fake(features, pred, basis, grads):
+    loss = pred.new_empty((), dtype=torch.float64)
+    if not grads:
+        return loss, pred.new_empty((0,)), pred.new_empty((0, basis.shape[1]))
+    return (
+        loss,
+        torch.empty_like(pred, memory_format=torch.contiguous_format),
+        torch.empty_like(basis, dtype=pred.dtype),
+    )
+
+
+def _dense_setup(ctx, inputs, output):
+    ctx.save_for_backward(output[1], output[2])
+
+
+def _dense_backward(ctx, g_loss, _g1, _g2):
+    grad_pred, grad_basis = ctx.saved_tensors
+    g = g_loss.to(grad_pred.dtype)
+    return None, g * grad_pred, g * grad_basis, None
+
+
+def _lowres_fake(pred, lowres, gram_basis, gram, saliency, grads):
+    loss = pred.new_empty((), dtype=torch.float64)
+    if not grads:
+        return loss, pred.new_empty((0,)), pred.new_empty((0,)), pred.new_empty((0,))
+    fmt = torch.contiguous_format
+    return (
+        loss,
+        torch.empty_like(pred, memory_format=fmt),
+        torch.empty_like(lowres, dtype=pred.dtype, memory_format=fmt),
+        torch.empty_like(gram_basis, dtype=pred.dtype, memory_format=fmt),
+    )
+
+
+def _lowres_setup(ctx, inputs, output):
+    ctx.save_for_backward(output[1], output[2], output[3])
+
+
+def _lowres_backward(ctx, g_loss, _g1, _g2, _g3):
+    grad_pred, grad_lowres, grad_gram = ctx.saved_tensors
+    g = g_loss.to(grad_pred.dtype)
+    return g * grad_pred, g * grad_lowres, g * grad_gram, None, None, None
+
+
+def register(namespace: str) -> None:
+    lib = torch.library
+    lib.register_fake(f"{namespace}::semantic_dense", _dense_fake)
+    lib.register_autograd(
+        f"{namespace}::semantic_dense", _dense_backward, setup_context=_dense_setup
+    )
+    lib.register_fake(f"{namespace}::semantic_lowres", _lowres_fake)
+    lib.register_autograd(
+        f"{namespace}::semantic_lowres", _lowres_backward, setup_context=_lowres_setup
+    )

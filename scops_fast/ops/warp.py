@@ -1,20 +1,36 @@
-"""Grid-free TPS warp (SPEC section 6): `scops_fast::tps_warp` evaluates the spline per
-output pixel from the (B, 28, 2) coefficients. Gradients flow to the warped tensor;
-the source points are treated as constants (SCOPS draws them at random)."""
+"""Warp family (SPEC section 6): the grid-free TPS warp `tps_warp(x, mapping, border)`
+evaluates the spline per output pixel from the (B, 28, 2) coefficients and samples x
+bilinearly; `tps_warp_backward` scatters the adjoint. Gradients flow to the warped
+tensor; the source points are constants (SCOPS draws them at random)."""
 
 import torch
 
-_warp_backward = torch.ops.scops_fast.tps_warp_backward
+from scops_fast.ops import TRITON
 
 
-@torch.library.register_fake("scops_fast::tps_warp")
-def _(x, mapping, border):
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
+@torch.library.custom_op(f"{TRITON}::tps_warp", mutates_args=())
+def _triton_warp(x: torch.Tensor, mapping: torch.Tensor, border: bool) -> torch.Tensor:
+    from scops_fast.triton_kernels import on_device
+    from scops_fast.triton_kernels import warp as kernels
+
+    with on_device(x):
+        return kernels.warp_forward(x.contiguous(), mapping.to(torch.float64).contiguous(), border)
 
 
-@torch.library.register_fake("scops_fast::tps_warp_backward")
-def _(grad_out, mapping, border):
-    return torch.empty_like(grad_out, memory_format=torch.contiguous_format)
+@torch.library.custom_op(f"{TRITON}::tps_warp_backward", mutates_args=())
+def _triton_warp_backward(
+    grad_out: torch.Tensor, mapping: torch.Tensor, border: bool
+) -> torch.Tensor:
+    from scops_fast.triton_kernels import on_device
+    from scops_fast.triton_kernels import warp as kernels
+
+    m = mapping.to(torch.float64).contiguous()
+    with on_device(grad_out):
+        return kernels.warp_backward(grad_out.contiguous(), m, border)
+
+
+def _like_first(t, *_):
+    return torch.empty_like(t, memory_format=torch.contiguous_format)
 
 
 def _setup(ctx, inputs, output):
@@ -22,9 +38,18 @@ def _setup(ctx, inputs, output):
     ctx.border = inputs[2]
 
 
-def _backward(ctx, grad):
-    (mapping,) = ctx.saved_tensors
-    return _warp_backward(grad, mapping, ctx.border), None, None
+def _backward_rule(namespace):
+    def backward(ctx, grad):
+        (mapping,) = ctx.saved_tensors
+        op = getattr(torch.ops, namespace).tps_warp_backward
+        return op(grad, mapping, ctx.border), None, None
+
+    return backward
 
 
-torch.library.register_autograd("scops_fast::tps_warp", _backward, setup_context=_setup)
+def register(namespace: str) -> None:
+    torch.library.register_fake(f"{namespace}::tps_warp", _like_first)
+    torch.library.register_fake(f"{namespace}::tps_warp_backward", _like_first)
+    torch.library.register_autograd(
+        f"{namespace}::tps_warp", _backward_rule(namespace), setup_context=_setup
+    )

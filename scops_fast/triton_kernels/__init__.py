@@ -1,5 +1,5 @@
-"""Triton kernels behind backend "triton", one module per op family; `scops_fast.triton_ops`
-wraps them as torch custom ops.
+"""Triton kernels behind backend "triton", one module per op family; `scops_fast.ops`
+declares them as torch custom ops `scops_fast_triton::*`.
 
 Every launcher takes contiguous float32 / float64 tensors and computes in their dtype.
 Reductions over pixels never use floating-point atomics: each program writes its
@@ -11,6 +11,9 @@ exact and therefore independent of the order in which atomics land (see `fixed.p
 it to get many programs along every grid axis from small images.
 """
 
+import contextlib
+
+import torch
 import triton
 
 BLOCKS = {
@@ -62,3 +65,8 @@ def kernel_mode() -> str:
     if ours != theirs:
         return "mixed"
     return "interpreted" if ours else "compiled"
+
+
+def on_device(t: torch.Tensor):
+    """Triton launches on the current CUDA device: make it the tensor's."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
