@@ -83,6 +83,12 @@ bench-isa: install
 		$(PY) benchmarks/summarize.py $(BENCH_OUT)/isa_$$isa.json; \
 	done
 
+# On a machine with an NVIDIA GPU: build the CUDA kernels for it, run the CUDA part of the
+# shared suite and benchmarks/gpu_bench.py (at most 8 minutes); results in benchmarks/results/.
+# Without a GPU it says so in one line. `scripts/gpu_check.py --dry-run` prints the steps.
+gpu-check: install
+	$(PY) scripts/gpu_check.py
+
 # C++ kernels under AddressSanitizer + UBSan (build/sanitize/), running the cpp and
 # robustness tests against them: a release check, about 2 minutes here.
 sanitize: $(STAMPS)/deps

@@ -1,6 +1,6 @@
 """Backend "cpp" is bitwise repeatable: every op, forward and backward, float32 and
 float64, across repeated calls, thread counts (1, 2, 3, 4) and processes. Covers what
-tests/test_cpp_backend.py's determinism test does not: batch_get_centers, the border
+tests/test_backends.py's determinism test does not: batch_get_centers, the border
 warp, the low-resolution loss with a saliency and a list of feature maps of two sizes,
 the dense loss with an odd number of pixel tiles, and half-precision inputs."""
 

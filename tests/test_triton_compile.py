@@ -3,7 +3,7 @@
 The CPU tests run the kernels through Triton's interpreter, which accepts programs the
 GPU compiler rejects; `scops_fast.triton_kernels.aot` lowers each kernel to PTX and
 cubin instead. It runs in a child process without TRITON_INTERPRET, which
-test_triton_backend may have set in this one.
+test_backends may have set in this one.
 """
 
 import os
