@@ -42,7 +42,7 @@ def test_a_crafted_checkpoint_runs_nothing(trained, tmp_path, capsys):
         load_checkpoint(trained)
     with pytest.raises(CheckpointError, match="refused"):
         load_model(trained)
-    from scops_fast.eval.cli import main
+    from scops_fast.cli.eval import main
 
     assert main(["--checkpoint", str(trained)]) == 2
     assert "refused" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""`scops-eval` / `python -m scops_fast.eval` on a checkpoint trained for a few steps."""
+"""`scops-eval` / `python -m scops_fast.cli.eval` on a checkpoint trained for a few steps."""
 
 import json
 import subprocess
@@ -9,7 +9,7 @@ import torch
 from train_helpers import tiny_config
 
 from scops_fast.data import SyntheticParts
-from scops_fast.eval.cli import main
+from scops_fast.cli.eval import main
 from scops_fast.eval.compare import criteria, evaluate_with_baselines
 from scops_fast.train import Trainer
 
@@ -171,7 +171,7 @@ def test_perfect_predictions_pass_the_criteria():
 
 def test_runs_as_a_module():
     result = subprocess.run(
-        [sys.executable, "-m", "scops_fast.eval", "--help"],
+        [sys.executable, "-m", "scops_fast.cli.eval", "--help"],
         capture_output=True,
         text=True,
         timeout=120,

@@ -48,7 +48,7 @@ def test_scops_eval_scores_an_original_snapshot_with_the_original_protocol(tmp_p
     from test_original_data import write_tree
     from test_original_model import original_state
 
-    from scops_fast.eval.cli import main
+    from scops_fast.cli.eval import main
 
     root = tmp_path / "CelebA"
     write_tree(root, load("celeba"))
@@ -73,7 +73,7 @@ def test_scops_eval_reads_cub_as_the_original(tmp_path, capsys):
     from test_original_data import write_cub
     from test_original_model import original_state
 
-    from scops_fast.eval.cli import main
+    from scops_fast.cli.eval import main
 
     root, cache, _ = write_cub(tmp_path)
     snapshot = tmp_path / "model_60000.pth"

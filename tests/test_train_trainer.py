@@ -267,9 +267,9 @@ def test_progress_bar_and_tensorboard_when_installed(tmp_path, monkeypatch):
         def close(self):
             pass
 
-    from scops_fast.train import progress
+    from scops_fast import terminal
 
-    monkeypatch.setattr(progress, "_is_terminal", lambda stream: True)
+    monkeypatch.setattr(terminal, "is_terminal", lambda stream: True)
     monkeypatch.setitem(sys.modules, "tqdm", types.SimpleNamespace(tqdm=FakeBar))
     monkeypatch.setitem(
         sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=FakeWriter)

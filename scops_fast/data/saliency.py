@@ -206,7 +206,7 @@ def write_saliency_maps(
     written, reused, skipped = 0, 0, []
     bar = None
     if progress and files:
-        from scops_fast.train.progress import progress_bar
+        from scops_fast.terminal import progress_bar
 
         bar = progress_bar(len(files), unit="image")
     for rel in files:

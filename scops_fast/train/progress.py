@@ -12,6 +12,7 @@ import warnings
 
 # Re-exported: the trainer and its users have always imported them from here.
 from scops_fast.metrics_file import METRICS_NAME, read_metrics
+from scops_fast.terminal import progress_bar
 
 
 def truncate_metrics(path: pathlib.Path, last_step: int) -> None:
@@ -38,24 +39,6 @@ def _tensorboard_writer(log_dir: pathlib.Path):
         )
         return None
     return SummaryWriter(str(log_dir))
-
-
-def _is_terminal(stream) -> bool:
-    isatty = getattr(stream, "isatty", None)
-    return bool(isatty and isatty())
-
-
-def progress_bar(total: int, initial: int = 0, unit: str = "step"):
-    """A tqdm bar on stderr when it is a terminal and tqdm is installed, else None."""
-    # A bar only where someone watches: in a log file its redraws are noise, and the log
-    # lines every log_every steps say the same.
-    if not _is_terminal(sys.stderr):
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, initial=initial, unit=unit, dynamic_ncols=True, file=sys.stderr)
 
 
 class RunLog:

@@ -1,4 +1,4 @@
-"""`scops-eval` / `python -m scops_fast.eval`: score a trained checkpoint and the two baselines
+"""`scops-eval` / `python -m scops_fast.cli.eval`: score a trained checkpoint and the two baselines
 (one part everywhere; k-means on foreground pixel coordinates) on a data set, as JSON.
 
     scops-eval --checkpoint runs/demo/checkpoint.pt                       # synthetic, as the demo

@@ -1,5 +1,0 @@
-import sys
-
-from scops_fast.eval.cli import main
-
-sys.exit(main())
