@@ -12,7 +12,9 @@ For every image under `--images` (searched recursively; any size), it writes:
   position, as the landmark evaluation uses), left empty for a part that wins no pixel.
 
 The checkpoint is a run of ours (checkpoint.pt or its folder) or a snapshot of the original
-SCOPS trainer; the network sees each image at the size it was trained at.
+SCOPS trainer; the network sees each image at the size it was trained at. `--crf` refines each
+image's part probabilities with a dense CRF (`scops_fast.train.crf`, needs pydensecrf2) before
+anything is written.
 """
 
 from __future__ import annotations
@@ -46,10 +48,16 @@ def describe_parts(probs: torch.Tensor) -> list[dict]:
     return out
 
 
-def predict_folder(net, images: pathlib.Path, out: pathlib.Path, progress: bool = True) -> dict:
+def predict_folder(
+    net, images: pathlib.Path, out: pathlib.Path, progress: bool = True, crf=None
+) -> dict:
     """Writes the maps, overlays, parts.csv and parts.json of every image; returns
-    {"images": n, "skipped": [relative paths that could not be read]}."""
+    {"images": n, "skipped": [relative paths that could not be read]}. crf: None, or the
+    `CRFParams` of a dense-CRF refinement of every image's probabilities."""
     from scops_fast import viz
+
+    if crf is not None:
+        from scops_fast.train.crf import dense_crf
 
     files = ImageFolder(images).files  # its listing; each image is read at its own size
     if not files:
@@ -66,6 +74,8 @@ def predict_folder(net, images: pathlib.Path, out: pathlib.Path, progress: bool 
             skipped.append(rel)
             continue
         probs = predict_parts(net, image.to(device)).cpu()[0]
+        if crf is not None:
+            probs = dense_crf(probs, image[0], crf)
         parts = describe_parts(probs)
         results[rel] = {"size": list(probs.shape[-2:]), "parts": parts}
         map_path = (out / "maps" / rel).with_suffix(".png")
@@ -85,7 +95,9 @@ def predict_folder(net, images: pathlib.Path, out: pathlib.Path, progress: bool 
             bar.update(1)
     if bar is not None:
         bar.close()
-    (out / "parts.json").write_text(json.dumps({"images": results, "skipped": skipped}, indent=1))
+    crf_used = None if crf is None else crf.to_dict()
+    report = {"images": results, "skipped": skipped, "crf": crf_used}
+    (out / "parts.json").write_text(json.dumps(report, indent=1))
     with open(out / "parts.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["image", "part", "pixels", "x", "y"])
@@ -108,22 +120,37 @@ def main(argv=None) -> int:
     p.add_argument("--images", required=True, help="folder of images (searched recursively)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--crf",
+        action="store_true",
+        help="refine the part probabilities with a dense CRF (needs pydensecrf2: "
+        "pip install 'scops_fast[crf]')",
+    )
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     images = pathlib.Path(args.images)
     try:
         if not images.is_dir():
             raise FileNotFoundError(f"--images: {images} is not a folder")
+        crf = None
+        if args.crf:
+            from scops_fast.train.crf import INSTALL_HINT, CRFParams, crf_available
+
+            # Before the model is loaded and any folder written: a missing extra is one line.
+            if not crf_available():
+                raise ValueError(f"--crf: {INSTALL_HINT}")
+            crf = CRFParams()
         net, kind = load_any_model(args.checkpoint, args.device)
         out = pathlib.Path(args.out)
         with torch.no_grad():
-            done = predict_folder(net, images, out, progress=not args.no_progress)
+            done = predict_folder(net, images, out, progress=not args.no_progress, crf=crf)
     except (FileNotFoundError, ValueError) as exc:
         print(f"scops-predict: error: {exc}", file=sys.stderr)
         return 2
     skipped = f", {len(done['skipped'])} unreadable skipped" if done["skipped"] else ""
     print(
-        f"scops-predict: {done['images']} images{skipped} ({kind} checkpoint, K={net.num_parts}); "
+        f"scops-predict: {done['images']} images{skipped} ({kind} checkpoint, K={net.num_parts}"
+        f"{', dense CRF' if crf is not None else ''}); "
         f"maps in {out / 'maps'}, overlays in {out / 'overlays'}, centres in {out / 'parts.csv'}",
         file=sys.stderr,
     )
