@@ -2,7 +2,7 @@
 paragraph), rendered from `make demo`'s metrics, committed as docs/demo_metrics.json.
 
     make demo                                                 # writes runs/demo/
-    .venv/bin/python -m scops_fast.eval --checkpoint runs/demo --size 128 \
+    .venv/bin/scops-eval --checkpoint runs/demo --size 128 \
         --out runs/demo/eval_128.json
     .venv/bin/python scripts/readme_numbers.py --from-run runs/demo --note "..."
     .venv/bin/python scripts/readme_numbers.py --check        # exit 1 when the README disagrees
