@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import json
 import os
 import pathlib
@@ -32,7 +33,7 @@ import time
 
 import torch
 
-from scops_fast.data import SyntheticParts
+from scops_fast.data import PART_NAMES, SyntheticParts
 from scops_fast.data.saliency import METHOD, estimate_saliency
 from scops_fast.train.config import load_config
 
@@ -42,6 +43,8 @@ KINDS = ("estimate", "degraded", "ones")
 #: The estimate with one step changed, to show what each step adds.
 ABLATION = {
     "estimate": {},
+    "no_grow (GrabCut's possible foreground = the thresholded score)": {"grow": 0.0},
+    "work_side=64 (no upsampling of 64 px images)": {"work_side": 64},
     "no_grabcut (thresholded score)": {"grabcut": False},
     "no_centre_prior": {"centre_prior": False},
     "no_detector (GrabCut from the centre prior)": {"detector": None},
@@ -62,9 +65,13 @@ MODEL_KEYS = (
 )
 
 
-def iou_summary(maps: list[torch.Tensor], fgs: list[torch.Tensor]) -> dict:
+def iou_summary(maps: list[torch.Tensor], parts: list[torch.Tensor]) -> dict:
+    """IoU with the true foreground (mean over images, worst, 10th percentile, pooled), the
+    share of the foreground covered (recall, per part too: thin parts are the ones a map
+    misses) and of the background included."""
     pred = torch.stack(maps) >= 0.5
-    gt = torch.stack(fgs)
+    labels = torch.stack(parts)
+    gt = labels > 0
     inter = (pred & gt).flatten(1).sum(1).double()
     union = (pred | gt).flatten(1).sum(1).double()
     per_image = inter / union.clamp_min(1)
@@ -73,6 +80,12 @@ def iou_summary(maps: list[torch.Tensor], fgs: list[torch.Tensor]) -> dict:
         "min": round(float(per_image.min()), 4),
         "p10": round(float(per_image.quantile(0.1)), 4),
         "pooled": round(float(inter.sum() / union.sum()), 4),
+        "foreground_covered": round(float(pred[gt].double().mean()), 4),
+        "background_included": round(float(pred[~gt].double().mean()), 4),
+        "part_covered": {
+            name: round(float(pred[labels == k + 1].double().mean()), 3)
+            for k, name in enumerate(PART_NAMES)
+        },
     }
 
 
@@ -80,24 +93,28 @@ def measure_iou(size: int, n: int, seed: int) -> dict:
     """Headline IoUs from the data set's three saliency kinds (what training sees), then the
     ablation on the same images."""
     sets = {k: SyntheticParts(n, size=size, seed=seed, saliency=k) for k in KINDS}
-    fgs = [sets["ones"][i]["fg"] for i in range(n)]
+    parts = [sets["ones"][i]["parts"] for i in range(n)]
     out = {"images": n, "size": size, "seed": seed, "kinds": {}, "ablation": {}}
     for kind, ds in sets.items():
         t0 = time.perf_counter()
         maps = [ds[i]["saliency"] for i in range(n)]
-        out["kinds"][kind] = iou_summary(maps, fgs)
+        out["kinds"][kind] = iou_summary(maps, parts)
         out["kinds"][kind]["ms_per_image"] = round((time.perf_counter() - t0) / n * 1000, 1)
     rgbs = [
         (sets["ones"][i]["img"] * 255).round().byte().permute(1, 2, 0).numpy() for i in range(n)
     ]
     for name, options in ABLATION.items():
         maps = [torch.from_numpy(estimate_saliency(rgb, **options)).float() / 255 for rgb in rgbs]
-        out["ablation"][name] = iou_summary(maps, fgs)
+        out["ablation"][name] = iou_summary(maps, parts)
     return out
 
 
 def train_demo(kind: str, runs: pathlib.Path, steps: int | None) -> dict:
-    out = runs / kind
+    # A changed estimate trains in a folder of its own; resuming the old one would only
+    # evaluate it again.
+    out = runs / (
+        f"estimate-{hashlib.sha1(METHOD.encode()).hexdigest()[:8]}" if kind == "estimate" else kind
+    )
     cmd = [
         sys.executable,
         "-m",
@@ -144,6 +161,15 @@ def main(argv=None) -> int:
 
     path = pathlib.Path(args.json)
     results = json.loads(path.read_text()) if path.exists() else {}
+    old_run = results.get("demo_training", {}).get("runs", {}).get("estimate")
+    if results.get("method") not in (None, METHOD) and old_run:
+        # What earlier versions of the estimate measured, kept beside the current one.
+        results.setdefault("earlier_estimates", {})[results["method"]] = {
+            "foreground_iou": {
+                size: r["kinds"]["estimate"] for size, r in results["foreground_iou"].items()
+            },
+            "demo_training": old_run,
+        }
 
     def save():
         path.parent.mkdir(parents=True, exist_ok=True)
