@@ -8,6 +8,8 @@ EXT_SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/cuda/*.cu csrc/cuda/*.h csrc/
 # Compile the CUDA kernels even without a GPU (sm_80 and sm_90), so a broken .cu fails
 # the build here; `make test FORCE_CUDA=0` skips them.
 FORCE_CUDA ?= 1
+# Build the CUDA kernels' CPU emulation too (backend "cuda_emu", checked by the tests).
+SCOPS_FAST_CUDA_EMU ?= 1
 
 .PHONY: all install browser test demo bench bench-isa lint format clean sanitize
 
@@ -26,7 +28,7 @@ $(STAMPS)/deps: requirements.txt $(STAMPS)/venv
 	touch $@
 
 $(STAMPS)/build: $(STAMPS)/deps setup.py pyproject.toml $(EXT_SOURCES)
-	FORCE_CUDA=$(FORCE_CUDA) SCOPS_FAST_STRICT_BUILD=1 $(PY) -m pip install --disable-pip-version-check -q \
+	FORCE_CUDA=$(FORCE_CUDA) SCOPS_FAST_CUDA_EMU=$(SCOPS_FAST_CUDA_EMU) SCOPS_FAST_STRICT_BUILD=1 $(PY) -m pip install --disable-pip-version-check -q \
 		--no-build-isolation --no-deps -e .
 	touch $@
 

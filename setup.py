@@ -9,6 +9,9 @@
   scops_fast._C with the compiler's default target.
 - scops_fast._C_cuda: the CUDA kernels (csrc/cuda/), when torch sees a GPU or
   FORCE_CUDA=1 (CI compiles them for sm_80 and sm_90 without a GPU).
+- scops_fast._C_cuda_emu: the same CUDA sources compiled as C++ for the CPU
+  (csrc/cuda/emulate.h), when SCOPS_FAST_CUDA_EMU=1 (as `make` sets): backend "cuda_emu",
+  which runs the CUDA kernels' code on CPU tensors for the tests.
 
 A failed compile does not fail the install unless SCOPS_FAST_STRICT_BUILD=1 (as
 `make test` sets): the package stays importable, and `available_backends()` reports
@@ -59,7 +62,7 @@ def remove_stale_builds(names) -> None:
     keep = {n.rsplit(".", 1)[-1] for n in names}
     for lib in (ROOT / "scops_fast").glob("_C*.so"):
         stem = lib.name.split(".", 1)[0]
-        if stem != "_C_cuda" and stem not in keep:
+        if stem not in ("_C_cuda", "_C_cuda_emu") and stem not in keep:
             lib.unlink()
 
 
@@ -71,7 +74,9 @@ def variant_sources(name: str, sources: list[str]) -> list[str]:
     out = []
     for src in sources:
         wrapper = folder / pathlib.Path(src).name
-        text = f'#include "{(ROOT / src).resolve()}"\n'
+        # A name ending in .cu.cpp stands for the .cu source compiled as C++.
+        real = src.removesuffix(".cpp") if src.endswith(".cu.cpp") else src
+        text = f'#include "{(ROOT / real).resolve()}"\n'
         if not wrapper.exists() or wrapper.read_text() != text:
             wrapper.write_text(text)
         out.append(str(wrapper.relative_to(ROOT)))
@@ -126,6 +131,19 @@ def extensions():
                     "cxx": ["-O3", "-std=c++20"],
                     "nvcc": ["-O3", "-std=c++20", "--expt-relaxed-constexpr"],
                 },
+            )
+        )
+    if cuda_sources and os.environ.get("SCOPS_FAST_CUDA_EMU") == "1":
+        # The same CUDA sources as plain C++ on the CPU (csrc/cuda/emulate.h): backend
+        # "cuda_emu", for tests.
+        exts.append(
+            CppExtension(
+                "scops_fast._C_cuda_emu",
+                variant_sources("scops_fast._C_cuda_emu", [s + ".cpp" for s in cuda_sources]),
+                include_dirs=[str(ROOT / "csrc"), str(ROOT / "csrc" / "cuda")],
+                define_macros=[("SCOPS_FAST_CUDA_EMU", "1")],
+                extra_compile_args=["-O2", "-std=c++20", "-pthread"],
+                extra_link_args=["-pthread"],
             )
         )
     return exts

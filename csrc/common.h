@@ -1,7 +1,7 @@
 // Per-pixel math shared by the CPU kernels (and, through SF_HD, by CUDA kernels):
 // softmax helpers, SPEC coordinates, thin-plate-spline radial terms and bilinear
-// sampling weights with their adjoints. Nothing here includes ATen, so kernel
-// translation units compile in seconds; parallelism is injected by bindings.cpp.
+// sampling weights with their adjoints. Nothing here includes ATen; parallelism is
+// injected by the op wrappers (torch_glue.h).
 #pragma once
 
 #include <cmath>
@@ -23,7 +23,7 @@ constexpr double kCenterEps = 1e-3;
 constexpr int kControl = 25;
 constexpr int kMapping = 28;
 
-// Runs body(begin, end) over [0, n) in parallel; bindings.cpp passes at::parallel_for so
+// Runs body(begin, end) over [0, n) in parallel; the op wrappers pass at::parallel_for so
 // the kernels follow torch.set_num_threads. Kernels only ever split work into
 // fixed tiles whose results are combined in tile order, so their output does not
 // depend on how tiles are spread over threads.

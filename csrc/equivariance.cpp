@@ -3,7 +3,9 @@
 // backward recomputes them and scatters the landmark gradient back through the warp.
 #include <vector>
 
-#include "kernels.h"
+#include "row_samples.h"
+#include "row_softmax.h"
+#include "torch_glue.h"
 
 namespace scops_fast {
 namespace {
@@ -194,5 +196,71 @@ template void equivariance_backward<double>(const double*, const double*, const 
                                             const double*, int64_t, int64_t, int64_t, int64_t,
                                             bool, const double*, const double*, const double*,
                                             double*, double*, ParallelFor);
+
+namespace {
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> equivariance_op(const at::Tensor& pred_,
+                                                            const at::Tensor& pred_tps_,
+                                                               const at::Tensor& mapping,
+                                                               bool border) {
+  const auto pred = pred_.contiguous();
+  const auto pred_tps = pred_tps_.to(pred.scalar_type()).contiguous();
+  const auto m = f64(mapping);
+  const auto u = radial_table(pred.size(2), pred.size(3), pred.scalar_type());
+  const int64_t B = pred.size(0), K1 = pred.size(1), H = pred.size(2), W = pred.size(3);
+  const auto opts = pred.options().dtype(at::kDouble);
+  auto kl = at::empty({B}, opts);
+  auto mom_tps = at::empty({B, K1 - 1, 3}, opts);
+  auto mom_warp = at::empty({B, K1 - 1, 3}, opts);
+  auto warped = empty_output_like(pred);
+  SF_DISPATCH(pred.scalar_type(), [&] {
+    equivariance_forward<scalar_t>(pred.data_ptr<scalar_t>(), pred_tps.data_ptr<scalar_t>(),
+                                   m.data_ptr<double>(), u.data_ptr<scalar_t>(), B, K1, H, W,
+                                   border, kl.data_ptr<double>(), mom_tps.data_ptr<double>(),
+                                   mom_warp.data_ptr<double>(), warped.data_ptr<scalar_t>(),
+                                   aten_parallel);
+  });
+  return {kl, mom_tps, mom_warp, warped};
+}
+
+std::tuple<at::Tensor, at::Tensor> equivariance_backward_op(
+    const at::Tensor& pred_, const at::Tensor& warped_, const at::Tensor& pred_tps_,
+    const at::Tensor& mapping, bool border, const at::Tensor& g_kl, const at::Tensor& g_tps,
+    const at::Tensor& g_warp) {
+  const auto pred = pred_.contiguous();
+  const auto warped = warped_.to(pred.scalar_type()).contiguous();
+  const auto pred_tps = pred_tps_.to(pred.scalar_type()).contiguous();
+  const auto m = f64(mapping);
+  const auto u = radial_table(pred.size(2), pred.size(3), pred.scalar_type());
+  const auto gk = f64(g_kl), gt = f64(g_tps), gw = f64(g_warp);
+  auto grad_pred = empty_output_like(pred);
+  auto grad_pred_tps = empty_output_like(pred_tps);
+  SF_DISPATCH(pred.scalar_type(), [&] {
+    equivariance_backward<scalar_t>(
+        pred.data_ptr<scalar_t>(), warped.data_ptr<scalar_t>(), pred_tps.data_ptr<scalar_t>(),
+        m.data_ptr<double>(), u.data_ptr<scalar_t>(), pred.size(0), pred.size(1), pred.size(2), pred.size(3), border,
+        gk.data_ptr<double>(), gt.data_ptr<double>(), gw.data_ptr<double>(),
+        grad_pred.data_ptr<scalar_t>(), grad_pred_tps.data_ptr<scalar_t>(), aten_parallel);
+  });
+  return {grad_pred, grad_pred_tps};
+}
+
+}  // namespace
+
+// The family's ops: schemas (scops_fast.ops.<family> registers their fake and autograd
+// rules; the CUDA library adds CUDA kernels for the same schemas) and CPU kernels.
+TORCH_LIBRARY_FRAGMENT(scops_fast, m) {
+  m.def(
+      "equivariance(Tensor pred, Tensor pred_tps, Tensor mapping, bool border)"
+      " -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "equivariance_backward(Tensor pred, Tensor warped, Tensor pred_tps, Tensor mapping, "
+      "bool border, Tensor g_kl, Tensor g_tps, Tensor g_warp) -> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(scops_fast, CPU, m) {
+  m.impl("equivariance", &equivariance_op);
+  m.impl("equivariance_backward", &equivariance_backward_op);
+}
 
 }  // namespace scops_fast

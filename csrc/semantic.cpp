@@ -15,7 +15,8 @@
 #include <algorithm>
 #include <vector>
 
-#include "kernels.h"
+#include "row_softmax.h"
+#include "torch_glue.h"
 
 namespace scops_fast {
 namespace {
@@ -280,5 +281,79 @@ template double semantic_lowres<double>(const double*, const double*, const doub
                                         const double*, const double*, int64_t, int64_t, int64_t,
                                         int64_t, int64_t, int64_t, bool, double*, double*,
                                         double*, ParallelFor);
+
+namespace {
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> semantic_dense_op(const at::Tensor& features_,
+                                                                 const at::Tensor& pred_,
+                                                                 const at::Tensor& basis_,
+                                                                 bool grads) {
+  const auto pred = pred_.contiguous();
+  const auto features = features_.to(pred.scalar_type()).contiguous();
+  const auto basis = basis_.to(pred.scalar_type()).contiguous();
+  const int64_t B = pred.size(0), K1 = pred.size(1), H = pred.size(2), W = pred.size(3);
+  const int64_t C = features.size(1);
+  auto grad_pred = grads ? empty_output_like(pred) : at::empty({0}, pred.options());
+  auto grad_basis = at::zeros({grads ? K1 - 1 : 0, C}, pred.options().dtype(at::kDouble));
+  double loss = 0;
+  SF_DISPATCH(pred.scalar_type(), [&] {
+    loss = semantic_dense<scalar_t>(features.data_ptr<scalar_t>(), pred.data_ptr<scalar_t>(),
+                                    basis.data_ptr<scalar_t>(), B, C, K1, H, W, grads,
+                                    grads ? grad_pred.data_ptr<scalar_t>() : nullptr,
+                                    grads ? grad_basis.data_ptr<double>() : nullptr,
+                                    aten_parallel);
+  });
+  return {at::scalar_tensor(loss, pred.options().dtype(at::kDouble)), grad_pred,
+          grad_basis.to(pred.scalar_type())};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> semantic_lowres_op(
+    const at::Tensor& pred_, const at::Tensor& lowres_, const at::Tensor& gram_basis_,
+    const at::Tensor& gram_, const std::optional<at::Tensor>& saliency_, bool grads) {
+  const auto pred = pred_.contiguous();
+  const auto dtype = pred.scalar_type();
+  const auto lowres = lowres_.to(dtype).contiguous();
+  const auto gram_basis = gram_basis_.to(dtype).contiguous();
+  const auto gram = gram_.to(dtype).contiguous();
+  at::Tensor saliency;
+  if (saliency_.has_value()) saliency = saliency_->to(dtype).contiguous();
+  const int64_t B = pred.size(0), K1 = pred.size(1), H = pred.size(2), W = pred.size(3);
+  const int64_t h = lowres.size(2), w = lowres.size(3);
+  const auto f64opts = pred.options().dtype(at::kDouble);
+  auto grad_pred = grads ? empty_output_like(pred) : at::empty({0}, pred.options());
+  auto grad_lowres = at::zeros(grads ? at::IntArrayRef{B, K1 - 1, h, w} : at::IntArrayRef{0},
+                               f64opts);
+  auto grad_gram = at::zeros(grads ? at::IntArrayRef{K1 - 1, K1 - 1} : at::IntArrayRef{0},
+                             f64opts);
+  double loss = 0;
+  SF_DISPATCH(dtype, [&] {
+    loss = semantic_lowres<scalar_t>(
+        pred.data_ptr<scalar_t>(), lowres.data_ptr<scalar_t>(), gram_basis.data_ptr<scalar_t>(),
+        gram.data_ptr<scalar_t>(), saliency.defined() ? saliency.data_ptr<scalar_t>() : nullptr,
+        B, K1, H, W, h, w, grads, grads ? grad_pred.data_ptr<scalar_t>() : nullptr,
+        grads ? grad_lowres.data_ptr<double>() : nullptr,
+        grads ? grad_gram.data_ptr<double>() : nullptr, aten_parallel);
+  });
+  return {at::scalar_tensor(loss, f64opts), grad_pred, grad_lowres.to(dtype),
+          grad_gram.to(dtype)};
+}
+
+}  // namespace
+
+// The family's ops: schemas (scops_fast.ops.<family> registers their fake and autograd
+// rules; the CUDA library adds CUDA kernels for the same schemas) and CPU kernels.
+TORCH_LIBRARY_FRAGMENT(scops_fast, m) {
+  m.def(
+      "semantic_dense(Tensor features, Tensor pred, Tensor basis, bool grads)"
+      " -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "semantic_lowres(Tensor pred, Tensor lowres, Tensor gram_basis, Tensor gram, "
+      "Tensor? saliency, bool grads) -> (Tensor, Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(scops_fast, CPU, m) {
+  m.impl("semantic_dense", &semantic_dense_op);
+  m.impl("semantic_lowres", &semantic_lowres_op);
+}
 
 }  // namespace scops_fast

@@ -26,6 +26,8 @@ BACKEND_MODULES = {
     "cpp": "scops_fast.backends.cpp",
     "triton": "scops_fast.backends.triton",
     "cuda": "scops_fast.backends.cuda",
+    # The CUDA kernels emulated on the CPU, for tests: never in AUTO_ORDER.
+    "cuda_emu": "scops_fast.backends.cuda_emu",
 }
 BACKENDS = tuple(BACKEND_MODULES)
 CHOICES = ("auto", *BACKENDS)

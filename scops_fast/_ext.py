@@ -11,6 +11,7 @@ architectures). Only one is ever loaded: they register the same `scops_fast::` o
 
 `SCOPS_FAST_EXT_PATH=/path/to/lib.so` loads that file instead (e.g. the sanitizer build of
 `scripts/sanitize.py`); the package's own builds are then not loaded.
+`SCOPS_FAST_EMU_EXT_PATH` does the same for the CUDA emulation (`_C_cuda_emu`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ _PACKAGE = pathlib.Path(__file__).parent
 BUILD_ERRORS = _PACKAGE / "_build_errors"
 #: Environment variable naming a library to load in place of scops_fast._C.
 PATH_VAR = "SCOPS_FAST_EXT_PATH"
+#: Environment variable naming a library to load in place of scops_fast._C_cuda_emu.
+EMU_PATH_VAR = "SCOPS_FAST_EMU_EXT_PATH"
+OVERRIDES = {"_C": PATH_VAR, "_C_cuda_emu": EMU_PATH_VAR}
 #: Environment variable forcing the CPU kernels' instruction-set build.
 CAPABILITY_VAR = "SCOPS_FAST_CPU_CAPABILITY"
 #: The x86-64 builds, best first: capability -> (library, torch's capabilities that run it).
@@ -70,15 +74,20 @@ def cpu_path() -> str | None:
 @functools.cache
 def load(name: str = "_C") -> str | None:
     """Load scops_fast.<name>; None on success, else the reason it cannot be used."""
-    override = os.environ.get(PATH_VAR) if name == "_C" else None
+    override = os.environ.get(OVERRIDES[name]) if name in OVERRIDES else None
     if override:
+        var = OVERRIDES[name]
         if not os.path.isfile(override):
-            return f"{PATH_VAR}={override!r} is not a file"
+            return f"{var}={override!r} is not a file"
+        if name == "_C_cuda_emu":
+            reason = _define_emulated_schemas()
+            if reason is not None:
+                return reason
         try:
             torch.ops.load_library(override)
         except Exception as exc:
-            return f"{PATH_VAR}={override!r} does not load: {type(exc).__name__}: {exc}"
-        return _declare_native_ops()
+            return f"{var}={override!r} does not load: {type(exc).__name__}: {exc}"
+        return _declare_rules(name)
     if name == "_C":
         library, why = cpu_build()
         if library is None and why is not None:
@@ -95,18 +104,63 @@ def load(name: str = "_C") -> str | None:
                 "time or FORCE_CUDA=1 is set (with nvcc), e.g. FORCE_CUDA=1 pip install "
                 "--no-build-isolation ."
             )
+        if name == "_C_cuda_emu":
+            return (
+                "not built: the emulation is built for tests, with SCOPS_FAST_CUDA_EMU=1 "
+                "(as `make install` sets)"
+            )
         return "not built: run `make install` (or `pip install -e .`) with a C++ compiler"
+    if name == "_C_cuda_emu":
+        reason = _define_emulated_schemas()
+        if reason is not None:
+            return reason
     try:
         torch.ops.load_library(origin)
     except Exception as exc:
         return f"{origin} does not load: {type(exc).__name__}: {exc}"
-    return _declare_native_ops() if name != "_C_cuda" else None
+    return _declare_rules(name)
 
 
-def _declare_native_ops() -> None:
-    """The fake and autograd rules of the `scops_fast::` ops, which need their schemas:
-    registered as soon as the CPU library (which defines them) is loaded."""
+#: The ops the CUDA library implements: the emulation gets their native schemas.
+CUDA_OPS = (
+    "softmax_moments",
+    "softmax_moments_backward",
+    "tps_warp",
+    "tps_warp_backward",
+    "equivariance",
+    "equivariance_backward",
+    "semantic_dense",
+    "semantic_lowres",
+)
+_emulated_library = None
+
+
+def _define_emulated_schemas() -> str | None:
+    """The `scops_fast_cuda_emu::` schemas: the native ones (defined once, in csrc/), for
+    which the emulated library registers CPU kernels when it is loaded."""
+    global _emulated_library
+    reason = load("_C")
+    if reason is not None:
+        return f"the CPU library, which defines the schemas, is unavailable: {reason}"
     from scops_fast import ops
 
-    ops.register(ops.NATIVE)
+    if _emulated_library is None:
+        library = torch.library.Library(ops.CUDA_EMU, "FRAGMENT")
+        for op in CUDA_OPS:
+            schema = str(getattr(torch.ops.scops_fast, op).default._schema)
+            library.define(schema.removeprefix("scops_fast::"))
+        _emulated_library = library
+    return None
+
+
+def _declare_rules(name: str) -> None:
+    """The fake and autograd rules of a loaded library's ops, which need their schemas:
+    the CPU library defines the `scops_fast::` ones, the emulation's are copied from them;
+    the CUDA library only adds kernels."""
+    from scops_fast import ops
+
+    if name == "_C_cuda_emu":
+        ops.register(ops.CUDA_EMU)
+    elif name != "_C_cuda":
+        ops.register(ops.NATIVE)
     return None

@@ -1,11 +1,13 @@
-"""`make sanitize`: build the C++ kernels of csrc/ with AddressSanitizer and
-UndefinedBehaviorSanitizer into build/sanitize/, then run the cpp backend's tests (and the
-robustness tests) against that library.
+"""`make sanitize`: build the C++ kernels of csrc/, and the CUDA kernels of csrc/cuda/ as
+their CPU emulation, with AddressSanitizer and UndefinedBehaviorSanitizer into
+build/sanitize/, then run the shared suite's cpp and cuda_emu cases (and the robustness
+tests) against those libraries.
 
     python scripts/sanitize.py [--build-only] [--jobs N] [pytest arguments ...]
 
-The instrumented library is separate from scops_fast/_C*.so; the package loads it
-instead of its own because SCOPS_FAST_EXT_PATH names it (see scops_fast/_ext.py).
+The instrumented libraries are separate from scops_fast/_C*.so; the package loads them
+instead of its own because SCOPS_FAST_EXT_PATH and SCOPS_FAST_EMU_EXT_PATH name them (see
+scops_fast/_ext.py).
 Python is not instrumented, so the ASan runtime is preloaded (LD_PRELOAD) and leak
 detection is off (the interpreter's own allocations would drown the report). Any
 sanitizer report aborts the process: the run fails.
@@ -29,6 +31,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 CSRC = ROOT / "csrc"
 BUILD = ROOT / "build" / "sanitize"
 LIBRARY = BUILD / "libscops_fast_sanitize.so"
+EMU_LIBRARY = BUILD / "libscops_fast_cuda_emu_sanitize.so"
 DEFAULT_TESTS = [
     "tests/test_backends.py",
     "tests/test_cpp_concentration.py",
@@ -89,19 +92,21 @@ def run(cmd: list[str]) -> None:
     subprocess.run(cmd, check=True)
 
 
-def build(jobs: int) -> pathlib.Path:
-    BUILD.mkdir(parents=True, exist_ok=True)
-    sources = sorted(CSRC.glob("*.cpp"))
-    headers = max((h.stat().st_mtime for h in CSRC.glob("*.h")), default=0.0)
-    flags = compile_flags()
+def build_library(library: pathlib.Path, sources, headers, extra: list[str], jobs: int):
+    """Compile `sources` (each with `extra` flags) into the sanitized `library`, rebuilding
+    an object when its source or any of `headers` is newer."""
+    folder = library.parent / library.stem
+    folder.mkdir(parents=True, exist_ok=True)
+    newest_header = max((h.stat().st_mtime for h in headers), default=0.0)
+    flags = [*compile_flags(), *extra]
     # Objects built with other flags (e.g. an older version of this script) are stale too.
-    stamp = BUILD / "flags.txt"
+    stamp = folder / "flags.txt"
     same_flags = stamp.exists() and stamp.read_text() == shlex.join(flags)
     objects, pending = [], []
     for src in sources:
-        obj = BUILD / (src.stem + ".o")
+        obj = folder / (src.name + ".o")
         objects.append(obj)
-        stale = not obj.exists() or obj.stat().st_mtime < max(src.stat().st_mtime, headers)
+        stale = not obj.exists() or obj.stat().st_mtime < max(src.stat().st_mtime, newest_header)
         if stale or not same_flags:
             pending.append([CXX, *flags, "-c", str(src), "-o", str(obj)])
     running: list[subprocess.Popen] = []
@@ -113,8 +118,25 @@ def build(jobs: int) -> pathlib.Path:
     for proc in running:
         _wait(proc)
     stamp.write_text(shlex.join(flags))
-    if pending or not LIBRARY.exists():
-        run([CXX, *map(str, objects), *link_flags(), "-o", str(LIBRARY)])
+    if pending or not library.exists():
+        run([CXX, *map(str, objects), *link_flags(), "-o", str(library)])
+    return library
+
+
+def build(jobs: int) -> pathlib.Path:
+    BUILD.mkdir(parents=True, exist_ok=True)
+    headers = [*CSRC.glob("*.h")]
+    build_library(LIBRARY, sorted(CSRC.glob("*.cpp")), headers, [], jobs)
+    # The CUDA kernels' code on the CPU (backend "cuda_emu"), as plain C++: its team
+    # threads, barriers and fixed-point atomics run under the sanitizers too.
+    cuda = CSRC / "cuda"
+    build_library(
+        EMU_LIBRARY,
+        sorted(cuda.glob("*.cu")),
+        headers + [*cuda.glob("*.h")],
+        ["-x", "c++", "-DSCOPS_FAST_CUDA_EMU=1", f"-I{cuda}", "-pthread"],
+        jobs,
+    )
     return LIBRARY
 
 
@@ -147,6 +169,7 @@ def runtime_env(library: pathlib.Path) -> dict:
     )
     env["UBSAN_OPTIONS"] = "print_stacktrace=1:halt_on_error=1"
     env["SCOPS_FAST_EXT_PATH"] = str(library)
+    env["SCOPS_FAST_EMU_EXT_PATH"] = str(EMU_LIBRARY)
     env["SCOPS_FAST_SANITIZED"] = "1"
     return env
 
@@ -155,8 +178,10 @@ CHECK_LOADED = """
 import scops_fast, torch
 report = scops_fast.available_backends()
 assert "cpp" in report, report.unavailable.get("cpp")
+assert "cuda_emu" in report, report.unavailable.get("cuda_emu")
 maps = open("/proc/self/maps").read()
 assert "libscops_fast_sanitize.so" in maps, "the sanitized library is not loaded"
+assert "libscops_fast_cuda_emu_sanitize.so" in maps, "the sanitized emulation is not loaded"
 assert "scops_fast/_C." not in maps, "the release library is loaded too"
 assert "libasan" in maps, "the ASan runtime is not loaded"
 print("sanitized cpp backend loaded:", torch.ops.scops_fast.softmax_moments)
@@ -176,7 +201,7 @@ def main(argv=None) -> int:
         return 0
     env = runtime_env(library)
     subprocess.run([sys.executable, "-c", CHECK_LOADED], env=env, check=True, cwd=ROOT)
-    # The shared suite's native-kernel cases only: the sanitized library is the CPU one.
+    # The shared suite's cases of the sanitized libraries (cpp and cuda_emu), not Triton's.
     tests = pytest_args or [*DEFAULT_TESTS, "-q", "-p", "no:cacheprovider", "-k", "not triton"]
     tests = [t for t in tests if not t.endswith(".py") or (ROOT / t).exists()]
     t1 = time.perf_counter()

@@ -1,7 +1,7 @@
 """The (backend, device) pairs the shared suite (test_backends.py) runs, and the cases
 each gets. A pair is listed only where this process can have it: "triton" on CPU through
-Triton's interpreter always (in a child process when needed), the GPU pairs only where
-torch sees a GPU."""
+Triton's interpreter always (in a child process when needed), "cuda_emu" (the CUDA
+kernels' code on the CPU) always, the GPU pairs only where torch sees a GPU."""
 
 from __future__ import annotations
 
@@ -19,6 +19,10 @@ NATIVE_SHAPES = ((2, 3, 37, 53), (1, 1, 6, 5), (3, 4, 5, 5), (2, 2, 9, 4), (1, 8
 # Through the interpreter every program is Python: small images, tiny blocks.
 INTERPRETER_SHAPES = ((2, 3, 9, 11), (1, 1, 6, 5), (2, 2, 9, 4), (2, 2, 1, 7))
 MANY_PARTS = ((1, 64, 5, 7), (2, 40, 9, 11))
+# The CUDA emulation runs 256 threads per block on the CPU: small images, but with several
+# blocks along both grid axes (tiles of 256 pixels x images) and a partial last tile, and
+# K at the kernels' limit (32 parts: 33 channels) and beyond it.
+EMULATION_SHAPES = ((2, 3, 23, 29), (1, 1, 6, 5), (3, 2, 17, 16), (1, 32, 9, 7), (1, 40, 4, 5))
 
 # Launch sizes for Triton in the suite: several programs along every grid axis and
 # masked tails at the shapes above (tl.dot needs 16 on GPUs).
@@ -44,6 +48,11 @@ class Target:
     interpreted: bool = False
     run_all_shape: tuple = (3, 5, 33, 47)
     blocks: dict = field(default_factory=dict)
+
+    @property
+    def emulated(self) -> bool:
+        """Kernels run by an emulator (Triton's interpreter, the CUDA emulation): slow."""
+        return self.interpreted or self.backend == "cuda_emu"
 
     @property
     def id(self) -> str:
@@ -89,6 +98,15 @@ def _targets() -> list[Target]:
             **triton,
         ),
     ]
+    out.append(
+        Target(
+            "cuda_emu",
+            "cpu",
+            shapes=EMULATION_SHAPES,
+            all_layouts_for=1,
+            run_all_shape=(2, 4, 19, 17),
+        )
+    )
     if torch.cuda.is_available():
         out += [
             Target("cuda", "cuda"),

@@ -8,8 +8,8 @@ import pytest
 import torch
 from train_helpers import tiny_config
 
-from scops_fast.data import SyntheticParts
 from scops_fast.cli.eval import main
+from scops_fast.data import SyntheticParts
 from scops_fast.eval.compare import criteria, evaluate_with_baselines
 from scops_fast.train import Trainer
 

@@ -1,10 +1,26 @@
-// Host launchers of the CUDA kernels (kernels.cu). Raw pointers only: the ATen side
-// (bindings_cuda.cpp) allocates, checks and picks the stream.
+// What every CUDA family shares: launch geometry, the one launch macro, dtype dispatch,
+// the device guard and stream, and the registration macro. The same sources build twice:
+// with nvcc for GPUs (namespace scops_fast, CUDA dispatch key), and as plain C++ with
+// SCOPS_FAST_CUDA_EMU for the CPU emulation (emulate.h; namespace scops_fast_cuda_emu, CPU
+// key), which the test suite runs as backend "cuda_emu".
 #pragma once
 
-#include <cuda_runtime.h>
+#include <ATen/ATen.h>
+#include <torch/library.h>
 
 #include <cstdint>
+#include <vector>
+
+#if defined(SCOPS_FAST_CUDA_EMU)
+#include "emulate.h"
+#else
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <cuda_runtime.h>
+#endif
+
+#include "common.h"
 
 namespace scops_fast {
 namespace cuda {
@@ -12,47 +28,77 @@ namespace cuda {
 // Pixels per block; every reduction over pixels is a fixed-shape tree within a block
 // followed by a fixed-order sum over blocks, so results never depend on scheduling.
 constexpr int kThreads = 256;
-// Logit channels (K + 1) a thread keeps in registers.
+// Logit channels (K + 1) a thread keeps in registers (scops_fast/backends/cuda.py's
+// MAX_CHANNELS: "auto" sends larger inputs elsewhere).
 constexpr int kMaxChannels = 33;
 
 inline int64_t tiles_of(int64_t pixels) { return (pixels + kThreads - 1) / kThreads; }
+inline unsigned blocks_for(int64_t n) { return unsigned((n + kThreads - 1) / kThreads); }
 
-// partial: (B, tiles, parts, 4) double.
-template <typename T>
-void moments_forward(const T* z, int64_t B, int64_t channels, int64_t H, int64_t W,
-                     bool from_logits, double* partial, cudaStream_t stream);
-template <typename T>
-void moments_backward(const T* z, const double* grad_moments, int64_t B, int64_t channels,
-                      int64_t H, int64_t W, bool from_logits, T* grad, cudaStream_t stream);
+#if defined(SCOPS_FAST_CUDA_EMU)
+// Every launch runs through here, so the emulation sees each one (emulate.h).
+#define SF_LAUNCH(kernel, grid, block, ...) \
+  ::scops_fast::emu::launch((grid), (block), kernel, __VA_ARGS__)
+#define SF_CUDA_LIBRARY_IMPL(m) TORCH_LIBRARY_IMPL(scops_fast_cuda_emu, CPU, m)
+using DeviceGuard = emu::DeviceGuard;
+inline emu::Stream stream() { return {}; }
+#else
+#define SF_LAUNCH(kernel, grid, block, ...)                                               \
+  do {                                                                                    \
+    kernel<<<(grid), (block), 0, ::at::cuda::getCurrentCUDAStream()>>>(__VA_ARGS__);     \
+    C10_CUDA_KERNEL_LAUNCH_CHECK();                                                       \
+  } while (0)
+#define SF_CUDA_LIBRARY_IMPL(m) TORCH_LIBRARY_IMPL(scops_fast, CUDA, m)
+using DeviceGuard = c10::cuda::CUDAGuard;
+#endif
 
-template <typename T>
-void warp_forward(const T* x, const double* mapping, int64_t B, int64_t C, int64_t H, int64_t W,
-                  bool border, T* out, cudaStream_t stream);
-// acc: (B, C, H, W) int64 fixed-point accumulator (zeroed), value = acc / scale.
-template <typename T>
-void warp_backward(const T* grad_out, const double* mapping, int64_t B, int64_t C, int64_t H,
-                   int64_t W, bool border, double scale, long long* acc, cudaStream_t stream);
-template <typename T>
-void fixed_to_float(const long long* acc, int64_t n, double scale, T* out, cudaStream_t stream);
+#define SF_CUDA_DISPATCH(dtype, ...)                                                       \
+  [&] {                                                                                    \
+    if ((dtype) == at::kDouble) {                                                          \
+      using scalar_t = double;                                                             \
+      return __VA_ARGS__();                                                                \
+    }                                                                                      \
+    TORCH_CHECK((dtype) == at::kFloat, "scops_fast: expected float32 or float64, got ", \
+                (dtype));                                                                  \
+    using scalar_t = float;                                                                \
+    return __VA_ARGS__();                                                                  \
+  }()
 
-// partial: (B, tiles, 1 + 6K) double: KL, then (1, x, y) moments of the parts of
-// softmax(pred_tps) and of softmax(warp(pred)). warped: (B, K1, H, W).
-template <typename T>
-void equivariance_forward(const T* pred, const T* pred_tps, const double* mapping, int64_t B,
-                          int64_t K1, int64_t H, int64_t W, bool border, double* partial,
-                          T* warped, cudaStream_t stream);
-template <typename T>
-void equivariance_backward(const T* warped, const T* pred_tps, const double* mapping, int64_t B,
-                           int64_t K1, int64_t H, int64_t W, bool border, const double* g_kl,
-                           const double* g_tps, const double* g_warp, double scale,
-                           long long* acc_pred, T* grad_pred_tps, cudaStream_t stream);
+inline void check_channels(int64_t channels) {
+  TORCH_CHECK(channels <= kMaxChannels, "scops_fast cuda: at most ", kMaxChannels - 1,
+              " parts are supported, got ", channels - 1);
+}
 
-// loss_partial: (B, tiles); gram_partial: (B, tiles, K, K); acc_lowres: (B, K, h, w) int64.
+// The first n of the closed-form eps terms (common.h), on the tensors' device.
+inline at::Tensor eps_terms(int64_t H, int64_t W, int64_t n, const at::TensorOptions& opts) {
+  double all[4];
+  eps_moment_terms(H, W, all);
+  return at::tensor(std::vector<double>(all, all + n), at::kDouble).to(opts.device());
+}
+
+// Fixed-shape tree sum over the block; every thread gets the total.
+__device__ inline double block_sum(double v, double* shared) {
+  shared[threadIdx.x] = v;
+  __syncthreads();
+  for (int s = kThreads / 2; s > 0; s >>= 1) {
+    if (threadIdx.x < s) shared[threadIdx.x] += shared[threadIdx.x + s];
+    __syncthreads();
+  }
+  const double total = shared[0];
+  __syncthreads();
+  return total;
+}
+
+// Channel softmax of one pixel into registers, or the probabilities as given.
 template <typename T>
-void semantic_lowres(const T* pred, const T* lowres, const T* gram_basis, const T* gram,
-                     const T* saliency, int64_t B, int64_t K1, int64_t H, int64_t W, int64_t h,
-                     int64_t w, bool grads, double scale, double* loss_partial, T* grad_pred,
-                     long long* acc_lowres, double* gram_partial, cudaStream_t stream);
+__device__ inline void load_probs(const T* z, int64_t plane, int channels, bool from_logits,
+                                  T* p) {
+  if (from_logits) {
+    softmax_into(z, plane, channels, p);
+  } else {
+    for (int c = 0; c < channels; ++c) p[c] = z[c * plane];
+  }
+}
 
 }  // namespace cuda
 }  // namespace scops_fast

@@ -24,15 +24,15 @@ def devices():
     return ("cuda",)
 
 
-OPS = table(
-    compose.losses_from(NATIVE),
-    supports={
-        "concentration_loss": channels_at_most(MAX_CHANNELS, 0, "pred (K + 1)"),
-        "batch_get_centers": channels_at_most(MAX_CHANNELS, 0, "part_probs (K)"),
-        "equivariance_losses": channels_at_most(MAX_CHANNELS, 0, "pred (K + 1)"),
-        "semantic_consistency_loss_lowres": channels_at_most(MAX_CHANNELS, 1, "pred (K + 1)"),
-    },
-)
+#: What the kernels cannot take (shared with the emulation, backend "cuda_emu").
+SUPPORTS = {
+    "concentration_loss": channels_at_most(MAX_CHANNELS, 0, "pred (K + 1)"),
+    "batch_get_centers": channels_at_most(MAX_CHANNELS, 0, "part_probs (K)"),
+    "equivariance_losses": channels_at_most(MAX_CHANNELS, 0, "pred (K + 1)"),
+    "semantic_consistency_loss_lowres": channels_at_most(MAX_CHANNELS, 1, "pred (K + 1)"),
+}
+
+OPS = table(compose.losses_from(NATIVE), supports=SUPPORTS)
 
 
 def probe():

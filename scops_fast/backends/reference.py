@@ -1,23 +1,16 @@
-"""The pure-PyTorch oracle as a backend: runs wherever torch runs, on any inputs."""
+"""The pure-PyTorch oracle as a backend: runs wherever torch runs, on any inputs. Every
+public op has a function of the same name in `scops_fast.reference`."""
 
 from scops_fast import reference as _ref
 from scops_fast.backends import table
+from scops_fast.ops import NATIVE, compose
 
 
 def devices():
     return ("cpu", "cuda", "mps", "xpu", "meta")
 
 
-OPS = table(
-    {
-        "batch_get_centers": _ref.batch_get_centers,
-        "concentration_loss": _ref.concentration_loss,
-        "semantic_consistency_loss": _ref.semantic_consistency_loss,
-        "semantic_consistency_loss_lowres": _ref.semantic_consistency_loss_lowres,
-        "tps_warp": _ref.tps_warp,
-        "equivariance_losses": _ref.equivariance_losses,
-    }
-)
+OPS = table({name: getattr(_ref, name) for name in compose.losses_from(NATIVE)})
 
 
 def probe():

@@ -5,7 +5,9 @@ them:
 - `scops_fast::` -- the compiled libraries (csrc/ for CPU tensors, csrc/cuda/ for CUDA
   tensors), whose schemas are defined in C++;
 - `scops_fast_triton::` -- the Triton kernels (`scops_fast.triton_kernels`), defined here
-  as torch custom ops whose bodies import the kernels on first call.
+  as torch custom ops whose bodies import the kernels on first call;
+- `scops_fast_cuda_emu::` -- the CUDA kernels' code compiled for the CPU (csrc/cuda/
+  emulate.h), with the native schemas of the ops the CUDA library implements.
 
 For both it registers the same fake (meta) implementation and autograd rule, so
 torch.compile sees one opaque op per primitive and the backward is written once.
@@ -21,7 +23,9 @@ import importlib
 NATIVE = "scops_fast"
 #: The Triton kernels' namespace.
 TRITON = "scops_fast_triton"
-NAMESPACES = (NATIVE, TRITON)
+#: The CUDA kernels emulated on the CPU, for tests.
+CUDA_EMU = "scops_fast_cuda_emu"
+NAMESPACES = (NATIVE, TRITON, CUDA_EMU)
 FAMILIES = ("concentration", "warp", "equivariance", "semantic")
 
 

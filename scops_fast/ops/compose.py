@@ -1,6 +1,7 @@
-"""The SPEC losses composed from five kernel primitives, shared by every compiled
-backend ("cpp" and "cuda" through the `scops_fast::` ops, "triton" through
-`scops_fast_triton::`). The kernels return small per-(b, k) statistics or
+"""The SPEC losses composed from the kernel primitives, for every compiled backend ("cpp"
+and "cuda" through the `scops_fast::` ops, "triton" through `scops_fast_triton::`,
+"cuda_emu" through `scops_fast_cuda_emu::`): the helpers the families' `public_ops` share,
+and `losses_from`, which collects them. The kernels return small per-(b, k) statistics or
 loss sums; the few tensor operations here turn them into the losses, and autograd
 carries gradients back through the kernels' registered backward rules.
 
@@ -68,84 +69,12 @@ class Primitives:
 
 
 def losses_from(namespace: str, concentration_devices: tuple = ()) -> dict:
-    """{public op name: implementation} built on the primitives of `namespace`."""
+    """{public op name: implementation} built on the primitives of `namespace`: each op
+    family (scops_fast/ops/<family>.py) composes its own public ops in `public_ops`."""
+    from scops_fast import ops
+
     k = Primitives(namespace, concentration_devices)
-
-    def concentration_loss(pred):
-        x = pred.to(working_dtype(pred))
-        if pred.device.type in k.concentration_devices:
-            return k.concentration(x, needs_grad(x))[0].to(pred.dtype)
-        moments = k.softmax_moments(x, True)
-        center = centers_from_moments(moments)
-        # SPEC section 3: sum pdf |p - c|^2 = sum pdf (x^2 + y^2) - |c|^2.
-        spread = moments[..., 3] / moments[..., 0] - (center * center).sum(-1)
-        batch = pred.shape[0]
-        return (spread.sum() / (batch * batch)).to(pred.dtype)
-
-    def batch_get_centers(part_probs):
-        x = part_probs.to(working_dtype(part_probs))
-        return centers_from_moments(k.softmax_moments(x, False)).to(part_probs.dtype)
-
-    def tps_warp(x, source_points, padding_mode="zeros"):
-        out = k.tps_warp(
-            x.to(working_dtype(x)), spline_mapping(source_points), padding_mode == "border"
-        )
-        return out.to(x.dtype)
-
-    def equivariance_losses(pred, pred_tps, source_points, padding_mode="zeros"):
-        dtype = working_dtype(pred)
-        kl, mom_tps, mom_warp = k.equivariance(
-            pred.to(dtype),
-            pred_tps.to(dtype),
-            spline_mapping(source_points),
-            padding_mode == "border",
-        )[:3]
-        loss_eqv = kl.sum() / pred.numel()
-        diff = centers_from_moments(mom_tps) - centers_from_moments(mom_warp)
-        loss_lmeqv = (diff * diff).mean()
-        return loss_eqv.to(pred.dtype), loss_lmeqv.to(pred.dtype)
-
-    def semantic_consistency_loss(features, pred, basis):
-        dtype = working_dtype(pred)
-        total = k.semantic_dense(
-            features.detach().to(dtype), pred.to(dtype), basis.to(dtype), needs_grad(pred, basis)
-        )[0]
-        return (total / features.numel()).to(pred.dtype)
-
-    def semantic_consistency_loss_lowres(features, pred, basis, saliency=None):
-        dtype = working_dtype(pred)
-        pred_w, basis_w = pred.to(dtype), basis.to(dtype)
-        sal = None if saliency is None else saliency.detach().to(dtype)
-        grads = needs_grad(pred, basis)
-        # Maps of one low-resolution size share a pass; the loss is a sum over channels,
-        # so each size contributes its own terms with its own slice of the basis.
-        groups: dict[tuple, list] = {}
-        start = 0
-        for f in features:
-            groups.setdefault(tuple(f.shape[2:]), []).append((f, start))
-            start += f.shape[1]
-        total = 0.0
-        for members in groups.values():
-            v = torch.cat([f.detach().to(dtype) for f, _ in members], dim=1)
-            w = torch.cat([basis_w[:, s : s + f.shape[1]] for f, s in members], dim=1)
-            # The two contractions in float64: MKL's small sgemm adds in an order that
-            # depends on the thread count, so in float32 the loss's gradients changed
-            # with torch.set_num_threads. Both are low-resolution and cheap.
-            w64, v64 = w.double(), v.double()
-            lowres = torch.einsum("kc,bchw->bkhw", w64, v64).to(dtype)
-            gram_basis = (w64 @ w64.t()).to(dtype)
-            total = (
-                total
-                + k.semantic_lowres(pred_w, lowres, gram_basis, neighbour_gram(v), sal, grads)[0]
-            )
-        count = pred.shape[0] * start * pred.shape[2] * pred.shape[3]
-        return (total / count).to(pred.dtype)
-
-    return {
-        "batch_get_centers": batch_get_centers,
-        "concentration_loss": concentration_loss,
-        "semantic_consistency_loss": semantic_consistency_loss,
-        "semantic_consistency_loss_lowres": semantic_consistency_loss_lowres,
-        "tps_warp": tps_warp,
-        "equivariance_losses": equivariance_losses,
-    }
+    out = {}
+    for name in ops.FAMILIES:
+        out.update(ops.family(name).public_ops(k))
+    return out

@@ -12,6 +12,7 @@ the part centres and the concentration loss follow.
 import torch
 
 from scops_fast.ops import NATIVE, TRITON
+from scops_fast.ops.compose import centers_from_moments, needs_grad, working_dtype
 
 
 @torch.library.custom_op(f"{TRITON}::softmax_moments", mutates_args=())
@@ -115,3 +116,24 @@ def register(namespace: str) -> None:
     if namespace == NATIVE:
         lib.register_fake(f"{NATIVE}::concentration", _loss_fake)
         lib.register_autograd(f"{NATIVE}::concentration", _loss_backward, setup_context=_loss_setup)
+
+
+def public_ops(k) -> dict:
+    """The family's public ops on the primitives `k` (compose.Primitives)."""
+
+    def concentration_loss(pred):
+        x = pred.to(working_dtype(pred))
+        if pred.device.type in k.concentration_devices:
+            return k.concentration(x, needs_grad(x))[0].to(pred.dtype)
+        moments = k.softmax_moments(x, True)
+        center = centers_from_moments(moments)
+        # SPEC section 3: sum pdf |p - c|^2 = sum pdf (x^2 + y^2) - |c|^2.
+        spread = moments[..., 3] / moments[..., 0] - (center * center).sum(-1)
+        batch = pred.shape[0]
+        return (spread.sum() / (batch * batch)).to(pred.dtype)
+
+    def batch_get_centers(part_probs):
+        x = part_probs.to(working_dtype(part_probs))
+        return centers_from_moments(k.softmax_moments(x, False)).to(part_probs.dtype)
+
+    return {"concentration_loss": concentration_loss, "batch_get_centers": batch_get_centers}

@@ -1,12 +1,13 @@
 """Equivariance family (SPEC section 7): `equivariance(pred, pred_tps, mapping, border)`
 returns the per-image KL sums and the part moments of softmax(pred_tps) and
 softmax(warp(pred)), from which both losses follow, and `warped`: warp(pred), which the
-native backward reuses instead of sampling again (the Triton op samples again and returns
-an empty `warped`). As in SCOPS, the KL target is detached: no KL gradient reaches pred."""
+native and CUDA backwards reuse instead of sampling again (the Triton op samples again and
+returns an empty `warped`). As in SCOPS, the KL target is detached: no KL gradient reaches pred."""
 
 import torch
 
-from scops_fast.ops import NATIVE, TRITON
+from scops_fast.ops import TRITON
+from scops_fast.ops.compose import centers_from_moments, spline_mapping, working_dtype
 
 F64 = torch.float64
 
@@ -68,7 +69,7 @@ def _fake_rule(namespace):
         b, k = pred.shape[0], pred.shape[1] - 1
         warped = (
             torch.empty_like(pred, memory_format=torch.contiguous_format)
-            if namespace == NATIVE
+            if namespace != TRITON
             else pred.new_empty((0,))
         )
         return (
@@ -118,3 +119,22 @@ def register(namespace: str) -> None:
     torch.library.register_autograd(
         f"{namespace}::equivariance", _backward_rule(namespace), setup_context=_setup
     )
+
+
+def public_ops(k) -> dict:
+    """The family's public ops on the primitives `k` (compose.Primitives)."""
+
+    def equivariance_losses(pred, pred_tps, source_points, padding_mode="zeros"):
+        dtype = working_dtype(pred)
+        kl, mom_tps, mom_warp = k.equivariance(
+            pred.to(dtype),
+            pred_tps.to(dtype),
+            spline_mapping(source_points),
+            padding_mode == "border",
+        )[:3]
+        loss_eqv = kl.sum() / pred.numel()
+        diff = centers_from_moments(mom_tps) - centers_from_moments(mom_warp)
+        loss_lmeqv = (diff * diff).mean()
+        return loss_eqv.to(pred.dtype), loss_lmeqv.to(pred.dtype)
+
+    return {"equivariance_losses": equivariance_losses}

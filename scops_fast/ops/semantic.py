@@ -12,6 +12,7 @@ dense one reads the (B, C, H, W) features exactly once); the backward only scale
 import torch
 
 from scops_fast.ops import TRITON
+from scops_fast.ops.compose import needs_grad, neighbour_gram, working_dtype
 
 
 @torch.library.custom_op(f"{TRITON}::semantic_dense", mutates_args=())
@@ -108,3 +109,48 @@ def register(namespace: str) -> None:
     lib.register_autograd(
         f"{namespace}::semantic_lowres", _lowres_backward, setup_context=_lowres_setup
     )
+
+
+def public_ops(k) -> dict:
+    """The family's public ops on the primitives `k` (compose.Primitives)."""
+
+    def semantic_consistency_loss(features, pred, basis):
+        dtype = working_dtype(pred)
+        total = k.semantic_dense(
+            features.detach().to(dtype), pred.to(dtype), basis.to(dtype), needs_grad(pred, basis)
+        )[0]
+        return (total / features.numel()).to(pred.dtype)
+
+    def semantic_consistency_loss_lowres(features, pred, basis, saliency=None):
+        dtype = working_dtype(pred)
+        pred_w, basis_w = pred.to(dtype), basis.to(dtype)
+        sal = None if saliency is None else saliency.detach().to(dtype)
+        grads = needs_grad(pred, basis)
+        # Maps of one low-resolution size share a pass; the loss is a sum over channels,
+        # so each size contributes its own terms with its own slice of the basis.
+        groups: dict[tuple, list] = {}
+        start = 0
+        for f in features:
+            groups.setdefault(tuple(f.shape[2:]), []).append((f, start))
+            start += f.shape[1]
+        total = 0.0
+        for members in groups.values():
+            v = torch.cat([f.detach().to(dtype) for f, _ in members], dim=1)
+            w = torch.cat([basis_w[:, s : s + f.shape[1]] for f, s in members], dim=1)
+            # The two contractions in float64: MKL's small sgemm adds in an order that
+            # depends on the thread count, so in float32 the loss's gradients changed
+            # with torch.set_num_threads. Both are low-resolution and cheap.
+            w64, v64 = w.double(), v.double()
+            lowres = torch.einsum("kc,bchw->bkhw", w64, v64).to(dtype)
+            gram_basis = (w64 @ w64.t()).to(dtype)
+            total = (
+                total
+                + k.semantic_lowres(pred_w, lowres, gram_basis, neighbour_gram(v), sal, grads)[0]
+            )
+        count = pred.shape[0] * start * pred.shape[2] * pred.shape[3]
+        return (total / count).to(pred.dtype)
+
+    return {
+        "semantic_consistency_loss": semantic_consistency_loss,
+        "semantic_consistency_loss_lowres": semantic_consistency_loss_lowres,
+    }

@@ -6,6 +6,7 @@ tensor; the source points are constants (SCOPS draws them at random)."""
 import torch
 
 from scops_fast.ops import TRITON
+from scops_fast.ops.compose import spline_mapping, working_dtype
 
 
 @torch.library.custom_op(f"{TRITON}::tps_warp", mutates_args=())
@@ -53,3 +54,15 @@ def register(namespace: str) -> None:
     torch.library.register_autograd(
         f"{namespace}::tps_warp", _backward_rule(namespace), setup_context=_setup
     )
+
+
+def public_ops(k) -> dict:
+    """The family's public ops on the primitives `k` (compose.Primitives)."""
+
+    def tps_warp(x, source_points, padding_mode="zeros"):
+        out = k.tps_warp(
+            x.to(working_dtype(x)), spline_mapping(source_points), padding_mode == "border"
+        )
+        return out.to(x.dtype)
+
+    return {"tps_warp": tps_warp}

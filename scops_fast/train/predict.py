@@ -30,8 +30,8 @@ from PIL import Image
 
 from scops_fast.data import ImageFolder
 from scops_fast.data.imagefiles import IMAGE_EXTENSIONS, UNREADABLE, image_tensor, load_rgb
+from scops_fast.terminal import progress_bar
 from scops_fast.train.loading import load_any_model, predict_parts
-from scops_fast.train.progress import progress_bar
 
 
 def describe_parts(probs: torch.Tensor) -> list[dict]:

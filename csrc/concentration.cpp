@@ -11,7 +11,8 @@
 #include <type_traits>
 #include <vector>
 
-#include "kernels.h"
+#include "row_softmax.h"
+#include "torch_glue.h"
 
 namespace scops_fast {
 namespace {
@@ -362,5 +363,70 @@ template double concentration_fused<float>(const float*, int64_t, int64_t, int64
                                            double*, float*, float*, ParallelFor, int64_t);
 template double concentration_fused<double>(const double*, int64_t, int64_t, int64_t, int64_t,
                                             double*, double*, double*, ParallelFor, int64_t);
+
+namespace {
+
+at::Tensor softmax_moments_op(const at::Tensor& x_, bool from_logits) {
+  const auto x = x_.contiguous();
+  const int64_t B = x.size(0), channels = x.size(1), H = x.size(2), W = x.size(3);
+  auto out = at::empty({B, from_logits ? channels - 1 : channels, 4}, x.options().dtype(at::kDouble));
+  SF_DISPATCH(x.scalar_type(), [&] {
+    moments_forward<scalar_t>(x.data_ptr<scalar_t>(), B, channels, H, W, from_logits,
+                              out.data_ptr<double>(), aten_parallel);
+  });
+  return out;
+}
+
+at::Tensor softmax_moments_backward_op(const at::Tensor& x_, const at::Tensor& grad_moments,
+                                    bool from_logits) {
+  const auto x = x_.contiguous();
+  const auto g = f64(grad_moments);
+  auto grad = empty_output_like(x);
+  SF_DISPATCH(x.scalar_type(), [&] {
+    moments_backward<scalar_t>(x.data_ptr<scalar_t>(), g.data_ptr<double>(), x.size(0),
+                               x.size(1), x.size(2), x.size(3), from_logits,
+                               grad.data_ptr<scalar_t>(), aten_parallel);
+  });
+  return grad;
+}
+
+// The concentration loss in one op: (loss, moments, gradient for a unit upstream
+// gradient, or an empty tensor without with_grad). The gradient is produced here, not in a
+// backward op, because the forward has the softmax in cache; autograd only scales it.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> concentration_op(const at::Tensor& x_,
+                                                                bool with_grad) {
+  const auto x = x_.contiguous();
+  const int64_t B = x.size(0), channels = x.size(1), H = x.size(2), W = x.size(3);
+  auto moments = at::empty({B, channels - 1, 4}, x.options().dtype(at::kDouble));
+  auto grad = with_grad ? empty_output_like(x) : at::empty({0}, x.options());
+  const int64_t workers = at::get_num_threads();
+  const auto scratch = scratch_buffer(
+      concentration_scratch_elems(B, channels, H, W, x.element_size(), workers, with_grad),
+      x.options());
+  double loss = 0;
+  SF_DISPATCH(x.scalar_type(), [&] {
+    loss = concentration_fused<scalar_t>(
+        x.data_ptr<scalar_t>(), B, channels, H, W, moments.data_ptr<double>(),
+        with_grad ? grad.data_ptr<scalar_t>() : nullptr,
+        scratch.defined() ? scratch.data_ptr<scalar_t>() : nullptr, aten_parallel, workers);
+  });
+  return {at::scalar_tensor(loss, x.options().dtype(at::kDouble)), moments, grad};
+}
+
+}  // namespace
+
+// The family's ops: schemas (scops_fast.ops.<family> registers their fake and autograd
+// rules; the CUDA library adds CUDA kernels for the same schemas) and CPU kernels.
+TORCH_LIBRARY_FRAGMENT(scops_fast, m) {
+  m.def("softmax_moments(Tensor x, bool from_logits) -> Tensor");
+  m.def("softmax_moments_backward(Tensor x, Tensor grad_moments, bool from_logits) -> Tensor");
+  m.def("concentration(Tensor x, bool with_grad) -> (Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(scops_fast, CPU, m) {
+  m.impl("softmax_moments", &softmax_moments_op);
+  m.impl("softmax_moments_backward", &softmax_moments_backward_op);
+  m.impl("concentration", &concentration_op);
+}
 
 }  // namespace scops_fast

@@ -1,9 +1,5 @@
-// Grid-free TPS warp: each output pixel's sampling position is evaluated from the
-// 28 spline coefficients of its batch element and the pixel's 25 radial terms, then
-// sampled bilinearly; no (B, H, W, 2) grid is ever stored.
-#include <vector>
-
-#include "kernels.h"
+// Sampling corners and weights of one output row under the spline (row_samples.h).
+#include "row_samples.h"
 
 namespace scops_fast {
 
@@ -81,46 +77,5 @@ void RowSamples<T>::compute(const double* m, const T* radial, int64_t i, int64_t
 
 template struct RowSamples<float>;
 template struct RowSamples<double>;
-
-template <typename T>
-void tps_warp_forward(const T* x, const double* mapping, const T* radial, int64_t B, int64_t C,
-                      int64_t H, int64_t W, bool border, T* out, ParallelFor pf) {
-  const int64_t plane = H * W;
-  // Rows outer, batch inner: a row's radial terms stay in cache across the batch.
-  pf(H, [&](int64_t begin, int64_t end) {
-    RowSamples<T> samples(W);
-    for (int64_t i = begin; i < end; ++i)
-      for (int64_t b = 0; b < B; ++b) {
-        samples.compute(mapping + b * kMapping * 2, radial, i, H, W, border);
-        samples.read_row(x + b * C * plane, plane, C, out + b * C * plane + i * W, plane);
-      }
-  });
-}
-
-template <typename T>
-void tps_warp_backward(const T* grad_out, const double* mapping, const T* radial, int64_t B,
-                       int64_t C, int64_t H, int64_t W, bool border, T* grad_x, ParallelFor pf) {
-  const int64_t plane = H * W;
-  pf(B, [&](int64_t begin, int64_t end) {
-    RowSamples<T> samples(W);
-    for (int64_t b = begin; b < end; ++b) {
-      std::fill(grad_x + b * C * plane, grad_x + (b + 1) * C * plane, T(0));
-      for (int64_t i = 0; i < H; ++i) {
-        samples.compute(mapping + b * kMapping * 2, radial, i, H, W, border);
-        samples.scatter_row(grad_x + b * C * plane, plane, C, grad_out + b * C * plane + i * W,
-                            plane);
-      }
-    }
-  });
-}
-
-template void tps_warp_forward<float>(const float*, const double*, const float*, int64_t, int64_t,
-                                      int64_t, int64_t, bool, float*, ParallelFor);
-template void tps_warp_forward<double>(const double*, const double*, const double*, int64_t,
-                                       int64_t, int64_t, int64_t, bool, double*, ParallelFor);
-template void tps_warp_backward<float>(const float*, const double*, const float*, int64_t,
-                                       int64_t, int64_t, int64_t, bool, float*, ParallelFor);
-template void tps_warp_backward<double>(const double*, const double*, const double*, int64_t,
-                                        int64_t, int64_t, int64_t, bool, double*, ParallelFor);
 
 }  // namespace scops_fast

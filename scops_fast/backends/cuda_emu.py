@@ -1,0 +1,28 @@
+"""The CUDA kernels of csrc/cuda/ compiled as plain C++ and run on CPU tensors by a small
+emulation of the CUDA execution model (csrc/cuda/emulate.h): blocks in a shuffled order,
+each a team of real threads with __syncthreads() as a barrier, the compiler's atomics.
+
+For checking only: it is slow, "auto" never picks it, and it proves the kernels'
+arithmetic, indexing, reductions and determinism under reordering, not their speed or
+behaviour on a real GPU. Built by `make install` (SCOPS_FAST_CUDA_EMU=1).
+"""
+
+from scops_fast import _ext
+from scops_fast.backends import table
+from scops_fast.backends.cuda import SUPPORTS
+from scops_fast.ops import CUDA_EMU, compose
+
+
+def devices():
+    return ("cpu",)
+
+
+OPS = table(compose.losses_from(CUDA_EMU), supports=SUPPORTS)
+
+
+def describe() -> str:
+    return "the CUDA kernels emulated on the CPU: slow, for checking only, never picked by auto"
+
+
+def probe():
+    return _ext.load("_C_cuda_emu")
