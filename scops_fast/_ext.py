@@ -121,17 +121,6 @@ def load(name: str = "_C") -> str | None:
     return _declare_rules(name)
 
 
-#: The ops the CUDA library implements: the emulation gets their native schemas.
-CUDA_OPS = (
-    "softmax_moments",
-    "softmax_moments_backward",
-    "tps_warp",
-    "tps_warp_backward",
-    "equivariance",
-    "equivariance_backward",
-    "semantic_dense",
-    "semantic_lowres",
-)
 _emulated_library = None
 
 
@@ -146,9 +135,13 @@ def _define_emulated_schemas() -> str | None:
 
     if _emulated_library is None:
         library = torch.library.Library(ops.CUDA_EMU, "FRAGMENT")
-        for op in CUDA_OPS:
-            schema = str(getattr(torch.ops.scops_fast, op).default._schema)
-            library.define(schema.removeprefix("scops_fast::"))
+        # Every native schema, the CPU-only fused concentration op's included: it simply
+        # has no emulated kernel, and the emulated backend never calls it.
+        prefix = f"{ops.NATIVE}::"
+        for name in sorted(torch._C._dispatch_get_all_op_names()):
+            if name.startswith(prefix):
+                op = getattr(torch.ops.scops_fast, name.removeprefix(prefix))
+                library.define(str(op.default._schema).removeprefix(prefix))
         _emulated_library = library
     return None
 
