@@ -9,20 +9,9 @@
 #include <torch/library.h>
 
 #include "common.h"
+#include "dtype_dispatch.h"
 
 namespace scops_fast {
-
-#define SF_DISPATCH(dtype, ...)                                                 \
-  [&] {                                                                         \
-    if ((dtype) == at::kDouble) {                                               \
-      using scalar_t = double;                                                  \
-      return __VA_ARGS__();                                                     \
-    }                                                                           \
-    TORCH_CHECK((dtype) == at::kFloat, "scops_fast: expected float32 or float64, got ", \
-                (dtype));                                                       \
-    using scalar_t = float;                                                     \
-    return __VA_ARGS__();                                                       \
-  }()
 
 inline void aten_parallel(int64_t n, const RangeFn& body) {
   at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) { body(begin, end); });

@@ -70,7 +70,7 @@ at::Tensor softmax_moments_cuda(const at::Tensor& x_, bool from_logits) {
   check_channels(channels);
   const int64_t parts = from_logits ? channels - 1 : channels;
   auto partial = at::empty({B, tiles_of(H * W), parts, 4}, x.options().dtype(at::kDouble));
-  SF_CUDA_DISPATCH(x.scalar_type(), [&] {
+  SF_DISPATCH(x.scalar_type(), [&] {
     const dim3 grid(unsigned(tiles_of(H * W)), unsigned(B));
     SF_LAUNCH(moments_forward_kernel<scalar_t>, grid, kThreads, x.data_ptr<scalar_t>(),
               channels, H, W, from_logits, partial.data_ptr<double>());
@@ -85,7 +85,7 @@ at::Tensor softmax_moments_backward_cuda(const at::Tensor& x_, const at::Tensor&
   const auto g = g_.to(at::kDouble).contiguous();
   check_channels(x.size(1));
   auto grad = at::empty_like(x);
-  SF_CUDA_DISPATCH(x.scalar_type(), [&] {
+  SF_DISPATCH(x.scalar_type(), [&] {
     SF_LAUNCH(moments_backward_kernel<scalar_t>, blocks_for(x.numel() / x.size(1)), kThreads,
               x.data_ptr<scalar_t>(), g.data_ptr<double>(), x.size(0), x.size(1), x.size(2),
               x.size(3), from_logits, grad.data_ptr<scalar_t>());

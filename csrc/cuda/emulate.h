@@ -57,7 +57,6 @@ struct DeviceGuard {
   template <typename Device>
   explicit DeviceGuard(const Device&) {}
 };
-struct Stream {};
 
 // Launches are serialised: __shared__ storage is one per kernel.
 inline std::mutex& launch_mutex() {

@@ -103,7 +103,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> equivariance_cuda(
   check_channels(K1);
   auto partial = at::empty({B, tiles_of(H * W), 1 + 6 * K}, pred.options().dtype(at::kDouble));
   auto warped = at::empty_like(pred);
-  SF_CUDA_DISPATCH(pred.scalar_type(), [&] {
+  SF_DISPATCH(pred.scalar_type(), [&] {
     const dim3 grid(unsigned(tiles_of(H * W)), unsigned(B));
     SF_LAUNCH(equivariance_forward_kernel<scalar_t>, grid, kThreads, pred.data_ptr<scalar_t>(),
               pred_tps.data_ptr<scalar_t>(), m.data_ptr<double>(), K1, H, W, border,
@@ -135,7 +135,7 @@ std::tuple<at::Tensor, at::Tensor> equivariance_backward_cuda(
   const double scale = fixed_scale(bound);
   auto acc = at::zeros(pred.sizes(), pred.options().dtype(at::kLong));
   auto grad_pred_tps = at::empty_like(pred);
-  SF_CUDA_DISPATCH(dtype, [&] {
+  SF_DISPATCH(dtype, [&] {
     SF_LAUNCH(equivariance_backward_kernel<scalar_t>,
               blocks_for(pred.size(0) * pred.size(2) * pred.size(3)), kThreads,
               warped.data_ptr<scalar_t>(), pred_tps.data_ptr<scalar_t>(), m.data_ptr<double>(),

@@ -37,7 +37,7 @@ __global__ void fixed_to_float_kernel(const long long* acc, int64_t n, double sc
 inline at::Tensor from_fixed(const at::Tensor& acc, double scale, at::ScalarType dtype) {
   auto out = at::empty(acc.sizes(), acc.options().dtype(dtype));
   const auto* src = reinterpret_cast<const long long*>(acc.data_ptr<int64_t>());
-  SF_CUDA_DISPATCH(dtype, [&] {
+  SF_DISPATCH(dtype, [&] {
     SF_LAUNCH(fixed_to_float_kernel<scalar_t>, blocks_for(acc.numel()), kThreads, src,
               acc.numel(), scale, out.data_ptr<scalar_t>());
   });

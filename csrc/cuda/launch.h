@@ -1,5 +1,5 @@
-// What every CUDA family shares: launch geometry, the one launch macro, dtype dispatch,
-// the device guard and stream, and the registration macro. The same sources build twice:
+// What every CUDA family shares: launch geometry, the one launch macro,
+// the device guard and the registration macro. The same sources build twice:
 // with nvcc for GPUs (namespace scops_fast, CUDA dispatch key), and as plain C++ with
 // SCOPS_FAST_CUDA_EMU for the CPU emulation (emulate.h; namespace scops_fast_cuda_emu, CPU
 // key), which the test suite runs as backend "cuda_emu".
@@ -21,6 +21,7 @@
 #endif
 
 #include "common.h"
+#include "dtype_dispatch.h"
 
 namespace scops_fast {
 namespace cuda {
@@ -41,7 +42,6 @@ inline unsigned blocks_for(int64_t n) { return unsigned((n + kThreads - 1) / kTh
   ::scops_fast::emu::launch((grid), (block), kernel, __VA_ARGS__)
 #define SF_CUDA_LIBRARY_IMPL(m) TORCH_LIBRARY_IMPL(scops_fast_cuda_emu, CPU, m)
 using DeviceGuard = emu::DeviceGuard;
-inline emu::Stream stream() { return {}; }
 #else
 #define SF_LAUNCH(kernel, grid, block, ...)                                               \
   do {                                                                                    \
@@ -51,18 +51,6 @@ inline emu::Stream stream() { return {}; }
 #define SF_CUDA_LIBRARY_IMPL(m) TORCH_LIBRARY_IMPL(scops_fast, CUDA, m)
 using DeviceGuard = c10::cuda::CUDAGuard;
 #endif
-
-#define SF_CUDA_DISPATCH(dtype, ...)                                                       \
-  [&] {                                                                                    \
-    if ((dtype) == at::kDouble) {                                                          \
-      using scalar_t = double;                                                             \
-      return __VA_ARGS__();                                                                \
-    }                                                                                      \
-    TORCH_CHECK((dtype) == at::kFloat, "scops_fast: expected float32 or float64, got ", \
-                (dtype));                                                                  \
-    using scalar_t = float;                                                                \
-    return __VA_ARGS__();                                                                  \
-  }()
 
 inline void check_channels(int64_t channels) {
   TORCH_CHECK(channels <= kMaxChannels, "scops_fast cuda: at most ", kMaxChannels - 1,

@@ -146,7 +146,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> semantic_lowres_cuda(
   auto acc = at::zeros(grads ? at::IntArrayRef{B, K, h, w} : at::IntArrayRef{0},
                        pred.options().dtype(at::kLong));
   auto gram_partial = at::empty(grads ? at::IntArrayRef{B, tiles, K, K} : at::IntArrayRef{0}, f64);
-  SF_CUDA_DISPATCH(dtype, [&] {
+  SF_DISPATCH(dtype, [&] {
     const dim3 grid{unsigned(tiles), unsigned(B)};
     SF_LAUNCH(semantic_lowres_kernel<scalar_t>, grid, kThreads, pred.data_ptr<scalar_t>(),
               lowres.data_ptr<scalar_t>(), gram_basis.data_ptr<scalar_t>(),

@@ -43,7 +43,7 @@ at::Tensor tps_warp_cuda(const at::Tensor& x_, const at::Tensor& mapping, bool b
   const auto x = x_.contiguous();
   const auto m = mapping.to(at::kDouble).contiguous();
   auto out = at::empty_like(x);
-  SF_CUDA_DISPATCH(x.scalar_type(), [&] {
+  SF_DISPATCH(x.scalar_type(), [&] {
     SF_LAUNCH(warp_forward_kernel<scalar_t>, blocks_for(x.size(0) * x.size(2) * x.size(3)),
               kThreads, x.data_ptr<scalar_t>(), m.data_ptr<double>(), x.size(0), x.size(1),
               x.size(2), x.size(3), border, out.data_ptr<scalar_t>());
@@ -61,7 +61,7 @@ at::Tensor tps_warp_backward_cuda(const at::Tensor& g_, const at::Tensor& mappin
     return at::full_like(g, std::numeric_limits<double>::quiet_NaN());
   const double scale = fixed_scale(bound);
   auto acc = at::zeros(g.sizes(), g.options().dtype(at::kLong));
-  SF_CUDA_DISPATCH(g.scalar_type(), [&] {
+  SF_DISPATCH(g.scalar_type(), [&] {
     SF_LAUNCH(warp_backward_kernel<scalar_t>, blocks_for(g.size(0) * g.size(2) * g.size(3)),
               kThreads, g.data_ptr<scalar_t>(), m.data_ptr<double>(), g.size(0), g.size(1),
               g.size(2), g.size(3), border, scale, fixed_ptr(acc));
