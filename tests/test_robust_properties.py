@@ -2,14 +2,15 @@
 fast backend usable in this process against the reference, values and gradients; and
 properties every backend must have (the identity warp, consistency of the losses).
 
-Examples are small (B <= 3, H, W <= 12) and few (25 per test), with no deadline. Set
-CI=1 for a derandomised run (the same examples every time)."""
+Examples are small (B <= 3, H, W <= 12) and few (25 per test), with no deadline. They are
+the same in every run (derandomised), so that a verdict never depends on chance;
+SCOPS_FAST_HYPOTHESIS_RANDOM=1 draws new ones, to search for more failures."""
 
 import os
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import scops_fast
@@ -20,12 +21,12 @@ settings.register_profile(
     max_examples=25,
     deadline=None,
     database=None,  # no .hypothesis/ folder in the checkout
-    derandomize=bool(os.environ.get("CI")),
+    derandomize=os.environ.get("SCOPS_FAST_HYPOTHESIS_RANDOM") != "1",
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile("scops")
 
-FAST = ["cpp", "triton"]
+FAST = ["cpp", "triton", "cuda_emu"]
 TOL = {torch.float64: 1e-9, torch.float32: 2e-4}
 WARP_TOL = {torch.float64: 1e-9, torch.float32: 1e-3}
 
@@ -123,8 +124,14 @@ def compare(fn, inputs, backend, tol):
         assert diff <= tol * scale + atol, f"{what} {i}: {diff:.2e} vs scale {scale:.2e}"
 
 
+# A one-pixel image: a centre's exact gradient is 0 there, and float32 rounding of the
+# polynomial (x - c) / mass once left 3.8e-6 in the Triton kernel (found by a random run).
+ONE_PIXEL = {"b": 1, "k": 1, "h": 1, "w": 1, "c": 1, "dtype": torch.float32, "scale": 2.0}
+
+
 @pytest.mark.parametrize("backend", FAST)
 @given(p=problems())
+@example(p={**ONE_PIXEL, "layout": "contiguous", "seed": 0})
 def test_concentration_and_centers_match_the_reference(backend, p):
     usable(backend)
     gen = torch.Generator().manual_seed(p["seed"])

@@ -44,17 +44,22 @@ __global__ void moments_backward_kernel(const T* z, const double* grad_moments, 
   if (index >= B * plane) return;
   const int64_t b = index / plane, pixel = index % plane;
   const int parts = from_logits ? int(channels) - 1 : int(channels);
-  const T x = T(loss_coord(pixel % W, W)), y = T(loss_coord(pixel / W, H));
+  const double xd = loss_coord(pixel % W, W), yd = loss_coord(pixel / W, H);
   const double* g = grad_moments + b * parts * 4;
   const T* zb = z + b * channels * plane + pixel;
   T* out = grad + b * channels * plane + pixel;
+  if (!from_logits) {
+    // In double, as the CPU kernel: for a centre, G = (x - c) / mass is a difference of two
+    // terms of size x / mass, which in float left rounding where the exact gradient is 0.
+    for (int k = 0; k < parts; ++k)
+      out[k * plane] = T(g[k * 4] + g[k * 4 + 1] * xd + g[k * 4 + 2] * yd +
+                         g[k * 4 + 3] * (xd * xd + yd * yd));
+    return;
+  }
+  const T x = T(xd), y = T(yd);
   T G[kMaxChannels];
   for (int k = 0; k < parts; ++k)
     G[k] = T(g[k * 4]) + T(g[k * 4 + 1]) * x + T(g[k * 4 + 2]) * y + T(g[k * 4 + 3]) * (x * x + y * y);
-  if (!from_logits) {
-    for (int k = 0; k < parts; ++k) out[k * plane] = G[k];
-    return;
-  }
   T p[kMaxChannels];
   softmax_into(zb, plane, int(channels), p);
   T dot = 0;

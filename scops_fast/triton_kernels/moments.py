@@ -93,17 +93,24 @@ def moments_backward_kernel(
     c = tl.arange(0, BLOCK_C)
     cm = c < C
     gb = g_ptr + tl.program_id(1).to(tl.int64) * C * 4 + c * 4
-    g0 = tl.load(gb, mask=cm, other=0.0).to(DT)[:, None]
-    g1 = tl.load(gb + 1, mask=cm, other=0.0).to(DT)[:, None]
-    g2 = tl.load(gb + 2, mask=cm, other=0.0).to(DT)[:, None]
-    g3 = tl.load(gb + 3, mask=cm, other=0.0).to(DT)[:, None]
-    xr = x[None, :]
-    yr = y[None, :]
-    # Upstream gradient of each channel's mass at each pixel.
-    grad = g0 + g1 * xr + g2 * yr + g3 * (xr * xr + yr * yr)
+    g0 = tl.load(gb, mask=cm, other=0.0)[:, None]
+    g1 = tl.load(gb + 1, mask=cm, other=0.0)[:, None]
+    g2 = tl.load(gb + 2, mask=cm, other=0.0)[:, None]
+    g3 = tl.load(gb + 3, mask=cm, other=0.0)[:, None]
     if FROM_LOGITS:
+        xr = x[None, :]
+        yr = y[None, :]
+        # Upstream gradient of each channel's mass at each pixel.
+        grad = g0.to(DT) + g1.to(DT) * xr + g2.to(DT) * yr + g3.to(DT) * (xr * xr + yr * yr)
         # Softmax adjoint: dz_c = p_c (G_c - sum_k p_k G_k); padded channels have p = 0.
         grad = prob * (grad - tl.sum(prob * grad, 0)[None, :])
+    else:
+        # In float64, as the CPU kernel: for a centre, G = (x - c) / mass is a difference of
+        # two terms of size x / mass, which in float32 left rounding of ~1e-5 relative to
+        # them where the exact gradient is 0 (a one-pixel image).
+        xr = loss_coord(p % W, W, tl.float64)[None, :]
+        yr = loss_coord(p // W, H, tl.float64)[None, :]
+        grad = (g0 + g1 * xr + g2 * yr + g3 * (xr * xr + yr * yr)).to(DT)
     tl.store(out_ptr + offs, grad, mask=mask)
 
 
