@@ -8,7 +8,7 @@ package's docstring): the device types, a probe, and per op an implementation wi
 Precedence for a call: the explicit `backend=` argument, then `set_backend()`, then the
 `SCOPS_FAST_BACKEND` environment variable, then "auto". "auto" asks each candidate of
 `AUTO_ORDER` for the tensors' device in turn whether it can take *these* inputs and runs
-the first that can; the ones passed over and why are kept (`explain`). A backend named
+the first that can; `explain` says which runs and why the others were passed over. A backend named
 explicitly that cannot take the inputs raises `BackendUnavailableError` with the reason,
 before any kernel runs.
 """
@@ -57,9 +57,6 @@ class _Loaded:
 
 _loaded: dict[str, _Loaded] = {}
 _process_default: str | None = None
-#: (op, device type) -> {backend passed over: why}, from the latest "auto" choice that
-#: passed over any.
-_passed_over: dict[tuple[str, str], dict[str, str]] = {}
 
 
 def _ensure_loaded(name: str) -> bool:
@@ -129,10 +126,8 @@ def _refusal(name: str, op: str, device_type: str, args) -> str | None:
     return reason
 
 
-def choose(op: str, backend: str | None, device_type: str, args=None) -> str:
-    """The name of the backend that a call of `op` with `backend=` on `device_type` runs;
-    `args`: the implementation's arguments, for the backends' input predicates (None:
-    judge by device only)."""
+def _choice(op: str, backend: str | None, device_type: str, args) -> tuple[str, dict]:
+    """(the backend that runs, {backend "auto" passed over: why})."""
     name = get_backend() if backend is None else check_name(backend)
     if name != "auto":
         reason = _refusal(name, op, device_type, args)
@@ -140,35 +135,34 @@ def choose(op: str, backend: str | None, device_type: str, args=None) -> str:
             raise BackendUnavailableError(
                 f"backend {name!r} cannot run {op} on these {device_type} tensors: {reason}"
             )
-        return name
+        return name, {}
     passed = {}
     for candidate in AUTO_ORDER.get(device_type, AUTO_FALLBACK):
         reason = _refusal(candidate, op, device_type, args)
         if reason is None:
-            if passed:
-                _passed_over[(op, device_type)] = passed
-            return candidate
+            return candidate, passed
         passed[candidate] = reason
     details = "; ".join(f"{n}: {r}" for n, r in passed.items())
     raise BackendUnavailableError(f"no backend can run {op} on {device_type} tensors ({details})")
 
 
-def select(op: str, backend: str | None, device_type: str, args):
+def choose(op: str, backend: str | None, device_type: str, args=None) -> str:
+    """The name of the backend that a call of `op` with `backend=` on `device_type` runs;
+    `args`: the implementation's arguments, for the backends' input predicates (None:
+    judge by device only)."""
+    return _choice(op, backend, device_type, args)[0]
+
+
+def select(op: str, backend: str | None, device_type: str, args=None):
     """The implementation of `op` that a call with `backend=` and these `args` runs."""
     return _load(choose(op, backend, device_type, args)).module.OPS[op].run
-
-
-def resolve(op: str, backend: str | None, device_type: str):
-    """The implementation `backend=` gives for `op` on `device_type`, by device alone."""
-    return _load(choose(op, backend, device_type)).module.OPS[op].run
 
 
 def explain(op: str, device_type: str, args=None, backend: str | None = None) -> dict:
     """{"backend": what runs, "passed_over": {name: why}} for a call of `op` with these
     arguments, without running it."""
-    _passed_over.pop((op, device_type), None)
-    picked = choose(op, backend, device_type, args)
-    return {"backend": picked, "passed_over": dict(_passed_over.get((op, device_type), {}))}
+    picked, passed = _choice(op, backend, device_type, args)
+    return {"backend": picked, "passed_over": passed}
 
 
 class BackendReport(dict):

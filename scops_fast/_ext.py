@@ -76,40 +76,20 @@ def load(name: str = "_C") -> str | None:
     """Load scops_fast.<name>; None on success, else the reason it cannot be used."""
     override = os.environ.get(OVERRIDES[name]) if name in OVERRIDES else None
     if override:
-        var = OVERRIDES[name]
+        shown = f"{OVERRIDES[name]}={override!r}"
         if not os.path.isfile(override):
-            return f"{var}={override!r} is not a file"
-        if name == "_C_cuda_emu":
-            reason = _define_emulated_schemas()
-            if reason is not None:
-                return reason
-        try:
-            torch.ops.load_library(override)
-        except Exception as exc:
-            return f"{var}={override!r} does not load: {type(exc).__name__}: {exc}"
-        return _declare_rules(name)
-    if name == "_C":
-        library, why = cpu_build()
-        if library is None and why is not None:
-            return why
-        name = library or name
-    origin = _built(name)
-    if origin is None:
-        records = sorted(BUILD_ERRORS.glob(f"{name}*.txt"))
-        if records:
-            return f"the build failed: {records[0].read_text().strip()[:500]}"
-        if name == "_C_cuda":
-            return (
-                "not built: the CUDA kernels are compiled only where torch sees a GPU at build "
-                "time or FORCE_CUDA=1 is set (with nvcc), e.g. FORCE_CUDA=1 pip install "
-                "--no-build-isolation ."
-            )
-        if name == "_C_cuda_emu":
-            return (
-                "not built: the emulation is built for tests, with SCOPS_FAST_CUDA_EMU=1 "
-                "(as `make install` sets)"
-            )
-        return "not built: run `make install` (or `pip install -e .`) with a C++ compiler"
+            return f"{shown} is not a file"
+        origin = override
+    else:
+        if name == "_C":
+            library, why = cpu_build()
+            if library is None and why is not None:
+                return why
+            name = library or name
+        origin = _built(name)
+        if origin is None:
+            return _not_built(name)
+        shown = origin
     if name == "_C_cuda_emu":
         reason = _define_emulated_schemas()
         if reason is not None:
@@ -117,8 +97,27 @@ def load(name: str = "_C") -> str | None:
     try:
         torch.ops.load_library(origin)
     except Exception as exc:
-        return f"{origin} does not load: {type(exc).__name__}: {exc}"
+        return f"{shown} does not load: {type(exc).__name__}: {exc}"
     return _declare_rules(name)
+
+
+def _not_built(name: str) -> str:
+    """Why library `name` is missing: its build's error where one was recorded."""
+    records = sorted(BUILD_ERRORS.glob(f"{name}*.txt"))
+    if records:
+        return f"the build failed: {records[0].read_text().strip()[:500]}"
+    if name == "_C_cuda":
+        return (
+            "not built: the CUDA kernels are compiled only where torch sees a GPU at build "
+            "time or FORCE_CUDA=1 is set (with nvcc), e.g. FORCE_CUDA=1 pip install "
+            "--no-build-isolation ."
+        )
+    if name == "_C_cuda_emu":
+        return (
+            "not built: the emulation is built for tests, with SCOPS_FAST_CUDA_EMU=1 "
+            "(as `make install` sets)"
+        )
+    return "not built: run `make install` (or `pip install -e .`) with a C++ compiler"
 
 
 _emulated_library = None

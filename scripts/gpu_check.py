@@ -67,16 +67,16 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     import torch
 
-    if not torch.cuda.is_available():
-        if args.dry_run:
-            for name, cmd, env in steps("<arch>", "<device>"):
-                print(f"{name}: {' '.join(f'{k}={v}' for k, v in env.items())} {' '.join(cmd)}")
-            return 0
+    gpu = torch.cuda.is_available()
+    if not gpu and not args.dry_run:
         print("gpu-check: skipped, no CUDA device is visible to torch on this machine.")
         return 0
-    major, minor = torch.cuda.get_device_capability()
-    name = torch.cuda.get_device_name()
-    slug, arch = device_slug(name), f"{major}.{minor}"
+    if gpu:
+        major, minor = torch.cuda.get_device_capability()
+        name = torch.cuda.get_device_name()
+        slug, arch = device_slug(name), f"{major}.{minor}"
+    else:  # a dry run without a GPU shows the steps with placeholders
+        name, slug, arch = "<device>", "<device>", "<arch>"
     plan = steps(arch, slug)
     if args.dry_run:
         for step, cmd, env in plan:

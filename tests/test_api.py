@@ -83,7 +83,7 @@ def test_auto_falls_back_to_a_cpu_backend(monkeypatch):
         assert torch.allclose(
             losses.concentration_loss(pred, backend=backend), expected, rtol=1e-10
         )
-    picked = _dispatch.resolve("concentration_loss", "auto", "cpu")
+    picked = _dispatch.select("concentration_loss", "auto", "cpu")
     owner = next(
         n
         for n in _dispatch.AUTO_ORDER["cpu"]

@@ -7,9 +7,9 @@ them:
 - `scops_fast_triton::` -- the Triton kernels (`scops_fast.triton_kernels`), defined here
   as torch custom ops whose bodies import the kernels on first call;
 - `scops_fast_cuda_emu::` -- the CUDA kernels' code compiled for the CPU (csrc/cuda/
-  emulate.h), with the native schemas of the ops the CUDA library implements.
+  emulate.h), under the native schemas (copied by `scops_fast._ext`).
 
-For both it registers the same fake (meta) implementation and autograd rule, so
+For each it registers the same fake (meta) implementation and autograd rule, so
 torch.compile sees one opaque op per primitive and the backward is written once.
 `compose.py` builds the public losses from a namespace's primitives.
 """
@@ -25,7 +25,6 @@ NATIVE = "scops_fast"
 TRITON = "scops_fast_triton"
 #: The CUDA kernels emulated on the CPU, for tests.
 CUDA_EMU = "scops_fast_cuda_emu"
-NAMESPACES = (NATIVE, TRITON, CUDA_EMU)
 FAMILIES = ("concentration", "warp", "equivariance", "semantic")
 
 

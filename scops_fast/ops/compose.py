@@ -30,6 +30,12 @@ def working_dtype(t: torch.Tensor) -> torch.dtype:
     return t.dtype if t.dtype in NATIVE_DTYPES else torch.float32
 
 
+def contiguous_like(t: torch.Tensor, *_) -> torch.Tensor:
+    """The fake of a kernel output shaped as its first input: the kernels write contiguous
+    tensors whatever the input's layout."""
+    return torch.empty_like(t, memory_format=torch.contiguous_format)
+
+
 def needs_grad(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 

@@ -12,7 +12,12 @@ the part centres and the concentration loss follow.
 import torch
 
 from scops_fast.ops import NATIVE, TRITON
-from scops_fast.ops.compose import centers_from_moments, needs_grad, working_dtype
+from scops_fast.ops.compose import (
+    centers_from_moments,
+    contiguous_like,
+    needs_grad,
+    working_dtype,
+)
 
 
 @torch.library.custom_op(f"{TRITON}::softmax_moments", mutates_args=())
@@ -44,10 +49,6 @@ def _moments_fake(x, from_logits):
     return x.new_empty((x.shape[0], parts, 4), dtype=torch.float64)
 
 
-def _like_x(x, *_):
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
-
-
 def _moments_setup(ctx, inputs, output):
     ctx.save_for_backward(inputs[0])
     ctx.from_logits = inputs[1]
@@ -64,7 +65,7 @@ def _moments_backward_rule(namespace):
 
 def _loss_fake(x, with_grad):
     moments = x.new_empty((x.shape[0], x.shape[1] - 1, 4), dtype=torch.float64)
-    grad = _like_x(x) if with_grad else x.new_empty((0,))
+    grad = contiguous_like(x) if with_grad else x.new_empty((0,))
     return x.new_empty((), dtype=torch.float64), moments, grad
 
 
@@ -107,7 +108,7 @@ def _loss_backward(ctx, grad_loss, _grad_moments, _grad_grad):
 def register(namespace: str) -> None:
     lib = torch.library
     lib.register_fake(f"{namespace}::softmax_moments", _moments_fake)
-    lib.register_fake(f"{namespace}::softmax_moments_backward", _like_x)
+    lib.register_fake(f"{namespace}::softmax_moments_backward", contiguous_like)
     lib.register_autograd(
         f"{namespace}::softmax_moments",
         _moments_backward_rule(namespace),

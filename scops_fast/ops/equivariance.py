@@ -7,7 +7,12 @@ returns an empty `warped`). As in SCOPS, the KL target is detached: no KL gradie
 import torch
 
 from scops_fast.ops import TRITON
-from scops_fast.ops.compose import centers_from_moments, spline_mapping, working_dtype
+from scops_fast.ops.compose import (
+    centers_from_moments,
+    contiguous_like,
+    spline_mapping,
+    working_dtype,
+)
 
 F64 = torch.float64
 
@@ -67,11 +72,7 @@ def _triton_equivariance_backward(
 def _fake_rule(namespace):
     def fake(pred, pred_tps, mapping, border):
         b, k = pred.shape[0], pred.shape[1] - 1
-        warped = (
-            torch.empty_like(pred, memory_format=torch.contiguous_format)
-            if namespace != TRITON
-            else pred.new_empty((0,))
-        )
+        warped = contiguous_like(pred) if namespace != TRITON else pred.new_empty((0,))
         return (
             pred.new_empty((b,), dtype=F64),
             pred.new_empty((b, k, 3), dtype=F64),
@@ -82,9 +83,8 @@ def _fake_rule(namespace):
     return fake
 
 
-def _backward_fake(pred, warped, pred_tps, mapping, border, g_kl, g_tps, g_warp):
-    fmt = torch.contiguous_format
-    return torch.empty_like(pred, memory_format=fmt), torch.empty_like(pred, memory_format=fmt)
+def _backward_fake(pred, *_):
+    return contiguous_like(pred), contiguous_like(pred)
 
 
 def _setup(ctx, inputs, output):

@@ -12,7 +12,7 @@ dense one reads the (B, C, H, W) features exactly once); the backward only scale
 import torch
 
 from scops_fast.ops import TRITON
-from scops_fast.ops.compose import needs_grad, neighbour_gram, working_dtype
+from scops_fast.ops.compose import contiguous_like, needs_grad, neighbour_gram, working_dtype
 
 
 @torch.library.custom_op(f"{TRITON}::semantic_dense", mutates_args=())
@@ -61,7 +61,7 @@ def _dense_fake(features, pred, basis, grads):
         return loss, pred.new_empty((0,)), pred.new_empty((0, basis.shape[1]))
     return (
         loss,
-        torch.empty_like(pred, memory_format=torch.contiguous_format),
+        contiguous_like(pred),
         torch.empty_like(basis, dtype=pred.dtype),
     )
 
@@ -83,7 +83,7 @@ def _lowres_fake(pred, lowres, gram_basis, gram, saliency, grads):
     fmt = torch.contiguous_format
     return (
         loss,
-        torch.empty_like(pred, memory_format=fmt),
+        contiguous_like(pred),
         torch.empty_like(lowres, dtype=pred.dtype, memory_format=fmt),
         torch.empty_like(gram_basis, dtype=pred.dtype, memory_format=fmt),
     )

@@ -6,7 +6,7 @@ tensor; the source points are constants (SCOPS draws them at random)."""
 import torch
 
 from scops_fast.ops import TRITON
-from scops_fast.ops.compose import spline_mapping, working_dtype
+from scops_fast.ops.compose import contiguous_like, spline_mapping, working_dtype
 
 
 @torch.library.custom_op(f"{TRITON}::tps_warp", mutates_args=())
@@ -30,10 +30,6 @@ def _triton_warp_backward(
         return kernels.warp_backward(grad_out.contiguous(), m, border)
 
 
-def _like_first(t, *_):
-    return torch.empty_like(t, memory_format=torch.contiguous_format)
-
-
 def _setup(ctx, inputs, output):
     ctx.save_for_backward(inputs[1])
     ctx.border = inputs[2]
@@ -49,8 +45,8 @@ def _backward_rule(namespace):
 
 
 def register(namespace: str) -> None:
-    torch.library.register_fake(f"{namespace}::tps_warp", _like_first)
-    torch.library.register_fake(f"{namespace}::tps_warp_backward", _like_first)
+    torch.library.register_fake(f"{namespace}::tps_warp", contiguous_like)
+    torch.library.register_fake(f"{namespace}::tps_warp_backward", contiguous_like)
     torch.library.register_autograd(
         f"{namespace}::tps_warp", _backward_rule(namespace), setup_context=_setup
     )
