@@ -11,7 +11,7 @@ FORCE_CUDA ?= 1
 # Build the CUDA kernels' CPU emulation too (backend "cuda_emu", checked by the tests).
 SCOPS_FAST_CUDA_EMU ?= 1
 
-.PHONY: all install browser test demo bench bench-isa lint format clean sanitize
+.PHONY: all install browser test test-no-avx512 demo bench bench-isa lint format clean sanitize
 
 all: test
 
@@ -84,6 +84,12 @@ bench-isa: install
 			--benchmark-json $(BENCH_OUT)/isa_$$isa.json || exit 1; \
 		$(PY) benchmarks/summarize.py $(BENCH_OUT)/isa_$$isa.json; \
 	done
+
+# The test suite on an emulated x86-64 CPU with AVX2 and FMA but no AVX-512 (QEMU user mode,
+# QEMU 8 or later: see scripts/no_avx512.py), for the machines CI does not land on. About
+# 8x slower than `make test`'s tests.
+test-no-avx512: install browser
+	$(PY) scripts/no_avx512.py -- -m pytest tests -q -rs
 
 # On a machine with an NVIDIA GPU: build the CUDA kernels for it, run the CUDA part of the
 # shared suite and benchmarks/gpu_bench.py (at most 8 minutes); results in benchmarks/results/.

@@ -1,7 +1,12 @@
-"""Run as `python compile_cold_child.py BACKEND FIRST`: the first thing this process does is
-torch.compile(fullgraph=True) (Inductor) over every public loss and tps_warp, forward and
-backward, with `backend=BACKEND` ("None" for the default), starting with op FIRST; prints one
-line per op, `op ok <max error against eager, relative to each tensor's largest entry>`."""
+"""Run as `python compile_cold_child.py BACKEND FIRST [VARIANT]`: the first thing this process
+does is torch.compile(fullgraph=True) (Inductor) over every public loss and tps_warp, forward
+and backward, with `backend=BACKEND` ("None" for the default), starting with op FIRST; prints
+one line per op, `op ok <max error against eager, relative to each tensor's largest entry>`.
+
+VARIANT (default "plain") changes how a user might call it: "dynamic" (dynamic=True, then a
+second shape through the same compiled function), "border" (border padding), "channels_last"
+(channels_last inputs), "float64", "no_grad" (forward only, under torch.no_grad), and "step"
+(one compiled training step: a network, the TPS warp and every loss, against eager)."""
 
 import sys
 
@@ -10,56 +15,134 @@ import torch
 from scops_fast import losses, tps
 
 
-def cases(backend):
+def inputs(variant="plain", shape=(2, 4, 12, 10)):
     g = torch.Generator().manual_seed(0)
-    pred = torch.randn(2, 4, 12, 10, generator=g)
-    pred_tps = torch.randn(2, 4, 12, 10, generator=g)
-    feats = torch.randn(2, 6, 12, 10, generator=g)
-    low = torch.randn(2, 6, 4, 3, generator=g)
-    basis = torch.rand(3, 6, generator=g)
-    points = tps.TARGET_POINTS.expand(2, -1, -1) + 0.05 * torch.randn(2, 25, 2, generator=g)
-    sal = torch.rand(2, 12, 10, generator=g)
+    dtype = torch.float64 if variant == "float64" else torch.float32
+    b, c, h, w = shape
+    t = {
+        "pred": torch.randn(b, c, h, w, generator=g, dtype=dtype),
+        "pred_tps": torch.randn(b, c, h, w, generator=g, dtype=dtype),
+        "feats": torch.randn(b, 6, h, w, generator=g, dtype=dtype),
+        "low": torch.randn(b, 6, 4, 3, generator=g, dtype=dtype),
+        "basis": torch.rand(c - 1, 6, generator=g, dtype=dtype),
+        "points": tps.TARGET_POINTS.to(dtype).expand(b, -1, -1)
+        + 0.05 * torch.randn(b, 25, 2, generator=g, dtype=dtype),
+        "sal": torch.rand(b, h, w, generator=g, dtype=dtype),
+    }
+    if variant == "channels_last":
+        for k in ("pred", "pred_tps", "feats", "low"):
+            t[k] = t[k].contiguous(memory_format=torch.channels_last)
+    return t
+
+
+def cases(backend, variant="plain"):
+    """{op: (names of the inputs it differentiates, of the others, fn(*those inputs))}."""
     kw = {"backend": backend}
+    pad = {"padding_mode": "border" if variant == "border" else "zeros"}
     return {
-        "concentration_loss": ((pred,), lambda p: losses.concentration_loss(p, **kw)),
+        "concentration_loss": (("pred",), (), lambda p: losses.concentration_loss(p, **kw)),
         "batch_get_centers": (
-            (pred,),
+            ("pred",),
+            (),
             lambda p: losses.batch_get_centers(p.softmax(1)[:, 1:], **kw).sum(),
         ),
         "semantic_consistency_loss": (
-            (pred, basis),
-            lambda p, w: losses.semantic_consistency_loss(feats, p, w, **kw),
+            ("pred", "basis"),
+            ("feats",),
+            lambda p, w, f: losses.semantic_consistency_loss(f, p, w, **kw),
         ),
         "semantic_consistency_loss_lowres": (
-            (pred, basis),
-            lambda p, w: losses.semantic_consistency_loss_lowres(low, p, w, sal, **kw),
+            ("pred", "basis"),
+            ("low", "sal"),
+            lambda p, w, f, s: losses.semantic_consistency_loss_lowres(f, p, w, s, **kw),
         ),
-        "orthonormal_loss": ((basis,), lambda w: losses.orthonormal_loss(w)),
+        "orthonormal_loss": (("basis",), (), lambda w: losses.orthonormal_loss(w)),
         "equivariance_losses": (
-            (pred, pred_tps),
-            lambda p, q: sum(losses.equivariance_losses(p, q, points, **kw)),
+            ("pred", "pred_tps"),
+            ("points",),
+            lambda p, q, s: sum(losses.equivariance_losses(p, q, s, **pad, **kw)),
         ),
-        "tps_warp": ((pred,), lambda p: tps.tps_warp(p, points, **kw).square().sum()),
+        "tps_warp": (
+            ("pred",),
+            ("points",),
+            lambda p, s: tps.tps_warp(p, s, **pad, **kw).square().sum(),
+        ),
     }
+
+
+def max_relative_error(pairs):
+    """Relative to each tensor's largest entry: Inductor fuses and reorders the sums."""
+    return max(
+        float((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-30))
+        for a, b in pairs
+    )
+
+
+def compare(fn, compiled, leaves, others, no_grad=False):
+    if no_grad:
+        with torch.no_grad():
+            return max_relative_error([(compiled(*leaves, *others), fn(*leaves, *others))])
+    runs = []
+    for f in (compiled, fn):
+        xs = [x.clone().requires_grad_(True) for x in leaves]
+        out = f(*xs, *others)
+        out.backward()
+        runs.append([out.detach(), *(x.grad for x in xs)])
+    return max_relative_error(zip(*runs, strict=True))
+
+
+def training_step(backend):
+    """One SCOPS step as a user would compile it: network, warp, every loss, backward."""
+    from scops_fast.models.small import small_net
+
+    torch.manual_seed(0)
+    net = small_net(num_parts=3, width=8)
+    basis = torch.nn.Parameter(torch.rand(3, 3))
+    images = torch.randn(2, 3, 24, 20)
+    points = tps.TARGET_POINTS.expand(2, -1, -1) + 0.05 * torch.randn(2, 25, 2)
+    kw = {"backend": backend}
+
+    def step(images, points):
+        pred = net(images)
+        pred_tps = net(tps.tps_warp(images, points, **kw))
+        feats = torch.nn.functional.interpolate(
+            images, size=pred.shape[-2:], mode="bilinear", align_corners=True
+        )
+        total = losses.concentration_loss(pred, **kw)
+        total = total + losses.semantic_consistency_loss(feats, pred, basis, **kw)
+        total = total + losses.orthonormal_loss(basis)
+        return total + sum(losses.equivariance_losses(pred, pred_tps, points, **kw))
+
+    params = [*net.parameters(), basis]
+    runs = []
+    for fn in (torch.compile(step, fullgraph=True), step):
+        for p in params:
+            p.grad = None
+        out = fn(images, points)
+        out.backward()
+        runs.append([out.detach(), *(p.grad for p in params)])
+    return max_relative_error(zip(*runs, strict=True))
 
 
 def main():
     backend = None if sys.argv[1] == "None" else sys.argv[1]
-    table = cases(backend)
     first = sys.argv[2]
+    variant = sys.argv[3] if len(sys.argv) > 3 else "plain"
+    if variant == "step":
+        print(f"step ok {training_step(backend):.3g}", flush=True)
+        return
+    table = cases(backend, variant)
+    shapes = [(2, 4, 12, 10), (3, 4, 9, 13)] if variant == "dynamic" else [(2, 4, 12, 10)]
+    options = {"dynamic": True} if variant == "dynamic" else {}
     for name in [first, *[n for n in table if n != first]]:
-        inputs, fn = table[name]
-        leaves = [x.clone().requires_grad_(True) for x in inputs]
-        out = torch.compile(fn, fullgraph=True)(*leaves)
-        out.backward()
-        grads = [x.grad for x in leaves]
-        eager_leaves = [x.clone().requires_grad_(True) for x in inputs]
-        expected = fn(*eager_leaves)
-        expected.backward()
-        pairs = [(out.detach(), expected.detach())]
-        pairs += [(a, b.grad) for a, b in zip(grads, eager_leaves, strict=True)]
-        # Relative to each tensor's largest entry: Inductor fuses and reorders the sums.
-        err = max(float((a - b).abs().max() / b.abs().max().clamp_min(1e-30)) for a, b in pairs)
+        grad_names, other_names, fn = table[name]
+        compiled = torch.compile(fn, fullgraph=True, **options)
+        err = 0.0
+        for shape in shapes:  # the same compiled function for every shape
+            t = inputs(variant, shape)
+            leaves = [t[k] for k in grad_names]
+            others = [t[k] for k in other_names]
+            err = max(err, compare(fn, compiled, leaves, others, no_grad=variant == "no_grad"))
         print(f"{name} ok {err:.3g}", flush=True)
 
 
