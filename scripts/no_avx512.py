@@ -1,6 +1,6 @@
 """Run a command of this venv's Python on an emulated x86-64 CPU without AVX-512.
 
-    python scripts/no_avx512.py [--qemu qemu-x86_64] -- -m pytest tests -q
+    python scripts/no_avx512.py [--qemu qemu-x86_64] [--native-children] -- -m pytest tests -q
 
 Our CI runs on the machine it lands on; users' machines include x86-64 CPUs with AVX2 and
 FMA but no AVX-512. QEMU's user mode with `-cpu max` is such a CPU: its code generator has
@@ -12,10 +12,15 @@ QEMU 8 or later is needed: 7.2 (Debian 12's own) miscomputes AVX2 gathers and cr
 torch's grid_sample. On Debian 12: `apt-get install -t bookworm-backports qemu-user` (with
 bookworm-backports in the apt sources).
 
-Child processes (the tests that start a fresh Python, compilers) run natively: QEMU cannot
-follow an exec of a native binary. They inherit ATEN_CPU_CAPABILITY=avx2,
-MKL_ENABLE_INSTRUCTIONS=AVX2 and ONEDNN_MAX_CPU_ISA=AVX2, so they take the same code paths,
-though an AVX-512 instruction outside those libraries would go unnoticed there.
+QEMU cannot follow an exec of a native binary, so a child process would run natively. A
+child Python of this venv is emulated too: a `sitecustomize` (on PYTHONPATH) points
+`sys.executable` of this venv's Python at a wrapper that starts it under QEMU, so the tests
+that start a fresh Python (`[sys.executable, ...]`) and multiprocessing get the same CPU.
+Other programs (compilers, a fresh venv's Python, Chromium) run natively, held to AVX2 where
+they listen: ATEN_CPU_CAPABILITY=avx2, MKL_ENABLE_INSTRUCTIONS=AVX2, ONEDNN_MAX_CPU_ISA=AVX2.
+`--native-children` runs every child natively (faster; a test comparing a child's floats
+with the emulated parent's then compares two CPUs). SCOPS_FAST_TEST_SLOWDOWN=10 tells the
+tests' hang guards that everything runs about ten times slower.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 MIN_QEMU = (8, 0)
 #: What the child processes are held to (they run natively).
@@ -33,6 +40,7 @@ AVX2_ENV = {
     "ATEN_CPU_CAPABILITY": "avx2",
     "MKL_ENABLE_INSTRUCTIONS": "AVX2",
     "ONEDNN_MAX_CPU_ISA": "AVX2",
+    "SCOPS_FAST_TEST_SLOWDOWN": "10",
 }
 PROBE = (
     "import torch, scops_fast; "
@@ -49,9 +57,27 @@ def qemu_version(qemu: str) -> tuple[int, int]:
     return int(match[1]), int(match[2])
 
 
+def emulate_children(qemu: str, folder: Path) -> dict:
+    """The environment that sends a child Python of this venv through QEMU as well."""
+    wrapper = folder / "python"
+    wrapper.write_text(f'#!/bin/sh\nexec "{qemu}" -cpu max "{sys.executable}" "$@"\n')
+    wrapper.chmod(0o755)
+    # Only this venv's Python is redirected: a fresh venv's (tests/test_wheel.py) is not.
+    (folder / "sitecustomize.py").write_text(
+        "import sys\n"
+        f"if sys.executable == {sys.executable!r}:\n"
+        f"    sys.executable = {str(wrapper)!r}\n"
+    )
+    path = os.environ.get("PYTHONPATH")
+    return {"PYTHONPATH": os.pathsep.join(p for p in (str(folder), path) if p)}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--qemu", default="qemu-x86_64", help="QEMU's x86-64 user-mode binary")
+    parser.add_argument(
+        "--native-children", action="store_true", help="run child Pythons natively (faster)"
+    )
     parser.add_argument("command", nargs=argparse.REMAINDER, help="arguments for python")
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -69,16 +95,27 @@ def main(argv=None) -> int:
             f"--qemu: {qemu} is QEMU {version[0]}.{version[1]}; {MIN_QEMU[0]}.{MIN_QEMU[1]} or "
             "later is needed (7.2 miscomputes AVX2 gathers and crashes in torch's grid_sample)"
         )
-    env = {**os.environ, **AVX2_ENV}
     emulated = [qemu, "-cpu", "max", sys.executable]
-    seen = subprocess.run(
-        [*emulated, "-c", PROBE], env=env, capture_output=True, text=True, check=True
-    ).stdout.split("\n")
-    if seen[0] != "AVX2" or not seen[1].startswith("avx2"):
-        raise SystemExit(f"the emulated CPU is not the AVX2 one expected: {seen}")
-    print(f"QEMU {version[0]}.{version[1]}, -cpu max: torch reports {seen[0]}; cpp: {seen[1]}")
-    sys.stdout.flush()
-    return subprocess.run([*emulated, *command], env=env).returncode
+    with tempfile.TemporaryDirectory(prefix="no_avx512_") as folder:
+        env = {**os.environ, **AVX2_ENV}
+        if not args.native_children:
+            env.update(emulate_children(qemu, Path(folder)))
+        # The probe is a child of an emulated Python, as the tests' children are, and is not
+        # told to hold to AVX2: what it reports is what its CPU says.
+        probe = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {PROBE!r}])"
+        untold = {k: v for k, v in env.items() if k != "ATEN_CPU_CAPABILITY"}
+        seen = subprocess.run(
+            [*emulated, "-c", probe], env=untold, capture_output=True, text=True, check=True
+        ).stdout.split("\n")
+        if not args.native_children and (seen[0] != "AVX2" or not seen[1].startswith("avx2")):
+            raise SystemExit(f"a child Python does not see the AVX2-only CPU expected: {seen}")
+        children = (
+            f"native (their CPU reports {seen[0]}; ATEN_CPU_CAPABILITY holds torch to AVX2)"
+            if args.native_children
+            else f"emulated too (torch reports {seen[0]}; cpp: {seen[1]})"
+        )
+        print(f"QEMU {version[0]}.{version[1]}, -cpu max; child Pythons: {children}", flush=True)
+        return subprocess.run([*emulated, *command], env=env).returncode
 
 
 if __name__ == "__main__":

@@ -1,3 +1,4 @@
+import os
 import pathlib
 import sys
 
@@ -7,6 +8,9 @@ import torch
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 
 SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared"
+#: How much slower than this machine the suite may run (scripts/no_avx512.py sets 10: every
+#: instruction emulated); the tests' hang guards scale by it.
+SLOWDOWN = float(os.environ.get("SCOPS_FAST_TEST_SLOWDOWN", "1"))
 
 
 def rel_error(actual, expected) -> float:

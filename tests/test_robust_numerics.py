@@ -13,6 +13,7 @@ import signal
 
 import pytest
 import torch
+from conftest import SLOWDOWN
 
 import scops_fast
 from scops_fast import losses, reference, tps
@@ -34,11 +35,13 @@ def backend(request):
 def no_hang():
     """A kernel that loops forever on a NaN fails the test instead of the CI job."""
 
+    limit = round(120 * SLOWDOWN)
+
     def timeout(signum, frame):
-        raise TimeoutError("the test ran for over 120 s: a hang?")
+        raise TimeoutError(f"the test ran for over {limit} s: a hang?")
 
     old = signal.signal(signal.SIGALRM, timeout)
-    signal.alarm(120)
+    signal.alarm(limit)
     yield
     signal.alarm(0)
     signal.signal(signal.SIGALRM, old)

@@ -23,6 +23,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from conftest import SLOWDOWN
 from PIL import Image
 from train_helpers import assert_bitwise_equal, tiny_config
 
@@ -85,11 +86,11 @@ def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path, caps
         tiny_config(**overrides), tmp_path / "straight", progress=False, tensorboard=False
     )
     straight.train()
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + 180 * SLOWDOWN
     ckpt_path = killed / "checkpoint.pt"
     while not ckpt_path.exists():
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-        assert time.monotonic() < deadline, "no checkpoint within 180 s"
+        assert time.monotonic() < deadline, f"no checkpoint within {180 * SLOWDOWN:.0f} s"
         time.sleep(0.01)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
