@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import scops_fast
 
@@ -95,7 +96,22 @@ def test_every_op_compiles_cold_with_inductor(outputs, run):
     assert max(seen.values()) < (1e-12 if run[2] == "float64" else 1e-4), seen
     # torch's "No CUDA runtime is found" notice (Inductor imports the extension loader) is
     # not shown to a CPU user (scops_fast._quiet).
-    import torch
-
     if not torch.cuda.is_available():
         assert "No CUDA runtime is found" not in err
+
+
+def test_an_argument_error_under_compile_carries_our_message():
+    """Under fullgraph=True torch reports any exception raised while tracing as its own
+    Unsupported ("Observed exception"); our message must be in it. Without fullgraph the
+    call falls back to eager and raises ours."""
+    import torch._dynamo
+
+    from scops_fast import losses
+
+    bad = torch.randn(5, 12, 10)  # (K+1, H, W): the batch dimension is missing
+    torch._dynamo.reset()
+    with pytest.raises(torch._dynamo.exc.Unsupported, match="pred: expected"):
+        torch.compile(lambda p: losses.concentration_loss(p), fullgraph=True)(bad)
+    torch._dynamo.reset()
+    with pytest.raises(ValueError, match="pred: expected"):
+        torch.compile(lambda p: losses.concentration_loss(p))(bad)
