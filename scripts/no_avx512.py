@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -35,7 +36,8 @@ import tempfile
 from pathlib import Path
 
 MIN_QEMU = (8, 0)
-#: What the child processes are held to (they run natively).
+#: The environment of the emulated process and its children: programs that run natively are
+#: held to AVX2 where they listen, and the tests' hang guards allow for the emulation.
 AVX2_ENV = {
     "ATEN_CPU_CAPABILITY": "avx2",
     "MKL_ENABLE_INSTRUCTIONS": "AVX2",
@@ -57,10 +59,10 @@ def qemu_version(qemu: str) -> tuple[int, int]:
     return int(match[1]), int(match[2])
 
 
-def emulate_children(qemu: str, folder: Path) -> dict:
-    """The environment that sends a child Python of this venv through QEMU as well."""
+def emulate_children(emulated: list[str], folder: Path) -> dict:
+    """The environment that sends a child Python of this venv through `emulated` as well."""
     wrapper = folder / "python"
-    wrapper.write_text(f'#!/bin/sh\nexec "{qemu}" -cpu max "{sys.executable}" "$@"\n')
+    wrapper.write_text(f'#!/bin/sh\nexec {shlex.join(emulated)} "$@"\n')
     wrapper.chmod(0o755)
     # Only this venv's Python is redirected: a fresh venv's (tests/test_wheel.py) is not.
     (folder / "sitecustomize.py").write_text(
@@ -99,7 +101,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="no_avx512_") as folder:
         env = {**os.environ, **AVX2_ENV}
         if not args.native_children:
-            env.update(emulate_children(qemu, Path(folder)))
+            env.update(emulate_children(emulated, Path(folder)))
         # The probe is a child of an emulated Python, as the tests' children are, and is not
         # told to hold to AVX2: what it reports is what its CPU says.
         probe = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {PROBE!r}])"

@@ -11,6 +11,7 @@ second shape through the same compiled function), "border" (border padding), "ch
 import sys
 
 import torch
+from conftest import rel_error  # this script's folder is tests/
 
 from scops_fast import losses, tps
 
@@ -72,10 +73,7 @@ def cases(backend, variant="plain"):
 
 def max_relative_error(pairs):
     """Relative to each tensor's largest entry: Inductor fuses and reorders the sums."""
-    return max(
-        float((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-30))
-        for a, b in pairs
-    )
+    return max(rel_error(a, b) for a, b in pairs)
 
 
 def compare(fn, compiled, leaves, others, no_grad=False):

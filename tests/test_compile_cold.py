@@ -4,7 +4,6 @@ for every backend name that runs here and for the default, and the ways a user v
 (dynamic shapes, border padding, channels_last, float64, no_grad, a whole training step). Each
 process starts with a different op (tests/compile_cold_child.py)."""
 
-import importlib.util
 import os
 import pathlib
 import subprocess
@@ -12,8 +11,6 @@ import sys
 
 import pytest
 import torch
-
-import scops_fast
 
 CHILD = pathlib.Path(__file__).with_name("compile_cold_child.py")
 OPS = (
@@ -40,17 +37,9 @@ RUNS = (
     ("cpp", "batch_get_centers", "no_grad"),
     ("None", "step", "step"),
 )
-#: What a run needs in its environment besides a private Inductor cache.
+#: What a run needs in its environment besides a private Inductor cache. Like the shared
+#: suite (backends_under_test.py), this expects cuda_emu built and triton installed.
 RUN_ENV = {"triton": {"TRITON_INTERPRET": "1"}}
-
-
-def missing(backend: str) -> str | None:
-    """Why `backend` cannot run in a child here (None: it can)."""
-    if backend == "cuda_emu":
-        return scops_fast.available_backends().unavailable.get("cuda_emu")
-    if backend == "triton" and importlib.util.find_spec("triton") is None:
-        return "triton is not installed"
-    return None
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +49,7 @@ def outputs(tmp_path_factory):
     CPU capability (torch reuses them and computes garbage)."""
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path_factory.mktemp("inductor"))}
     done = {}
-    runnable = [run for run in RUNS if missing(run[0]) is None]
-    for pair in (runnable[i : i + 2] for i in range(0, len(runnable), 2)):
+    for pair in (RUNS[i : i + 2] for i in range(0, len(RUNS), 2)):
         procs = {
             run: subprocess.Popen(
                 [sys.executable, str(CHILD), *run],
@@ -80,8 +68,6 @@ def outputs(tmp_path_factory):
 
 @pytest.mark.parametrize("run", RUNS, ids=[f"{b}-{v}-first-{op}" for b, op, v in RUNS])
 def test_every_op_compiles_cold_with_inductor(outputs, run):
-    if missing(run[0]):
-        pytest.skip(f"{run[0]}: {missing(run[0])}")
     code, out, err = outputs[run]
     assert code == 0, err[-3000:]
     lines = out.split("\n")
