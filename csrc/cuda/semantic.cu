@@ -5,6 +5,7 @@
 #include <optional>
 
 #include "fixed_point.h"
+#include "semantic_lowres_inputs.h"
 
 namespace scops_fast {
 namespace cuda {
@@ -126,13 +127,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> semantic_lowres_cuda(
     const at::Tensor& pred_, const at::Tensor& lowres_, const at::Tensor& gram_basis_,
     const at::Tensor& gram_, const std::optional<at::Tensor>& saliency_, bool grads) {
   const DeviceGuard guard(pred_.device());
-  const auto pred = pred_.contiguous();
+  const auto [pred, lowres, gram_basis, gram, saliency] =
+      semantic_lowres_inputs(pred_, lowres_, gram_basis_, gram_, saliency_);
   const auto dtype = pred.scalar_type();
-  const auto lowres = lowres_.to(dtype).contiguous();
-  const auto gram_basis = gram_basis_.to(dtype).contiguous();
-  const auto gram = gram_.to(dtype).contiguous();
-  at::Tensor saliency;
-  if (saliency_.has_value()) saliency = saliency_->to(dtype).contiguous();
   const int64_t B = pred.size(0), K1 = pred.size(1), H = pred.size(2), W = pred.size(3);
   const int64_t K = K1 - 1, h = lowres.size(2), w = lowres.size(3), tiles = tiles_of(H * W);
   check_channels(K1);
