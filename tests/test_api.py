@@ -167,6 +167,48 @@ def test_auto_records_every_backend_it_passed_over(gpu_backends_usable, monkeypa
     assert "runs on cpu tensors, not cuda" in choice["passed_over"]["triton"]
 
 
+FUSED = ("cpp", "triton", "cuda", "cuda_emu")
+
+
+def test_fused_backends_refuse_source_points_that_need_a_gradient():
+    import importlib
+
+    x = torch.randn(2, 3, 6, 5)
+    pts = (tps.TARGET_POINTS + 0.05 * torch.randn(2, 25, 2)).requires_grad_(True)
+    calls = {"tps_warp": (x, pts, "zeros"), "equivariance_losses": (x, x, pts, "zeros")}
+    for name in FUSED:
+        module = importlib.import_module(_dispatch.BACKEND_MODULES[name])
+        for op, args in calls.items():
+            assert "source_points requires grad" in module.OPS[op].supports(*args), (name, op)
+            with torch.no_grad():
+                assert module.OPS[op].supports(*args) is None, (name, op)
+            detached = tuple(a.detach() if a is pts else a for a in args)
+            assert module.OPS[op].supports(*detached) is None, (name, op)
+
+
+def test_source_points_that_need_a_gradient_get_it_from_the_reference():
+    x = torch.randn(2, 3, 6, 5, requires_grad=True)
+    pts = (tps.TARGET_POINTS + 0.05 * torch.randn(2, 25, 2)).requires_grad_(True)
+    with pytest.raises(scops_fast.BackendUnavailableError, match="source_points requires grad"):
+        tps.tps_warp(x, pts, backend="cpp")
+    with pytest.raises(scops_fast.BackendUnavailableError, match="source_points requires grad"):
+        losses.equivariance_losses(x, x, pts, backend="cpp")
+    choice = _dispatch.explain("tps_warp", "cpu", (x, pts, "zeros"))
+    assert choice["backend"] == "reference", choice
+    assert "source_points requires grad" in choice["passed_over"]["cpp"], choice
+    for fn in (
+        lambda b: tps.tps_warp(x, pts, backend=b).square().sum(),
+        lambda b: losses.equivariance_losses(x, x.flip(-1), pts, backend=b)[1],
+    ):
+        got = torch.autograd.grad(fn("auto"), (x, pts))
+        want = torch.autograd.grad(fn("reference"), (x, pts))
+        assert got[1].abs().sum() > 0
+        for g, w in zip(got, want, strict=True):
+            assert torch.equal(g, w)
+    # Constant points, as SCOPS passes them, still go to the fused kernels.
+    assert _dispatch.explain("tps_warp", "cpu", (x, pts.detach(), "zeros"))["backend"] == "cpp"
+
+
 BAD_INPUTS = [
     (lambda: losses.concentration_loss(torch.randn(3, 4, 4)), ValueError, "pred.*4-D"),
     (lambda: losses.concentration_loss(torch.randn(2, 1, 4, 4)), ValueError, "pred.*2 channels"),

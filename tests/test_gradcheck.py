@@ -54,3 +54,20 @@ def test_warp_and_equivariance(padding, gen):
         lambda p, q: losses.equivariance_losses(p, q, pts, padding_mode=padding)[1],
         (pred, t(2, 3, 5, 4, gen=gen)),
     )
+
+
+@pytest.mark.parametrize("padding", ["zeros", "border"])
+def test_warp_and_equivariance_wrt_source_points(padding, gen):
+    """Source points that need a gradient get one on every backend name that runs them:
+    "auto" passes the fused kernels over (they take the spline as a constant)."""
+    pts = tps.TARGET_POINTS.double() * 1.1 + 0.1 * torch.randn(
+        2, 25, 2, generator=gen, dtype=torch.float64
+    )
+    pts.requires_grad_(True)
+    assert torch.autograd.gradcheck(
+        lambda x, s: tps.tps_warp(x, s, padding_mode=padding), (t(2, 3, 5, 4, gen=gen), pts)
+    )
+    assert torch.autograd.gradcheck(
+        lambda p, s: losses.equivariance_losses(p, p.flip(-1), s, padding_mode=padding)[1],
+        (t(2, 3, 5, 4, gen=gen), pts),
+    )

@@ -2,7 +2,7 @@
 limit on the number of parts, any float dtype (half precision accumulates in float32)."""
 
 from scops_fast import _ext
-from scops_fast.backends import table
+from scops_fast.backends import fused_table
 from scops_fast.ops import NATIVE, compose
 
 
@@ -11,7 +11,7 @@ def devices():
 
 
 # The fused concentration op exists in the CPU library only.
-OPS = table(compose.losses_from(NATIVE, concentration_devices=("cpu",)))
+OPS = fused_table(compose.losses_from(NATIVE, concentration_devices=("cpu",)))
 
 
 def describe() -> str | None:

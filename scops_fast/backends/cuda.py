@@ -13,7 +13,7 @@ dispatch key, and the predicates. Not yet run on a GPU.
 import torch
 
 from scops_fast import _ext
-from scops_fast.backends import channels_at_most, table
+from scops_fast.backends import channels_at_most, fused_table
 from scops_fast.ops import NATIVE, compose
 
 #: kMaxChannels in csrc/cuda/launch.h.
@@ -32,7 +32,7 @@ SUPPORTS = {
     "semantic_consistency_loss_lowres": channels_at_most(MAX_CHANNELS, 1, "pred (K + 1)"),
 }
 
-OPS = table(compose.losses_from(NATIVE), supports=SUPPORTS)
+OPS = fused_table(compose.losses_from(NATIVE), supports=SUPPORTS)
 
 
 def probe():

@@ -8,7 +8,7 @@ behaviour on a real GPU. Built by `make install` (SCOPS_FAST_CUDA_EMU=1).
 """
 
 from scops_fast import _ext
-from scops_fast.backends import table
+from scops_fast.backends import fused_table
 from scops_fast.backends.cuda import SUPPORTS
 from scops_fast.ops import CUDA_EMU, compose
 
@@ -17,7 +17,7 @@ def devices():
     return ("cpu",)
 
 
-OPS = table(compose.losses_from(CUDA_EMU), supports=SUPPORTS)
+OPS = fused_table(compose.losses_from(CUDA_EMU), supports=SUPPORTS)
 
 
 def describe() -> str:

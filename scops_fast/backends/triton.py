@@ -10,12 +10,12 @@ slow, meant for tests. "auto" never picks this backend for CPU tensors (see
 import os
 
 from scops_fast import ops
-from scops_fast.backends import table
+from scops_fast.backends import fused_table
 from scops_fast.ops import TRITON, compose
 
 ops.register(TRITON)
 
-OPS = table(compose.losses_from(TRITON))
+OPS = fused_table(compose.losses_from(TRITON))
 
 
 def devices():
