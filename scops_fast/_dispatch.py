@@ -55,19 +55,28 @@ class _Loaded:
     reason: str | None
 
 
-_loaded: dict[str, _Loaded] = {}
+class _Registry:
+    """The backends loaded so far, one attribute each (name -> `_Loaded`).
+
+    Attributes, not a dict: torch.compile copies a dict at the first read in a trace and
+    would miss a backend loaded later in the same trace (an "auto" call passing one
+    backend over for the next), while it reads an object's attributes when asked."""
+
+
+_loaded = _Registry()
 _process_default: str | None = None
 
 
 def _ensure_loaded(name: str) -> bool:
     """Imports and probes backend `name` once."""
-    if name not in _loaded:
+    if not hasattr(_loaded, name):
         try:
             module = importlib.import_module(BACKEND_MODULES[name])
         except Exception as exc:  # a broken optional backend must not break the package
-            _loaded[name] = _Loaded(None, f"import failed: {type(exc).__name__}: {exc}")
+            loaded = _Loaded(None, f"import failed: {type(exc).__name__}: {exc}")
         else:
-            _loaded[name] = _Loaded(module, module.probe())
+            loaded = _Loaded(module, module.probe())
+        setattr(_loaded, name, loaded)
     return True
 
 
@@ -80,7 +89,7 @@ _ensure_loaded._dynamo_marked_constant = True
 
 def _load(name: str) -> _Loaded:
     _ensure_loaded(name)
-    return _loaded[name]
+    return getattr(_loaded, name)
 
 
 def check_name(name, *, argument: str = "backend") -> str:

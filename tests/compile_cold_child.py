@@ -6,7 +6,8 @@ one line per op, `op ok <max error against eager, relative to each tensor's larg
 VARIANT (default "plain") changes how a user might call it: "dynamic" (dynamic=True, then a
 second shape through the same compiled function), "border" (border padding), "channels_last"
 (channels_last inputs), "float64", "no_grad" (forward only, under torch.no_grad), and "step"
-(one compiled training step: a network, the TPS warp and every loss, against eager)."""
+(one compiled training step: a network, the TPS warp and every loss, against eager) and
+"extras" (the rest of the public surface, `extra_cases`)."""
 
 import sys
 
@@ -71,6 +72,34 @@ def cases(backend, variant="plain"):
     }
 
 
+def extra_cases(backend):
+    """The rest of the public surface, for VARIANT "extras": the original module's helpers,
+    the spline grid, the RandTPS module, and source points that need a gradient (which
+    "auto" and None send to the reference)."""
+    kw = {"backend": backend}
+    warp = tps.RandTPS(10, 12, batch_size=2, sigma=0.05, mode="projective", border_padding=True)
+    return {
+        "get_variance": (
+            ("pred",),
+            (),
+            lambda p: sum(losses.get_variance(losses.softmax(p)[0, 1], 0.1, -0.2)),
+        ),
+        "orthonomal_loss": (("basis",), (), lambda w: losses.orthonomal_loss(w)),
+        "tps_grid": (("points",), (), lambda s: tps.tps_grid(s, 12, 10).square().sum()),
+        "RandTPS": (("pred",), (), lambda p: warp(p).square().sum()),
+        "tps_warp_points_grad": (
+            ("pred", "points"),
+            (),
+            lambda p, s: tps.tps_warp(p, s, **kw).square().sum(),
+        ),
+        "equivariance_losses_points_grad": (
+            ("pred", "pred_tps", "points"),
+            (),
+            lambda p, q, s: losses.equivariance_losses(p, q, s, **kw)[1],
+        ),
+    }
+
+
 def max_relative_error(pairs):
     """Relative to each tensor's largest entry: Inductor fuses and reorders the sums."""
     return max(rel_error(a, b) for a, b in pairs)
@@ -129,7 +158,7 @@ def main():
     if variant == "step":
         print(f"step ok {training_step(backend):.3g}", flush=True)
         return
-    table = cases(backend, variant)
+    table = extra_cases(backend) if variant == "extras" else cases(backend, variant)
     shapes = [(2, 4, 12, 10), (3, 4, 9, 13)] if variant == "dynamic" else [(2, 4, 12, 10)]
     options = {"dynamic": True} if variant == "dynamic" else {}
     for name in [first, *[n for n in table if n != first]]:

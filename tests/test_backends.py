@@ -80,7 +80,9 @@ def pytest_generate_tests(metafunc):
 
 @pytest.fixture(autouse=True)
 def usable(request):
-    target = request.node.funcargs.get("target")
+    # getfixturevalue, not funcargs: this autouse fixture may be set up before the
+    # parameter is filled in (seen when another module imported triton first).
+    target = request.getfixturevalue("target") if "target" in request.fixturenames else None
     if target is None:
         yield
         return
@@ -88,7 +90,7 @@ def usable(request):
         pytest.skip("triton was imported without its interpreter: the child test runs these")
     if target.interpreted:
         # A probe before the variable was set cached "no CUDA device".
-        _dispatch._loaded.pop("triton", None)
+        vars(_dispatch._loaded).pop("triton", None)
     reason = _dispatch.unavailable_reason(target.backend, None, target.device)
     assert reason is None, f"{target.id} should be usable here: {reason}"
     with target.small_blocks(), poisoned_allocations():
