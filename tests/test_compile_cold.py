@@ -112,3 +112,24 @@ def test_an_argument_error_under_compile_carries_our_message():
     torch._dynamo.reset()
     with pytest.raises(ValueError, match="pred: expected"):
         torch.compile(lambda p: losses.concentration_loss(p))(bad)
+
+
+def test_set_backend_after_compiling_retraces():
+    """A compiled function guards on the process default: after set_backend() it dispatches
+    anew (here to a backend that cannot run, so the call must fail, not reuse the graph)."""
+    import torch._dynamo
+
+    import scops_fast
+    from scops_fast import losses
+
+    p = torch.randn(2, 4, 6, 5)
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda x: losses.concentration_loss(x), backend="eager")
+    first = compiled(p)
+    try:
+        scops_fast.set_backend("cuda")
+        with pytest.raises(scops_fast.BackendUnavailableError, match="'cuda'"):
+            compiled(p)
+    finally:
+        scops_fast.set_backend(None)
+    torch.testing.assert_close(compiled(p), first, rtol=0, atol=0)
