@@ -13,6 +13,11 @@ SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared"
 SLOWDOWN = float(os.environ.get("SCOPS_FAST_TEST_SLOWDOWN", "1"))
 
 
+def hang_guard(seconds: float) -> float:
+    """A timeout meant to catch a hang, not to time anything: `seconds` on this machine."""
+    return seconds * SLOWDOWN
+
+
 def rel_error(actual, expected) -> float:
     """max |a - e| / max |e|: one scale for the whole tensor, so near-zero entries of a
     tensor with large ones are judged at the tensor's scale."""

@@ -49,7 +49,7 @@ from backend_checks import (  # noqa: E402
     source_points,
 )
 from backends_under_test import TARGETS, Target  # noqa: E402
-from conftest import rel_error  # noqa: E402
+from conftest import hang_guard, rel_error  # noqa: E402
 
 import scops_fast  # noqa: E402
 from scops_fast import _dispatch, losses, reference, tps  # noqa: E402
@@ -103,7 +103,9 @@ def test_triton_cpu_in_a_fresh_interpreter():
     root = pathlib.Path(__file__).resolve().parents[1]
     cmd = [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider"]
     cmd += ["-k", "triton-cpu"]
-    done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=1200)
+    done = subprocess.run(
+        cmd, cwd=root, env=env, capture_output=True, text=True, timeout=hang_guard(1200)
+    )
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
     last = done.stdout.strip().splitlines()[-1]
     assert " passed" in last and "skipped" not in last, done.stdout[-2000:]

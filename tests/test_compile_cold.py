@@ -12,6 +12,7 @@ import sys
 
 import pytest
 import torch
+from conftest import hang_guard
 
 CHILD = pathlib.Path(__file__).with_name("compile_cold_child.py")
 OPS = (
@@ -71,7 +72,7 @@ def outputs(tmp_path_factory):
             for run in pair
         }
         for run, proc in procs.items():
-            out, err = proc.communicate(timeout=900)
+            out, err = proc.communicate(timeout=hang_guard(900))
             done[run] = (proc.returncode, out, err)
     return done
 

@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import hang_guard
 
 import scops_fast
 from scops_fast import _ext
@@ -63,7 +64,7 @@ def test_each_build_this_cpu_runs_passes_the_cpp_suites(isa):
         env=env_for(isa),
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=hang_guard(900),
     )
     assert done.returncode == 0, done.stdout[-3000:]
     assert " passed" in done.stdout
@@ -80,7 +81,7 @@ def test_the_builds_agree(tmp_path):
             [sys.executable, str(HERE / "isa_child.py"), str(path)],
             env=env_for(isa),
             check=True,
-            timeout=300,
+            timeout=hang_guard(300),
         )
         outs[isa] = np.load(path)
         assert str(outs[isa]["build"]).startswith(isa)

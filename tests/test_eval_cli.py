@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import torch
+from conftest import hang_guard
 from train_helpers import tiny_config
 
 from scops_fast.cli.eval import main
@@ -174,6 +175,6 @@ def test_runs_as_a_module():
         [sys.executable, "-m", "scops_fast.cli.eval", "--help"],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=hang_guard(120),
     )
     assert result.returncode == 0 and "--checkpoint" in result.stdout

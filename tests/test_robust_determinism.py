@@ -12,6 +12,7 @@ import sys
 
 import pytest
 import torch
+from conftest import hang_guard
 
 import scops_fast
 from scops_fast import losses, reference, tps
@@ -161,7 +162,7 @@ def test_bitwise_across_processes():
         "print(json.dumps(t.all_digests(threads_list=(2,), dtypes=('float32',))))"
     )
     result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=hang_guard(300)
     )
     assert result.returncode == 0, result.stderr[-2000:]
     there = json.loads(result.stdout.strip().splitlines()[-1])

@@ -13,7 +13,7 @@ import signal
 
 import pytest
 import torch
-from conftest import SLOWDOWN
+from conftest import hang_guard
 
 import scops_fast
 from scops_fast import losses, reference, tps
@@ -35,7 +35,7 @@ def backend(request):
 def no_hang():
     """A kernel that loops forever on a NaN fails the test instead of the CI job."""
 
-    limit = round(120 * SLOWDOWN)
+    limit = round(hang_guard(120))
 
     def timeout(signum, frame):
         raise TimeoutError(f"the test ran for over {limit} s: a hang?")

@@ -23,7 +23,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import SLOWDOWN
+from conftest import hang_guard
 from PIL import Image
 from train_helpers import assert_bitwise_equal, tiny_config
 
@@ -86,14 +86,14 @@ def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path, caps
         tiny_config(**overrides), tmp_path / "straight", progress=False, tensorboard=False
     )
     straight.train()
-    deadline = time.monotonic() + 180 * SLOWDOWN
+    deadline = time.monotonic() + hang_guard(180)
     ckpt_path = killed / "checkpoint.pt"
     while not ckpt_path.exists():
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-        assert time.monotonic() < deadline, f"no checkpoint within {180 * SLOWDOWN:.0f} s"
+        assert time.monotonic() < deadline, f"no checkpoint within {hang_guard(180):.0f} s"
         time.sleep(0.01)
     os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=60)
+    proc.wait(timeout=hang_guard(60))
     proc.stderr.close()
     assert proc.returncode == -signal.SIGKILL
     at_kill = load_checkpoint(ckpt_path)["step"]

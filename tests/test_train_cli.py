@@ -5,6 +5,7 @@ import pathlib
 import subprocess
 import sys
 
+from conftest import hang_guard
 from train_helpers import tiny_config
 
 from scops_fast.train.checkpoint import load_checkpoint
@@ -52,7 +53,7 @@ def test_runs_as_a_module():
         [sys.executable, "-m", "scops_fast.train", "--help"],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=hang_guard(120),
     )
     assert result.returncode == 0
     assert "--config" in result.stdout and "--resume" in result.stdout
@@ -111,7 +112,7 @@ def test_ctrl_c_saves_the_step_and_says_how_to_resume(tmp_path):
     time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
     rest = proc.stderr.read()
-    assert proc.wait(timeout=120) == 130, "".join(lines) + rest
+    assert proc.wait(timeout=hang_guard(120)) == 130, "".join(lines) + rest
     assert "Traceback" not in rest
     assert f"scops-train --out {out} --resume" in rest
     step = load_checkpoint(out)["step"]
@@ -121,7 +122,7 @@ def test_ctrl_c_saves_the_step_and_says_how_to_resume(tmp_path):
         + [str(step + 2), "--no-progress"],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=hang_guard(300),
         env=env,
     )
     assert resumed.returncode == 0, resumed.stderr[-2000:]

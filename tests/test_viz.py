@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import torch
+from conftest import hang_guard
 from PIL import Image
 
 from scops_fast import viz
@@ -184,7 +185,9 @@ def test_y_axis_scale_and_ticks(values, log):
 
 def test_viz_does_not_import_the_trainer():
     code = "import sys, scops_fast.viz; print('scops_fast.train' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=hang_guard(120)
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
 

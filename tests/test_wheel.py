@@ -13,6 +13,7 @@ import venv
 import zipfile
 
 import pytest
+from conftest import hang_guard
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -35,7 +36,7 @@ def wheel(tmp_path_factory):
     env.pop("SCOPS_FAST_MARCH", None)
     cmd = [sys.executable, "-m", "pip", "wheel", str(src), "--no-build-isolation", "--no-deps"]
     cmd += ["--disable-pip-version-check", "-q", "-w", str(dist)]
-    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=900)
+    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=hang_guard(900))
     (whl,) = dist.glob("scops_fast-*.whl")
     return whl
 
@@ -87,7 +88,7 @@ def test_the_wheel_runs_in_a_fresh_venv_without_a_compiler(wheel, tmp_path):
         cwd=tmp_path,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=hang_guard(600),
     )
     assert train.returncode == 0, train.stderr[-2000:]
     assert (tmp_path / "run" / "checkpoint.pt").exists()
