@@ -17,7 +17,8 @@ child Python of this venv is emulated too: a `sitecustomize` (on PYTHONPATH) poi
 `sys.executable` of this venv's Python at a wrapper that starts it under QEMU, so the tests
 that start a fresh Python (`[sys.executable, ...]`) and multiprocessing get the same CPU.
 Other programs (compilers, a fresh venv's Python, Chromium) run natively, held to AVX2 where
-they listen: ATEN_CPU_CAPABILITY=avx2, MKL_ENABLE_INSTRUCTIONS=AVX2, ONEDNN_MAX_CPU_ISA=AVX2.
+they listen: ATEN_CPU_CAPABILITY=avx2, MKL_ENABLE_INSTRUCTIONS=AVX2, ONEDNN_MAX_CPU_ISA=AVX2,
+and compiler wrappers that read `-march=native` (torch.compile's C++ kernels) as x86-64-v3.
 `--native-children` runs every child natively (faster; a test comparing a child's floats
 with the emulated parent's then compares two CPUs). SCOPS_FAST_TEST_SLOWDOWN=10 tells the
 tests' hang guards that everything runs about ten times slower.
@@ -74,6 +75,33 @@ def emulate_children(emulated: list[str], folder: Path) -> dict:
     return {"PYTHONPATH": os.pathsep.join(p for p in (str(folder), path) if p)}
 
 
+#: Compilers that an emulated process may run natively (torch.compile's C++ backend).
+COMPILERS = ("gcc", "g++", "cc", "c++")
+
+
+def compilers_for_the_emulated_cpu(folder: Path) -> dict:
+    """The environment whose compilers target the emulated CPU: Inductor compiles its
+    kernels with `-march=native`, which the native compiler reads off the host (AVX-512
+    here), so the emulated process that loads them would die of SIGILL where a real AVX2
+    machine's compiler would have targeted AVX2. Wrappers ahead on PATH turn
+    `-march=native` into `-march=x86-64-v3` (AVX2, FMA) and run the real compiler."""
+    bin_dir = folder / "bin"
+    bin_dir.mkdir()
+    for name in COMPILERS:
+        real = shutil.which(name)
+        if real is None:
+            continue
+        wrapper = bin_dir / name
+        wrapper.write_text(
+            "#!/bin/sh\n"
+            'for a do shift; case "$a" in -march=native) set -- "$@" -march=x86-64-v3 ;; '
+            '*) set -- "$@" "$a" ;; esac; done\n'
+            f'exec {shlex.quote(real)} "$@"\n'
+        )
+        wrapper.chmod(0o755)
+    return {"PATH": os.pathsep.join((str(bin_dir), os.environ.get("PATH", "")))}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--qemu", default="qemu-x86_64", help="QEMU's x86-64 user-mode binary")
@@ -99,7 +127,7 @@ def main(argv=None) -> int:
         )
     emulated = [qemu, "-cpu", "max", sys.executable]
     with tempfile.TemporaryDirectory(prefix="no_avx512_") as folder:
-        env = {**os.environ, **AVX2_ENV}
+        env = {**os.environ, **AVX2_ENV, **compilers_for_the_emulated_cpu(Path(folder))}
         if not args.native_children:
             env.update(emulate_children(emulated, Path(folder)))
         # The probe is a child of an emulated Python, as the tests' children are, and is not
