@@ -60,11 +60,16 @@ def qemu_version(qemu: str) -> tuple[int, int]:
     return int(match[1]), int(match[2])
 
 
+def write_script(path: Path, body: str) -> None:
+    """An executable /bin/sh script at `path`."""
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(0o755)
+
+
 def emulate_children(emulated: list[str], folder: Path) -> dict:
     """The environment that sends a child Python of this venv through `emulated` as well."""
     wrapper = folder / "python"
-    wrapper.write_text(f'#!/bin/sh\nexec {shlex.join(emulated)} "$@"\n')
-    wrapper.chmod(0o755)
+    write_script(wrapper, f'exec {shlex.join(emulated)} "$@"\n')
     # Only this venv's Python is redirected: a fresh venv's (tests/test_wheel.py) is not.
     (folder / "sitecustomize.py").write_text(
         "import sys\n"
@@ -91,14 +96,12 @@ def compilers_for_the_emulated_cpu(folder: Path) -> dict:
         real = shutil.which(name)
         if real is None:
             continue
-        wrapper = bin_dir / name
-        wrapper.write_text(
-            "#!/bin/sh\n"
+        write_script(
+            bin_dir / name,
             'for a do shift; case "$a" in -march=native) set -- "$@" -march=x86-64-v3 ;; '
             '*) set -- "$@" "$a" ;; esac; done\n'
-            f'exec {shlex.quote(real)} "$@"\n'
+            f'exec {shlex.quote(real)} "$@"\n',
         )
-        wrapper.chmod(0o755)
     return {"PATH": os.pathsep.join((str(bin_dir), os.environ.get("PATH", "")))}
 
 

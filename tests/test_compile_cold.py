@@ -2,8 +2,8 @@
 every public loss and tps_warp, forward and backward, as the first thing a fresh process does,
 for every backend name that runs here and for the default, and the ways a user varies the call
 (dynamic shapes, border padding, channels_last, float64, no_grad, a whole training step,
-the rest of the public surface). Each
-process starts with a different op (tests/compile_cold_child.py)."""
+the rest of the public surface). Each process starts with a different op
+(tests/compile_cold_child.py)."""
 
 import os
 import pathlib

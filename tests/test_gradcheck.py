@@ -58,8 +58,8 @@ def test_warp_and_equivariance(padding, gen):
 
 @pytest.mark.parametrize("padding", ["zeros", "border"])
 def test_warp_and_equivariance_wrt_source_points(padding, gen):
-    """Source points that need a gradient get one on every backend name that runs them:
-    "auto" passes the fused kernels over (they take the spline as a constant)."""
+    """Source points that need a gradient get one through "auto", which passes the fused
+    kernels over for the reference (the kernels take the spline as a constant)."""
     pts = tps.TARGET_POINTS.double() * 1.1 + 0.1 * torch.randn(
         2, 25, 2, generator=gen, dtype=torch.float64
     )

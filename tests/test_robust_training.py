@@ -86,11 +86,12 @@ def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path, caps
         tiny_config(**overrides), tmp_path / "straight", progress=False, tensorboard=False
     )
     straight.train()
-    deadline = time.monotonic() + hang_guard(180)
+    limit = hang_guard(180)
+    deadline = time.monotonic() + limit
     ckpt_path = killed / "checkpoint.pt"
     while not ckpt_path.exists():
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-        assert time.monotonic() < deadline, f"no checkpoint within {hang_guard(180):.0f} s"
+        assert time.monotonic() < deadline, f"no checkpoint within {limit:.0f} s"
         time.sleep(0.01)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=hang_guard(60))
