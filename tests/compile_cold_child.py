@@ -6,8 +6,9 @@ one line per op, `op ok <max error against eager, relative to each tensor's larg
 VARIANT (default "plain") changes how a user might call it: "dynamic" (dynamic=True, then a
 second shape through the same compiled function), "border" (border padding), "channels_last"
 (channels_last inputs), "float64", "no_grad" (forward only, under torch.no_grad), and "step"
-(one compiled training step: a network, the TPS warp and every loss, against eager) and
-"extras" (the rest of the public surface, `extra_cases`)."""
+(one compiled training step: a network, the TPS warp and every loss, against eager),
+"extras" (the rest of the public surface, `extra_cases`) and "deploy" (how a model leaves
+Python or serves: `deploy_cases`)."""
 
 import sys
 
@@ -100,6 +101,76 @@ def extra_cases(backend):
     }
 
 
+def all_losses(backend):
+    """Every loss and the warp in one function, as a model's forward would call them."""
+    kw = {"backend": backend}
+
+    def total(p, q, s, f, w):
+        out = losses.concentration_loss(p, **kw) + losses.orthonormal_loss(w)
+        out = out + losses.semantic_consistency_loss(f, p, w, **kw)
+        out = out + tps.tps_warp(p, s, **kw).square().mean()
+        return out + sum(losses.equivariance_losses(p, q, s, **kw))
+
+    return total
+
+
+def deploy_cases(backend):
+    """For VARIANT "deploy", each `name: fn() -> max error`: shapes that change between calls
+    of one compiled function with no `dynamic=` (torch recompiles, then generalises),
+    inference mode, Inductor's C++ wrapper, and torch.export + AOTInductor's package."""
+    total = all_losses(backend)
+    names = ("pred", "pred_tps", "points", "feats", "basis")
+
+    def differentiated(p, q, w, s, f):  # compare() wants the differentiated inputs first
+        return total(p, q, s, f, w)
+
+    def run(compiled, shapes):
+        """The same compiled function for every shape, forward and backward."""
+        errors = []
+        for shape in shapes:
+            t = inputs("plain", shape)
+            leaves = [t["pred"], t["pred_tps"], t["basis"]]
+            errors.append(compare(differentiated, compiled, leaves, [t["points"], t["feats"]]))
+        return max(errors)
+
+    def exported():
+        import tempfile
+
+        class Model(torch.nn.Module):
+            def forward(self, *args):
+                return total(*args)
+
+        t = inputs("plain")
+        args = tuple(t[n] for n in names)
+        program = torch.export.export(Model(), args)
+        with tempfile.TemporaryDirectory() as folder:
+            package = torch._inductor.aoti_compile_and_package(
+                program, package_path=f"{folder}/model.pt2"
+            )
+            loaded = torch._inductor.aoti_load_package(package)
+            return max_relative_error([(loaded(*args), total(*args))])
+
+    def inference():
+        t = inputs("plain")
+        args = [t[n] for n in names]
+        compiled = torch.compile(total, fullgraph=True)
+        with torch.inference_mode():
+            return max_relative_error([(compiled(*args), total(*args))])
+
+    return {
+        "recompiles": lambda: run(
+            torch.compile(differentiated, fullgraph=True),
+            [(2, 4, 12, 10), (3, 4, 9, 13), (1, 6, 17, 11)],
+        ),
+        "inference_mode": inference,
+        "cpp_wrapper": lambda: run(
+            torch.compile(differentiated, fullgraph=True, options={"cpp_wrapper": True}),
+            [(2, 4, 12, 10)],
+        ),
+        "aot_inductor": exported,
+    }
+
+
 def max_relative_error(pairs):
     """Relative to each tensor's largest entry: Inductor fuses and reorders the sums."""
     return max(rel_error(a, b) for a, b in pairs)
@@ -157,6 +228,11 @@ def main():
     variant = sys.argv[3] if len(sys.argv) > 3 else "plain"
     if variant == "step":
         print(f"step ok {training_step(backend):.3g}", flush=True)
+        return
+    if variant == "deploy":
+        table = deploy_cases(backend)
+        for name in [first, *[n for n in table if n != first]]:
+            print(f"{name} ok {table[name]():.3g}", flush=True)
         return
     table = extra_cases(backend) if variant == "extras" else cases(backend, variant)
     shapes = [(2, 4, 12, 10), (3, 4, 9, 13)] if variant == "dynamic" else [(2, 4, 12, 10)]

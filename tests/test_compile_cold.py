@@ -1,9 +1,9 @@
 """torch.compile as a user calls it: fullgraph=True with the default (Inductor) backend, over
 every public loss and tps_warp, forward and backward, as the first thing a fresh process does,
 for every backend name that runs here and for the default, and the ways a user varies the call
-(dynamic shapes, border padding, channels_last, float64, no_grad, a whole training step,
-the rest of the public surface). Each process starts with a different op
-(tests/compile_cold_child.py)."""
+(dynamic shapes, border padding, channels_last, float64, no_grad, a whole training step, the
+rest of the public surface, recompiles, inference mode, the C++ wrapper, AOTInductor). Each
+process starts with a different op (tests/compile_cold_child.py)."""
 
 import os
 import pathlib
@@ -39,6 +39,7 @@ RUNS = (
     ("cpp", "batch_get_centers", "no_grad"),
     ("None", "step", "step"),
     ("auto", "tps_warp_points_grad", "extras"),
+    ("cpp", "aot_inductor", "deploy"),
 )
 EXTRAS = (
     "get_variance",
@@ -48,6 +49,7 @@ EXTRAS = (
     "tps_warp_points_grad",
     "equivariance_losses_points_grad",
 )
+DEPLOY = ("recompiles", "inference_mode", "cpp_wrapper", "aot_inductor")
 #: What a run needs in its environment besides a private Inductor cache. Like the shared
 #: suite (backends_under_test.py), this expects cuda_emu built and triton installed.
 RUN_ENV = {"triton": {"TRITON_INTERPRET": "1"}}
@@ -88,7 +90,8 @@ def test_every_op_compiles_cold_with_inductor(outputs, run):
         if " ok " in line:
             name, _, error = line.split()
             seen[name] = float(error)
-    expected = {"step": {"step"}, "extras": set(EXTRAS)}.get(run[2], set(OPS))
+    variants = {"step": {"step"}, "extras": set(EXTRAS), "deploy": set(DEPLOY)}
+    expected = variants.get(run[2], set(OPS))
     assert set(seen) == expected, out
     # float32 throughout but the float64 run, whose errors are rounding of float64.
     assert max(seen.values()) < (1e-12 if run[2] == "float64" else 1e-4), seen
