@@ -1,5 +1,7 @@
 """Public names, backend selection and argument errors."""
 
+import functools
+
 import pytest
 import torch
 
@@ -207,6 +209,81 @@ def test_source_points_that_need_a_gradient_get_it_from_the_reference():
             assert torch.equal(g, w)
     # Constant points, as SCOPS passes them, still go to the fused kernels.
     assert _dispatch.explain("tps_warp", "cpu", (x, pts.detach(), "zeros"))["backend"] == "cpp"
+
+
+def transform_calls():
+    """{public op: fn(pred) -> scalar} through each fused op family, constant otherwise."""
+    g = torch.Generator().manual_seed(3)
+    pts = tps.TARGET_POINTS + 0.05 * torch.randn(2, 25, 2, generator=g)
+    feats = torch.randn(2, 5, 6, 5, generator=g)
+    basis = torch.rand(3, 5, generator=g)
+    return {
+        "concentration_loss": lambda p, b: losses.concentration_loss(p, backend=b),
+        "batch_get_centers": lambda p, b: losses.batch_get_centers(p, backend=b).sum(),
+        "semantic_consistency_loss": lambda p, b: losses.semantic_consistency_loss(
+            feats, p, basis, backend=b
+        ),
+        "semantic_consistency_loss_lowres": lambda p, b: losses.semantic_consistency_loss_lowres(
+            feats[..., :3, :2], p, basis, backend=b
+        ),
+        "tps_warp": lambda p, b: tps.tps_warp(p, pts, backend=b).square().sum(),
+        "equivariance_losses": lambda p, b: losses.equivariance_losses(
+            p, p.flip(-1), pts, backend=b
+        )[0],
+    }
+
+
+TRANSFORMS = {
+    "grad": lambda f, x, t: torch.func.grad(f)(x),
+    "jacrev": lambda f, x, t: torch.func.jacrev(f)(x),
+    "grad of vmap": lambda f, x, t: torch.func.grad(
+        lambda p: torch.func.vmap(lambda q: f(q.unsqueeze(0).expand(2, -1, -1, -1)))(p).sum()
+    )(x),
+    "jvp": lambda f, x, t: torch.func.jvp(f, (x,), (t,))[1],
+}
+
+
+@pytest.mark.parametrize("transform", TRANSFORMS)
+def test_torch_func_transforms_run_the_reference_through_auto(transform):
+    """Fused ops' derivatives are torch.library autograd rules, reverse mode only: under
+    torch.func.grad torch raises from its internals, and forward mode would give them a zero
+    tangent, silently. So they refuse such calls, by name, and "auto" runs the reference
+    (torch has no forward derivative of grid_sample: the warp has none in either)."""
+    x = torch.randn(2, 4, 6, 5)
+    t = torch.randn_like(x)
+    for op, fn in transform_calls().items():
+        if transform == "jvp" and op in ("tps_warp", "equivariance_losses"):
+            continue
+        run = TRANSFORMS[transform]
+        got = run(functools.partial(fn, b="auto"), x, t)
+        want = run(functools.partial(fn, b="reference"), x, t)
+        assert torch.equal(got, want), (op, transform)
+        assert got.abs().sum() > 0, (op, transform)
+        with pytest.raises(scops_fast.BackendUnavailableError, match="cpp.*torch.func"):
+            run(functools.partial(fn, b="cpp"), x, t)
+    # Outside the transforms, reverse mode still runs the kernels.
+    chosen = _dispatch.explain("concentration_loss", "cpu", (x.requires_grad_(True),))
+    assert chosen["backend"] == "cpp", chosen
+
+
+def test_fused_backends_refuse_dual_tensors():
+    import importlib
+
+    import torch.autograd.forward_ad as fwAD
+
+    x, t = torch.randn(2, 4, 6, 5), torch.randn(2, 4, 6, 5)
+    fn = transform_calls()["concentration_loss"]
+    with fwAD.dual_level():
+        dual = fwAD.make_dual(x, t)
+        want = fwAD.unpack_dual(fn(dual, "reference")).tangent
+        got = fwAD.unpack_dual(fn(dual, "auto")).tangent
+        assert want is not None and torch.equal(got, want)
+        with pytest.raises(scops_fast.BackendUnavailableError, match="forward-mode AD"):
+            fn(dual, "cpp")
+        for name in FUSED:
+            module = importlib.import_module(_dispatch.BACKEND_MODULES[name])
+            assert "forward-mode AD" in module.OPS["concentration_loss"].supports(dual), name
+            assert module.OPS["concentration_loss"].supports(x) is None, name
 
 
 BAD_INPUTS = [

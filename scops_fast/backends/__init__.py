@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torch.autograd import forward_ad
 
 
 def any_inputs(*args) -> None:
@@ -57,6 +58,36 @@ def constant_source_points(index: int) -> Callable[..., str | None]:
     return supports
 
 
+def reverse_mode_autograd(*args) -> str | None:
+    """A predicate refusing calls under forward-mode AD (dual tensors, torch.func.jvp,
+    jacfwd) or torch.func's other differentiating transforms (grad, vjp, jacrev, hessian).
+    A fused op's backward is an autograd rule registered with torch.library, which
+    `backward()` and `torch.autograd.grad` run; forward-mode AD would give it a zero tangent,
+    silently, and torch.func.grad raises an error from torch's internals. The reference is
+    made of ATen ops, differentiated wherever torch differentiates them (not the warp in
+    forward mode: torch's grid_sample has no forward derivative), and "auto" passes on to it."""
+    if torch.compiler.is_compiling():
+        return None  # Dynamo cannot read functorch's stack; an eager call checks it
+    transforms = torch._C._functorch.get_interpreter_stack() or ()
+    if any(t.key() in _DIFFERENTIATING for t in transforms):
+        return (
+            "torch.func's grad/vjp/jvp/jacrev/jacfwd/hessian cannot differentiate its "
+            "custom ops, whose backward serves backward() and torch.autograd.grad only "
+            '(backend "reference" is plain ATen ops)'
+        )
+    if forward_ad._current_level >= 0 and any(
+        torch.is_tensor(a) and forward_ad.unpack_dual(a).tangent is not None for a in args
+    ):
+        return (
+            "forward-mode AD (dual tensors) would give its custom ops a zero tangent: their "
+            'derivative is reverse-mode only (backend "reference" is plain ATen ops)'
+        )
+    return None
+
+
+_DIFFERENTIATING = (torch._C._functorch.TransformType.Grad, torch._C._functorch.TransformType.Jvp)
+
+
 def all_of(*predicates: Callable[..., str | None]) -> Callable[..., str | None]:
     """The first refusal among `predicates` (None when all take the inputs)."""
 
@@ -80,8 +111,11 @@ def table(implementations: dict, supports: dict | None = None) -> dict:
 
 
 def fused_table(implementations: dict, supports: dict | None = None) -> dict:
-    """`table` for a fused backend: `FUSED_SUPPORTS` and the backend's own `supports`."""
-    merged = dict(FUSED_SUPPORTS)
-    for name, predicate in (supports or {}).items():
-        merged[name] = all_of(merged[name], predicate) if name in merged else predicate
+    """`table` for a fused backend: `reverse_mode_autograd` for every op, `FUSED_SUPPORTS`
+    and the backend's own `supports`."""
+    merged = {name: reverse_mode_autograd for name in implementations}
+    for extra in (FUSED_SUPPORTS, supports or {}):
+        for name, predicate in extra.items():
+            if name in merged:
+                merged[name] = all_of(merged[name], predicate)
     return table(implementations, merged)
