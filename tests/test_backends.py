@@ -359,3 +359,36 @@ def test_compile_fullgraph_has_no_graph_breaks(target, gen):
     gc = torch.autograd.grad(got, (pred, pred_tps, basis))
     for a, e in zip(gc, ge, strict=True):
         assert rel_error(a, e) <= 1e-6
+
+
+def test_second_derivatives_raise_naming_the_op(target, gen):
+    """The kernels give first derivatives only. With create_graph=True the first gradient is
+    the plain one, and differentiating it again raises, naming the op and the reference
+    (before, it came out zero or partial, with only torch's warning)."""
+    dev, be = target.device, target.backend
+
+    def r(*shape):
+        return torch.randn(*shape, generator=gen).to(dev)
+
+    pred = r(2, 4, 9, 7).requires_grad_(True)
+    pred_tps, low, feats, basis = r(2, 4, 9, 7), r(2, 6, 3, 3), r(2, 6, 9, 7), torch.rand(3, 6)
+    basis, pts = basis.to(dev), source_points(2, F32, gen).to(dev)
+    calls = {
+        "concentration": lambda: losses.concentration_loss(pred, backend=be),
+        "softmax_moments": lambda: losses.batch_get_centers(pred.exp(), backend=be).sum(),
+        "semantic_dense": lambda: losses.semantic_consistency_loss(feats, pred, basis, backend=be),
+        "semantic_lowres": lambda: losses.semantic_consistency_loss_lowres(
+            low, pred, basis, backend=be
+        ),
+        "tps_warp": lambda: tps.tps_warp(pred, pts, backend=be).square().mean(),
+        "equivariance": lambda: sum(losses.equivariance_losses(pred, pred_tps, pts, backend=be)),
+    }
+    for op, fn in calls.items():
+        (plain,) = torch.autograd.grad(fn(), pred)
+        (first,) = torch.autograd.grad(fn(), pred, create_graph=True)
+        assert torch.equal(first, plain), op
+        if be == "reference":
+            assert torch.autograd.grad(first.square().sum(), pred)[0].abs().sum() > 0, op
+            continue
+        with pytest.raises(RuntimeError, match=r"::\w+ has first derivatives only: .*reference"):
+            torch.autograd.grad(first.square().sum(), pred)

@@ -19,6 +19,8 @@ from __future__ import annotations
 import functools
 import importlib
 
+import torch
+
 #: The compiled libraries' namespace (CPU and CUDA kernels register under it).
 NATIVE = "scops_fast"
 #: The Triton kernels' namespace.
@@ -38,3 +40,44 @@ def register(namespace: str) -> None:
     ops must exist first: `scops_fast._ext.load` calls this after loading a library."""
     for name in FAMILIES:
         family(name).register(namespace)
+
+
+def register_autograd(qualname: str, backward, setup_context) -> None:
+    """torch.library.register_autograd with a first-derivative-only backward.
+
+    The kernels form first derivatives (some in the forward pass, some in backward ops that
+    have no derivative of their own), so a second derivative through them would come out
+    as zero, or partial, without a word. Under `create_graph=True` the backward runs
+    without recording and hands back gradients whose own backward raises, naming the op
+    and the way out: the reference backend, plain ATen ops, differentiates twice. This is
+    torch's `once_differentiable` with our message, and with the op's inputs that need a
+    gradient as inputs of the raising node, so that `torch.autograd.grad(g, inputs)` reaches
+    it (instead of "appears to not have been used in the graph"). Left out while
+    torch.compile traces: the compiled backward is not differentiated again."""
+
+    def setup(ctx, inputs, output):
+        setup_context(ctx, inputs, output)
+        if not torch.compiler.is_compiling():
+            # Held by the graph already (as the network's output, or a parameter).
+            ctx.differentiable_inputs = [
+                t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad
+            ]
+
+    @functools.wraps(backward)
+    def first_order(ctx, *grads):
+        if not torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return backward(ctx, *grads)
+        with torch.no_grad():
+            out = backward(ctx, *grads)
+        outputs = out if isinstance(out, tuple) else (out,)
+        inputs = getattr(ctx, "differentiable_inputs", [])
+        refuse = torch._C._functions.DelayedError(
+            f"{qualname} has first derivatives only: a second derivative through it "
+            '(create_graph=True, then backward again) needs backend="reference"'.encode(),
+            len(outputs) + len(inputs),
+        )
+        detached = [None if g is None else g.detach().requires_grad_() for g in outputs]
+        wrapped = refuse(*detached, *inputs)[: len(outputs)]
+        return wrapped if isinstance(out, tuple) else wrapped[0]
+
+    torch.library.register_autograd(qualname, first_order, setup_context=setup)

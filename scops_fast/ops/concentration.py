@@ -11,7 +11,7 @@ the part centres and the concentration loss follow.
 
 import torch
 
-from scops_fast.ops import NATIVE, TRITON
+from scops_fast.ops import NATIVE, TRITON, register_autograd
 from scops_fast.ops.compose import (
     centers_from_moments,
     contiguous_like,
@@ -109,14 +109,14 @@ def register(namespace: str) -> None:
     lib = torch.library
     lib.register_fake(f"{namespace}::softmax_moments", _moments_fake)
     lib.register_fake(f"{namespace}::softmax_moments_backward", contiguous_like)
-    lib.register_autograd(
+    register_autograd(
         f"{namespace}::softmax_moments",
         _moments_backward_rule(namespace),
         setup_context=_moments_setup,
     )
     if namespace == NATIVE:
         lib.register_fake(f"{NATIVE}::concentration", _loss_fake)
-        lib.register_autograd(f"{NATIVE}::concentration", _loss_backward, setup_context=_loss_setup)
+        register_autograd(f"{NATIVE}::concentration", _loss_backward, setup_context=_loss_setup)
 
 
 def public_ops(k) -> dict:

@@ -6,7 +6,7 @@ returns an empty `warped`). As in SCOPS, the KL target is detached: no KL gradie
 
 import torch
 
-from scops_fast.ops import TRITON
+from scops_fast.ops import TRITON, register_autograd
 from scops_fast.ops.compose import (
     centers_from_moments,
     contiguous_like,
@@ -116,9 +116,7 @@ def _backward_rule(namespace):
 def register(namespace: str) -> None:
     torch.library.register_fake(f"{namespace}::equivariance", _fake_rule(namespace))
     torch.library.register_fake(f"{namespace}::equivariance_backward", _backward_fake)
-    torch.library.register_autograd(
-        f"{namespace}::equivariance", _backward_rule(namespace), setup_context=_setup
-    )
+    register_autograd(f"{namespace}::equivariance", _backward_rule(namespace), setup_context=_setup)
 
 
 def public_ops(k) -> dict:

@@ -11,7 +11,7 @@ dense one reads the (B, C, H, W) features exactly once); the backward only scale
 
 import torch
 
-from scops_fast.ops import TRITON
+from scops_fast.ops import TRITON, register_autograd
 from scops_fast.ops.compose import contiguous_like, needs_grad, neighbour_gram, working_dtype
 
 
@@ -102,11 +102,9 @@ def _lowres_backward(ctx, g_loss, _g1, _g2, _g3):
 def register(namespace: str) -> None:
     lib = torch.library
     lib.register_fake(f"{namespace}::semantic_dense", _dense_fake)
-    lib.register_autograd(
-        f"{namespace}::semantic_dense", _dense_backward, setup_context=_dense_setup
-    )
+    register_autograd(f"{namespace}::semantic_dense", _dense_backward, setup_context=_dense_setup)
     lib.register_fake(f"{namespace}::semantic_lowres", _lowres_fake)
-    lib.register_autograd(
+    register_autograd(
         f"{namespace}::semantic_lowres", _lowres_backward, setup_context=_lowres_setup
     )
 

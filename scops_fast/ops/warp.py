@@ -5,7 +5,7 @@ tensor; the source points are constants (SCOPS draws them at random)."""
 
 import torch
 
-from scops_fast.ops import TRITON
+from scops_fast.ops import TRITON, register_autograd
 from scops_fast.ops.compose import contiguous_like, spline_mapping, working_dtype
 
 
@@ -47,9 +47,7 @@ def _backward_rule(namespace):
 def register(namespace: str) -> None:
     torch.library.register_fake(f"{namespace}::tps_warp", contiguous_like)
     torch.library.register_fake(f"{namespace}::tps_warp_backward", contiguous_like)
-    torch.library.register_autograd(
-        f"{namespace}::tps_warp", _backward_rule(namespace), setup_context=_setup
-    )
+    register_autograd(f"{namespace}::tps_warp", _backward_rule(namespace), setup_context=_setup)
 
 
 def public_ops(k) -> dict:
