@@ -361,10 +361,8 @@ def test_compile_fullgraph_has_no_graph_breaks(target, gen):
         assert rel_error(a, e) <= 1e-6
 
 
-def test_second_derivatives_raise_naming_the_op(target, gen):
-    """The kernels give first derivatives only. With create_graph=True the first gradient is
-    the plain one, and differentiating it again raises, naming the op and the reference
-    (before, it came out zero or partial, with only torch's warning)."""
+def derivative_calls(target, gen):
+    """(pred, {op: fn() -> scalar}): every fused op, differentiated with respect to pred."""
     dev, be = target.device, target.backend
 
     def r(*shape):
@@ -373,7 +371,7 @@ def test_second_derivatives_raise_naming_the_op(target, gen):
     pred = r(2, 4, 9, 7).requires_grad_(True)
     pred_tps, low, feats, basis = r(2, 4, 9, 7), r(2, 6, 3, 3), r(2, 6, 9, 7), torch.rand(3, 6)
     basis, pts = basis.to(dev), source_points(2, F32, gen).to(dev)
-    calls = {
+    return pred, {
         "concentration": lambda: losses.concentration_loss(pred, backend=be),
         "softmax_moments": lambda: losses.batch_get_centers(pred.exp(), backend=be).sum(),
         "semantic_dense": lambda: losses.semantic_consistency_loss(feats, pred, basis, backend=be),
@@ -383,6 +381,27 @@ def test_second_derivatives_raise_naming_the_op(target, gen):
         "tps_warp": lambda: tps.tps_warp(pred, pts, backend=be).square().mean(),
         "equivariance": lambda: sum(losses.equivariance_losses(pred, pred_tps, pts, backend=be)),
     }
+
+
+def test_batched_gradients(target, gen):
+    """torch.autograd.grad(is_grads_batched=True), as Jacobian code calls it: the backward
+    runs under vmap, one row per upstream gradient."""
+    pred, calls = derivative_calls(target, gen)
+    rows = torch.tensor([1.0, -2.5, 0.0], device=target.device)
+    for op, fn in calls.items():
+        (plain,) = torch.autograd.grad(fn(), pred)
+        (batched,) = torch.autograd.grad(fn(), pred, rows, is_grads_batched=True)
+        assert batched.shape == (3, *pred.shape), op
+        for row, scale in zip(batched, rows.tolist(), strict=True):
+            assert rel_error(row, scale * plain) <= 1e-6, (op, scale)
+
+
+def test_second_derivatives_raise_naming_the_op(target, gen):
+    """The kernels give first derivatives only. With create_graph=True the first gradient is
+    the plain one, and differentiating it again raises, naming the op and the reference
+    (before, it came out zero or partial, with only torch's warning)."""
+    be = target.backend
+    pred, calls = derivative_calls(target, gen)
     for op, fn in calls.items():
         (plain,) = torch.autograd.grad(fn(), pred)
         (first,) = torch.autograd.grad(fn(), pred, create_graph=True)

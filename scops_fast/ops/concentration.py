@@ -100,7 +100,11 @@ def _loss_backward(ctx, grad_loss, _grad_moments, _grad_grad):
         (x,) = ctx.saved_tensors
         grad = torch.ops.scops_fast.concentration(x, True)[2]
     # A loss backpropagated on its own gets exactly 1: the gradient is then the answer.
-    if grad_loss.item() != 1.0:
+    try:
+        unit = grad_loss.item() == 1.0
+    except RuntimeError:  # batched (autograd.grad's is_grads_batched): no single value
+        return grad * grad_loss, None
+    if not unit:
         grad.mul_(grad_loss)
     return grad, None
 
