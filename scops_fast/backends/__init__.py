@@ -75,7 +75,8 @@ def reverse_mode_autograd(*args) -> str | None:
             "custom ops, whose backward serves backward() and torch.autograd.grad only "
             '(backend "reference" is plain ATen ops)'
         )
-    if forward_ad._current_level >= 0 and any(
+    # No dual level open (-1): no tensor can carry a tangent. 0 if torch renames it: check.
+    if getattr(forward_ad, "_current_level", 0) >= 0 and any(
         torch.is_tensor(a) and forward_ad.unpack_dual(a).tangent is not None for a in args
     ):
         return (

@@ -58,7 +58,8 @@ def register_autograd(qualname: str, backward, setup_context) -> None:
     def setup(ctx, inputs, output):
         setup_context(ctx, inputs, output)
         if not torch.compiler.is_compiling():
-            # Held by the graph already (as the network's output, or a parameter).
+            # The raising node's edges; in training the graph holds them anyway (the
+            # network's output, the basis parameter), so this keeps nothing extra alive.
             ctx.differentiable_inputs = [
                 t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad
             ]
