@@ -405,9 +405,10 @@ def test_second_derivatives_raise_naming_the_op(target, gen):
     for op, fn in calls.items():
         (plain,) = torch.autograd.grad(fn(), pred)
         (first,) = torch.autograd.grad(fn(), pred, create_graph=True)
-        assert torch.equal(first, plain), op
-        if be == "reference":
+        if be == "reference":  # on a GPU: grid_sample's backward adds atomically
+            assert rel_error(first, plain) <= 1e-6, op
             assert torch.autograd.grad(first.square().sum(), pred)[0].abs().sum() > 0, op
             continue
+        assert torch.equal(first, plain), op
         with pytest.raises(RuntimeError, match=r"::\w+ has first derivatives only: .*reference"):
             torch.autograd.grad(first.square().sum(), pred)
