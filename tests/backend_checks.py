@@ -34,6 +34,33 @@ def source_points(b, dtype, gen):
     return pts.to(dtype)
 
 
+def loss_calls(shape, gen, device="cpu"):
+    """{kernel op: fn(pred, backend) -> scalar}: a public call through each fused op, for
+    logits `pred` of `shape` (B, K+1, H, W); the other inputs are constants drawn here."""
+    from scops_fast import losses, tps
+
+    b, k1, h, w = shape
+
+    def r(*s):
+        return torch.randn(*s, generator=gen).to(device)
+
+    pred_tps, low, feats = r(*shape), r(b, 6, 3, 3), r(b, 6, h, w)
+    basis = torch.rand(k1 - 1, 6, generator=gen).to(device)
+    pts = source_points(b, torch.float32, gen).to(device)
+    return {
+        "concentration": lambda p, be: losses.concentration_loss(p, backend=be),
+        "softmax_moments": lambda p, be: losses.batch_get_centers(p.exp(), backend=be).sum(),
+        "semantic_dense": lambda p, be: losses.semantic_consistency_loss(
+            feats, p, basis, backend=be
+        ),
+        "semantic_lowres": lambda p, be: losses.semantic_consistency_loss_lowres(
+            low, p, basis, backend=be
+        ),
+        "tps_warp": lambda p, be: tps.tps_warp(p, pts, backend=be).square().mean(),
+        "equivariance": lambda p, be: sum(losses.equivariance_losses(p, pred_tps, pts, backend=be)),
+    }
+
+
 @contextlib.contextmanager
 def poisoned_allocations():
     """Fill every uninitialised allocation (kernel outputs and partial-sum slots

@@ -4,6 +4,7 @@ import functools
 
 import pytest
 import torch
+from backend_checks import loss_calls
 
 import scops_fast
 from scops_fast import _dispatch, _ext, losses, reference, tps
@@ -211,28 +212,6 @@ def test_source_points_that_need_a_gradient_get_it_from_the_reference():
     assert _dispatch.explain("tps_warp", "cpu", (x, pts.detach(), "zeros"))["backend"] == "cpp"
 
 
-def transform_calls():
-    """{public op: fn(pred) -> scalar} through each fused op family, constant otherwise."""
-    g = torch.Generator().manual_seed(3)
-    pts = tps.TARGET_POINTS + 0.05 * torch.randn(2, 25, 2, generator=g)
-    feats = torch.randn(2, 5, 6, 5, generator=g)
-    basis = torch.rand(3, 5, generator=g)
-    return {
-        "concentration_loss": lambda p, b: losses.concentration_loss(p, backend=b),
-        "batch_get_centers": lambda p, b: losses.batch_get_centers(p, backend=b).sum(),
-        "semantic_consistency_loss": lambda p, b: losses.semantic_consistency_loss(
-            feats, p, basis, backend=b
-        ),
-        "semantic_consistency_loss_lowres": lambda p, b: losses.semantic_consistency_loss_lowres(
-            feats[..., :3, :2], p, basis, backend=b
-        ),
-        "tps_warp": lambda p, b: tps.tps_warp(p, pts, backend=b).square().sum(),
-        "equivariance_losses": lambda p, b: losses.equivariance_losses(
-            p, p.flip(-1), pts, backend=b
-        )[0],
-    }
-
-
 TRANSFORMS = {
     "grad": lambda f, x, t: torch.func.grad(f)(x),
     "jacrev": lambda f, x, t: torch.func.jacrev(f)(x),
@@ -251,16 +230,16 @@ def test_torch_func_transforms_run_the_reference_through_auto(transform):
     (torch has no forward derivative of grid_sample: the warp has none in either)."""
     x = torch.randn(2, 4, 6, 5)
     t = torch.randn_like(x)
-    for op, fn in transform_calls().items():
-        if transform == "jvp" and op in ("tps_warp", "equivariance_losses"):
+    for op, fn in loss_calls(x.shape, torch.Generator().manual_seed(3)).items():
+        if transform == "jvp" and op in ("tps_warp", "equivariance"):
             continue
         run = TRANSFORMS[transform]
-        got = run(functools.partial(fn, b="auto"), x, t)
-        want = run(functools.partial(fn, b="reference"), x, t)
+        got = run(functools.partial(fn, be="auto"), x, t)
+        want = run(functools.partial(fn, be="reference"), x, t)
         assert torch.equal(got, want), (op, transform)
         assert got.abs().sum() > 0, (op, transform)
         with pytest.raises(scops_fast.BackendUnavailableError, match="cpp.*torch.func"):
-            run(functools.partial(fn, b="cpp"), x, t)
+            run(functools.partial(fn, be="cpp"), x, t)
     # Outside the transforms, reverse mode still runs the kernels.
     chosen = _dispatch.explain("concentration_loss", "cpu", (x.requires_grad_(True),))
     assert chosen["backend"] == "cpp", chosen
@@ -272,7 +251,7 @@ def test_fused_backends_refuse_dual_tensors():
     import torch.autograd.forward_ad as fwAD
 
     x, t = torch.randn(2, 4, 6, 5), torch.randn(2, 4, 6, 5)
-    fn = transform_calls()["concentration_loss"]
+    fn = loss_calls(x.shape, torch.Generator().manual_seed(3))["concentration"]
     with fwAD.dual_level():
         dual = fwAD.make_dual(x, t)
         want = fwAD.unpack_dual(fn(dual, "reference")).tangent

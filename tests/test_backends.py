@@ -34,6 +34,7 @@ INTERPRETER_HERE = not _triton_imported_without_interpreter()
 if INTERPRETER_HERE:
     os.environ["TRITON_INTERPRET"] = "1"
 
+import functools  # noqa: E402
 import pathlib  # noqa: E402
 import re  # noqa: E402
 import subprocess  # noqa: E402
@@ -42,6 +43,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from backend_checks import (  # noqa: E402
     assert_bitwise_equal,
+    loss_calls,
     lowres_case,
     make,
     poisoned_allocations,
@@ -362,25 +364,11 @@ def test_compile_fullgraph_has_no_graph_breaks(target, gen):
 
 
 def derivative_calls(target, gen):
-    """(pred, {op: fn() -> scalar}): every fused op, differentiated with respect to pred."""
-    dev, be = target.device, target.backend
-
-    def r(*shape):
-        return torch.randn(*shape, generator=gen).to(dev)
-
-    pred = r(2, 4, 9, 7).requires_grad_(True)
-    pred_tps, low, feats, basis = r(2, 4, 9, 7), r(2, 6, 3, 3), r(2, 6, 9, 7), torch.rand(3, 6)
-    basis, pts = basis.to(dev), source_points(2, F32, gen).to(dev)
-    return pred, {
-        "concentration": lambda: losses.concentration_loss(pred, backend=be),
-        "softmax_moments": lambda: losses.batch_get_centers(pred.exp(), backend=be).sum(),
-        "semantic_dense": lambda: losses.semantic_consistency_loss(feats, pred, basis, backend=be),
-        "semantic_lowres": lambda: losses.semantic_consistency_loss_lowres(
-            low, pred, basis, backend=be
-        ),
-        "tps_warp": lambda: tps.tps_warp(pred, pts, backend=be).square().mean(),
-        "equivariance": lambda: sum(losses.equivariance_losses(pred, pred_tps, pts, backend=be)),
-    }
+    """(pred, {op: fn() -> scalar}): every fused op of the target, differentiated with
+    respect to pred."""
+    pred = torch.randn(2, 4, 9, 7, generator=gen).to(target.device).requires_grad_(True)
+    calls = loss_calls(pred.shape, gen, target.device)
+    return pred, {op: functools.partial(fn, pred, target.backend) for op, fn in calls.items()}
 
 
 def test_batched_gradients(target, gen):
