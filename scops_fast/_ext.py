@@ -6,7 +6,8 @@ with `torch.ops.load_library` rather than imported as a Python module.
 The CPU kernels (`_C`) exist in up to three builds: on x86-64 `_C_avx2` (AVX2 + FMA, any
 x86-64 CPU of the last decade) and `_C_avx512` (AVX-512), of which the CPU's best is loaded
 (`SCOPS_FAST_CPU_CAPABILITY=avx2|avx512` forces one; an AVX-512 request on a CPU without it
-is refused, not crashed); or a single `_C` built for one target (`SCOPS_FAST_MARCH`, other
+is refused, not crashed, and so is a build whose -march level needs a feature that Linux does
+not list for the CPU); or a single `_C` built for one target (`SCOPS_FAST_MARCH`, other
 architectures). Only one is ever loaded: they register the same `scops_fast::` ops.
 
 `SCOPS_FAST_EXT_PATH=/path/to/lib.so` loads that file instead (e.g. the sanitizer build of
@@ -37,11 +38,57 @@ ISA_BUILDS = {
     "avx512": ("_C_avx512", ("AVX512",)),
     "avx2": ("_C_avx2", ("AVX2", "AVX512")),
 }
+#: What each build's -march level (x86-64-v3, x86-64-v4) lets the compiler use, as Linux
+#: names it in /proc/cpuinfo. Torch's capability checks less (AVX2: AVX2 and FMA; AVX512:
+#: F, BW, DQ, VL), and the avx2 build holds BMI2 shifts in its op registration, which runs
+#: as it loads: a virtual machine that shows AVX2 but hides BMI2 would die of SIGILL.
+MARCH_FEATURES = {
+    "avx2": ("avx", "avx2", "fma", "bmi1", "bmi2", "abm", "movbe", "f16c"),
+}
+MARCH_FEATURES["avx512"] = (
+    *MARCH_FEATURES["avx2"],
+    *("avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"),
+)
+MARCH_LEVEL = {"avx2": "x86-64-v3", "avx512": "x86-64-v4"}
+CPUINFO = pathlib.Path("/proc/cpuinfo")
 
 
 def _built(name: str):
     spec = importlib.util.find_spec(f"scops_fast.{name}")
     return None if spec is None or spec.origin is None else spec.origin
+
+
+def cpu_flags(path: pathlib.Path = CPUINFO) -> frozenset[str] | None:
+    """The CPU's feature flags as the OS reports them (Linux), or None where it does not."""
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError):
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            return frozenset(value.split())
+    return None
+
+
+def lacking_features(isa: str) -> str | None:
+    """Why the CPU cannot run build `isa` although torch's capability allows it (the
+    features of its -march level that the OS does not report), or None."""
+    flags = cpu_flags()
+    if flags is None:  # not Linux: torch's capability is all there is to go by
+        return None
+    lacking = [f for f in MARCH_FEATURES[isa] if f not in flags]
+    if not lacking:
+        return None
+    return (
+        f"this CPU lacks {', '.join(lacking)} (not in {CPUINFO}'s flags), which the {isa} "
+        f"kernels need (-march={MARCH_LEVEL[isa]})"
+    )
+
+
+def _torch_reports(cpu: str) -> str:
+    forced = os.environ.get("ATEN_CPU_CAPABILITY")
+    return f"{cpu}, as ATEN_CPU_CAPABILITY={forced} asks" if forced else cpu
 
 
 def cpu_build() -> tuple[str | None, str]:
@@ -55,14 +102,30 @@ def cpu_build() -> tuple[str | None, str]:
             return None, f"{CAPABILITY_VAR}={forced!r}: expected one of {list(ISA_BUILDS)}"
         library, runs_on = ISA_BUILDS[forced]
         if cpu not in runs_on:
-            return None, f"{CAPABILITY_VAR}={forced}: this CPU ({cpu}) cannot run those kernels"
+            return None, (
+                f"{CAPABILITY_VAR}={forced}: this CPU ({_torch_reports(cpu)}) "
+                "cannot run those kernels"
+            )
+        lacking = lacking_features(forced)
+        if lacking:
+            return None, f"{CAPABILITY_VAR}={forced}: {lacking}"
         return library, f"{forced} kernels, forced by {CAPABILITY_VAR}"
+    refused = None
     for isa, (library, runs_on) in ISA_BUILDS.items():
-        if cpu in runs_on and _built(library):
-            return library, f"{isa} kernels, the best this CPU runs: torch reports {cpu}"
+        if cpu not in runs_on or not _built(library):
+            continue
+        lacking = lacking_features(isa)
+        if lacking is None:
+            but = f", but {refused}" if refused else ""
+            return library, f"{isa} kernels, the best this CPU runs: torch reports {cpu}{but}"
+        refused = lacking
     if not any(_built(lib) for lib, _ in ISA_BUILDS.values()):
         return None, None
-    return None, f"this CPU ({cpu}) has no AVX2; the kernels need at least AVX2 and FMA"
+    if refused is not None:
+        return None, refused
+    return None, (
+        f"this CPU ({_torch_reports(cpu)}) has no AVX2; the kernels need at least AVX2 and FMA"
+    )
 
 
 def cpu_path() -> str | None:

@@ -1,6 +1,7 @@
 """The CPU kernels' instruction-set builds (scops_fast/_ext.py): the portable one holds no
 AVX-512 instruction, each build this CPU can run passes the cpp suites, the builds agree,
-and the choice is the CPU's best, forced by SCOPS_FAST_CPU_CAPABILITY or refused."""
+and the choice is the CPU's best, forced by SCOPS_FAST_CPU_CAPABILITY or refused, and never
+a build whose -march level needs a feature the OS does not report."""
 
 import os
 import pathlib
@@ -29,7 +30,7 @@ pytestmark = pytest.mark.skipif(
 
 
 def runnable(isa: str) -> bool:
-    return CPU in _ext.ISA_BUILDS[isa][1]
+    return CPU in _ext.ISA_BUILDS[isa][1] and _ext.lacking_features(isa) is None
 
 
 def env_for(isa: str) -> dict:
@@ -105,3 +106,83 @@ def test_a_forced_build_the_cpu_cannot_run_is_refused():
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     ).stdout
     assert "expected one of" in out
+
+
+V3 = frozenset(_ext.MARCH_FEATURES["avx2"]) | {"fpu", "sse4_2", "popcnt"}
+V4 = V3 | frozenset(_ext.MARCH_FEATURES["avx512"])
+
+
+def test_cpu_flags_are_read_from_the_os_report(tmp_path):
+    report = tmp_path / "cpuinfo"
+    report.write_text(
+        "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu avx2 bmi2\n\n"
+        "processor\t: 1\nflags\t\t: fpu avx2 bmi2\n"
+    )
+    assert _ext.cpu_flags(report) == {"fpu", "avx2", "bmi2"}
+    report.write_text("processor\t: 0\nfeatures\t: fp asimd\n")  # no x86 flags line
+    assert _ext.cpu_flags(report) is None
+    assert _ext.cpu_flags(tmp_path / "absent") is None
+
+
+@pytest.mark.parametrize(
+    ("torch_reports", "flags", "library", "named"),
+    [
+        ("AVX512", V4, "_C_avx512", None),
+        ("AVX512", V4 - {"avx512cd"}, "_C_avx2", "avx512cd"),
+        ("AVX2", V3, "_C_avx2", None),
+        ("AVX2", V3 - {"bmi2"}, None, "bmi2"),  # AVX2 shown, BMI2 hidden (a VM's CPU model)
+        ("AVX512", V4 - {"movbe", "f16c"}, None, "movbe, f16c"),
+        ("AVX2", None, "_C_avx2", None),  # no OS report: torch's capability decides
+        ("DEFAULT", V3, None, "has no AVX2"),
+    ],
+)
+def test_a_build_runs_only_where_the_cpu_has_every_feature_of_its_level(
+    monkeypatch, torch_reports, flags, library, named
+):
+    if len(ISAS) < 2:
+        pytest.skip("needs both x86-64 builds")
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: torch_reports)
+    monkeypatch.setattr(_ext, "cpu_flags", lambda path=None: flags)
+    monkeypatch.delenv(_ext.CAPABILITY_VAR, raising=False)
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    chosen, why = _ext.cpu_build()
+    assert chosen == library, why
+    if named:
+        assert named in why
+    if chosen is None and named != "has no AVX2":
+        assert "x86-64-v3" in why
+    monkeypatch.setenv(_ext.CAPABILITY_VAR, "avx2")  # forcing the build does not bypass it
+    chosen, why = _ext.cpu_build()
+    assert (chosen is None) == (library is None), why
+
+
+def test_a_cpu_lacking_a_feature_runs_the_reference_and_says_why():
+    """In a fresh process, before anything loads: `cpp` is unavailable naming the feature,
+    "auto" computes the reference's numbers, and no CPU library was loaded."""
+    code = f"""
+import torch
+from scops_fast import _ext
+_ext.cpu_flags = lambda path=None: frozenset({sorted(V3 - {"bmi2"})!r})
+torch.backends.cpu.get_cpu_capability = lambda: "AVX2"
+import scops_fast
+from scops_fast import losses
+report = scops_fast.available_backends()
+print(report.unavailable["cpp"])
+p = torch.rand(2, 4, 9, 7).softmax(1)
+same = torch.equal(losses.concentration_loss(p), losses.concentration_loss(p, backend="reference"))
+loaded = [lib for lib in torch.ops.loaded_libraries if "_C_avx" in lib]
+print(same, loaded)
+"""
+    if len(ISAS) < 2:
+        pytest.skip("needs both x86-64 builds")
+    env = {k: v for k, v in os.environ.items() if k != _ext.CAPABILITY_VAR}
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=hang_guard(120),
+    ).stdout.splitlines()
+    assert "lacks bmi2" in out[0] and "x86-64-v3" in out[0], out
+    assert out[1] == "True []", out
