@@ -117,7 +117,8 @@ def all_losses(backend):
 def deploy_cases(backend):
     """For VARIANT "deploy", each `name: fn() -> max error`: shapes that change between calls
     of one compiled function with no `dynamic=` (torch recompiles, then generalises),
-    inference mode, Inductor's C++ wrapper, and torch.export + AOTInductor's package."""
+    inference mode, Inductor's C++ wrapper, torch.export + AOTInductor's package, and
+    torch.export with symbolic batch and image sizes."""
     total = all_losses(backend)
     names = ("pred", "pred_tps", "points", "feats", "basis")
 
@@ -150,6 +151,25 @@ def deploy_cases(backend):
             loaded = torch._inductor.aoti_load_package(package)
             return max_relative_error([(loaded(*args), total(*args))])
 
+    def exported_dynamic():
+        """torch.export with symbolic batch and image sizes, run at another shape."""
+
+        class Model(torch.nn.Module):
+            def forward(self, pred, pred_tps, points, feats, basis):
+                return total(pred, pred_tps, points, feats, basis)
+
+        batch, height, width = (torch.export.Dim(n, min=2, max=512) for n in "bhw")
+        image = {0: batch, 2: height, 3: width}
+        t = inputs("plain")
+        program = torch.export.export(
+            Model(),
+            tuple(t[n] for n in names),
+            dynamic_shapes=(image, image, {0: batch}, image, None),
+        )
+        t = inputs("plain", (3, 4, 9, 13))
+        args = tuple(t[n] for n in names)
+        return max_relative_error([(program.module()(*args), total(*args))])
+
     def inference():
         t = inputs("plain")
         args = [t[n] for n in names]
@@ -168,6 +188,7 @@ def deploy_cases(backend):
             [(2, 4, 12, 10)],
         ),
         "aot_inductor": exported,
+        "export_dynamic": exported_dynamic,
     }
 
 

@@ -49,7 +49,7 @@ EXTRAS = (
     "tps_warp_points_grad",
     "equivariance_losses_points_grad",
 )
-DEPLOY = ("recompiles", "inference_mode", "cpp_wrapper", "aot_inductor")
+DEPLOY = ("recompiles", "inference_mode", "cpp_wrapper", "aot_inductor", "export_dynamic")
 #: What a run needs in its environment besides a private Inductor cache. Like the shared
 #: suite (backends_under_test.py), this expects cuda_emu built and triton installed.
 RUN_ENV = {"triton": {"TRITON_INTERPRET": "1"}}
