@@ -134,12 +134,12 @@ def deploy_cases(backend):
             errors.append(compare(differentiated, compiled, leaves, [t["points"], t["feats"]]))
         return max(errors)
 
+    class Model(torch.nn.Module):  # what torch.export takes
+        def forward(self, pred, pred_tps, points, feats, basis):
+            return total(pred, pred_tps, points, feats, basis)
+
     def exported():
         import tempfile
-
-        class Model(torch.nn.Module):
-            def forward(self, *args):
-                return total(*args)
 
         t = inputs("plain")
         args = tuple(t[n] for n in names)
@@ -153,11 +153,6 @@ def deploy_cases(backend):
 
     def exported_dynamic():
         """torch.export with symbolic batch and image sizes, run at another shape."""
-
-        class Model(torch.nn.Module):
-            def forward(self, pred, pred_tps, points, feats, basis):
-                return total(pred, pred_tps, points, feats, basis)
-
         batch, height, width = (torch.export.Dim(n, min=2, max=512) for n in "bhw")
         image = {0: batch, 2: height, 3: width}
         t = inputs("plain")
