@@ -71,10 +71,9 @@ def cpu_flags(path: pathlib.Path = CPUINFO) -> frozenset[str] | None:
     return None
 
 
-def lacking_features(isa: str) -> str | None:
+def lacking_features(isa: str, flags: frozenset[str] | None) -> str | None:
     """Why the CPU cannot run build `isa` although torch's capability allows it (the
-    features of its -march level that the OS does not report), or None."""
-    flags = cpu_flags()
+    features of its -march level missing from `flags`, the OS's report), or None."""
     if flags is None:  # not Linux: torch's capability is all there is to go by
         return None
     lacking = [f for f in MARCH_FEATURES[isa] if f not in flags]
@@ -95,7 +94,7 @@ def cpu_build() -> tuple[str | None, str]:
     """(library name or None, what runs or why nothing can) for the CPU kernels."""
     if _built("_C"):
         return "_C", "kernels built for one target (SCOPS_FAST_MARCH, or not x86-64)"
-    cpu = torch.backends.cpu.get_cpu_capability()
+    cpu, flags = torch.backends.cpu.get_cpu_capability(), cpu_flags()
     forced = os.environ.get(CAPABILITY_VAR)
     if forced:
         if forced not in ISA_BUILDS:
@@ -106,7 +105,7 @@ def cpu_build() -> tuple[str | None, str]:
                 f"{CAPABILITY_VAR}={forced}: this CPU ({_torch_reports(cpu)}) "
                 "cannot run those kernels"
             )
-        lacking = lacking_features(forced)
+        lacking = lacking_features(forced, flags)
         if lacking:
             return None, f"{CAPABILITY_VAR}={forced}: {lacking}"
         return library, f"{forced} kernels, forced by {CAPABILITY_VAR}"
@@ -114,7 +113,7 @@ def cpu_build() -> tuple[str | None, str]:
     for isa, (library, runs_on) in ISA_BUILDS.items():
         if cpu not in runs_on or not _built(library):
             continue
-        lacking = lacking_features(isa)
+        lacking = lacking_features(isa, flags)
         if lacking is None:
             but = f", but {refused}" if refused else ""
             return library, f"{isa} kernels, the best this CPU runs: torch reports {cpu}{but}"
