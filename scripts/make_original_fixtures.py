@@ -7,10 +7,12 @@ PATH/TO/SCOPS is a checkout of NVlabs/SCOPS (commit 05da7e4), PATH/TO/tps_stn_py
 WarBean/tps_stn_pytorch (272a813): its `tps_stn_pytorch` submodule. The original is licensed
 CC BY-NC-SA 4.0; nothing of it is copied into this repository. This script copies the checkout
 to a temporary folder, makes it run on the CPU with torch 2.x (every `.cuda(...)` removed,
-`torch.cuda.FloatTensor` -> `torch.FloatTensor`, `align_corners=True` in its grid sampler:
-the torch 0.4 behaviour it was written for), stubs the modules it imports but does not need
-(tensorboardX, visdom; `scipy.misc.imread` reads with PIL), imports it, and records what it
-computes. Only numbers are written: inputs, the original's outputs and how they were drawn.
+`torch.cuda.FloatTensor` -> `torch.Tensor`, `align_corners=True` in its grid sampler:
+the torch 0.4 behaviour it was written for; the float32 types it names follow torch's
+default dtype, which changes nothing in float32 and lets the step run in float64), stubs
+the modules it imports but does not need (tensorboardX, visdom; `scipy.misc.imread` reads
+with PIL), imports it, and records what it computes. Only numbers are written: inputs, the
+original's outputs and how they were drawn.
 
 It needs, beside this repository's own environment: opencv-python-headless, scikit-learn,
 scipy, imageio, absl-py and matplotlib (the original's imports).
@@ -234,7 +236,8 @@ def make_evaluation(out: pathlib.Path) -> None:
 #: The step fixture's size: the CelebA K=8 experiment (exps/SCOPS_K8_retrain.json) at a
 #: size and batch the CPU runs in seconds.
 STEP_SIZE, STEP_BATCH, STEP_MODEL_SEED, STEP_VGG_SEED = 64, 2, 8, 19
-CAFFE_MEAN_BGR = np.array((104.00698793, 116.66876762, 122.67891434), dtype=np.float32)
+CAFFE_MEAN_DECIMALS_BGR = (104.00698793, 116.66876762, 122.67891434)
+CAFFE_MEAN_BGR = np.array(CAFFE_MEAN_DECIMALS_BGR, dtype=np.float32)
 
 
 def seeded_vgg19(build):
@@ -260,21 +263,30 @@ class _Proxy:
 
 def make_step(out: pathlib.Path) -> None:
     """Step 0 of the original trainer (train.main with exps/SCOPS_K8_retrain.json at
-    64x64, batch 2): its inputs, random draws, jittered images, five losses and the
-    clipped gradients, with how often each parameter occurs in its optimiser group.
+    64x64, batch 2): its inputs, random draws, jittered and warped images, and how often
+    each parameter occurs in its optimiser group, from a float32 run; and the same step
+    run in float64 (`f64.*`): its draws, network input, five losses and clipped gradients.
 
-    Run on one thread, then again on two (`threads2.*`: the losses and gradients only).
-    The two differ by float32 rounding alone, amplified by batch-statistics BatchNorm
-    (up to 5e-3 relative in a gradient): the original's own noise floor."""
-    arrays = _original_step(threads=1)
-    again = _original_step(threads=2)
-    for key, value in again.items():
-        if key.startswith(("loss.", "grad.", "summary.", "grad_norms")):
-            arrays[f"threads2.{key}"] = value
+    The float64 run is the original with every float32 it names made float64 (torch's
+    default dtype, its image mean, DTYPE_EDITS of scripts/original_checkout.py). Its
+    numbers are what a step of the original computes, free of float32 rounding:
+    batch-statistics BatchNorm at batch 2 amplifies float32 rounding to percents in early
+    gradients (another CPU's BLAS rounds differently), float64 rounding to about 1e-10.
+    The float32 run keeps what is exact or lives in float32: the 8-bit jitter and the
+    float32 TPS grid solve."""
+    arrays = _original_step(torch.float32)
+    keep = ("loss.", "grad.", "summary.", "grad_norms")
+    arrays = {k: v for k, v in arrays.items() if not k.startswith(keep)}
+    f64 = _original_step(torch.float64)
+    for key in ("source_points", "images_cj", "img", "saliency", "basis", "lrs", *keep):
+        for name, value in f64.items():
+            if name == key or (key.endswith(".") and name.startswith(key)):
+                arrays[f"f64.{name}"] = value
     save(out, "step", **arrays)
 
 
-def _original_step(threads: int) -> dict:
+def _original_step(dtype: torch.dtype) -> dict:
+    """The original's step 0 on one thread, in `dtype` (see make_step)."""
     import loss
     import scops_trainer
     import torchvision
@@ -307,12 +319,15 @@ def _original_step(threads: int) -> dict:
         0,
         1,
     ).astype(np.float32)
-    # What the original's CelebA loader yields: RGB minus the RGB-ordered mean, float32.
-    mean_rgb = CAFFE_MEAN_BGR[::-1].reshape(1, 3, 1, 1)
+    # What the original's CelebA loader yields: RGB minus the RGB-ordered mean, float32
+    # (in the float64 run: float64, the mean's decimals not rounded to float32).
+    np_dtype = np.float64 if dtype == torch.float64 else np.float32
+    mean_bgr = np.array(CAFFE_MEAN_DECIMALS_BGR, dtype=np_dtype)
+    mean_rgb = mean_bgr[::-1].reshape(1, 3, 1, 1)
     items = [
         {
-            "img": (imgs_u8[i].astype(np.float32) - mean_rgb[0]),
-            "saliency": saliency[i],
+            "img": (imgs_u8[i].astype(np_dtype) - mean_rgb[0]),
+            "saliency": saliency[i].astype(np_dtype),
             "size": np.array([h, w, 3]),
             "name": f"{i:06d}.jpg",
         }
@@ -351,6 +366,7 @@ def _original_step(threads: int) -> dict:
         return net
 
     real_step, real_init = scops_trainer.SCOPSTrainer.step, scops_trainer.SCOPSTrainer.__init__
+    real_mean = scops_trainer.IMG_MEAN
 
     def init(self, args, model):
         real_init(self, args, model)
@@ -374,6 +390,7 @@ def _original_step(threads: int) -> dict:
             y = tps_forward(x, padding_mode)
             if "images_cj" not in cap:
                 cap["images_cj"], cap["images_tps"] = x.clone(), y.detach().clone()
+                cap["tps_grid"] = self.tps.grid.detach().clone()
             return y
 
         self.tps.forward = tps_forward_recorded
@@ -438,12 +455,15 @@ def _original_step(threads: int) -> dict:
         train.dataset_generator = lambda args: items
         sys.argv = ["train.py", "-f", str(tmp / "exp.json")]
         rand_tps.TPSGridGen = Recording
+        scops_trainer.IMG_MEAN = mean_bgr
+        torch.set_default_dtype(dtype)
         torch.manual_seed(0)
         np.random.seed(0)
-        torch.set_num_threads(threads)
         with contextlib.redirect_stdout(sys.stderr):
             train.main()
     finally:
+        torch.set_default_dtype(torch.float32)
+        scops_trainer.IMG_MEAN = real_mean
         rand_tps.TPSGridGen = grid_gen
         for n in losses_called:
             setattr(loss, n, originals[n])
@@ -453,7 +473,6 @@ def _original_step(threads: int) -> dict:
         torch.nn.utils.clip_grad_norm_ = clip
         scops_trainer.SCOPSTrainer.__init__, scops_trainer.SCOPSTrainer.step = real_init, real_step
         shutil.rmtree(tmp)
-        torch.set_num_threads(1)
 
     order = [int(n[:6]) for n in cap["batch_names"]]
     # The step's reset draws the warp (the constructor drew one before it).
@@ -469,6 +488,7 @@ def _original_step(threads: int) -> dict:
         "source_points": rec["tps"][-1].numpy(),
         "images_cj": cap["images_cj"].numpy(),
         "images_tps": cap["images_tps"].numpy(),
+        "tps_grid": cap["tps_grid"].numpy(),
         "jitter_in": torch.stack(rec["cj_in"]).numpy(),
         "jitter_out": torch.stack(rec["cj_out"]).numpy(),
         "jitter_order": np.stack([p[0].numpy() for p in rec["jitter_params"]]),
@@ -482,8 +502,15 @@ def _original_step(threads: int) -> dict:
         "lrs": np.array(cap["lrs"]),
         "multiplicity": as_json(cap["multiplicity"]),
         "param_group": as_json(cap["group"]),
-        "threads": np.array(threads),
+        "dtype": np.array(str(dtype)),
     }
+    recorded_dtypes = {
+        str(v.dtype)
+        for k, v in arrays.items()
+        if k.startswith(("loss.", "images_", "source_points", "basis", "tps_grid"))
+    } | {str(g.dtype) for g in cap["grads"].values()}
+    if recorded_dtypes != {str(dtype).removeprefix("torch.")}:
+        raise SystemExit(f"step in {dtype}: the original computed in {recorded_dtypes}")
     probe = np.random.default_rng(0)
     for name, upd in cap["grads"].items():
         if name.startswith(("layer5.", "basis.")) or upd.size <= 4096:

@@ -2,8 +2,9 @@
 fixture script and the side-by-side benchmark. Nothing of the original is copied into this
 repository: `prepare_original` copies a checkout given by path into a temporary folder and
 patches the copy there (every `.cuda(...)` removed, `torch.cuda.FloatTensor` ->
-`torch.FloatTensor`, `align_corners=True` in its grid sampler, the torch 0.4 behaviour it was
-written for), then stubs the modules it imports only for visualisation.
+`torch.Tensor`, `align_corners=True` in its grid sampler, the torch 0.4 behaviour it was
+written for; and DTYPE_EDITS, which follow torch's default dtype where it names float32),
+then stubs the modules it imports only for visualisation.
 """
 
 from __future__ import annotations
@@ -20,13 +21,30 @@ import numpy as np
 #: (file, pattern, replacement) edits that make the original run on the CPU with torch 2.x.
 CPU_EDITS = (
     ("*.py", r"\.cuda\([^()]*\)", ""),
-    ("*.py", r"torch\.cuda\.FloatTensor", "torch.FloatTensor"),
+    # torch.Tensor is torch.FloatTensor under torch's default float32; see DTYPE_EDITS.
+    ("*.py", r"torch\.cuda\.FloatTensor", "torch.Tensor"),
     (
         "tps/grid_sample.py",
         r"F\.grid_sample\(input, grid, mode='bilinear', padding_mode=padding_mode\)",
         "F.grid_sample(input, grid, mode='bilinear', padding_mode=padding_mode, "
         "align_corners=True)",
     ),
+)
+
+#: Edits that change nothing under torch's default dtype, float32 (bit for bit: the fixtures
+#: regenerate byte-identical), and let a run under torch.set_default_dtype(torch.float64)
+#: compute in float64 throughout: the float32 types the original names become the default
+#: dtype. The step fixture's float64 run needs them (scripts/make_original_fixtures.py).
+DTYPE_EDITS = (
+    ("tps/rand_tps.py", r"\.type\(torch\.FloatTensor\)", ".type(torch.get_default_dtype())"),
+    (
+        "tps_stn_pytorch/tps_grid_gen.py",
+        r"target_control_points\.float\(\)",
+        "target_control_points.to(torch.get_default_dtype())",
+    ),
+    # The coordinate maps: in float64 otherwise the concentration loss subtracts a float64
+    # centre from float32 coordinates in float32 (a 0-d tensor does not promote).
+    ("utils/utils.py", r"\.astype\(np\.float32\)", ".astype(torch.zeros(0).numpy().dtype)"),
 )
 
 
@@ -54,6 +72,12 @@ def prepare_original(original: pathlib.Path, tps: pathlib.Path, work: pathlib.Pa
             new = re.sub(pattern, repl, text)
             if new != text:
                 path.write_text(new)
+    for name, pattern, repl in DTYPE_EDITS:
+        path = dest / name
+        text, count = re.subn(pattern, repl, path.read_text())
+        if count == 0:
+            raise SystemExit(f"{name}: found nothing to edit for {pattern!r}")
+        path.write_text(text)
     grid_sample = (dest / "tps" / "grid_sample.py").read_text()
     if "align_corners=True" not in grid_sample:
         raise SystemExit("could not add align_corners=True to tps/grid_sample.py")

@@ -1,48 +1,160 @@
 """Step 0 of the original trainer (scops_trainer.py under train.main, exps/SCOPS_K8_retrain.json
-at 64x64, batch 2) against step 0 of ours in `celeba-k8-original` mode, on the same
-seeded weights, images, saliency, warp and jitter draws: the same jittered images, the
-same five losses, the same clipped gradients, and the same optimiser layout (which
-parameters SGD steps how often, at which rate).
+at 64x64, batch 2) against step 0 of ours in `celeba-k8-original` mode, on the same seeded
+weights, images, saliency, warp and jitter draws: the same jittered images, the same five
+losses, the same clipped gradients, and the same optimiser layout (which parameters SGD
+steps how often, at which rate).
 
-Tolerances: 1e-5 relative for losses and 1e-4 for gradients, or 10x the original's own
-noise floor where that is larger. The fixture holds the original run twice, on one and on
-two threads; batch-statistics BatchNorm amplifies their float32 rounding differences to up
-to 6e-6 in a loss and 5e-3 in a gradient, so no implementation can be held closer to one
-run than the runs are to each other."""
+Noise model. The step is chaotic in float32: batch-statistics BatchNorm at batch 2 with
+random weights amplifies rounding by orders of magnitude (moving every weight by one float32
+ulp moves the original's early-layer gradients by 1.5-2 %), and another CPU's BLAS and
+oneDNN round differently. So the losses and gradients are compared in float64: the fixture
+holds the original's step run in float64 (scripts/make_original_fixtures.py, make_step), and
+ours runs in float64 too. `test_tolerances_bound_a_one_ulp_perturbation` measures, on the
+machine that runs the tests, how far moving every weight and input of our step by one
+float64 ulp moves each loss and gradient, and requires the tolerances to exceed that by
+`MARGIN`; `test_each_quirk_switched_off_fails` and the tests after it require every quirk this step
+can see to fail it. What lives in float32 is checked in float32 where it
+is exact (the 8-bit colour jitter, bit for bit), and by the size of its error where it is
+not (the float32 TPS grid solve, `test_float32_grid_solve_is_the_originals`)."""
 
+from __future__ import annotations
+
+import contextlib
+import functools
 import json
+import math
+import pathlib
+import tempfile
 
 import pytest
 import torch
+import torchvision
 from original_fixtures import load
 
+from scops_fast.models.common import CAFFE_MEAN_RGB
 from scops_fast.models.original import convert_original_state, load_original_weights
 from scops_fast.models.seeded import seeded_state_dict
+from scops_fast.tps import tps_grid
 from scops_fast.train.config import load_config
 from scops_fast.train.trainer import LOSS_NAMES, Trainer
 
-LOSS_RTOL, GRAD_RTOL, NOISE_FACTOR = 1e-5, 1e-4, 10.0
+pytestmark = pytest.mark.rounding
+
+#: Relative tolerances of the float64 comparison, for losses and for gradients. Measured
+#: on an AMD EPYC (AVX2, no AVX-512), with the reference and with the cpp kernels: ours is
+#: within 1e-13 of the original everywhere, and the one-ulp perturbation moves a loss by
+#: up to 2.3e-13 and a gradient by up to 4.3e-13.
+LOSS_RTOL, GRAD_RTOL = 1e-10, 1e-10
+#: How far the tolerances must exceed a one-ulp perturbation's effect on our own step.
+MARGIN = 100.0
+#: How far a quirk switched off must move the step beyond the tolerances.
+QUIRK_FACTOR = 100.0
+
+#: Quirks that move the step's losses: their fields, set as the corrected preset sets them.
+#: The other quirks a step can see have tests of their own below: the trainable shortcut
+#: BatchNorms, the caffe block layout, the 8-bit jitter, the float32 grid solve and the
+#: repeated parameters. The logits padding changes nothing here (this config pads images
+#: with zeros too); the data set's quirks are test_original_data.py's.
+LOSS_QUIRKS = {
+    "model.input_std": ("model.input_mean", "model.input_std"),
+    "features.bgr_quirk": ("features.bgr_quirk",),
+    "loss.concentration_reduction": ("loss.concentration_reduction", "loss.concentration"),
+}
 
 
-def tolerance(target: float, key: str, measure, floor: float = 0.0) -> float:
-    """max(target, NOISE_FACTOR x the original's one- vs two-thread difference of `key`
-    under `measure(one, two)`, or x `floor` where larger)."""
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype):
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(before)
+
+
+def corrected(fields: tuple[str, ...]) -> dict:
+    cfg = load_config("celeba-k8").to_dict()
+    out = {}
+    for field in fields:
+        value = cfg
+        for part in field.split("."):
+            value = value[part]
+        out[field] = value
+    return out
+
+
+def ulp_up(t: torch.Tensor) -> torch.Tensor:
+    return torch.nextafter(t, torch.full_like(t, math.inf))
+
+
+@functools.cache
+def seeded_weights() -> tuple[pathlib.Path, dict]:
+    """(VGG-19 weight file, DeepLab state) of the fixture's seeds, made once."""
     f = load("step")
-    spread = measure(f[key].double(), f[f"threads2.{key}"].double())
-    return max(target, NOISE_FACTOR * max(spread, floor))
+    folder = pathlib.Path(tempfile.mkdtemp(prefix="step-vgg-"))
+    vgg = torchvision.models.vgg19(weights=None).features.state_dict()
+    names = [(f"features.{k}", tuple(v.shape)) for k, v in vgg.items()]
+    vgg_state = seeded_state_dict(names, f["vgg_seed"].item())
+    torch.save({k: torch.from_numpy(v) for k, v in vgg_state.items()}, folder / "vgg19.pth")
+    state = seeded_state_dict(f.json("state_shapes"), f["model_seed"].item())
+    return folder / "vgg19.pth", {k: torch.from_numpy(v) for k, v in state.items()}
 
 
-def clip_norm_spread(name: str) -> float:
-    """Relative one- vs two-thread difference of the gradient norm that the clipping
-    divides every gradient of `name`'s optimiser by: a noise floor of each gradient."""
+def build_trainer(tmp, overrides: dict | None = None) -> Trainer:
+    """Our `celeba-k8-original` trainer in float64 with the fixture's seeded weights."""
     f = load("step")
-    i = 1 if name == "basis.w" else 0
-    one, two = f["grad_norms"].double()[i], f["threads2.grad_norms"].double()[i]
-    return float(abs(one - two) / one)
+    b, size = f["img_u8"].shape[0], f["img_u8"].shape[-1]
+    vgg_file, state = seeded_weights()
+    settings = {
+        "steps": 1,
+        "device": "cpu",
+        "report": False,
+        "model.pretrained": None,
+        "features.weights": str(vgg_file),
+        "data.image_size": size,
+        "data.batch_size": b,
+        "features.saliency": True,
+        # The float32 solve is a float32 quirk: test_float32_grid_solve_is_the_originals.
+        "warp.grid_solve": "float64",
+        **(overrides or {}),
+    }
+    with default_dtype(torch.float64):
+        cfg = load_config("celeba-k8-original", settings)
+        items = [{"img": torch.zeros(3, size, size)} for _ in range(b)]
+        trainer = Trainer(cfg, tmp / "run", dataset=items, progress=False, tensorboard=False)
+    load_original_weights(trainer.net, state)
+    with torch.no_grad():
+        trainer.objective.basis.copy_(f["f64.basis"])
+    assert trainer.objective.basis.dtype == torch.float64
+    return trainer
 
 
-def rel(a, b) -> float:
-    return float((a - b).norm() / b.norm())
+def step_inputs(nudge: bool = False) -> tuple[dict, dict]:
+    """(batch, replayed draws) of the original's float64 step: its images in [0, 1], its
+    saliency, its warp's source points and its jittered network input."""
+    f = load("step")
+    mean = torch.tensor(CAFFE_MEAN_RGB, dtype=torch.float64).view(1, 3, 1, 1)
+    batch = {"img": f["img_u8"].double() / 255.0, "saliency": f["f64.saliency"]}
+    replay = {
+        "source_points": f["f64.source_points"],
+        "jittered": (f["f64.images_cj"] + mean) / 255.0,
+    }
+    if nudge:
+        batch = {k: ulp_up(v) for k, v in batch.items()}
+        replay = {k: ulp_up(v) for k, v in replay.items()}
+    return batch, replay
+
+
+def run_step(tmp, nudge: bool = False):
+    """Our step 0 in float64 on the original's weights and draws: (trainer, logged values).
+    nudge: every weight and input moved up by one float64 ulp."""
+    trainer = build_trainer(tmp)
+    if nudge:
+        with torch.no_grad():
+            for p in [*trainer.objective.parameters(), *trainer.features.parameters()]:
+                p.copy_(ulp_up(p))
+    batch, replay = step_inputs(nudge)
+    return trainer, trainer.train_step(batch, **replay)
 
 
 def our_name(original: str) -> str:
@@ -52,111 +164,158 @@ def our_name(original: str) -> str:
     return f"net.{name}"
 
 
+def rel(a, b) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+def deviations(trainer, logged) -> dict[str, float]:
+    """{loss or gradient: relative difference from the original's float64 step}. Large
+    gradients are recorded as a summary: norm, a signed projection, 64 sampled entries."""
+    f = load("step")
+    out = {}
+    for name, ours in zip(LOSS_NAMES, logged[1:], strict=True):
+        out[f"loss.{name}"] = rel(ours.reshape(1), f[f"f64.loss.{name}"].reshape(1))
+    params = {f"net.{k}": p for k, p in trainer.net.named_parameters()}
+    params["basis"] = trainer.objective.basis
+    for key in f.arrays:
+        kind, _, name = key.removeprefix("f64.").partition(".")
+        if not key.startswith("f64.") or kind not in ("grad", "summary"):
+            continue
+        grad = params[our_name(name)].grad
+        if grad is None:
+            out[key] = math.inf
+            continue
+        grad, expected = grad.reshape(-1), f[key].reshape(-1)
+        if kind == "grad":
+            out[key] = rel(grad, expected)
+        else:
+            norm, values, idx = expected[0], expected[2:66], expected[66:].long()
+            out[key] = max(
+                abs(float(grad.norm() / norm) - 1),
+                float((grad[idx] - values).abs().max() / norm),
+            )
+    return out
+
+
+def tolerance(key: str) -> float:
+    return LOSS_RTOL if key.startswith("loss.") else GRAD_RTOL
+
+
 @pytest.fixture(scope="module")
 def stepped(tmp_path_factory):
-    f = load("step")
-    tmp = tmp_path_factory.mktemp("step")
-    vgg = torch.nn.Module()
-    import torchvision
+    return run_step(tmp_path_factory.mktemp("step"))
 
-    names = [
-        (f"features.{k}", tuple(v.shape))
-        for k, v in torchvision.models.vgg19(weights=None).features.state_dict().items()
-    ]
-    vgg_state = {
-        k: torch.from_numpy(v) for k, v in seeded_state_dict(names, f["vgg_seed"].item()).items()
-    }
-    torch.save(vgg_state, tmp / "vgg19.pth")
-    del vgg
-    b, size = f["img"].shape[0], f["img"].shape[-1]
-    cfg = load_config(
-        "celeba-k8-original",
-        {
-            "steps": 1,
-            "device": "cpu",
-            "report": False,
-            "model.pretrained": None,
-            "features.weights": str(tmp / "vgg19.pth"),
-            "data.image_size": size,
-            "data.batch_size": b,
-            "features.saliency": True,
-        },
-    )
-    images = f["img_u8"].float() / 255.0
-    items = [{"img": images[i], "saliency": f["saliency"][i]} for i in range(b)]
-    trainer = Trainer(cfg, tmp / "run", dataset=items, progress=False, tensorboard=False)
-    shapes = f.json("state_shapes")
-    state = {
-        k: torch.from_numpy(v) for k, v in seeded_state_dict(shapes, f["model_seed"].item()).items()
-    }
-    load_original_weights(trainer.net, state, strict_head=True)
+
+@pytest.fixture(scope="module")
+def deviation(stepped):
+    return deviations(*stepped)
+
+
+def test_the_comparison_covers_every_loss_and_gradient(deviation):
+    f = load("step")
+    assert {k for k in deviation if k.startswith("loss.")} == {f"loss.{n}" for n in LOSS_NAMES}
+    grads = {k for k in deviation if not k.startswith("loss.")}
+    assert len(grads) == len(f.json("multiplicity"))
+    assert str(f["dtype"]) == "torch.float32" and f["f64.images_cj"].dtype == torch.float64
+
+
+def test_five_losses_match_the_original(deviation):
+    worst = {k: v for k, v in deviation.items() if k.startswith("loss.") and v > LOSS_RTOL}
+    assert not worst, worst
+
+
+def test_clipped_gradients_match_the_original(deviation):
+    worst = {k: v for k, v in deviation.items() if not k.startswith("loss.") and v > GRAD_RTOL}
+    assert not worst, worst
+
+
+def test_tolerances_bound_a_one_ulp_perturbation(deviation, tmp_path):
+    """The noise model, measured here: our own step with every weight and input one float64
+    ulp higher stays MARGIN times within the tolerances of our unperturbed step."""
+    nudged = deviations(*run_step(tmp_path, nudge=True))
+    spread = {k: abs(nudged[k] - deviation[k]) for k in deviation}
+    assert max(spread.values()) > 0  # the perturbation reached the step
+    loose = {k: v for k, v in spread.items() if v * MARGIN > tolerance(k)}
+    assert not loose, loose
+
+
+@pytest.mark.parametrize("quirk", sorted(LOSS_QUIRKS))
+def test_each_quirk_switched_off_fails(quirk, tmp_path):
+    """With one quirk set as the corrected preset sets it, some of the five losses leaves
+    its tolerance by QUIRK_FACTOR: the comparison tells each quirk from rounding."""
+    trainer = build_trainer(tmp_path, corrected(LOSS_QUIRKS[quirk]))
+    batch, replay = step_inputs()
     with torch.no_grad():
-        trainer.objective.basis.copy_(f["basis"])
-    jitter = trainer.jitter
-    jittered = jitter.apply(images, f["jitter_factors"], f["jitter_order"])
-    logged = trainer.train_step(
-        {"img": images, "saliency": f["saliency"]},
-        source_points=f["source_points"].double(),
-        jittered=jittered,
+        _, terms = trainer.compute_losses(batch, **replay)
+    f = load("step")
+    moved = max(
+        rel(ours.reshape(1), f[f"f64.loss.{name}"].reshape(1))
+        for name, ours in zip(LOSS_NAMES, terms, strict=True)
     )
-    return trainer, logged, jitter, images
+    assert moved > QUIRK_FACTOR * LOSS_RTOL, quirk
+
+
+def test_trainable_shortcut_batchnorms_are_a_quirk_the_gradients_see(tmp_path):
+    """model.train_downsample_bn off freezes the four shortcut BatchNorms, whose gradients
+    the original has (test_clipped_gradients_match_the_original finds none for them)."""
+    f = load("step")
+    trainer = build_trainer(tmp_path, corrected(("model.train_downsample_bn",)))
+    trainable = {our_name(n) for n in f.json("multiplicity")}
+    frozen = {f"net.{k}" for k, p in trainer.net.named_parameters() if not p.requires_grad}
+    assert {n for n in trainable & frozen if ".downsample.1." in n}, frozen
+
+
+def test_the_caffe_block_layout_is_needed_for_the_originals_weights(tmp_path):
+    with pytest.raises(ValueError, match="block_stride"):
+        build_trainer(tmp_path, corrected(("model.block_stride",)))
+
+
+def test_float32_grid_solve_is_the_originals():
+    """warp.grid_solve: this preset solves and evaluates the TPS grid in float32, as the
+    original's TPSGridGen does. Float32 evaluation misses the exact grid by a few 1e-6
+    whatever the order of its operations (measured on the fixture's draws: the original
+    6.1e-6; ours 6.1e-6 through torch.linalg.inv, solve or LU; an exact inverse rounded to
+    float32, 3.5e-6), and moving the source points by one float32 ulp reshuffles that
+    error by up to 4.2e-6. So another machine's float32 rounding cannot be told from the
+    original's by comparing grids (on the AMD EPYC that recorded the fixture, ours equals
+    it bit for bit): what is asserted is the band FLOAT32_MISS, which the accurate solve,
+    the corrected preset's, falls far below."""
+    f = load("step")
+    points, recorded = f["source_points"], f["tps_grid"]
+    size = recorded.shape[1:3]
+    exact = tps_grid(points.double(), *size, solve="float64")
+
+    def miss(preset: str) -> float:
+        solve = load_config(preset).warp.grid_solve
+        grid = tps_grid(points.double(), *size, solve=solve)
+        return float((grid.double() - exact).abs().max())
+
+    lo, hi = FLOAT32_MISS
+    assert lo <= float((recorded.double() - exact).abs().max()) <= hi
+    assert lo <= miss("celeba-k8-original") <= hi
+    assert miss("celeba-k8") < lo / 100
+
+
+#: Max-norm distance from the exact TPS grid of a float32 solve (see the test above).
+FLOAT32_MISS = (1e-6, 5e-5)
 
 
 def test_jitter_gives_the_original_images_bit_for_bit(stepped):
-    trainer, _, jitter, images = stepped
+    trainer, _ = stepped
     f = load("step")
-    ours = jitter.apply(images, f["jitter_factors"], f["jitter_order"])
+    images = f["img_u8"].float() / 255.0
+    ours = trainer.jitter.apply(images, f["jitter_factors"], f["jitter_order"])
     # Back in the original's space (RGB minus the RGB mean, float32) it is what the
     # original warped: compare the 8-bit levels exactly.
-    mean = torch.tensor((122.67891434, 116.66876762, 104.00698793)).view(1, 3, 1, 1)
+    mean = torch.tensor(CAFFE_MEAN_RGB).view(1, 3, 1, 1)
     mean_bgr = mean.flip(1)
     levels_ours = torch.round(ours * 255.0 - mean + mean_bgr)
     levels_orig = torch.round(f["images_cj"] + mean_bgr)
     assert torch.equal(levels_ours, levels_orig)
-    caffe = trainer.net.normalize(ours)
-    assert (caffe - f["images_cj"]).abs().max() <= 1e-3
-
-
-def test_five_losses_match_the_original(stepped):
-    _, logged, _, _ = stepped
-    f = load("step")
-    for name, ours in zip(LOSS_NAMES, logged[1:].double(), strict=True):
-        key = f"loss.{name}"
-        tol = tolerance(LOSS_RTOL, key, rel)
-        assert rel(ours.reshape(1), f[key].double().reshape(1)) <= tol, (name, tol)
-
-
-def test_clipped_gradients_match_the_original(stepped):
-    trainer, _, _, _ = stepped
-    f = load("step")
-    params = {f"net.{k}": p for k, p in trainer.net.named_parameters()}
-    params["basis"] = trainer.objective.basis
-    checked = 0
-    for key in f.arrays:
-        kind, _, name = key.partition(".")
-        if kind not in ("grad", "summary"):
-            continue
-        grad = params[our_name(name)].grad.double().reshape(-1)
-        expected = f[key].double().reshape(-1)
-        floor = clip_norm_spread(name)
-        if kind == "grad":
-            tol = tolerance(GRAD_RTOL, key, rel, floor)
-            assert rel(grad, expected) <= tol, (name, rel(grad, expected), tol)
-        else:
-            # Large tensors: norm, a signed projection, 64 sampled entries and their indices.
-            norm, values, idx = expected[0], expected[2:66], expected[66:].long()
-            tol = tolerance(GRAD_RTOL, key, lambda a, b: float(abs(a[0] - b[0]) / b[0]), floor)
-            assert abs(float(grad.norm() / norm) - 1) <= tol, (name, tol)
-            sampled = tolerance(
-                GRAD_RTOL, key, lambda a, b: float((a[2:66] - b[2:66]).abs().max() / b[0]), floor
-            )
-            assert float((grad[idx] - values).abs().max() / norm) <= sampled, name
-        checked += 1
-    assert checked == len(f.json("multiplicity"))
 
 
 def test_optimiser_steps_each_parameter_as_often_as_the_original(stepped):
-    trainer, _, _, _ = stepped
+    trainer, _ = stepped
     f = load("step")
     multiplicity = f.json("multiplicity")
     groups = f.json("param_group")
@@ -176,26 +335,3 @@ def test_optimiser_steps_each_parameter_as_often_as_the_original(stepped):
         trainer.basis_optimizer.param_groups[0]["lr"]
         == json.loads(str(f.arrays["config"]))["learning_rate_w"]
     )
-
-
-def test_replaying_the_originals_own_jittered_images(stepped, tmp_path):
-    """The documented replay: the original's network input images_cj, brought to [0, 1]."""
-    trainer, logged, _, images = stepped
-    f = load("step")
-    mean = torch.tensor((122.67891434, 116.66876762, 104.00698793)).view(1, 3, 1, 1)
-    items = [{"img": img} for img in images]
-    again = Trainer(
-        trainer.cfg, tmp_path / "again", dataset=items, progress=False, tensorboard=False
-    )
-    shapes = f.json("state_shapes")
-    state = seeded_state_dict(shapes, f["model_seed"].item())
-    load_original_weights(again.net, {k: torch.from_numpy(v) for k, v in state.items()})
-    with torch.no_grad():
-        again.objective.basis.copy_(f["basis"])
-    replayed = again.train_step(
-        {"img": images, "saliency": f["saliency"]},
-        source_points=f["source_points"],
-        jittered=(f["images_cj"] + mean) / 255.0,
-    )
-    for name, a, b in zip(LOSS_NAMES, replayed[1:].tolist(), logged[1:].tolist(), strict=True):
-        assert a == pytest.approx(b, rel=1e-5), name

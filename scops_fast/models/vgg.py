@@ -127,8 +127,11 @@ class VGG19Features(FrozenExtractor):
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         x = images
         if self.bgr_quirk:
-            shift = torch.tensor([-BGR_QUIRK_SHIFT, 0.0, BGR_QUIRK_SHIFT], device=x.device)
-            x = x + shift.view(1, 3, 1, 1).to(x.dtype)
+            # Made in the images' dtype: rounded to float32 first, it moved float64 features.
+            shift = torch.tensor(
+                [-BGR_QUIRK_SHIFT, 0.0, BGR_QUIRK_SHIFT], dtype=x.dtype, device=x.device
+            )
+            x = x + shift.view(1, 3, 1, 1)
         x = (x - self.mean) / self.std
         out = []
         for i, layer in enumerate(self.body):

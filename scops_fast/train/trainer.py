@@ -262,7 +262,10 @@ class Trainer:
         to replay another implementation's step, e.g. the original's, whose jittered
         network input `images_cj` is `(images_cj + CAFFE_MEAN_RGB) / 255` here."""
         cfg, backend = self.cfg, self.cfg.loss.backend
-        images = batch["img"].to(self.device, torch.float32)
+        # The network's dtype: float32, or float64 for a trainer built under
+        # torch.set_default_dtype(torch.float64), as the tests build one to compare a step
+        # with the original's free of float32 rounding.
+        images = batch["img"].to(self.device, self.objective.basis.dtype)
         size = images.shape[-2:]
         if tuple(size) != (cfg.data.image_size,) * 2:
             raise ValueError(
