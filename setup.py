@@ -7,8 +7,12 @@
   runs on every x86-64 node of a cluster. SCOPS_FAST_MARCH=native (or any -march value)
   builds a single scops_fast._C for that target instead; other architectures build one
   scops_fast._C with the compiler's default target.
-- scops_fast._C_cuda: the CUDA kernels (csrc/cuda/), when torch sees a GPU or
-  FORCE_CUDA=1 (CI compiles them for sm_80 and sm_90 without a GPU).
+- scops_fast._C_cuda: the CUDA kernels (csrc/cuda/), where a CUDA toolkit (nvcc) is found
+  and torch sees a GPU, or FORCE_CUDA=1 asks (CI compiles them for sm_80 and sm_90 without
+  a GPU); FORCE_CUDA=auto (as `make` sets): wherever nvcc is found; FORCE_CUDA=0: never.
+  Without a toolkit the rest still builds, and a record in scops_fast/_build_errors says
+  why the CUDA kernels were not built (SCOPS_FAST_STRICT_BUILD=1 with FORCE_CUDA=1 fails
+  instead, before compiling anything).
 - scops_fast._C_cuda_emu: the same CUDA sources compiled as C++ for the CPU
   (csrc/cuda/emulate.h), when SCOPS_FAST_CUDA_EMU=1 (as `make` sets): backend "cuda_emu",
   which runs the CUDA kernels' code on CPU tensors for the tests.
@@ -22,6 +26,7 @@ import glob
 import os
 import pathlib
 import platform
+import shutil
 
 from setuptools import setup
 
@@ -83,22 +88,61 @@ def variant_sources(name: str, sources: list[str]) -> list[str]:
     return out
 
 
-def want_cuda() -> bool:
-    if os.environ.get("FORCE_CUDA") == "1":
-        return True
-    import torch
+def cuda_toolkit() -> tuple[str | None, str]:
+    """(the CUDA toolkit's root, how it was found), or (None, what was looked for).
 
-    return torch.cuda.is_available()
+    Torch's own order (CUDA_HOME or CUDA_PATH, then nvcc on PATH, then /usr/local/cuda),
+    except that /usr/local/cuda comes before PATH: the machine's nvcc may be a wrapper
+    script on PATH, from which torch would guess the wrong root. The root counts only
+    where it holds bin/nvcc, which torch's build runs."""
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(var):
+            home = os.environ[var]
+            if pathlib.Path(home, "bin", "nvcc").exists():
+                return home, f"{var}={home}"
+            return None, f"{var}={home} holds no bin/nvcc"
+    if pathlib.Path("/usr/local/cuda/bin/nvcc").exists():
+        return "/usr/local/cuda", "/usr/local/cuda"
+    nvcc = shutil.which("nvcc")
+    if nvcc is not None:
+        home = str(pathlib.Path(nvcc).parent.parent)
+        if pathlib.Path(home, "bin", "nvcc").exists():
+            return home, f"nvcc on PATH ({nvcc})"
+    return None, "no nvcc on PATH, no /usr/local/cuda, CUDA_HOME unset"
 
 
-def cuda_home_default():
-    # The machine's nvcc may be a wrapper script on PATH; torch would then guess the
-    # wrong CUDA_HOME from it.
-    if "CUDA_HOME" not in os.environ and pathlib.Path("/usr/local/cuda/bin/nvcc").exists():
-        os.environ["CUDA_HOME"] = "/usr/local/cuda"
+def cuda_plan() -> tuple[bool, str]:
+    """(compile the CUDA kernels?, why not, as a record says it)."""
+    force = os.environ.get("FORCE_CUDA", "")
+    if force not in ("", "0", "1", "auto"):
+        raise SystemExit(f"error: FORCE_CUDA={force!r}: expected 1, 0 or auto")
+    if force == "0":
+        return False, "not built: FORCE_CUDA=0 at build time"
+    home, found = cuda_toolkit()
+    if home is not None:
+        # Set before torch.utils.cpp_extension is imported: it reads CUDA_HOME once.
+        os.environ["CUDA_HOME"] = home
+    if force == "":
+        import torch
+
+        if not torch.cuda.is_available():
+            return False, (
+                "not built: torch saw no GPU at build time and FORCE_CUDA was unset "
+                "(FORCE_CUDA=1 compiles them without one, with nvcc)"
+            )
+    if home is None:
+        why = f"no CUDA toolkit found at build time ({found})"
+        if force == "1" and os.environ.get("SCOPS_FAST_STRICT_BUILD") == "1":
+            raise SystemExit(
+                f"error: FORCE_CUDA=1 asks for the CUDA kernels, but {why}: set CUDA_HOME "
+                "to a CUDA toolkit, or build without them (FORCE_CUDA=0 or auto)"
+            )
+        print(f"warning: not building the CUDA kernels: {why}")
+        return False, f"not built: {why}"
+    return True, ""
 
 
-def extensions():
+def extensions(cuda: bool):
     from torch.utils.cpp_extension import CppExtension
 
     exts = []
@@ -116,7 +160,7 @@ def extensions():
             )
         )
     cuda_sources = sorted(glob.glob("csrc/cuda/*.cu") + glob.glob("csrc/cuda/*.cpp"))
-    if cuda_sources and want_cuda():
+    if cuda_sources and cuda:
         import torch
         from torch.utils.cpp_extension import CUDAExtension
 
@@ -183,11 +227,18 @@ def requirements(compiled: bool) -> list[str]:
 if os.environ.get("SCOPS_FAST_NO_EXTENSIONS") == "1":
     setup(install_requires=requirements(compiled=False))
 else:
-    cuda_home_default()
+    cuda, why_not = cuda_plan()
+    cuda_record = BUILD_ERRORS / "_C_cuda.txt"
+    if cuda:
+        cuda_record.unlink(missing_ok=True)  # the build writes one if it fails
+    else:
+        # A library left by an earlier build stays and loads; this says why none was built.
+        BUILD_ERRORS.mkdir(exist_ok=True)
+        cuda_record.write_text(why_not + "\n")
     # Without a GPU to ask, build for the Ampere and Hopper data-centre parts.
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
     setup(
-        ext_modules=extensions(),
+        ext_modules=extensions(cuda),
         cmdclass={"build_ext": build_command()},
         install_requires=requirements(compiled=True),
     )

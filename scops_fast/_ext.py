@@ -163,16 +163,25 @@ def load(name: str = "_C") -> str | None:
     return _declare_rules(name)
 
 
+#: What serves CUDA tensors when the CUDA kernels are missing.
+CUDA_FALLBACK = "on a GPU, the triton backend and the reference still run"
+
+
 def _not_built(name: str) -> str:
-    """Why library `name` is missing: its build's error where one was recorded."""
-    records = sorted(BUILD_ERRORS.glob(f"{name}*.txt"))
+    """Why library `name` is missing: what its build recorded (setup.py writes a record
+    for a compile that failed or, for the CUDA kernels, one it skipped), else a guess."""
+    stems = [name, *(lib for lib, _ in ISA_BUILDS.values())] if name == "_C" else [name]
+    records = [BUILD_ERRORS / f"{stem}.txt" for stem in stems]
+    records = [r for r in records if r.is_file()]
     if records:
-        return f"the build failed: {records[0].read_text().strip()[:500]}"
+        text = records[0].read_text().strip()[:500]
+        why = text if text.startswith("not built:") else f"the build failed: {text}"
+        return f"{why}; {CUDA_FALLBACK}" if name == "_C_cuda" else why
     if name == "_C_cuda":
         return (
-            "not built: the CUDA kernels are compiled only where torch sees a GPU at build "
-            "time or FORCE_CUDA=1 is set (with nvcc), e.g. FORCE_CUDA=1 pip install "
-            "--no-build-isolation ."
+            "not built: the CUDA kernels are compiled only where a CUDA toolkit (nvcc) is "
+            "found at build time and torch sees a GPU or FORCE_CUDA=1 is set, e.g. "
+            f"FORCE_CUDA=1 pip install --no-build-isolation .; {CUDA_FALLBACK}"
         )
     if name == "_C_cuda_emu":
         return (

@@ -18,6 +18,26 @@ def hang_guard(seconds: float) -> float:
     return seconds * SLOWDOWN
 
 
+def without_cuda_toolkit(env: dict, scratch: pathlib.Path) -> dict:
+    """`env` as on a machine without the CUDA toolkit: a PATH with no nvcc (a folder that
+    holds one is replaced by a copy of its other entries, as links) and CUDA_HOME an empty
+    folder, which also hides /usr/local/cuda from setup.py and torch."""
+    folders = []
+    for i, folder in enumerate(env.get("PATH", "").split(os.pathsep)):
+        if folder and pathlib.Path(folder, "nvcc").exists():
+            shadow = scratch / f"path{i}"
+            shadow.mkdir(parents=True)
+            for entry in pathlib.Path(folder).iterdir():
+                if entry.name != "nvcc":
+                    (shadow / entry.name).symlink_to(entry)
+            folder = str(shadow)
+        folders.append(folder)
+    (scratch / "cuda").mkdir(parents=True, exist_ok=True)
+    env = {**env, "PATH": os.pathsep.join(folders), "CUDA_HOME": str(scratch / "cuda")}
+    env.pop("CUDA_PATH", None)
+    return env
+
+
 def rel_error(actual, expected) -> float:
     """max |a - e| / max |e|: one scale for the whole tensor, so near-zero entries of a
     tensor with large ones are judged at the tensor's scale."""

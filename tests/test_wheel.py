@@ -1,6 +1,8 @@
-"""The package as a user installs it: `pip wheel . --no-build-isolation` (torch already
-installed) gives a wheel with the compiled CPU kernels; installed into a fresh virtual
-environment with no compiler on PATH it imports, the cpp backend runs, and scops-train
+"""The package as a user installs it: `FORCE_CUDA=1 pip wheel . --no-build-isolation` (torch
+already installed) on a machine without the CUDA toolkit (no nvcc on PATH, CUDA_HOME an
+empty folder) gives a wheel with the compiled CPU kernels and a record of why the CUDA
+kernels are missing; installed into a fresh virtual environment with no compiler on PATH
+it imports, the cpp backend runs, the cuda backend says why it cannot, and scops-train
 trains two steps. About a minute: the wheel compiles both x86-64 builds."""
 
 import os
@@ -13,7 +15,7 @@ import venv
 import zipfile
 
 import pytest
-from conftest import hang_guard
+from conftest import hang_guard, without_cuda_toolkit
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -32,8 +34,12 @@ def wheel(tmp_path_factory):
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / rel.decode(), dest)
     dist = tmp_path_factory.mktemp("dist")
-    env = {**os.environ, "FORCE_CUDA": "0", "SCOPS_FAST_STRICT_BUILD": "1"}
-    env.pop("SCOPS_FAST_MARCH", None)
+    # A user's case: a GPU machine (FORCE_CUDA=1 stands for torch seeing one) whose torch
+    # came from pip, with no toolkit; not strict, as a user builds.
+    env = without_cuda_toolkit(dict(os.environ), tmp_path_factory.mktemp("no_cuda"))
+    env["FORCE_CUDA"] = "1"
+    for var in ("SCOPS_FAST_MARCH", "SCOPS_FAST_STRICT_BUILD", "SCOPS_FAST_CUDA_EMU"):
+        env.pop(var, None)
     cmd = [sys.executable, "-m", "pip", "wheel", str(src), "--no-build-isolation", "--no-deps"]
     cmd += ["--disable-pip-version-check", "-q", "-w", str(dist)]
     subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=hang_guard(900))
@@ -47,8 +53,15 @@ def test_the_wheel_holds_the_kernels_and_pins_torch(wheel):
     with zipfile.ZipFile(wheel) as z:
         names = z.namelist()
         meta = next(z.read(n).decode() for n in names if n.endswith("/METADATA"))
+        records = {
+            pathlib.PurePath(n).name: z.read(n).decode() for n in names if "/_build_errors/" in n
+        }
     libs = {pathlib.PurePath(n).name.split(".")[0] for n in names if n.endswith(".so")}
-    assert {"_C_avx2", "_C_avx512"} <= libs
+    assert {"_C_avx2", "_C_avx512"} <= libs, records
+    assert "_C_cuda" not in libs
+    # Only the skipped CUDA compile is recorded: a failed CPU compile would be too.
+    assert list(records) == ["_C_cuda.txt"], records
+    assert records["_C_cuda.txt"].startswith("not built: no CUDA toolkit found at build time")
     assert f"Requires-Dist: torch=={torch.__version__.split('+')[0]}" in meta
     assert any(n.endswith("configs/celeba-k8-original.json") for n in names)
 
@@ -74,6 +87,7 @@ def test_the_wheel_runs_in_a_fresh_venv_without_a_compiler(wheel, tmp_path):
         "assert shutil.which('gcc') is None and shutil.which('c++') is None\n"
         f"assert scops_fast.__file__.startswith({str(env_dir)!r})\n"
         "print(scops_fast.available_backends().details['cpp'])\n"
+        "print(scops_fast.available_backends().unavailable['cuda'])\n"
         "print(float(losses.concentration_loss(torch.randn(2, 5, 16, 16), backend='cpp')))\n"
     )
     out = subprocess.run(
@@ -81,6 +95,8 @@ def test_the_wheel_runs_in_a_fresh_venv_without_a_compiler(wheel, tmp_path):
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "kernels" in out.stdout
+    assert "not built: no CUDA toolkit found at build time" in out.stdout, out.stdout
+    assert "the triton backend and the reference still run" in out.stdout, out.stdout
     train = subprocess.run(
         [str(env_dir / "bin" / "scops-train"), "--config", "demo", "--steps", "2"]
         + ["--out", str(tmp_path / "run"), "--set", "evaluation.enabled=false"],
