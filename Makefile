@@ -18,7 +18,7 @@ CUDA_RECORD := scops_fast/_build_errors/_C_cuda.txt
 # Build the CUDA kernels' CPU emulation too (backend "cuda_emu", checked by the tests).
 SCOPS_FAST_CUDA_EMU ?= 1
 
-.PHONY: FORCE all install browser test test-no-avx512 demo bench bench-isa lint format clean sanitize
+.PHONY: FORCE all install browser test test-rounding test-no-avx512 demo bench bench-isa lint format clean sanitize
 
 all: test
 
@@ -61,6 +61,23 @@ test: install browser
 	if [ -n "$$why" ]; then echo "make test: skipped the CUDA compile: $$why"; fi
 	$(VENV)/bin/ruff check scops_fast tests benchmarks scripts
 	$(PY) -m pytest tests -q
+	$(MAKE) --no-print-directory test-rounding
+
+# The tests marked `rounding` (float results whose rounding another CPU changes) again, under
+# what changes rounding the way another machine does (README, "`make test` on another CPU");
+# about 2 minutes here. A: one thread, torch's portable kernels (ATen DEFAULT, so no cpp
+# build loads: its cases skip), oneDNN and MKL at SSE4.1/4.2, OpenCV's plain code, and the
+# inputs of the tests that take the `nudge` fixture moved by one ulp. B: three threads,
+# ATen, oneDNN and MKL at AVX2 (on an AVX-512 machine, lowered from it). No cache provider:
+# the main run's record of failures stays its own.
+ROUNDING_A := OMP_NUM_THREADS=1 ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 \
+	MKL_ENABLE_INSTRUCTIONS=SSE4_2 OPENCV_CPU_DISABLE=AVX2,FMA3,AVX SCOPS_FAST_TEST_OPENCV_PLAIN=1 \
+	SCOPS_FAST_TEST_ULP_NUDGE=1
+ROUNDING_B := OMP_NUM_THREADS=3 ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 \
+	MKL_ENABLE_INSTRUCTIONS=AVX2
+test-rounding: install
+	$(ROUNDING_A) $(PY) -m pytest tests -q -m rounding -p no:cacheprovider
+	$(ROUNDING_B) $(PY) -m pytest tests -q -m rounding -p no:cacheprovider
 
 # The main job: train SCOPS on the embedded synthetic dataset, evaluate, write the report.
 # --resume: a second run picks up the finished checkpoint and only re-evaluates.

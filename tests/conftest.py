@@ -7,6 +7,8 @@ import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 
+import rounding  # noqa: E402
+
 SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared"
 #: How much slower than this machine the suite may run (scripts/no_avx512.py sets 10: every
 #: instruction emulated); the tests' hang guards scale by it.
@@ -53,6 +55,22 @@ def rel_error(actual, expected) -> float:
 def assert_rel(actual, expected, rtol, what=""):
     err = rel_error(actual, expected)
     assert err <= rtol, f"{what}: relative error {err:.3e} > {rtol:.0e}"
+
+
+def pytest_configure(config):
+    # Run A of `make test-rounding`: OpenCV's plain code instead of its SIMD and IPP paths,
+    # as on a CPU where it dispatches differently (its float resize differs by 2.6e-6).
+    if os.environ.get("SCOPS_FAST_TEST_OPENCV_PLAIN", "0") not in ("", "0"):
+        import cv2
+
+        cv2.setUseOptimized(False)
+
+
+@pytest.fixture
+def nudge():
+    """Moves a test's inputs by one ulp under SCOPS_FAST_TEST_ULP_NUDGE=1 (run A of
+    `make test-rounding`), else returns them as they are: see tests/rounding.py."""
+    return rounding.Nudge(rounding.enabled())
 
 
 @pytest.fixture
