@@ -209,7 +209,9 @@ def make_model(out: pathlib.Path) -> None:
 def make_evaluation(out: pathlib.Path) -> None:
     """evaluate_celebAWild.py's landmark pipeline on fixed logits: part centres in pixels
     (visualize.Batch_Get_Centers) and the regression errors (face_evaluation_wild)."""
-    sys.path.insert(0, str(pathlib.Path(sys.modules["loss"].__file__).parent / "evaluation"))
+    import loss  # the checkout's folder, also when this section runs alone (--only)
+
+    sys.path.insert(0, str(pathlib.Path(loss.__file__).parent / "evaluation"))
     import face_evaluation_wild
     import visualize
 
