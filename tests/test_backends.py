@@ -94,6 +94,8 @@ def usable(request):
         # A probe before the variable was set cached "no CUDA device".
         vars(_dispatch._loaded).pop("triton", None)
     reason = _dispatch.unavailable_reason(target.backend, None, target.device)
+    if reason is not None and "ATEN_CPU_CAPABILITY=" in reason:
+        pytest.skip(reason)  # torch's portable kernels asked for (`make test-rounding`, run A)
     assert reason is None, f"{target.id} should be usable here: {reason}"
     with target.small_blocks(), poisoned_allocations():
         yield
@@ -265,8 +267,11 @@ def test_lowres_one_pixel_feature_map_and_one_row_output(target, gen):
     )
 
 
+@pytest.mark.rounding
 def test_lowres_matches_dense_at_a_training_like_shape(target, gen):
-    # SPEC section 8's features, scaled down: 4x4 -> 32x32, saliency-masked.
+    # SPEC section 8's features, scaled down: 4x4 -> 32x32, saliency-masked. Two float32
+    # computations against each other: at most 8.9e-8 apart (every target, AVX2 or ATen's
+    # portable kernels, inputs moved by one ulp), the reference 1.2e-7 from float64; 1e-5.
     dev = target.device
     pred = torch.randn(1, 9, 32, 32, generator=gen).to(dev) * 2
     low = torch.randn(1, 24, 4, 4, generator=gen).to(dev)

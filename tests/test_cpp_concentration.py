@@ -12,6 +12,9 @@ from scops_fast import losses
 from scops_fast.backends import cpp
 
 _unavailable = cpp.probe()
+if _unavailable is not None and "ATEN_CPU_CAPABILITY=" in _unavailable:
+    # torch's portable kernels asked for (`make test-rounding`, run A): no cpp build runs
+    pytest.skip(_unavailable, allow_module_level=True)
 assert _unavailable is None, f"backend cpp: {_unavailable}"
 concentration = torch.ops.scops_fast.concentration
 

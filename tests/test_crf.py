@@ -1,4 +1,11 @@
-"""Dense-CRF refinement (scops_fast.train.crf) and scops-predict --crf."""
+"""Dense-CRF refinement (scops_fast.train.crf) and scops-predict --crf.
+
+Noise model of the tests marked `rounding`: pydensecrf's mean field runs in float32 with its
+own vector code. Moving the probabilities and the image by one float32 ulp (three random
+patterns) changed none of the measured numbers: label error 0.289 before and 0 after (bounds
+0.25-0.35 and 0.02), the band 0.75 wrong with the Gaussian kernel alone and 0 with both
+(bounds 0.6 and 0.1), and without pairwise terms the input back within 6e-8 (bound 1e-5).
+"""
 
 import json
 import sys
@@ -48,26 +55,29 @@ def test_a_distribution_of_the_input_shape_dtype_and_device():
     assert double.dtype == torch.float64
 
 
+@pytest.mark.rounding
 @needs_pydensecrf
-def test_without_pairwise_terms_it_returns_the_input():
+def test_without_pairwise_terms_it_returns_the_input(nudge):
     # The unary is -log p: with both kernels off, mean field gives back p itself. A transposed
     # or mis-reshaped unary (H and W swapped, labels last) would not.
     image, probs, _ = two_regions(h=20, w=33)
     off = CRFParams(gaussian_weight=0.0, bilateral_weight=0.0)
-    torch.testing.assert_close(dense_crf(probs, image, off), probs, atol=1e-5, rtol=0)
+    torch.testing.assert_close(dense_crf(nudge(probs), image, off), probs, atol=1e-5, rtol=0)
 
 
+@pytest.mark.rounding
 @needs_pydensecrf
-def test_it_removes_label_noise_on_two_regions():
+def test_it_removes_label_noise_on_two_regions(nudge):
     image, probs, truth = two_regions()
     before = (probs.argmax(0) != truth).float().mean().item()
-    after = (dense_crf(probs, image).argmax(0) != truth).float().mean().item()
+    after = (dense_crf(nudge(probs), nudge(image, 1)).argmax(0) != truth).float().mean().item()
     assert 0.25 < before < 0.35
     assert after < 0.02, (before, after)
 
 
+@pytest.mark.rounding
 @needs_pydensecrf
-def test_the_appearance_kernel_follows_the_colour_edge():
+def test_the_appearance_kernel_follows_the_colour_edge(nudge):
     # Unaries that blur the boundary: a band of 8 columns left of the colour edge leans (0.55)
     # towards the right region's label. The Gaussian kernel alone keeps the band; the bilateral
     # one joins it to the pixels of its colour.
@@ -78,7 +88,7 @@ def test_the_appearance_kernel_follows_the_colour_edge():
     lean = torch.full((h, w), 0.2)
     lean[:, 20:] = 0.8
     lean[:, 12:20] = 0.55
-    probs = torch.stack([1 - lean, lean])
+    probs, image = nudge(torch.stack([1 - lean, lean])), nudge(image, 1)
     truth = torch.zeros(h, w, dtype=torch.long)
     truth[:, 20:] = 1
     smooth_only = CRFParams(bilateral_weight=0.0)

@@ -60,7 +60,10 @@ def test_deeplab_head_matches_spec(deeplab):
     assert deeplab.head.split == 1024
 
 
+@pytest.mark.rounding
 def test_deeplab_appearance_half_and_logits_from_second_half(deeplab):
+    # The head's sum of four branches against ours: float32 summation order only, within
+    # assert_close's float32 defaults (1.3e-6 relative + 1e-5).
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         feats = deeplab.backbone(x)
@@ -82,7 +85,11 @@ def test_deeplab_batchnorm_affine_frozen_and_batch_statistics(deeplab):
     assert len(head) == 8 and head <= trainable
 
 
+@pytest.mark.rounding
 def test_batchnorm_eval_mode_survives_train():
+    # Batch 2 against batch 1 through oneDNN's convolutions: 3e-8 apart here (scale 0.14),
+    # also with one-ulp moved inputs, within assert_close's float32 defaults (1e-5 absolute);
+    # batch statistics would change the first image's output by O(1).
     net = small_net(3, width=4, batchnorm="eval").train()
     bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
     assert net.training and not any(m.training for m in bns)

@@ -55,8 +55,14 @@ def original_dataset(root, **kwargs):
     )
 
 
+@pytest.mark.rounding
 @pytest.mark.parametrize("variant", ["resize", "center_crop"])
 def test_celeba_wild_items_are_the_originals(celeba_root, variant):
+    """Noise model: the 8-bit image goes through OpenCV's fixed-point resize, the same bits
+    on any CPU, so it is compared exactly. The saliency map is resized in float32, whose
+    result depends on OpenCV's code path: without its SIMD paths (cv2.setUseOptimized(False),
+    run A of `make test-rounding`) it moves by up to 2.6e-6, so 2e-5; an 8-bit saliency
+    map would be 2e-3 off, one resize straight to the output size 0.19."""
     f = load("celeba")
     ds = original_dataset(celeba_root, center_crop=variant == "center_crop")
     kept = [str(n) for n in f.arrays[f"{variant}.kept"]]
@@ -67,7 +73,7 @@ def test_celeba_wild_items_are_the_originals(celeba_root, variant):
         ours = np.round(item["img"].numpy() * 255).astype(np.float32) - MEAN_RGB[:, None, None]
         np.testing.assert_array_equal(ours, f.arrays[f"{variant}.{name}.img"])
         np.testing.assert_allclose(
-            item["saliency"].numpy(), f.arrays[f"{variant}.{name}.saliency"], atol=1e-6
+            item["saliency"].numpy(), f.arrays[f"{variant}.{name}.saliency"], atol=2e-5
         )
         if variant == "resize":
             lm = f.arrays[f"{variant}.{name}.landmarks"]
@@ -132,7 +138,10 @@ def write_cub(tmp_path) -> tuple:
     return root, cache, rels
 
 
+@pytest.mark.rounding
 def test_cub_items_are_the_originals(tmp_path, monkeypatch):
+    """Noise model: the crop is resized in float64 (OpenCV), then scaled in float32: OpenCV's
+    plain code path (run A of `make test-rounding`) passes too; 1e-4 of 255 levels."""
     from scops_fast.data.cub_original import CUBOriginal
 
     f = load("cub")

@@ -1,36 +1,54 @@
 """The landmark evaluation of the original (evaluate_celebAWild.py's part centres,
-evaluation/face_evaluation_wild.py's regression) against ours on fixed logits."""
+evaluation/face_evaluation_wild.py's regression) against ours on fixed logits.
+
+Noise model (tests marked `rounding`; scripts/measure_rounding.py moves the logits by one
+float32 ulp, up or down at random). The record is the original's result on the machine that
+made it. Our centres (a float32 softmax, then float64 sums) lie 9.5e-7 px from the record
+and move by as much under one-ulp moves of the logits: 2e-4 px leaves 200x that. The
+regression errors from them lie 2.9e-7 (relative) from the record, the original's float32
+centre sums against our float64 ones, and move by 1.4e-7: 3e-6 leaves 19x that. The
+regression is invariant to any affine map of the centres (a half-pixel shift changes
+nothing), but centres jittered by 1e-3 px move it by 2.6e-4. On the record's own centres the
+regression is float64 throughout: float64 one-ulp moves change it by 8e-16, held to 1e-9.
+"""
 
 import numpy as np
+import pytest
 import torch
 from original_fixtures import load
 
 from scops_fast.eval import landmark_regression_error, part_centers_pixels
 
 
-def centres(split: str) -> np.ndarray:
-    logits = load("evaluation")[f"{split}.logits"]
+def centres(split: str, nudge=lambda t: t) -> np.ndarray:
+    logits = nudge(load("evaluation")[f"{split}.logits"])
     return part_centers_pixels(torch.softmax(logits, 1)[:, 1:]).double().numpy()
 
 
-def test_part_centres_are_the_originals():
+@pytest.mark.rounding
+def test_part_centres_are_the_originals(nudge):
     f = load("evaluation")
     for split in ("train", "test"):
         # The original sums float32 maps; ours in float64.
-        np.testing.assert_allclose(centres(split), f.arrays[f"{split}.centers"], atol=2e-4)
+        got = centres(split, nudge)
+        np.testing.assert_allclose(got, f.arrays[f"{split}.centers"], atol=2e-4)
 
 
-def test_regression_errors_are_the_originals():
+@pytest.mark.rounding
+def test_regression_errors_are_the_originals(nudge):
     f = load("evaluation")
     err_train, err_test = landmark_regression_error(
-        centres("train"), f.arrays["train.landmarks"], centres("test"), f.arrays["test.landmarks"]
+        centres("train", nudge),
+        f.arrays["train.landmarks"],
+        centres("test", nudge),
+        f.arrays["test.landmarks"],
     )
-    # Centres in float64 here, float32 there: the regression moves by less than 1e-6.
     np.testing.assert_allclose(
-        [err_train, err_test], [f.arrays["error_train"], f.arrays["error_test"]], rtol=1e-6
+        [err_train, err_test], [f.arrays["error_train"], f.arrays["error_test"]], rtol=3e-6
     )
 
 
+@pytest.mark.rounding
 def test_regression_on_the_originals_centres_is_exact():
     f = load("evaluation")
     a = f.arrays

@@ -1,6 +1,21 @@
 """The original two-branch DeepLab (ResNet-50 and -101) against ours loaded with
 `load_original`: the same seeded weights give the same logits, in eval mode and in train
-mode (batch statistics), and the same parameters train."""
+mode (batch statistics), and the same parameters train.
+
+Noise model (the tests marked `rounding`; measured by scripts/measure_rounding.py: inputs and
+weights moved by one float32 ulp, up or down at random, four patterns). The fixture's logits
+are the original's float32 forward on the machine that recorded them; ours is a float32
+forward on this one, whose BLAS, oneDNN and thread count round differently.
+- Eval mode: one-ulp moves change our logits by at most 6.4e-7 relative (ResNet-101; 3.5e-7
+  ResNet-50), and ours are 4.8e-7 from the record; the tolerance 1e-5 leaves 15x that spread.
+- Train mode (batch statistics of 2 images) amplifies rounding: one-ulp moves change the
+  logits by 1.7e-4 (ResNet-101; 5.7e-5 ResNet-50), so float32 against float32 cannot be held
+  tight. Both the record and our float32 logits are compared with ours in float64 (which no
+  CPU's float32 rounding reaches) within `TRAIN_RTOL`, 5.5x the largest float32 error seen
+  (1.8e-4, ours, ResNet-101; the record's is 1.2e-4). An eps of 1e-6 instead of 1e-5 in
+  every BatchNorm moves them by 6e-3 (ResNet-50) and 2.8e-2, one BatchNorm on running
+  statistics by 0.88: each fails.
+"""
 
 import pytest
 import torch
@@ -16,6 +31,8 @@ from scops_fast.models.original import (
 from scops_fast.models.seeded import seeded_state_dict
 
 CASES = ("resnet50", "resnet101")
+#: Train-mode logits against float64 (see the module's noise model).
+TRAIN_RTOL = 1e-3
 
 
 def original_state(case: str) -> dict:
@@ -39,27 +56,29 @@ def test_depth_and_parts_are_read_from_the_file(loaded):
     assert not net.training
 
 
-def test_eval_logits_match_the_original(loaded):
+@pytest.mark.rounding
+def test_eval_logits_match_the_original(loaded, nudge):
     case, net = loaded
     f = load("model")
     with torch.no_grad():
-        out = net.eval()(f[f"{case}.input"])
+        out = net.eval()(nudge(f[f"{case}.input"]))
     assert_rel(out, f[f"{case}.logits_eval"], 1e-5, case)
 
 
-def test_train_mode_logits_and_statistics_match_the_original(loaded):
-    """Batch statistics amplify float32 rounding (two threads instead of one moved these
-    logits by 4.5e-5 relative), so the rule is flash-attention's: our float32 error
-    against the original at most 3x our own float32 error against float64, plus 1e-6."""
+@pytest.mark.rounding
+def test_train_mode_logits_and_statistics_match_the_original(loaded, nudge):
+    """In float64 against both float32 forwards (the module's noise model). The running
+    mean (one batch's statistics folded in) is not amplified: one-ulp moves change it by
+    1.9e-7, ours is bitwise the record here, the tolerance is 1e-5."""
     case, _ = loaded
     f = load("model")
     x = f[f"{case}.input"]
-    net = load_original(original_state(case)).train()
+    net = nudge.module(load_original(original_state(case)).train())
     with torch.no_grad():
-        out = net(x)
+        out = net(nudge(x, seed=1))
         exact = load_original(original_state(case)).double().train()(x.double())
-    budget = 3 * rel_error(out, exact) + 1e-6
-    assert rel_error(out, f[f"{case}.logits_train"]) <= budget, case
+    assert rel_error(f[f"{case}.logits_train"], exact) <= TRAIN_RTOL, case
+    assert rel_error(out, exact) <= TRAIN_RTOL, case
     running = net.backbone.layer1[0].downsample[1].running_mean
     assert_rel(running, f[f"{case}.running_mean_after_train"], 1e-5, case)
 
@@ -77,6 +96,7 @@ def test_the_original_trainable_parameters_train(loaded):
     }
 
 
+@pytest.mark.rounding
 def test_snapshot_file_loads_safely_and_with_a_prefix(tmp_path):
     state = {f"module.{k}": v for k, v in original_state("resnet101").items()}
     path = tmp_path / "model_100000.pth"
@@ -121,6 +141,7 @@ def test_wrong_files_are_refused(tmp_path):
         load_original(evil)
 
 
+@pytest.mark.rounding
 def test_a_config_can_start_from_an_original_file(tmp_path):
     from scops_fast.train.config import load_config
     from scops_fast.train.loading import build_network

@@ -1,5 +1,16 @@
 """RandTPS against the original (WarBean's TPSGridGen under NVlabs' RandTPS): the same
-draws give the same source points, grid and warps (SPEC section 6)."""
+draws give the same source points, grid and warps (SPEC section 6).
+
+Noise model (tests marked `rounding`; scripts/measure_rounding.py). The record is the
+original's float32 result on the machine that made it, fixed; only our side depends on this
+CPU. Source points: ours are computed in float64 from the recorded draws (float64 rounding,
+~1e-16, on any CPU) and lie 2.7e-7 from the record's float32 ones, against 1e-6. Grid: our
+float64 solve lies 6.6e-6 to 9.1e-6 from the original's float32 one (which misses its own
+control points by ~6e-6); one-ulp moves of the float32 source points move ours by at most
+4.8e-7, and the tolerance 2e-5 leaves 23x that. Warps: 3.7e-5 to 5.3e-5 from the record
+(the grid's difference, times the image's slope); one-ulp moves of the image and points move
+them by at most 3.4e-6, and 1e-4 leaves 14x that.
+"""
 
 import math
 
@@ -13,12 +24,12 @@ from scops_fast.tps import source_points_from_draws, tps_grid, tps_warp
 CASES = load("tps").cases()
 
 
-def draws(case: str) -> dict:
+def draws(case: str, nudge=lambda t: t) -> dict:
     f = load("tps")
     deg = math.pi / 180.0  # the original converts its degrees like this, in float64
     mode = case.split("_")[0]
     kwargs = {
-        "perturbation": f[f"{case}.perturbation"].double(),
+        "perturbation": nudge(f[f"{case}.perturbation"].double()),
         "angle": f[f"{case}.angle"] / 180.0 * math.pi,
         "scale": f[f"{case}.scale"],
         "mirror": bool(f[f"{case}.mirror"]),
@@ -36,9 +47,10 @@ def test_every_case_is_there():
     assert bool(f["affine_mirror.mirror"]) and bool(f["projective_mirror.mirror"])
 
 
+@pytest.mark.rounding
 @pytest.mark.parametrize("case", CASES)
-def test_source_points_match_the_original(case):
-    d = draws(case)
+def test_source_points_match_the_original(case, nudge):
+    d = draws(case, nudge)
     points = source_points_from_draws(d.pop("mode"), **d)
     expected = load("tps")[f"{case}.source_points"].double()
     # The original computes in float32; ours in float64.
@@ -59,11 +71,12 @@ def test_projective_order_matters_on_these_draws():
     assert (h[..., :2] / h[..., 2:] - expected).abs().max() > 1e-3
 
 
+@pytest.mark.rounding
 @pytest.mark.parametrize("case", CASES)
-def test_grid_and_warps_match_the_original(case):
+def test_grid_and_warps_match_the_original(case, nudge):
     f = load("tps")
-    points = f[f"{case}.source_points"]
-    x = f[f"{case}.input"]
+    points = nudge(f[f"{case}.source_points"])
+    x = nudge(f[f"{case}.input"], seed=1)
     h, w = x.shape[-2:]
     # The original's TPSGridGen solves in float32 and misses its control points by ~6e-6.
     assert (tps_grid(points, h, w).double() - f[f"{case}.grid"].double()).abs().max() <= 2e-5

@@ -65,10 +65,14 @@ def test_the_maps_are_what_training_reads(tmp_path):
     assert torch.equal(item["saliency"], torch.from_numpy(expected).float() / 255)
 
 
+@pytest.mark.rounding
 @pytest.mark.parametrize("size", [64, 128])
 def test_estimate_beats_all_ones_on_synthetic_parts(size):
     # The demo's test images. Measured over 300 of them: 0.91 (64 px) and 0.92 (128 px)
-    # against 0.33 for all ones (docs/saliency_results.json).
+    # against 0.33 for all ones (docs/saliency_results.json). Noise model: GrabCut in
+    # OpenCV, whose code paths differ by CPU: with its plain code (cv2.setUseOptimized(False))
+    # the maps are the same here, and images moved by one 8-bit level at random pixels move
+    # the mean IoU margin by 0.02 (0.57-0.60 against 0.3) and keep all 8 above 0.2 (>= 6).
     ds = SyntheticParts(8, size=size, seed=2)
     ours, ones = [], []
     for i in range(len(ds)):
@@ -81,10 +85,12 @@ def test_estimate_beats_all_ones_on_synthetic_parts(size):
     assert sum(o > n + 0.2 for o, n in zip(ours, ones, strict=True)) >= 6, (ours, ones)
 
 
+@pytest.mark.rounding
 def test_estimate_keeps_thin_parts_of_small_images():
     # A first version, run at 64 px and without GrabCut's grown possible foreground, matched
     # the degraded map's IoU but kept under half of the ears and arms here (0.47); the demo
-    # trained with it put 22 % of its part centres on the background (5 % now).
+    # trained with it put 22 % of its part centres on the background (5 % now). Noise model
+    # as above: one-level moves of the images give 0.742-0.747 against 0.65.
     ds = SyntheticParts(8, size=64, seed=2)
     covered = []
     for i in range(len(ds)):

@@ -135,20 +135,27 @@ def test_projective_mode_draws():
     assert 0.6 < float(scale.mean()) < 1.6
 
 
-def test_randtps_forward_grid_and_padding(gen):
+@pytest.mark.rounding
+def test_randtps_forward_grid_and_padding(gen, nudge):
+    """Against grid_sample in float64 on the same grid. Noise model: both float32 warps (the
+    cpp kernel and torch's grid_sample, which the reference runs) lie at most 4.6e-7 from it
+    (AVX2 or ATen's portable kernels, inputs moved by one ulp or not), and 4.7e-7 from each
+    other, too close to 1e-6 to compare them with each other; 2e-6 against float64. Another
+    alignment or padding is O(0.1) off."""
     warp = tps.RandTPS(9, 7, batch_size=2, generator=torch.Generator().manual_seed(0))
     assert warp.grid.shape == (2, 7, 9, 2)
-    x = torch.randn(2, 3, 7, 9, generator=gen)
-    expected = torch.nn.functional.grid_sample(x, warp.grid, align_corners=True)
-    assert_rel(warp(x), expected, 1e-6, "forward")
+    x = nudge(torch.randn(2, 3, 7, 9, generator=gen))
+    grid = warp.grid.double()
+    expected = torch.nn.functional.grid_sample(x.double(), grid, align_corners=True)
+    assert_rel(warp(x), expected, 2e-6, "forward")
     border = torch.nn.functional.grid_sample(
-        x, warp.grid, padding_mode="border", align_corners=True
+        x.double(), grid, padding_mode="border", align_corners=True
     )
-    assert_rel(warp(x, padding_mode="border"), border, 1e-6, "border")
+    assert_rel(warp(x, padding_mode="border"), border, 2e-6, "border")
     warp_b = tps.RandTPS(
         9, 7, batch_size=2, border_padding=True, generator=torch.Generator().manual_seed(0)
     )
-    assert_rel(warp_b(x), border, 1e-6, "border_padding=True")
+    assert_rel(warp_b(x), border, 2e-6, "border_padding=True")
 
 
 def test_randtps_rejects_bad_mode():

@@ -79,7 +79,10 @@ def test_logits_are_warped_with_their_own_padding(tmp_path, monkeypatch):
     assert seen == ["zeros", "border"]
 
 
+@pytest.mark.rounding
 def test_per_image_concentration_is_the_original_times_the_batch(tmp_path):
+    # One network output, two reductions of the same per-image terms: at most the rounding
+    # of a sum of two and a halving apart (exactly twice here), held to 1e-6.
     a = make(tmp_path, "a")
     b = make(tmp_path, "b", **{"loss.concentration_reduction": "per_image"})
     batch = next(iter(torch.utils.data.DataLoader(a.dataset, batch_size=2)))
