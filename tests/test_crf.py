@@ -144,6 +144,7 @@ def test_predict_crf_without_pydensecrf_is_a_one_line_error(tmp_path, capsys, mo
 
 
 def test_the_readme_table_is_the_measured_one():
+    # No rounding: the table is formatted from docs/crf_results.json, not measured again.
     import importlib.util
     import pathlib
 
