@@ -2,19 +2,23 @@
 implementation.
 
     pytest benchmarks/ --benchmark                       # every op at the CelebA size, ~2 min
+    pytest benchmarks/ --benchmark --impl cuda_emu       # + a backend for checking only
     pytest benchmarks/ --benchmark --bench-size all      # quick, celeba, b16, dense2
     pytest benchmarks/bench_losses.py --benchmark --bench-size heavy   # b32, hires512
 
 Implementations: "eager" (the public function with backend="reference"), "compile"
 (torch.compile of the function in scops_fast.reference) and every other usable backend
-of `scops_fast.available_backends()`. Each result's extra_info holds `min_bytes`, the
-bytes the op must at least move (every input read once, every gradient written once),
-so that min_bytes / time gives the achieved bandwidth, and `peak_mb`, the resident-set
-high-water mark of one forward + backward above the resident set just before it
-(inputs created, warm-up and compilation done), measured in a fresh subprocess per
-case (`python benchmarks/bench_losses.py OP IMPL SIZE DEVICE`; --bench-memory off
-leaves it out). Cases whose estimated working set is above --bench-max-gb are skipped
-before any input is made.
+of `scops_fast.available_backends()` except those labelled for checking only (their
+module's `checking_only()`: cuda_emu, Triton's CPU interpreter), which are timed only when
+named: `--impl cuda_emu` (comma-separated, adds to the default list). Each result's
+extra_info holds `min_bytes`, the bytes the op must at least move (every input read once,
+every gradient written once), so that min_bytes / time gives the achieved bandwidth, and
+`peak_mb`, the resident-set high-water mark of one forward + backward above the resident
+set just before it (inputs created, warm-up and compilation done), measured in a fresh
+subprocess per implementation, the ops one after another with the high-water mark reset
+before each (`python benchmarks/bench_losses.py IMPL SIZE DEVICE OP...`; --bench-memory
+off leaves it out). Cases whose estimated working set is above
+--bench-max-gb are skipped before any input is made.
 """
 
 import dataclasses
@@ -30,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from scops_fast import BackendUnavailableError, available_backends, losses, reference, tps
+from scops_fast._dispatch import BACKENDS
 
 
 @dataclass(frozen=True)
@@ -124,9 +129,33 @@ OPS = {
     "equivariance_losses": (losses.equivariance_losses, reference.equivariance_losses),
 }
 
-# "reference" is what "eager" runs, so it is not listed twice. "original" (the original
-# SCOPS code's own functions) joins with --original (conftest.py).
-IMPLS = ("eager", "compile", *(name for name in available_backends() if name != "reference"))
+
+def case_impls(named: str = "", report=None) -> tuple:
+    """The implementations timed: eager, compile and the usable backends meant to be used,
+    then those named in `named` (the --impl option, comma-separated) that are not already
+    there. "reference" is what "eager" runs, so it is not listed twice; "original" (the
+    original SCOPS code's own functions) joins with --original (conftest.py). A backend
+    labelled for checking only joins only when named: with it beside them, the others'
+    timings would mean nothing (cuda_emu starts 256 OS threads per launch)."""
+    report = available_backends() if report is None else report
+    out = ["eager", "compile"]
+    out += [n for n in report if n != "reference" and n not in report.checking_only]
+    known = ("eager", "compile", *(n for n in BACKENDS if n != "reference"))
+    for name in filter(None, (part.strip() for part in named.split(","))):
+        if name not in known:
+            hint = " (it joins with --original)" if name == "original" else ""
+            raise pytest.UsageError(
+                f"--impl: unknown implementation {name!r}{hint}; choose from {', '.join(known)}"
+            )
+        if name not in report and name not in ("eager", "compile"):
+            raise pytest.UsageError(
+                f"--impl: backend {name!r} is not usable here: {report.unavailable.get(name)}"
+            )
+        if name not in out:
+            out.append(name)
+    return tuple(out)
+
+
 #: The original's functions for our ops, by (module, name): its loss.py and utils.
 ORIGINAL_FUNCTIONS = {
     "concentration_loss": ("loss", "concentration_loss"),
@@ -298,29 +327,75 @@ def step_function(fn, args, leaves, device):
     return step
 
 
-def measure_memory(op: str, impl: str, size: str, device: str, max_gb: float) -> dict:
-    """Runs `memory_child` in a fresh interpreter; its JSON result."""
+_memory_results: dict = {}
+
+
+def measure_memory(request, op: str, impl: str, size: str, device: str, max_gb: float) -> dict:
+    """The JSON result of `memory_child` for this case. One fresh interpreter measures every
+    op this session times with (impl, size, device), one after another, each against its
+    own baseline: an interpreter's start and torch's import (about 3 s) then come once per
+    implementation instead of once per case, a third of the default run. An op it did not
+    measure (the kernel cannot reset the high-water mark, or the child died) gets a child
+    of its own."""
+    key = (impl, size, device)
+    if key not in _memory_results:
+        ops = [
+            item.callspec.params["op"]
+            for item in request.session.items
+            if "op" in getattr(getattr(item, "callspec", None), "params", {})
+            and (item.callspec.params.get("impl"), item.callspec.params.get("size")) == (impl, size)
+            and item.callspec.params.get("device") == device
+        ]
+        _memory_results[key] = _run_memory_child(ops or [op], impl, size, device, max_gb)
+    results = _memory_results[key]
+    if op not in results:
+        results.update(_run_memory_child([op], impl, size, device, max_gb))
+    return results[op]
+
+
+def _run_memory_child(ops: list, impl: str, size: str, device: str, max_gb: float) -> dict:
+    """{op: result} from one child measuring `ops` in turn; an op whose result is missing
+    is absent, except with a single op, which then gets the child's failure."""
     here = os.path.dirname(os.path.abspath(__file__))
-    cmd = [sys.executable, os.path.join(here, "bench_losses.py"), op, impl, size, device]
+    cmd = [sys.executable, os.path.join(here, "bench_losses.py"), impl, size, device, *ops]
     cmd += ["--max-gb", str(max_gb)]
     # A fixed mmap threshold: glibc then maps every large block and unmaps it when
     # freed, so the warm-up's freed tensors do not stay resident and hide the measured
-    # step's allocations (the dynamic threshold would serve them from a resident heap).
+    # step's allocations (the dynamic threshold would serve them from a resident heap),
+    # and an earlier op's freed tensors do not serve a later op's.
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    results = {}
     for line in proc.stdout.splitlines():
         if line.startswith("@@ "):
-            return json.loads(line[3:])
-    tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-2:])
-    return {"status": "failed", "error": f"exit {proc.returncode}: {tail}"[:300]}
+            result = json.loads(line[3:])
+            results[result.pop("op")] = result
+    if len(ops) == 1 and ops[0] not in results:
+        tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-2:])
+        results[ops[0]] = {"status": "failed", "error": f"exit {proc.returncode}: {tail}"[:300]}
+    return results
+
+
+def skip_reason(op: str, impl: str, size: str, max_gb: float) -> str | None:
+    """Why the case is not run, before anything is made (None: it runs)."""
+    if SIZES[size].ops is not None and op not in SIZES[size].ops:
+        return f"size {size!r} is not meant for {op}"
+    estimate = estimated_bytes(op, impl, SIZES[size].for_op(op))
+    if estimate > max_gb * 1e9:
+        return f"estimated working set {estimate / 1e9:.1f} GB > --bench-max-gb {max_gb:g}"
+    return None
 
 
 def memory_child(op: str, impl: str, size: str, device: str, max_gb: float) -> dict:
     """Inputs, warm-up (compilation included), then one forward + backward under a
-    resident-set peak measurement."""
+    resident-set peak measurement. `reset`: whether the high-water mark was reset to the
+    resident set before it (else it is the process's since its start)."""
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import memprobe
 
+    reason = skip_reason(op, impl, size, max_gb)
+    if reason is not None:
+        pytest.skip(reason)
     s = SIZES[size].for_op(op)
     fn = implementation(op, impl, device)
     inputs = make_inputs(op, s, device)
@@ -337,19 +412,18 @@ def memory_child(op: str, impl: str, size: str, device: str, max_gb: float) -> d
         "peak_mb": peak.peak_mb,
         "hwm_mb": peak.hwm_mb,
         "baseline_mb": peak.baseline_mb,
+        "reset": peak.reset,
     }
 
 
 @pytest.mark.parametrize("op", OPS)
 @pytest.mark.parametrize("device", DEVICES)
 def test_forward_backward(benchmark, request, size, device, op, impl):
-    if SIZES[size].ops is not None and op not in SIZES[size].ops:
-        pytest.skip(f"size {size!r} is not meant for {op}")
-    s = SIZES[size].for_op(op)
     max_gb = request.config.getoption("bench_max_gb")
-    estimate = estimated_bytes(op, impl, s)
-    if estimate > max_gb * 1e9:
-        pytest.skip(f"estimated working set {estimate / 1e9:.1f} GB > --bench-max-gb {max_gb:g}")
+    reason = skip_reason(op, impl, size, max_gb)
+    if reason is not None:
+        pytest.skip(reason)
+    s = SIZES[size].for_op(op)
     fn = implementation(op, impl, device)
     inputs = make_inputs(op, s, device)
     args = tuple(inputs.values())
@@ -388,7 +462,7 @@ def test_forward_backward(benchmark, request, size, device, op, impl):
         benchmark.pedantic(step, rounds=rounds, iterations=1)
     if request.config.getoption("bench_memory") == "on" and device == "cpu":
         del inputs, args, leaves, step  # the child needs the memory, not this process
-        memory = measure_memory(op, impl, size, device, max_gb)
+        memory = measure_memory(request, op, impl, size, device, max_gb)
         benchmark.extra_info.update(
             {k: v for k, v in memory.items() if k in ("peak_mb", "hwm_mb", "baseline_mb")},
             memory_status=memory["status"],
@@ -419,15 +493,18 @@ def test_copy_bandwidth(benchmark, size, device):
 if __name__ == "__main__":
     import argparse
 
-    parser = argparse.ArgumentParser(description="peak memory of one case, in this process")
-    parser.add_argument("op", choices=tuple(OPS))
+    parser = argparse.ArgumentParser(description="peak memory of cases, in this process")
     parser.add_argument("impl", help="eager, compile, original or a backend name")
     parser.add_argument("size", choices=tuple(SIZES))
     parser.add_argument("device")
+    parser.add_argument("ops", nargs="+", choices=tuple(OPS), metavar="OP")
     parser.add_argument("--max-gb", type=float, default=10.0)
     a = parser.parse_args()
-    try:
-        result = memory_child(a.op, a.impl, a.size, a.device, a.max_gb)
-    except BaseException as exc:  # pytest.skip raises a BaseException
-        result = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"[:300]}
-    print("@@ " + json.dumps(result), flush=True)
+    for op in a.ops:
+        try:
+            result = memory_child(op, a.impl, a.size, a.device, a.max_gb)
+        except BaseException as exc:  # pytest.skip raises a BaseException
+            result = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"[:300]}
+        print("@@ " + json.dumps({"op": op, **result}), flush=True)
+        if result.get("reset") is False:
+            break  # the next op's peak would include this one's: it gets its own child

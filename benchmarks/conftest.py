@@ -7,6 +7,8 @@ Loss-op sizes: `default` (every op at the CelebA size, the semantic losses at ba
 about two minutes on two cores) unless named; `all` is quick, celeba, b16 and dense2; the
 heavy sizes b32 (batch 32 at 256x256) and hires512 (512x512) run only when named (`heavy`
 is both, `every` is all); a comma-separated list picks any of them.
+`--impl cuda_emu` adds a backend labelled for checking only (cuda_emu; triton under
+TRITON_INTERPRET=1), which is otherwise left out: it is slow and would disturb the others.
 Training-step cases (bench_train_step.py): `--train-cases 128x1,256x2` (resolution x
 batch, each with every CPU backend); none by default.
 After pytest-benchmark's table, a summary (benchmarks/summary.py) answers "how much faster":
@@ -82,6 +84,14 @@ def pytest_addoption(parser):
         "(512x512); groups: all (quick, celeba, b16, dense2), heavy (the last two), every.",
     )
     group.addoption(
+        "--impl",
+        action="append",
+        default=[],
+        help="Also time these implementations, comma-separated or repeated: backends "
+        "labelled for checking only (cuda_emu; triton under TRITON_INTERPRET=1) are timed "
+        "only when named. The default list: eager, compile and the other usable backends.",
+    )
+    group.addoption(
         "--bench-memory",
         choices=("on", "off"),
         default="on",
@@ -138,6 +148,10 @@ def pytest_configure(config):
     config.stash[LOADAVG_START] = _loadavg()
     if config.getoption("benchmark"):
         config.option.benchmark_only = True
+    if config.getoption("impl"):
+        from bench_losses import case_impls
+
+        case_impls(",".join(config.getoption("impl")))  # a usage error before collection
     if config.getoption("original"):
         if not config.getoption("original_tps"):
             raise pytest.UsageError("--original needs --original-tps (its tps_stn_pytorch)")
@@ -209,10 +223,11 @@ def pytest_terminal_summary(terminalreporter, config):
 
 def pytest_generate_tests(metafunc):
     if "impl" in metafunc.fixturenames:
-        from bench_losses import IMPLS
+        from bench_losses import case_impls
 
         original = ("original",) if metafunc.config.getoption("original") else ()
-        metafunc.parametrize("impl", (*IMPLS, *original))
+        impls = case_impls(",".join(metafunc.config.getoption("impl")))
+        metafunc.parametrize("impl", (*impls, *original))
     if "size" in metafunc.fixturenames:
         metafunc.parametrize("size", _sizes(metafunc.config.getoption("bench_size")))
     if "train_case" in metafunc.fixturenames:

@@ -176,13 +176,21 @@ def explain(op: str, device_type: str, args=None, backend: str | None = None) ->
 
 class BackendReport(dict):
     """{name: devices it runs on} for the usable backends, with `.unavailable`
-    {name: reason} for the others and `.details` {name: which build runs} where a backend
-    says. `in` and iteration see only usable ones."""
+    {name: reason} for the others, `.details` {name: which build runs} where a backend
+    says, and `.checking_only` {name: why} for the usable backends that serve only to check
+    kernels (their module's `checking_only()`). `in` and iteration see only usable ones."""
 
-    def __init__(self, usable: dict, unavailable: dict, details: dict | None = None):
+    def __init__(
+        self,
+        usable: dict,
+        unavailable: dict,
+        details: dict | None = None,
+        checking_only: dict | None = None,
+    ):
         super().__init__(usable)
         self.unavailable = dict(unavailable)
         self.details = dict(details or {})
+        self.checking_only = dict(checking_only or {})
 
     def __str__(self) -> str:
         lines = [
@@ -199,7 +207,7 @@ class BackendReport(dict):
 
 def available_backends() -> BackendReport:
     """What is usable in this process and, for every backend that is not, why."""
-    usable, unavailable, details = {}, {}, {}
+    usable, unavailable, details, checking = {}, {}, {}, {}
     for name in BACKENDS:
         reason = unavailable_reason(name)
         if reason is None:
@@ -208,6 +216,9 @@ def available_backends() -> BackendReport:
             described = getattr(module, "describe", lambda: None)()
             if described:
                 details[name] = described
+            why = getattr(module, "checking_only", lambda: None)()
+            if why:
+                checking[name] = why
         else:
             unavailable[name] = reason
-    return BackendReport(usable, unavailable, details)
+    return BackendReport(usable, unavailable, details, checking)

@@ -6,7 +6,10 @@
 - `OPS`: {public op name: `Op`}, each implementation taking the positional arguments
   `scops_fast.losses` / `scops_fast.tps` pass it, with a `supports(*args)` predicate
   that says, before anything runs, why these particular inputs cannot be taken;
-- optionally `describe()`: which build runs, in words.
+- optionally `describe()`: which build runs, in words;
+- optionally `checking_only()`: None when the backend is meant to be used, else why it
+  serves only to check kernels (slow; "auto" never picks it; benchmarks time it only
+  when it is named). Absent means meant to be used.
 """
 
 from __future__ import annotations

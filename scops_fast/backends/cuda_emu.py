@@ -24,5 +24,9 @@ def describe() -> str:
     return "the CUDA kernels emulated on the CPU: slow, for checking only, never picked by auto"
 
 
+def checking_only() -> str:
+    return "the CUDA kernels emulated on the CPU, 256 OS threads per launch"
+
+
 def probe():
     return _ext.load("_C_cuda_emu")

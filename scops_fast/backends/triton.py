@@ -25,6 +25,14 @@ def devices():
     return ("cuda", "cpu") if triton_kernels.kernel_mode() == "interpreted" else ("cuda",)
 
 
+def checking_only() -> str | None:
+    from scops_fast import triton_kernels
+
+    if triton_kernels.kernel_mode() == "interpreted":
+        return "the kernels run through Triton's CPU interpreter (TRITON_INTERPRET=1)"
+    return None
+
+
 def probe():
     try:
         import triton  # noqa: F401
