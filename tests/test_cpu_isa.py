@@ -55,11 +55,16 @@ def test_the_best_build_runs_and_says_so():
 
 
 def runs_in_this_session(request, suites) -> bool:
-    """Whether this pytest run itself runs every test of `suites` (no -k or -m filter)."""
+    """Whether this pytest run itself runs every test of `suites`: each file given whole (or
+    a folder above it, not a test id), and nothing deselected (-k, -m, --deselect, --lf)."""
     config = request.config
-    if config.getoption("keyword") or config.getoption("markexpr"):
+    if any(config.getoption(o, None) for o in ("keyword", "markexpr", "deselect", "lf")):
         return False
-    return set(suites) <= {item.path.name for item in request.session.items}
+    given = [(config.invocation_params.dir / a).resolve() for a in config.args if "::" not in a]
+    collected = {item.path for item in request.session.items}
+    return all(
+        HERE / s in collected and any((HERE / s).is_relative_to(g) for g in given) for s in suites
+    )
 
 
 @pytest.mark.parametrize("isa", ["avx2", "avx512"])
