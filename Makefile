@@ -56,11 +56,18 @@ browser:
 		DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -q chromium chromium-driver; \
 	fi
 
-test: install browser
+# The suite runs on TEST_JOBS workers (pytest-xdist), one test file per worker at a time so
+# that a file's shared fixtures are made once; the slowest files start first (conftest.py).
+TEST_JOBS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; echo $$n)
+PYTEST_JOBS := -n $(TEST_JOBS) --dist loadfile
+
+# The browser's packages install while the Python environment builds.
+test:
+	$(MAKE) --no-print-directory -j2 install browser
 	@why=$$(sed -n 's/^not built: //p' $(CUDA_RECORD) 2>/dev/null); \
 	if [ -n "$$why" ]; then echo "make test: skipped the CUDA compile: $$why"; fi
 	$(VENV)/bin/ruff check scops_fast tests benchmarks scripts
-	$(PY) -m pytest tests -q
+	$(PY) -m pytest tests -q $(PYTEST_JOBS)
 	$(MAKE) --no-print-directory test-rounding
 
 # The tests marked `rounding` (float results whose rounding another CPU changes) again, under
@@ -76,8 +83,8 @@ ROUNDING_A := OMP_NUM_THREADS=1 ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=S
 ROUNDING_B := OMP_NUM_THREADS=3 ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 \
 	MKL_ENABLE_INSTRUCTIONS=AVX2
 test-rounding: install
-	$(ROUNDING_A) $(PY) -m pytest tests -q -m rounding -p no:cacheprovider
-	$(ROUNDING_B) $(PY) -m pytest tests -q -m rounding -p no:cacheprovider
+	$(ROUNDING_A) $(PY) -m pytest tests -q -m rounding -p no:cacheprovider $(PYTEST_JOBS)
+	$(ROUNDING_B) $(PY) -m pytest tests -q -m rounding -p no:cacheprovider $(PYTEST_JOBS)
 
 # The main job: train SCOPS on the embedded synthetic dataset, evaluate, write the report.
 # --resume: a second run picks up the finished checkpoint and only re-evaluates.

@@ -136,7 +136,8 @@ def case_impls(named: str = "", report=None) -> tuple:
     there. "reference" is what "eager" runs, so it is not listed twice; "original" (the
     original SCOPS code's own functions) joins with --original (conftest.py). A backend
     labelled for checking only joins only when named: with it beside them, the others'
-    timings would mean nothing (cuda_emu starts 256 OS threads per launch)."""
+    timings would say nothing a user can use (cuda_emu runs every CUDA thread in turn on one
+    core)."""
     report = available_backends() if report is None else report
     out = ["eager", "compile"]
     out += [n for n in report if n != "reference" and n not in report.checking_only]

@@ -66,6 +66,23 @@ def pytest_configure(config):
         cv2.setUseOptimized(False)
 
 
+#: The files whose tests take longest, started first: `make test` runs the suite on
+#: several workers (pytest-xdist, one file per worker at a time), and one of these
+#: started last would leave the other workers idle while it ends alone.
+SLOW_FILES = (
+    "test_compile_cold.py",
+    "test_wheel.py",
+    "test_robust_properties.py",
+    "test_backends.py",
+    "test_robust_numerics.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(SLOW_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable
+
+
 @pytest.fixture
 def nudge():
     """Moves a test's inputs by one ulp under SCOPS_FAST_TEST_ULP_NUDGE=1 (run A of

@@ -2,30 +2,37 @@
 // "cuda_emu"). Included by launch.h when SCOPS_FAST_CUDA_EMU is defined, so the same .cu
 // sources compile as plain C++:
 // - a grid runs its blocks one after another, in an order shuffled at every launch;
-// - a block runs as a team of blockDim OS threads, which the OS interleaves as it likes;
+// - a block runs as a team of blockDim fibers (ucontext) on the launching thread: each runs
+//   until its next __syncthreads() or its end, in an order shuffled again at every
+//   barrier, so a result that depends on which thread writes first differs between runs;
 // - __syncthreads() is a barrier of the team; a thread that has returned counts as
 //   arrived, as on current GPUs;
 // - __shared__ storage exists once (blocks never overlap, launches are serialised);
 // - atomics are the compiler's atomics;
 // - threadIdx, blockIdx, blockDim and gridDim are what CUDA gives.
+// Fibers, not OS threads: a team of 256 OS threads meeting at a barrier cost a futex wake
+// and a reschedule per thread per barrier, and under a second busy process a launch
+// slowed from 9 s to 60 s, with most of the time in the kernel.
 // Anything else fails to compile (no warp intrinsics, no dynamic shared memory, no
 // streams) or throws at launch (a block of more than 1024 threads, an empty grid).
 // It proves arithmetic, indexing, reductions and determinism under reordering, not
 // performance, the GPU memory model or a device's launch limits.
 #pragma once
 
+#include <ucontext.h>
+
 #include <algorithm>
 #include <atomic>
-#include <barrier>
 #include <cmath>
 #include <cstdint>
+#include <exception>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <numeric>
 #include <random>
 #include <stdexcept>
 #include <string>
-#include <thread>
 #include <vector>
 
 #define __global__
@@ -43,6 +50,7 @@ struct dim3 {
   dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
 };
 
+// Set by the scheduler before it resumes a fiber: fibers share the launching OS thread.
 inline thread_local uint3 threadIdx;
 inline thread_local uint3 blockIdx;
 inline thread_local dim3 blockDim;
@@ -50,8 +58,6 @@ inline thread_local dim3 gridDim;
 
 namespace scops_fast {
 namespace emu {
-
-inline thread_local std::barrier<>* block_barrier = nullptr;
 
 struct DeviceGuard {
   template <typename Device>
@@ -64,6 +70,11 @@ inline std::mutex& launch_mutex() {
   return mutex;
 }
 
+inline std::mt19937_64& rng() {
+  static std::mt19937_64 engine{std::random_device{}()};
+  return engine;
+}
+
 // The order blocks run in: a fresh shuffle at every launch, so a result that depends on
 // block order shows up as a difference between runs.
 inline std::vector<uint3> block_order(const dim3& grid) {
@@ -72,9 +83,46 @@ inline std::vector<uint3> block_order(const dim3& grid) {
   for (unsigned z = 0; z < grid.z; ++z)
     for (unsigned y = 0; y < grid.y; ++y)
       for (unsigned x = 0; x < grid.x; ++x) order.push_back({x, y, z});
-  static std::mt19937_64 rng{std::random_device{}()};
-  std::shuffle(order.begin(), order.end(), rng);
+  std::shuffle(order.begin(), order.end(), rng());
   return order;
+}
+
+struct Fiber {
+  ucontext_t context;
+  uint3 index;
+  bool done = false;
+};
+
+// One block's threads. The scheduler resumes every live fiber once per barrier phase.
+struct Team {
+  ucontext_t scheduler;
+  std::vector<Fiber> fibers;
+  Fiber* current = nullptr;
+  const std::function<void()>* body = nullptr;
+  std::exception_ptr error;
+};
+
+inline thread_local Team* active_team = nullptr;
+
+// Kernels keep a few dozen values in "registers": 256 KiB leaves room for the
+// sanitizers' redzones (scripts/sanitize.py). Kept across launches; pages are touched
+// only as deep as a kernel goes.
+constexpr size_t kStackBytes = 256 * 1024;
+inline std::vector<std::unique_ptr<char[]>>& stacks(size_t count) {
+  static std::vector<std::unique_ptr<char[]>> pool;
+  while (pool.size() < count) pool.emplace_back(new char[kStackBytes]);
+  return pool;
+}
+
+inline void fiber_entry() {
+  Team* team = active_team;
+  try {
+    (*team->body)();
+  } catch (...) {
+    if (!team->error) team->error = std::current_exception();
+  }
+  team->current->done = true;
+  // Returning resumes the scheduler (uc_link).
 }
 
 template <typename Kernel, typename... Args>
@@ -87,40 +135,56 @@ void launch(dim3 grid, dim3 block, Kernel kernel, Args... args) {
   if (blocks == 0) return;  // CUDA refuses an empty grid; the kernels never launch one
   std::lock_guard<std::mutex> lock(launch_mutex());
   const auto order = block_order(grid);
-  std::vector<std::unique_ptr<std::barrier<>>> syncs;
-  syncs.reserve(order.size());
-  for (size_t i = 0; i < order.size(); ++i)
-    syncs.push_back(std::make_unique<std::barrier<>>(std::ptrdiff_t(threads)));
-  std::barrier<> block_done{std::ptrdiff_t(threads)};
-  auto team_member = [&](size_t t) {
-    threadIdx = {unsigned(t % block.x), unsigned(t / block.x % block.y),
-                 unsigned(t / (size_t(block.x) * block.y))};
-    blockDim = block;
-    gridDim = grid;
-    for (size_t i = 0; i < order.size(); ++i) {
-      blockIdx = order[i];
-      block_barrier = syncs[i].get();
-      kernel(args...);
-      // Returned: no longer waited for by this block's __syncthreads().
-      syncs[i]->arrive_and_drop();
-      // The next block starts when every thread of this one is done with __shared__.
-      block_done.arrive_and_wait();
+  auto& stack = stacks(threads);
+  const std::function<void()> body = [&] { kernel(args...); };
+  Team team;
+  team.body = &body;
+  team.fibers.resize(threads);
+  for (size_t t = 0; t < threads; ++t)
+    team.fibers[t].index = {unsigned(t % block.x), unsigned(t / block.x % block.y),
+                            unsigned(t / (size_t(block.x) * block.y))};
+  blockDim = block;
+  gridDim = grid;
+  active_team = &team;
+  std::vector<size_t> live(threads);
+  for (const uint3& b : order) {
+    blockIdx = b;
+    for (size_t t = 0; t < threads; ++t) {
+      Fiber& f = team.fibers[t];
+      f.done = false;
+      getcontext(&f.context);
+      f.context.uc_stack.ss_sp = stack[t].get();
+      f.context.uc_stack.ss_size = kStackBytes;
+      f.context.uc_link = &team.scheduler;
+      makecontext(&f.context, fiber_entry, 0);
     }
-    block_barrier = nullptr;
-  };
-  std::vector<std::thread> team;
-  team.reserve(threads);
-  for (size_t t = 0; t < threads; ++t) team.emplace_back(team_member, t);
-  for (auto& member : team) member.join();
+    live.resize(threads);
+    std::iota(live.begin(), live.end(), size_t(0));
+    // One barrier phase per round: every live thread runs to its next barrier or its end.
+    while (!live.empty()) {
+      std::shuffle(live.begin(), live.end(), rng());
+      for (size_t t : live) {
+        team.current = &team.fibers[t];
+        threadIdx = team.current->index;
+        swapcontext(&team.scheduler, &team.current->context);
+      }
+      std::erase_if(live, [&](size_t t) { return team.fibers[t].done; });
+    }
+  }
+  team.current = nullptr;
+  active_team = nullptr;
+  if (team.error) std::rethrow_exception(team.error);
 }
 
 }  // namespace emu
 }  // namespace scops_fast
 
 inline void __syncthreads() {
-  if (scops_fast::emu::block_barrier == nullptr)
+  scops_fast::emu::Team* team = scops_fast::emu::active_team;
+  if (team == nullptr || team->current == nullptr)
     throw std::logic_error("cuda_emu: __syncthreads() outside a kernel");
-  scops_fast::emu::block_barrier->arrive_and_wait();
+  // Back to the scheduler, which resumes this thread once the whole team has arrived.
+  swapcontext(&team->current->context, &team->scheduler);
 }
 
 inline unsigned long long atomicAdd(unsigned long long* address, unsigned long long value) {

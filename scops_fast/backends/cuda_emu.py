@@ -1,6 +1,7 @@
 """The CUDA kernels of csrc/cuda/ compiled as plain C++ and run on CPU tensors by a small
 emulation of the CUDA execution model (csrc/cuda/emulate.h): blocks in a shuffled order,
-each a team of real threads with __syncthreads() as a barrier, the compiler's atomics.
+each a team of fibers, one per CUDA thread, run in a shuffled order between
+__syncthreads() barriers, the compiler's atomics.
 
 For checking only: it is slow, "auto" never picks it, and it proves the kernels'
 arithmetic, indexing, reductions and determinism under reordering, not their speed or
@@ -25,7 +26,7 @@ def describe() -> str:
 
 
 def checking_only() -> str:
-    return "the CUDA kernels emulated on the CPU, 256 OS threads per launch"
+    return "the CUDA kernels emulated on the CPU, one thread at a time"
 
 
 def probe():
