@@ -26,12 +26,14 @@ $(STAMPS)/venv:
 	$(PYTHON) -m venv $(VENV)
 	mkdir -p $(STAMPS) && touch $@
 
+# --no-compile: byte-compiling all of torch took 40 of the install's 106 s here; Python
+# compiles what is imported on first use instead.
 # opencv-python-headless (listed before the contrib build replaced it) shares cv2/ with
 # opencv-contrib-python-headless: both go, or the last one written wins, file by file.
 $(STAMPS)/deps: requirements.txt $(STAMPS)/venv
 	if $(PY) -m pip show -q opencv-python-headless 2>/dev/null; then \
 		$(PY) -m pip uninstall -y -q opencv-python-headless opencv-contrib-python-headless; fi
-	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
+	$(PY) -m pip install --disable-pip-version-check -q --no-compile -r requirements.txt
 	touch $@
 
 $(STAMPS)/cuda-state: FORCE | $(STAMPS)/venv

@@ -27,6 +27,8 @@ import os
 import pathlib
 import platform
 import shutil
+import sys
+import sysconfig
 
 from setuptools import setup
 
@@ -210,18 +212,55 @@ def extensions(cuda: bool):
     return exts
 
 
-def build_command():
+def object_folder() -> pathlib.Path:
+    """Where compiled objects stay between builds: setuptools' own folder for a wheel,
+    which an editable install (a temporary folder otherwise) shares, so that `make install`
+    recompiles only what changed and a wheel built from the checkout afterwards links the
+    objects it already has (ninja checks each command line and header)."""
+    tag = f"{sysconfig.get_platform()}-{sys.implementation.cache_tag}"
+    return ROOT / "build" / f"temp.{tag}"
+
+
+def build_command(cuda_not_built: str):
+    """build_ext that records, beside the libraries it writes (the source tree for an
+    in-place or editable build, the wheel's contents otherwise), why a library is missing:
+    a compile that failed, or the CUDA kernels skipped (`cuda_not_built`)."""
     from torch.utils.cpp_extension import BuildExtension
 
     class TolerantBuildExtension(BuildExtension):
+        def finalize_options(self):
+            if self.build_temp is None or getattr(self, "editable_mode", False):
+                self.build_temp = str(object_folder())
+            super().finalize_options()
+
+        def records(self) -> pathlib.Path:
+            if self.inplace or getattr(self, "editable_mode", False):
+                return BUILD_ERRORS
+            return pathlib.Path(self.build_lib) / "scops_fast" / "_build_errors"
+
+        def run(self):
+            records = self.records()
+            if records != BUILD_ERRORS:
+                shutil.rmtree(records, ignore_errors=True)  # a wheel holds this build's only
+            cuda_record = records / "_C_cuda.txt"
+            if cuda_not_built:
+                # A library left by an earlier in-place build stays and loads; this says
+                # why none was built.
+                records.mkdir(parents=True, exist_ok=True)
+                cuda_record.write_text(cuda_not_built + "\n")
+            else:
+                cuda_record.unlink(missing_ok=True)  # the build writes one if it fails
+            super().run()
+
         def build_extension(self, ext):
-            record = BUILD_ERRORS / f"{ext.name.split('.')[-1]}.txt"
+            records = self.records()
+            record = records / f"{ext.name.split('.')[-1]}.txt"
             try:
                 super().build_extension(ext)
             except Exception as exc:
                 if os.environ.get("SCOPS_FAST_STRICT_BUILD") == "1":
                     raise
-                BUILD_ERRORS.mkdir(exist_ok=True)
+                records.mkdir(parents=True, exist_ok=True)
                 record.write_text(f"{type(exc).__name__}: {exc}\n")
                 print(f"warning: building {ext.name} failed; it will be reported unavailable")
             else:
@@ -245,17 +284,10 @@ if os.environ.get("SCOPS_FAST_NO_EXTENSIONS") == "1":
     setup(install_requires=requirements(compiled=False))
 else:
     cuda, why_not = cuda_plan()
-    cuda_record = BUILD_ERRORS / "_C_cuda.txt"
-    if cuda:
-        cuda_record.unlink(missing_ok=True)  # the build writes one if it fails
-    else:
-        # A library left by an earlier build stays and loads; this says why none was built.
-        BUILD_ERRORS.mkdir(exist_ok=True)
-        cuda_record.write_text(why_not + "\n")
     # Without a GPU to ask, build for the Ampere and Hopper data-centre parts.
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
     setup(
         ext_modules=extensions(cuda),
-        cmdclass={"build_ext": build_command()},
+        cmdclass={"build_ext": build_command("" if cuda else why_not)},
         install_requires=requirements(compiled=True),
     )
