@@ -18,7 +18,7 @@ CUDA_RECORD := scops_fast/_build_errors/_C_cuda.txt
 # Build the CUDA kernels' CPU emulation too (backend "cuda_emu", checked by the tests).
 SCOPS_FAST_CUDA_EMU ?= 1
 
-.PHONY: FORCE all install browser test test-rounding test-no-avx512 demo bench bench-isa lint format clean sanitize
+.PHONY: FORCE all install browser test test-rounding test-no-avx512 demo bench bench-isa lint format clean sanitize gpu-check gpu-rehearsal test-gpu-stack
 
 all: test
 
@@ -69,6 +69,7 @@ test:
 	@why=$$(sed -n 's/^not built: //p' $(CUDA_RECORD) 2>/dev/null); \
 	if [ -n "$$why" ]; then echo "make test: skipped the CUDA compile: $$why"; fi
 	$(VENV)/bin/ruff check scops_fast tests benchmarks scripts
+	$(MAKE) --no-print-directory gpu-rehearsal
 	$(PY) -m pytest tests -q $(PYTEST_JOBS)
 	$(MAKE) --no-print-directory test-rounding
 
@@ -131,11 +132,45 @@ bench-isa: install
 test-no-avx512: install browser
 	$(PY) scripts/no_avx512.py -- -m pytest tests -q -rs
 
-# On a machine with an NVIDIA GPU: build the CUDA kernels for it, run the CUDA part of the
-# shared suite and benchmarks/gpu_bench.py (at most 8 minutes); results in benchmarks/results/.
+# On a machine with an NVIDIA GPU, with the Python, torch and triton found there (nothing is
+# installed): build the CUDA kernels for it, run the shared suite's GPU pairs and
+# benchmarks/gpu_bench.py, at most 8 minutes; every result lands in OUT as its step ends.
 # Without a GPU it says so in one line. `scripts/gpu_check.py --dry-run` prints the steps.
-gpu-check: install
-	$(PY) scripts/gpu_check.py
+OUT ?= build/gpu-check
+gpu-check:
+	$(PYTHON) scripts/gpu_check.py --out $(OUT)
+
+# The GPU check rehearsed on this CPU (part of `make test`): its build command, its test
+# selection collected with a GPU faked and checked, every Triton kernel compiled for sm_90,
+# the benchmark's plan. Without a CUDA toolkit the build step says it is skipped.
+gpu-rehearsal: install
+	$(PY) scripts/gpu_check.py --rehearse --out build/gpu-rehearsal > build/gpu-rehearsal.log 2>&1 \
+		|| { tail -n 60 build/gpu-rehearsal.log; exit 1; }
+	@grep -E '^gpu-check: [a-z-]+ (passed|skipped|failed)' build/gpu-rehearsal.log
+
+# The GPU machine's own stack (Python 3.12, torch 2.11, torchvision 0.26, triton 3.6) in a
+# separate environment (.venv-gpu-stack; the libraries build in place beside ours, under
+# Python 3.12's names): the package builds on it, and the suite's core and the rehearsal
+# pass on it (Triton through the rehearsal's sm_90 compile, not the interpreter). About 3 GB
+# the first time; not part of `make test`.
+# pyenv's shims answer `command -v` for versions that are not selected: a real interpreter
+# is one that runs.
+GPU_STACK_PYTHON ?= $(firstword $(foreach p,$(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12) \
+	$(shell command -v python3.12),$(shell $(p) -c 'print("$(p)")' 2>/dev/null)))
+GPU_STACK_VENV := .venv-gpu-stack
+GPU_STACK_PY := $(GPU_STACK_VENV)/bin/python
+GPU_STACK := torch==2.11.0 torchvision==0.26.0 triton==3.6.0 numpy pillow scipy \
+	opencv-contrib-python-headless tqdm ninja pybind11 setuptools wheel pytest pytest-xdist hypothesis
+GPU_STACK_CORE := tests/test_api.py tests/test_backends.py tests/test_gpu_check.py \
+	tests/test_cuda_build.py tests/test_cuda_emu.py tests/test_kernel_edges.py tests/test_compile_cold.py
+test-gpu-stack:
+	@test -n "$(GPU_STACK_PYTHON)" || { echo "test-gpu-stack: no python3.12 found (GPU_STACK_PYTHON=...)"; exit 1; }
+	test -x $(GPU_STACK_PY) || $(GPU_STACK_PYTHON) -m venv $(GPU_STACK_VENV)
+	$(GPU_STACK_PY) -m pip install --disable-pip-version-check -q --no-compile $(GPU_STACK)
+	FORCE_CUDA=$(FORCE_CUDA) SCOPS_FAST_CUDA_EMU=1 SCOPS_FAST_STRICT_BUILD=1 $(GPU_STACK_PY) setup.py -q build_ext --inplace
+	$(GPU_STACK_PY) -m pytest -q -n $(TEST_JOBS) --dist loadfile -p no:cacheprovider \
+		$(GPU_STACK_CORE) -k "not triton"
+	$(GPU_STACK_PY) scripts/gpu_check.py --rehearse --out build/gpu-rehearsal-stack
 
 # C++ kernels under AddressSanitizer + UBSan (build/sanitize/), running the cpp and
 # robustness tests against them: a release check, about 2 minutes here.

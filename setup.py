@@ -20,6 +20,15 @@
 A failed compile does not fail the install unless SCOPS_FAST_STRICT_BUILD=1 (as
 `make test` sets): the package stays importable, and `available_backends()` reports
 the compiler's error as the reason the backend is unavailable.
+
+SCOPS_FAST_EXTENSIONS=gpu builds only what a GPU run needs (scripts/gpu_check.py): the
+CUDA kernels and one CPU library, which defines the ops' schemas (on x86-64 the AVX2
+build, whose objects `make install` has already compiled), not the AVX-512 build nor the
+emulation; other libraries already in the tree are left as they are.
+
+A wheel pins the torch it was built against (its kernels use that torch's C++ ABI); an
+in-place or editable build does not pin it in its metadata, since it is rebuilt where it
+lives (`make install`, or scripts/gpu_check.py on a machine with its own torch).
 """
 
 import glob
@@ -56,13 +65,23 @@ X86_VARIANTS = {
 }
 
 
+def extension_set() -> str:
+    """The libraries to build (SCOPS_FAST_EXTENSIONS; the module docstring says what
+    each builds): "all", the default, or "gpu"."""
+    chosen = os.environ.get("SCOPS_FAST_EXTENSIONS", "all") or "all"
+    if chosen not in ("all", "gpu"):
+        raise SystemExit(f"error: SCOPS_FAST_EXTENSIONS={chosen!r}: expected all or gpu")
+    return chosen
+
+
 def cpu_variants() -> dict[str, list[str]]:
     """{extension name: target flags} of the CPU libraries to build."""
     march = os.environ.get("SCOPS_FAST_MARCH")
     if march:
         return {"scops_fast._C": [f"-march={march}"]}
     if platform.machine().lower() in ("x86_64", "amd64"):
-        return {f"scops_fast._C_{isa}": flags for isa, flags in X86_VARIANTS.items()}
+        isas = ("avx2",) if extension_set() == "gpu" else tuple(X86_VARIANTS)
+        return {f"scops_fast._C_{isa}": X86_VARIANTS[isa] for isa in isas}
     return {"scops_fast._C": []}
 
 
@@ -166,12 +185,16 @@ def extensions(cuda: bool):
     exts = []
     sources = sorted(glob.glob("csrc/*.cpp"))
     variants = cpu_variants() if sources else {}
-    remove_stale_builds(variants)
+    if extension_set() == "all":
+        remove_stale_builds(variants)
     for name, target in variants.items():
         exts.append(
             CppExtension(
                 name,
-                variant_sources(name, sources) if len(variants) > 1 else sources,
+                # The x86-64 builds compile from wrappers of their own, whichever subset
+                # is built, so that every build finds its objects where the last one left
+                # them (build/temp.*).
+                variant_sources(name, sources) if name != "scops_fast._C" else sources,
                 include_dirs=[str(ROOT / "csrc")],
                 extra_compile_args=[*CPU_FLAGS, *target],
                 extra_link_args=["-fopenmp"],
@@ -196,7 +219,8 @@ def extensions(cuda: bool):
                 },
             )
         )
-    if cuda_sources and os.environ.get("SCOPS_FAST_CUDA_EMU") == "1":
+    emulation = os.environ.get("SCOPS_FAST_CUDA_EMU") == "1" and extension_set() == "all"
+    if cuda_sources and emulation:
         # The same CUDA sources as plain C++ on the CPU (csrc/cuda/emulate.h): backend
         # "cuda_emu", for tests.
         exts.append(
@@ -269,25 +293,56 @@ def build_command(cuda_not_built: str):
     return TolerantBuildExtension.with_options(use_ninja=True)
 
 
-def requirements(compiled: bool) -> list[str]:
-    """A package with compiled kernels runs only with the torch it was built against (the
-    C++ ABI of torch's libraries): pin that release."""
-    torch_req = "torch>=2.4"
-    if compiled:
-        import torch
+TORCH_REQUIREMENT = "torch>=2.4"
 
-        torch_req = f"torch=={torch.__version__.split('+')[0]}"
-    return [torch_req, "torchvision", "numpy", "pillow"]
 
+def pinned_torch() -> str:
+    import torch
+
+    return f"torch=={torch.__version__.split('+')[0]}"
+
+
+def wheel_command():
+    """bdist_wheel that pins, in the wheel's own metadata, the torch its kernels were built
+    against. The metadata prepared before the build (which an editable install keeps)
+    says TORCH_REQUIREMENT: pip prepares it once for both kinds of build, so only the
+    wheel's last step can tell them apart."""
+    try:
+        from setuptools.command.bdist_wheel import bdist_wheel
+    except ImportError:  # setuptools before 70.1: the wheel package's own
+        from wheel.bdist_wheel import bdist_wheel
+
+    class PinningBdistWheel(bdist_wheel):
+        def write_wheelfile(self, wheelfile_base, *args, **kwargs):
+            # editable_wheel borrows this method to write its own wheel's WHEEL file.
+            if "editable_wheel" not in sys.argv:
+                metadata = pathlib.Path(wheelfile_base) / "METADATA"
+                lines = metadata.read_text().split("\n")
+                pin = f"Requires-Dist: {pinned_torch()}"
+                pinned = [
+                    pin if line.startswith("Requires-Dist: torch>") else line for line in lines
+                ]
+                if pin not in pinned:
+                    raise SystemExit(f"error: no torch requirement to pin in {metadata}")
+                metadata.write_text("\n".join(pinned))
+            super().write_wheelfile(wheelfile_base, *args, **kwargs)
+
+    return PinningBdistWheel
+
+
+REQUIREMENTS = [TORCH_REQUIREMENT, "torchvision", "numpy", "pillow"]
 
 if os.environ.get("SCOPS_FAST_NO_EXTENSIONS") == "1":
-    setup(install_requires=requirements(compiled=False))
+    setup(install_requires=REQUIREMENTS)
 else:
     cuda, why_not = cuda_plan()
     # Without a GPU to ask, build for the Ampere and Hopper data-centre parts.
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
     setup(
         ext_modules=extensions(cuda),
-        cmdclass={"build_ext": build_command("" if cuda else why_not)},
-        install_requires=requirements(compiled=True),
+        cmdclass={
+            "build_ext": build_command("" if cuda else why_not),
+            "bdist_wheel": wheel_command(),
+        },
+        install_requires=REQUIREMENTS,
     )

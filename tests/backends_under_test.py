@@ -1,11 +1,15 @@
 """The (backend, device) pairs the shared suite (test_backends.py) runs, and the cases
 each gets. A pair is listed only where this process can have it: "triton" on CPU through
 Triton's interpreter always (in a child process when needed), "cuda_emu" (the CUDA
-kernels' code on the CPU) always, the GPU pairs only where torch sees a GPU."""
+kernels' code on the CPU) always, the GPU pairs only where torch sees a GPU.
+
+SCOPS_FAST_TEST_GPU_ONLY=1 (set by scripts/gpu_check.py) keeps only the GPU pairs, with
+Triton's shapes cut to what its first compiles fit in the check's time box."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -23,6 +27,14 @@ MANY_PARTS = ((1, 64, 5, 7), (2, 40, 9, 11))
 # blocks along both grid axes (tiles of 256 pixels x images) and a partial last tile, and
 # K at the kernels' limit (32 parts: 33 channels) and beyond it.
 EMULATION_SHAPES = ((2, 3, 23, 29), (1, 1, 6, 5), (3, 2, 17, 16), (1, 32, 9, 7), (1, 40, 4, 5))
+
+# Triton on a GPU compiles each kernel once per dtype and shape class, about a second each:
+# one shape of each family (odd, several tiles, masked tails) and the K limit, for the GPU
+# check's time box.
+GPU_TRITON_SHAPES = ((2, 3, 37, 53), (1, 64, 5, 7))
+#: Only the GPU pairs (scripts/gpu_check.py sets it).
+GPU_ONLY = os.environ.get("SCOPS_FAST_TEST_GPU_ONLY", "0") not in ("", "0")
+GPU_TARGET_IDS = ("cuda-cuda", "triton-cuda", "reference-cuda")
 
 # Launch sizes for Triton in the suite: several programs along every grid axis and
 # masked tails at the shapes above (tl.dot needs 16 on GPUs).
@@ -92,6 +104,13 @@ class Target:
 
 def _targets() -> list[Target]:
     triton = dict(blocks=TRITON_TEST_BLOCKS, run_all_shape=(2, 4, 9, 7))
+    gpu = [
+        Target("cuda", "cuda"),
+        Target("triton", "cuda", shapes=GPU_TRITON_SHAPES, all_layouts_for=1, **triton),
+        Target("reference", "cuda", shapes=NATIVE_SHAPES[:3], all_layouts_for=1),
+    ]
+    if GPU_ONLY:
+        return gpu
     out = [
         Target("cpp", "cpu"),
         Target(
@@ -113,11 +132,7 @@ def _targets() -> list[Target]:
         )
     )
     if torch.cuda.is_available():
-        out += [
-            Target("cuda", "cuda"),
-            Target("triton", "cuda", **triton),
-            Target("reference", "cuda", shapes=NATIVE_SHAPES[:3], all_layouts_for=1),
-        ]
+        out += gpu
     return out
 
 

@@ -78,7 +78,23 @@ SLOW_FILES = (
 )
 
 
+def on_a_gpu(item) -> bool:
+    """A test of the GPU check's selection: a shared-suite case of a GPU pair, or one
+    marked `gpu`."""
+    callspec = getattr(item, "callspec", None)
+    target = callspec.params.get("target") if callspec is not None else None
+    if target is not None and getattr(target, "device", None) == "cuda":
+        return True
+    return item.get_closest_marker("gpu") is not None
+
+
 def pytest_collection_modifyitems(config, items):
+    from backends_under_test import GPU_ONLY
+
+    if GPU_ONLY:  # scripts/gpu_check.py: the GPU's minutes go to GPU cases only
+        kept = [item for item in items if on_a_gpu(item)]
+        config.hook.pytest_deselected(items=[item for item in items if not on_a_gpu(item)])
+        items[:] = kept
     rank = {name: i for i, name in enumerate(SLOW_FILES)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable
 

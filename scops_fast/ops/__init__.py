@@ -30,6 +30,17 @@ CUDA_EMU = "scops_fast_cuda_emu"
 FAMILIES = ("concentration", "warp", "equivariance", "semantic")
 
 
+def tracing() -> bool:
+    """True while torch.compile traces, AOTAutograd's trace of the autograd rules included:
+    torch 2.11's torch.compiler.is_compiling() is False there (2.14's is True), and the
+    rules must not then call .item() on a traced tensor or keep tensors on ctx."""
+    if torch.compiler.is_compiling():
+        return True
+    from torch._guards import TracingContext
+
+    return TracingContext.try_get() is not None
+
+
 def family(name: str):
     return importlib.import_module(f"scops_fast.ops.{name}")
 
@@ -57,7 +68,7 @@ def register_autograd(qualname: str, backward, setup_context) -> None:
 
     def setup(ctx, inputs, output):
         setup_context(ctx, inputs, output)
-        if not torch.compiler.is_compiling():
+        if not tracing():
             # The raising node's edges; in training the graph holds them anyway (the
             # network's output, the basis parameter), so this keeps nothing extra alive.
             ctx.differentiable_inputs = [
@@ -66,7 +77,7 @@ def register_autograd(qualname: str, backward, setup_context) -> None:
 
     @functools.wraps(backward)
     def first_order(ctx, *grads):
-        if not torch.is_grad_enabled() or torch.compiler.is_compiling():
+        if not torch.is_grad_enabled() or tracing():
             return backward(ctx, *grads)
         with torch.no_grad():
             out = backward(ctx, *grads)

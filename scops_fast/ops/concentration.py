@@ -11,7 +11,7 @@ the part centres and the concentration loss follow.
 
 import torch
 
-from scops_fast.ops import NATIVE, TRITON, register_autograd
+from scops_fast.ops import NATIVE, TRITON, register_autograd, tracing
 from scops_fast.ops.compose import (
     centers_from_moments,
     contiguous_like,
@@ -74,7 +74,7 @@ def _loss_setup(ctx, inputs, output):
     # Otherwise autograd fills a zero gradient for the unused outputs, one of them as
     # large as the logits.
     ctx.set_materialize_grads(False)
-    ctx.compiled = torch.compiler.is_compiling()
+    ctx.compiled = tracing()
     if ctx.compiled:
         ctx.save_for_backward(output[2])
     else:
