@@ -7,12 +7,14 @@ namespace scops_fast {
 namespace cuda {
 namespace {
 
-// One block per (tile of kThreads pixels, image): each writes its partial sums.
+// One block per (tile of kThreads pixels, image first_image + blockIdx.y): each writes
+// its partial sums.
 template <typename T>
 __global__ void moments_forward_kernel(const T* z, int64_t channels, int64_t H, int64_t W,
-                                       bool from_logits, double* partial) {
+                                       bool from_logits, int64_t first_image, double* partial) {
   __shared__ double shared[kThreads];
-  const int64_t b = blockIdx.y, tile = blockIdx.x, tiles = gridDim.x, plane = H * W;
+  const int64_t b = first_image + blockIdx.y, tile = blockIdx.x, tiles = gridDim.x;
+  const int64_t plane = H * W;
   const int64_t pixel = tile * kThreads + threadIdx.x;
   const bool valid = pixel < plane;
   const int parts = from_logits ? int(channels) - 1 : int(channels);
@@ -74,11 +76,18 @@ at::Tensor softmax_moments_cuda(const at::Tensor& x_, bool from_logits) {
   const int64_t B = x.size(0), channels = x.size(1), H = x.size(2), W = x.size(3);
   check_channels(channels);
   const int64_t parts = from_logits ? channels - 1 : channels;
-  auto partial = at::empty({B, tiles_of(H * W), parts, 4}, x.options().dtype(at::kDouble));
+  const auto f64 = x.options().dtype(at::kDouble);
+  // Sums over no pixels, and a GPU refuses a grid with no blocks. The eps terms are sums
+  // over the pixels too: zero.
+  if (B == 0 || H * W == 0) return at::zeros({B, parts, 4}, f64);
+  const int64_t tiles = tiles_of(H * W);
+  auto partial = at::empty({B, tiles, parts, 4}, f64);
   SF_DISPATCH(x.scalar_type(), [&] {
-    const dim3 grid(unsigned(tiles_of(H * W)), unsigned(B));
-    SF_LAUNCH(moments_forward_kernel<scalar_t>, grid, kThreads, x.data_ptr<scalar_t>(),
-              channels, H, W, from_logits, partial.data_ptr<double>());
+    over_batch(B, [&](int64_t first, int64_t count) {
+      const dim3 grid(grid_x(tiles), unsigned(count));
+      SF_LAUNCH(moments_forward_kernel<scalar_t>, grid, kThreads, x.data_ptr<scalar_t>(),
+                channels, H, W, from_logits, first, partial.data_ptr<double>());
+    });
   });
   return partial.sum(1) + eps_terms(H, W, 4, partial.options());
 }
@@ -90,8 +99,11 @@ at::Tensor softmax_moments_backward_cuda(const at::Tensor& x_, const at::Tensor&
   const auto g = g_.to(at::kDouble).contiguous();
   check_channels(x.size(1));
   auto grad = at::empty_like(x);
+  // Nothing to write (no images, pixels or channels), and no empty grid for the GPU.
+  if (grad.numel() == 0) return grad;
   SF_DISPATCH(x.scalar_type(), [&] {
-    SF_LAUNCH(moments_backward_kernel<scalar_t>, blocks_for(x.numel() / x.size(1)), kThreads,
+    const int64_t pixels = x.size(0) * x.size(2) * x.size(3);
+    SF_LAUNCH(moments_backward_kernel<scalar_t>, blocks_for(pixels), kThreads,
               x.data_ptr<scalar_t>(), g.data_ptr<double>(), x.size(0), x.size(1), x.size(2),
               x.size(3), from_logits, grad.data_ptr<scalar_t>());
   });

@@ -14,9 +14,14 @@
 // and a reschedule per thread per barrier, and under a second busy process a launch
 // slowed from 9 s to 60 s, with most of the time in the kernel.
 // Anything else fails to compile (no warp intrinsics, no dynamic shared memory, no
-// streams) or throws at launch (a block of more than 1024 threads, an empty grid).
-// It proves arithmetic, indexing, reductions and determinism under reordering, not
-// performance, the GPU memory model or a device's launch limits.
+// streams) or throws at launch: a launch a GPU refuses (a grid or block dimension of 0,
+// gridDim.x above 2^31 - 1, gridDim.y or .z above 65535, a block above 1024 threads or
+// blockDim above (1024, 1024, 64)) throws here before any block runs, so the CPU tests
+// catch it. Tests may lower the y/z limit (`grid_yz_limit`) to reach the launchers'
+// batch chunking with a few images instead of 65536.
+// It proves arithmetic, indexing, reductions, determinism under reordering and that the
+// launch geometry stays within CUDA's limits, not performance, the GPU memory model or
+// resource limits (registers, shared memory per block).
 #pragma once
 
 #include <ucontext.h>
@@ -125,14 +130,40 @@ inline void fiber_entry() {
   // Returning resumes the scheduler (uc_link).
 }
 
+// CUDA's limit on gridDim.y and gridDim.z (every compute capability since 3.0). Only
+// tests lower it, through the emulated library's `emu_set_grid_yz_limit` op, so that a
+// batch of a few images crosses it; launch.h's max_grid_yz() reads it.
+inline std::atomic<unsigned>& grid_yz_limit() {
+  static std::atomic<unsigned> limit{65535};
+  return limit;
+}
+
+inline std::string dims(const dim3& d) {
+  return "(" + std::to_string(d.x) + ", " + std::to_string(d.y) + ", " + std::to_string(d.z) +
+         ")";
+}
+
+// What cudaLaunchKernel refuses with cudaErrorInvalidConfiguration: the launch must throw
+// here too, or a launcher that reaches it would pass every CPU test and fail on a GPU.
+inline void check_launch(const dim3& grid, const dim3& block) {
+  const size_t threads = size_t(block.x) * block.y * block.z;
+  if (threads == 0 || threads > 1024 || block.x > 1024 || block.y > 1024 || block.z > 64)
+    throw std::invalid_argument("cuda_emu: block " + dims(block) +
+                                " is not a valid CUDA block (1 to 1024 threads, at most "
+                                "(1024, 1024, 64))");
+  const unsigned yz = grid_yz_limit().load();
+  if (grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.x > 2147483647u || grid.y > yz ||
+      grid.z > yz)
+    throw std::invalid_argument("cuda_emu: grid " + dims(grid) +
+                                " is not a valid CUDA grid (every dimension at least 1, x at "
+                                "most 2147483647, y and z at most " +
+                                std::to_string(yz) + ")");
+}
+
 template <typename Kernel, typename... Args>
 void launch(dim3 grid, dim3 block, Kernel kernel, Args... args) {
+  check_launch(grid, block);
   const size_t threads = size_t(block.x) * block.y * block.z;
-  const size_t blocks = size_t(grid.x) * grid.y * grid.z;
-  if (threads == 0 || threads > 1024)
-    throw std::invalid_argument("cuda_emu: a block needs 1 to 1024 threads, got " +
-                                std::to_string(threads));
-  if (blocks == 0) return;  // CUDA refuses an empty grid; the kernels never launch one
   std::lock_guard<std::mutex> lock(launch_mutex());
   const auto order = block_order(grid);
   auto& stack = stacks(threads);

@@ -13,9 +13,11 @@ namespace {
 template <typename T>
 __global__ void equivariance_forward_kernel(const T* pred, const T* pred_tps,
                                             const double* mapping, int64_t K1, int64_t H,
-                                            int64_t W, bool border, double* partial, T* warped) {
+                                            int64_t W, bool border, int64_t first_image,
+                                            double* partial, T* warped) {
   __shared__ double shared[kThreads];
-  const int64_t b = blockIdx.y, tile = blockIdx.x, tiles = gridDim.x, plane = H * W;
+  const int64_t b = first_image + blockIdx.y, tile = blockIdx.x, tiles = gridDim.x;
+  const int64_t plane = H * W;
   const int64_t pixel = tile * kThreads + threadIdx.x;
   const bool valid = pixel < plane;
   const int K = int(K1) - 1;
@@ -101,13 +103,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> equivariance_cuda(
   const int64_t B = pred.size(0), K1 = pred.size(1), H = pred.size(2), W = pred.size(3);
   const int64_t K = K1 - 1;
   check_channels(K1);
-  auto partial = at::empty({B, tiles_of(H * W), 1 + 6 * K}, pred.options().dtype(at::kDouble));
+  const auto f64 = pred.options().dtype(at::kDouble);
   auto warped = at::empty_like(pred);
+  // Sums over no pixels (the eps terms included), and a GPU refuses a grid with no blocks.
+  if (B == 0 || H * W == 0)
+    return {at::zeros({B}, f64), at::zeros({B, K, 3}, f64), at::zeros({B, K, 3}, f64), warped};
+  const int64_t tiles = tiles_of(H * W);
+  auto partial = at::empty({B, tiles, 1 + 6 * K}, f64);
   SF_DISPATCH(pred.scalar_type(), [&] {
-    const dim3 grid(unsigned(tiles_of(H * W)), unsigned(B));
-    SF_LAUNCH(equivariance_forward_kernel<scalar_t>, grid, kThreads, pred.data_ptr<scalar_t>(),
-              pred_tps.data_ptr<scalar_t>(), m.data_ptr<double>(), K1, H, W, border,
-              partial.data_ptr<double>(), warped.data_ptr<scalar_t>());
+    over_batch(B, [&](int64_t first, int64_t count) {
+      const dim3 grid(grid_x(tiles), unsigned(count));
+      SF_LAUNCH(equivariance_forward_kernel<scalar_t>, grid, kThreads,
+                pred.data_ptr<scalar_t>(), pred_tps.data_ptr<scalar_t>(), m.data_ptr<double>(),
+                K1, H, W, border, first, partial.data_ptr<double>(),
+                warped.data_ptr<scalar_t>());
+    });
   });
   const auto sums = partial.sum(1);
   const auto eps = eps_terms(H, W, 3, partial.options());
@@ -130,6 +140,8 @@ std::tuple<at::Tensor, at::Tensor> equivariance_backward_cuda(
   const auto gk = g_kl.to(at::kDouble).contiguous();
   const auto gt = g_tps.to(at::kDouble).contiguous();
   const auto gw = g_warp.to(at::kDouble).contiguous();
+  // No pixel to differentiate, and a GPU refuses a grid with no blocks.
+  if (pred.numel() == 0) return {at::zeros_like(pred), at::zeros_like(pred)};
   // |d/dw_c| = |q_c (G_c - sum q G)| <= 2 max |G|, and |G| <= |g0| + |g1| + |g2| on [-1, 1]^2.
   const double bound = gw.numel() ? 2.0 * gw.abs().sum(-1).max().item<double>() : 0.0;
   const double scale = fixed_scale(bound);

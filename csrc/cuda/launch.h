@@ -8,6 +8,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -34,7 +35,33 @@ constexpr int kThreads = 256;
 constexpr int kMaxChannels = 33;
 
 inline int64_t tiles_of(int64_t pixels) { return (pixels + kThreads - 1) / kThreads; }
-inline unsigned blocks_for(int64_t n) { return unsigned((n + kThreads - 1) / kThreads); }
+
+// gridDim.x may reach 2^31 - 1; a larger count cast to unsigned would launch a fraction
+// of the blocks without a word.
+inline unsigned grid_x(int64_t blocks) {
+  TORCH_CHECK(blocks <= 2147483647, "scops_fast cuda: ", blocks,
+              " blocks exceed CUDA's gridDim.x limit of 2^31 - 1");
+  return unsigned(blocks);
+}
+inline unsigned blocks_for(int64_t n) { return grid_x((n + kThreads - 1) / kThreads); }
+
+// CUDA caps gridDim.y (and z) at 65535 (the emulation's tests lower it, emulate.h).
+inline int64_t max_grid_yz() {
+#if defined(SCOPS_FAST_CUDA_EMU)
+  return int64_t(emu::grid_yz_limit().load());
+#else
+  return 65535;
+#endif
+}
+
+// Grids that put the batch on y: launch(first, count) for consecutive runs of at most
+// max_grid_yz() images, so that any batch launches; one run below the limit.
+template <typename Launch>
+void over_batch(int64_t batch, Launch&& launch) {
+  const int64_t step = max_grid_yz();
+  for (int64_t first = 0; first < batch; first += step)
+    launch(first, std::min(step, batch - first));
+}
 
 #if defined(SCOPS_FAST_CUDA_EMU)
 // Every launch runs through here, so the emulation sees each one (emulate.h).

@@ -15,10 +15,11 @@ template <typename T>
 __global__ void semantic_lowres_kernel(const T* pred, const T* lowres, const T* gram_basis,
                                        const T* gram, const T* saliency, int64_t K1, int64_t H,
                                        int64_t W, int64_t h, int64_t w, bool grads, double scale,
-                                       double* loss_partial, T* grad_pred, long long* acc_lowres,
-                                       double* gram_partial) {
+                                       int64_t first_image, double* loss_partial, T* grad_pred,
+                                       long long* acc_lowres, double* gram_partial) {
   __shared__ double shared[kThreads];
-  const int64_t b = blockIdx.y, tile = blockIdx.x, tiles = gridDim.x, plane = H * W;
+  const int64_t b = first_image + blockIdx.y, tile = blockIdx.x, tiles = gridDim.x;
+  const int64_t plane = H * W;
   const int64_t low = h * w;
   const int64_t pixel = tile * kThreads + threadIdx.x;
   const bool valid = pixel < plane;
@@ -134,6 +135,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> semantic_lowres_cuda(
   const int64_t K = K1 - 1, h = lowres.size(2), w = lowres.size(3), tiles = tiles_of(H * W);
   check_channels(K1);
   const auto f64 = pred.options().dtype(at::kDouble);
+  // Sums over no pixels: no loss, no gradient reaches the maps or the basis; and a GPU
+  // refuses a grid with no blocks.
+  if (B == 0 || H * W == 0) {
+    const auto none = [&] { return at::empty({0}, pred.options()); };
+    if (!grads) return {at::zeros({}, f64), none(), none(), none()};
+    return {at::zeros({}, f64), at::empty_like(pred), at::zeros({B, K, h, w}, pred.options()),
+            at::zeros({K, K}, pred.options())};
+  }
+  // Every pixel reads four low-resolution neighbours: a map without pixels has none.
+  TORCH_CHECK(h > 0 && w > 0, "scops_fast cuda: semantic_lowres needs low-resolution maps of "
+              "at least one pixel, got ", h, " x ", w);
   // |d/dA| per contribution: 2 s P w <= 2 max s.
   const double bound =
       2.0 * (saliency.defined() ? std::max(saliency.abs().max().item<double>(), 0.0) : 1.0);
@@ -144,21 +156,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> semantic_lowres_cuda(
                        pred.options().dtype(at::kLong));
   auto gram_partial = at::empty(grads ? at::IntArrayRef{B, tiles, K, K} : at::IntArrayRef{0}, f64);
   SF_DISPATCH(dtype, [&] {
-    const dim3 grid{unsigned(tiles), unsigned(B)};
-    SF_LAUNCH(semantic_lowres_kernel<scalar_t>, grid, kThreads, pred.data_ptr<scalar_t>(),
-              lowres.data_ptr<scalar_t>(), gram_basis.data_ptr<scalar_t>(),
-              gram.data_ptr<scalar_t>(),
-              saliency.defined() ? saliency.data_ptr<scalar_t>() : nullptr, K1, H, W, h, w,
-              grads, scale, loss_partial.data_ptr<double>(),
-              grads ? grad_pred.data_ptr<scalar_t>() : nullptr, grads ? fixed_ptr(acc) : nullptr,
-              grads ? gram_partial.data_ptr<double>() : nullptr);
+    over_batch(B, [&](int64_t first, int64_t count) {
+      const dim3 grid{grid_x(tiles), unsigned(count)};
+      SF_LAUNCH(semantic_lowres_kernel<scalar_t>, grid, kThreads, pred.data_ptr<scalar_t>(),
+                lowres.data_ptr<scalar_t>(), gram_basis.data_ptr<scalar_t>(),
+                gram.data_ptr<scalar_t>(),
+                saliency.defined() ? saliency.data_ptr<scalar_t>() : nullptr, K1, H, W, h, w,
+                grads, scale, first, loss_partial.data_ptr<double>(),
+                grads ? grad_pred.data_ptr<scalar_t>() : nullptr,
+                grads ? fixed_ptr(acc) : nullptr,
+                grads ? gram_partial.data_ptr<double>() : nullptr);
+    });
   });
   const auto loss = loss_partial.sum();
   if (!grads) {
     const auto empty = at::empty({0}, pred.options());
     return {loss, grad_pred, empty, empty};
   }
-  return {loss, grad_pred, from_fixed(acc, scale, dtype), gram_partial.sum({0, 1}).to(dtype)};
+  // IntArrayRef spelled out: torch 2.11's headers also offer sum(DimnameList) for a braced
+  // list, which nvcc finds ambiguous.
+  const auto gram_grad = gram_partial.sum(at::IntArrayRef{0, 1}).to(dtype);
+  return {loss, grad_pred, from_fixed(acc, scale, dtype), gram_grad};
 }
 
 }  // namespace

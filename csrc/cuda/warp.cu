@@ -43,6 +43,8 @@ at::Tensor tps_warp_cuda(const at::Tensor& x_, const at::Tensor& mapping, bool b
   const auto x = x_.contiguous();
   const auto m = mapping.to(at::kDouble).contiguous();
   auto out = at::empty_like(x);
+  // Nothing to write, and a GPU refuses a grid with no blocks.
+  if (out.numel() == 0) return out;
   SF_DISPATCH(x.scalar_type(), [&] {
     SF_LAUNCH(warp_forward_kernel<scalar_t>, blocks_for(x.size(0) * x.size(2) * x.size(3)),
               kThreads, x.data_ptr<scalar_t>(), m.data_ptr<double>(), x.size(0), x.size(1),
@@ -56,7 +58,9 @@ at::Tensor tps_warp_backward_cuda(const at::Tensor& g_, const at::Tensor& mappin
   const DeviceGuard guard(g_.device());
   const auto g = g_.contiguous();
   const auto m = mapping.to(at::kDouble).contiguous();
-  const double bound = g.numel() ? g.abs().max().item<double>() : 0.0;
+  // Nothing to scatter, and a GPU refuses a grid with no blocks.
+  if (g.numel() == 0) return at::zeros_like(g);
+  const double bound = g.abs().max().item<double>();
   if (std::isnan(bound) || std::isinf(bound))  // not representable in fixed point
     return at::full_like(g, std::numeric_limits<double>::quiet_NaN());
   const double scale = fixed_scale(bound);

@@ -70,9 +70,17 @@ def _dense_setup(ctx, inputs, output):
     ctx.save_for_backward(output[1], output[2])
 
 
+def _upstream(g_loss, grad_pred):
+    """g_loss in the gradients' dtype. Without a pixel (an empty batch) the gradients are
+    sums over nothing, 0 whatever scales them, as the reference's: the losses' mean over no
+    elements hands down an infinite g_loss, and inf * 0 would make them NaN."""
+    g = g_loss.to(grad_pred.dtype)
+    return torch.zeros_like(g) if grad_pred.numel() == 0 else g
+
+
 def _dense_backward(ctx, g_loss, _g1, _g2):
     grad_pred, grad_basis = ctx.saved_tensors
-    g = g_loss.to(grad_pred.dtype)
+    g = _upstream(g_loss, grad_pred)
     return None, g * grad_pred, g * grad_basis, None
 
 
@@ -95,7 +103,7 @@ def _lowres_setup(ctx, inputs, output):
 
 def _lowres_backward(ctx, g_loss, _g1, _g2, _g3):
     grad_pred, grad_lowres, grad_gram = ctx.saved_tensors
-    g = g_loss.to(grad_pred.dtype)
+    g = _upstream(g_loss, grad_pred)
     return g * grad_pred, g * grad_lowres, g * grad_gram, None, None, None
 
 

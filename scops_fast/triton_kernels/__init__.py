@@ -9,6 +9,11 @@ exact and therefore independent of the order in which atomics land (see `fixed.p
 
 `BLOCKS` holds the launch sizes. The launchers read it at every call, so tests shrink
 it to get many programs along every grid axis from small images.
+
+Grids that put the batch on axis 1, which CUDA caps at 65535 programs, launch once per run
+of at most BLOCKS["grid_y"] images (`batch_runs`), on views of the tensors: the kernels
+index images from their views' start. An empty input (no image, pixel or channel) returns
+without a launch.
 """
 
 import contextlib
@@ -34,6 +39,8 @@ BLOCKS = {
     "dense_programs": 256,
     # semantic low resolution: full-resolution columns per inner step
     "lowres_columns": 64,
+    # CUDA's limit on grid axis 1 (and 2), where the batch goes (tests lower it)
+    "grid_y": 65535,
 }
 
 # tl.dot needs every dimension >= 16 on NVIDIA GPUs; padded rows and columns are masked.
@@ -42,6 +49,13 @@ MIN_DOT = 16
 
 def pow2(n: int, floor: int = 1) -> int:
     return max(floor, triton.next_power_of_2(max(int(n), 1)))
+
+
+def batch_runs(batch: int) -> list[tuple[int, int]]:
+    """[start, stop) runs of at most BLOCKS["grid_y"] images covering the batch: one run
+    below CUDA's grid limit, none for an empty batch."""
+    step = BLOCKS["grid_y"]
+    return [(start, min(start + step, batch)) for start in range(0, batch, step)]
 
 
 def tile_and_span() -> tuple[int, int]:

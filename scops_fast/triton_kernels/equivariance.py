@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from scops_fast.triton_kernels import BLOCKS, pow2, tile_and_span
+from scops_fast.triton_kernels import BLOCKS, batch_runs, pow2, tile_and_span
 from scops_fast.triton_kernels.common import loss_coord, warp_corners
 from scops_fast.triton_kernels.fixed import (
     accumulators,
@@ -101,7 +101,8 @@ def equivariance_forward_kernel(
         tq0 += tl.sum(mq, 1)
         tq1 += tl.sum(mq * x[None, :], 1)
         tq2 += tl.sum(mq * y[None, :], 1)
-    slot = (tl.program_id(1) * tl.num_programs(0) + tl.program_id(0)).to(tl.int64)
+    # int64 from the program ids on: no product of an id and a size is formed in int32.
+    slot = tl.program_id(1).to(tl.int64) * tl.num_programs(0) + tl.program_id(0)
     tl.store(kl_ptr + slot, tl.sum(kl.to(tl.float64), 0))
     c = tl.arange(0, BLOCK_C)
     cm = c < C
@@ -186,25 +187,34 @@ def equivariance_forward(pred, pred_tps, mapping, border: bool):
     Returns float64 kl (B,) and moments (B, C, 3) of softmax(pred_tps) and of
     softmax(warp(pred)), every channel."""
     b, c, h, w = pred.shape
+    f64 = dict(dtype=torch.float64, device=pred.device)
+    if pred.numel() == 0:  # sums over no pixels (or of no channel)
+        return (
+            torch.zeros((b,), **f64),
+            torch.zeros((b, c, 3), **f64),
+            torch.zeros((b, c, 3), **f64),
+        )
     block, span = tile_and_span()
-    grid = (triton.cdiv(h * w, span), b)
-    kl = torch.empty((b, grid[0]), dtype=torch.float64, device=pred.device)
-    mom = torch.empty((b, grid[0], c, 6), dtype=torch.float64, device=pred.device)
-    equivariance_forward_kernel[grid](
-        pred,
-        pred_tps,
-        mapping,
-        kl,
-        mom,
-        c,
-        h,
-        w,
-        span,
-        BORDER=border,
-        BLOCK_C=pow2(c),
-        BLOCK_P=block,
-        num_warps=BLOCKS["warps"],
-    )
+    spans = triton.cdiv(h * w, span)
+    kl = torch.empty((b, spans), **f64)
+    mom = torch.empty((b, spans, c, 6), **f64)
+    for start, stop in batch_runs(b):
+        i = slice(start, stop)
+        equivariance_forward_kernel[(spans, stop - start)](
+            pred[i],
+            pred_tps[i],
+            mapping[i],
+            kl[i],
+            mom[i],
+            c,
+            h,
+            w,
+            span,
+            BORDER=border,
+            BLOCK_C=pow2(c),
+            BLOCK_P=block,
+            num_warps=BLOCKS["warps"],
+        )
     mom = mom.sum(1)
     return kl.sum(1), mom[..., :3], mom[..., 3:]
 
@@ -213,29 +223,34 @@ def equivariance_backward(pred, pred_tps, mapping, border: bool, g_kl, g_tps, g_
     """Gradients (w.r.t. pred, w.r.t. pred_tps) of <g_kl, kl> + <g_tps, mom_tps> +
     <g_warp, mom_warp>; g_tps and g_warp (B, C, 3) float64 cover every channel."""
     b, c, h, w = pred.shape
+    if pred.numel() == 0:  # no pixel to differentiate (and no maximum to scale by)
+        return torch.zeros_like(pred), torch.zeros_like(pred_tps)
     block = BLOCKS["tile_pixels"]
     # |d warped| <= 2 max |g0 + g1 x + g2 y| <= 2 max (|g0| + |g1| + |g2|) for |x|, |y| <= 1.
     bound = 2.0 * g_warp.abs().sum(-1).amax()
     scale = scale_for(bound, h * w)
     grad_tps = torch.empty_like(pred_tps)
     acc, bad = accumulators(pred.shape, pred.device)
-    equivariance_backward_kernel[(triton.cdiv(h * w, block), b)](
-        pred,
-        pred_tps,
-        mapping,
-        g_kl.contiguous(),
-        g_tps.contiguous(),
-        g_warp.contiguous(),
-        scale,
-        grad_tps,
-        acc,
-        bad,
-        c,
-        h,
-        w,
-        BORDER=border,
-        BLOCK_C=pow2(c),
-        BLOCK_P=block,
-        num_warps=BLOCKS["warps"],
-    )
+    g_kl, g_tps, g_warp = g_kl.contiguous(), g_tps.contiguous(), g_warp.contiguous()
+    for start, stop in batch_runs(b):
+        i = slice(start, stop)
+        equivariance_backward_kernel[(triton.cdiv(h * w, block), stop - start)](
+            pred[i],
+            pred_tps[i],
+            mapping[i],
+            g_kl[i],
+            g_tps[i],
+            g_warp[i],
+            scale,
+            grad_tps[i],
+            acc[i],
+            bad,
+            c,
+            h,
+            w,
+            BORDER=border,
+            BLOCK_C=pow2(c),
+            BLOCK_P=block,
+            num_warps=BLOCKS["warps"],
+        )
     return from_fixed(acc, scale, bad, pred.dtype), grad_tps

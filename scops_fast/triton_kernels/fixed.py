@@ -70,5 +70,7 @@ def from_fixed(acc: torch.Tensor, scale: torch.Tensor, bad: torch.Tensor, dtype)
     block = BLOCKS["elementwise"]
     out = torch.empty(acc.shape, dtype=dtype, device=acc.device)
     n = acc.numel()
+    if n == 0:
+        return out
     from_fixed_kernel[(triton.cdiv(n, block),)](acc, scale, bad, out, n, BLOCK=block)
     return out

@@ -9,7 +9,7 @@ import torch
 import triton
 import triton.language as tl
 
-from scops_fast.triton_kernels import BLOCKS, pow2, tile_and_span
+from scops_fast.triton_kernels import BLOCKS, batch_runs, pow2, tile_and_span
 from scops_fast.triton_kernels.common import loss_coord
 
 
@@ -64,9 +64,10 @@ def moments_forward_kernel(
         s1 += tl.sum(mx, 1)
         s2 += tl.sum(my, 1)
         s3 += tl.sum(mx * x[None, :] + my * y[None, :], 1)
-    # Slot (b, span): C x 4 float64.
+    # Slot (b, span): C x 4 float64; int64 from the program ids on, so that no product of
+    # an id and a size is formed in int32.
     c = tl.arange(0, BLOCK_C)
-    slot = (tl.program_id(1) * tl.num_programs(0) + tl.program_id(0)).to(tl.int64) * C * 4
+    slot = (tl.program_id(1).to(tl.int64) * tl.num_programs(0) + tl.program_id(0)) * C * 4
     out = part_ptr + slot + c * 4
     cm = c < C
     tl.store(out, s0.to(tl.float64), mask=cm)
@@ -118,21 +119,24 @@ def moments_forward(x: torch.Tensor, from_logits: bool) -> torch.Tensor:
     """(B, C, H, W) contiguous -> (B, C, 4) float64 moments of every channel (the
     background included when from_logits; the caller drops it)."""
     b, c, h, w = x.shape
+    if x.numel() == 0:  # sums over no pixels (or of no channel)
+        return torch.zeros((b, c, 4), dtype=torch.float64, device=x.device)
     block, span = tile_and_span()
-    grid = (triton.cdiv(h * w, span), b)
-    partial = torch.empty((b, grid[0], c, 4), dtype=torch.float64, device=x.device)
-    moments_forward_kernel[grid](
-        x,
-        partial,
-        c,
-        h,
-        w,
-        span,
-        FROM_LOGITS=from_logits,
-        BLOCK_C=pow2(c),
-        BLOCK_P=block,
-        num_warps=BLOCKS["warps"],
-    )
+    spans = triton.cdiv(h * w, span)
+    partial = torch.empty((b, spans, c, 4), dtype=torch.float64, device=x.device)
+    for start, stop in batch_runs(b):
+        moments_forward_kernel[(spans, stop - start)](
+            x[start:stop],
+            partial[start:stop],
+            c,
+            h,
+            w,
+            span,
+            FROM_LOGITS=from_logits,
+            BLOCK_C=pow2(c),
+            BLOCK_P=block,
+            num_warps=BLOCKS["warps"],
+        )
     return partial.sum(1)
 
 
@@ -141,16 +145,20 @@ def moments_backward(x: torch.Tensor, grad: torch.Tensor, from_logits: bool) -> 
     b, c, h, w = x.shape
     block = BLOCKS["tile_pixels"]
     out = torch.empty_like(x)
-    moments_backward_kernel[(triton.cdiv(h * w, block), b)](
-        x,
-        grad.contiguous(),
-        out,
-        c,
-        h,
-        w,
-        FROM_LOGITS=from_logits,
-        BLOCK_C=pow2(c),
-        BLOCK_P=block,
-        num_warps=BLOCKS["warps"],
-    )
+    if x.numel() == 0:
+        return out
+    grad = grad.contiguous()
+    for start, stop in batch_runs(b):
+        moments_backward_kernel[(triton.cdiv(h * w, block), stop - start)](
+            x[start:stop],
+            grad[start:stop],
+            out[start:stop],
+            c,
+            h,
+            w,
+            FROM_LOGITS=from_logits,
+            BLOCK_C=pow2(c),
+            BLOCK_P=block,
+            num_warps=BLOCKS["warps"],
+        )
     return out

@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from scops_fast.triton_kernels import BLOCKS, MIN_DOT, pow2
+from scops_fast.triton_kernels import BLOCKS, MIN_DOT, batch_runs, pow2
 
 
 @triton.jit
@@ -51,6 +51,16 @@ def _store_softmax_grad(gz_ptr, b, K, hw, p, pm, k, km, probs, p_bg, g_parts):
 
 
 @triton.jit
+def tile_range(n_tiles):
+    """[first, stop) of the n_tiles tiles (of the whole batch) that this program of the
+    1-D grid takes: contiguous runs, every tile once. In int64: (program id + 1) x n_tiles
+    reaches 2^31 at a batch of 512 images of 1024 x 1024 (256 programs, 8.4M tiles)."""
+    prog = tl.program_id(0).to(tl.int64)
+    n_prog = tl.num_programs(0)
+    return prog * n_tiles // n_prog, (prog + 1) * n_tiles // n_prog
+
+
+@triton.jit
 def semantic_dense_kernel(
     v_ptr,
     z_ptr,
@@ -70,7 +80,6 @@ def semantic_dense_kernel(
     BLOCK_P: tl.constexpr,
 ):
     prog = tl.program_id(0)
-    n_prog = tl.num_programs(0)
     hw = H * W
     per_image = tl.cdiv(hw, BLOCK_P)
     DT: tl.constexpr = z_ptr.dtype.element_ty
@@ -78,9 +87,12 @@ def semantic_dense_kernel(
     km = k < K
     slot = gw_ptr + prog.to(tl.int64) * K * C
     loss = tl.zeros([BLOCK_P], tl.float64)
-    for t in range(prog * n_tiles // n_prog, (prog + 1) * n_tiles // n_prog):
-        b = (t // per_image).to(tl.int64)
-        p = (t % per_image) * BLOCK_P + tl.arange(0, BLOCK_P)
+    first, stop = tile_range(n_tiles)
+    for t in range(first, stop):
+        b = t // per_image
+        # A pixel index within one image fits int32, as elsewhere: the tile's offsets stay
+        # 32-bit vectors (registers) and go to int64 only through b.
+        p = (t % per_image).to(tl.int32) * BLOCK_P + tl.arange(0, BLOCK_P)
         pm = p < hw
         probs, p_bg = _part_softmax(z_ptr, b, K, hw, p, pm, k, km)
         g_parts = tl.zeros([BLOCK_K, BLOCK_P], DT)
@@ -260,8 +272,13 @@ def semantic_dense(features, pred, basis, grads: bool):
     k = pred.shape[1] - 1
     block_p = BLOCKS["dense_pixels"]
     n_tiles = b * triton.cdiv(h * w, block_p)
-    n_prog = min(BLOCKS["dense_programs"], n_tiles)
     dev = pred.device
+    if n_tiles == 0:  # no pixel: no loss, and no gradient reaches the basis
+        loss = torch.zeros((), dtype=torch.float64, device=dev)
+        if not grads:
+            return loss, pred.new_empty((0,)), pred.new_empty((0, c))
+        return loss, torch.empty_like(pred), torch.zeros_like(basis)
+    n_prog = min(BLOCKS["dense_programs"], n_tiles)
     loss = torch.empty((n_prog,), dtype=torch.float64, device=dev)
     grad_pred = torch.empty_like(pred) if grads else pred.new_empty((0,))
     slots = torch.zeros((n_prog, k, c) if grads else (0,), dtype=pred.dtype, device=dev)
@@ -297,40 +314,52 @@ def semantic_lowres(pred, lowres, gram_basis, gram, saliency, grads: bool):
     k = k1 - 1
     h, w = lowres.shape[2:]
     dev = pred.device
+    if b * H * W == 0:  # no pixel: no loss, and no gradient reaches the maps or the basis
+        loss = torch.zeros((), dtype=torch.float64, device=dev)
+        if not grads:
+            return loss, pred.new_empty((0,)), pred.new_empty((0,)), pred.new_empty((0,))
+        return loss, torch.empty_like(pred), torch.zeros_like(lowres), torch.zeros_like(gram_basis)
+    if h * w == 0:  # every pixel reads four low-resolution neighbours
+        raise ValueError(f"semantic_lowres: low-resolution maps of {h} x {w} have no pixel")
     block_k, block_x = pow2(k, MIN_DOT), pow2(w, MIN_DOT)
-    loss = torch.empty((b * H,), dtype=torch.float64, device=dev)
+    loss = torch.empty((b, H), dtype=torch.float64, device=dev)
     if grads:
         grad_pred = torch.empty_like(pred)
         t = torch.empty((b, H, k, w), dtype=pred.dtype, device=dev)
         gg = torch.empty((b, H, k, k), dtype=pred.dtype, device=dev)
     else:
         grad_pred = t = gg = pred.new_empty((0,))
-    semantic_lowres_kernel[(H, b)](
-        pred,
-        lowres,
-        gram_basis,
-        gram,
-        pred if saliency is None else saliency,
-        loss,
-        grad_pred,
-        t,
-        gg,
-        k,
-        H,
-        W,
-        h,
-        w,
-        HAS_SALIENCY=saliency is not None,
-        GRADS=grads,
-        PRECISION=PRECISION,
-        BLOCK_K=block_k,
-        BLOCK_J=min(pow2(W, MIN_DOT), pow2(BLOCKS["lowres_columns"], MIN_DOT)),
-        BLOCK_X=block_x,
-    )
+    runs = [slice(start, stop) for start, stop in batch_runs(b)]
+    for i in runs:
+        semantic_lowres_kernel[(H, i.stop - i.start)](
+            pred[i],
+            lowres[i],
+            gram_basis,
+            gram[i],
+            pred[i] if saliency is None else saliency[i],
+            loss[i],
+            grad_pred[i],
+            t[i],
+            gg[i],
+            k,
+            H,
+            W,
+            h,
+            w,
+            HAS_SALIENCY=saliency is not None,
+            GRADS=grads,
+            PRECISION=PRECISION,
+            BLOCK_K=block_k,
+            BLOCK_J=min(pow2(W, MIN_DOT), pow2(BLOCKS["lowres_columns"], MIN_DOT)),
+            BLOCK_X=block_x,
+        )
     if not grads:
         empty = pred.new_empty((0,))
         return loss.sum(), grad_pred, empty, pred.new_empty((0,))
     grad_lowres = torch.empty((b, k, h, w), dtype=pred.dtype, device=dev)
-    lowres_rows_kernel[(h, b)](t, grad_lowres, k, H, h, w, BLOCK_K=block_k, BLOCK_X=block_x)
+    for i in runs:
+        lowres_rows_kernel[(h, i.stop - i.start)](
+            t[i], grad_lowres[i], k, H, h, w, BLOCK_K=block_k, BLOCK_X=block_x
+        )
     grad_gram = gg.to(torch.float64).sum((0, 1)).to(pred.dtype)
     return loss.sum(), grad_pred, grad_lowres, grad_gram

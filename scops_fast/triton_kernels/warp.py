@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from scops_fast.triton_kernels import BLOCKS
+from scops_fast.triton_kernels import BLOCKS, batch_runs
 from scops_fast.triton_kernels.common import warp_corners
 from scops_fast.triton_kernels.fixed import (
     accumulators,
@@ -74,26 +74,35 @@ def warp_backward_kernel(
         tl.atomic_add(plane + o11, to_fixed(w11 * g, scale), mask=v11, sem="relaxed")
 
 
-def _launch(x):
+def _launches(x):
+    """(images, grid, launch options) of each launch over x (B, C, H, W)."""
     b, _, h, w = x.shape
     block = BLOCKS["warp_pixels"]
-    return (triton.cdiv(h * w, block), b), dict(BLOCK_P=block, num_warps=BLOCKS["warps"])
+    blocks = dict(BLOCK_P=block, num_warps=BLOCKS["warps"])
+    for start, stop in batch_runs(b):
+        yield slice(start, stop), (triton.cdiv(h * w, block), stop - start), blocks
 
 
 def warp_forward(x: torch.Tensor, mapping: torch.Tensor, border: bool) -> torch.Tensor:
     """x (B, C, H, W) contiguous, mapping (B, 28, 2) float64 contiguous."""
     _, c, h, w = x.shape
     out = torch.empty_like(x)
-    grid, blocks = _launch(x)
-    warp_forward_kernel[grid](x, mapping, out, c, h, w, BORDER=border, **blocks)
+    if x.numel() == 0:
+        return out
+    for i, grid, blocks in _launches(x):
+        warp_forward_kernel[grid](x[i], mapping[i], out[i], c, h, w, BORDER=border, **blocks)
     return out
 
 
 def warp_backward(grad: torch.Tensor, mapping: torch.Tensor, border: bool) -> torch.Tensor:
     """Adjoint of `warp_forward` w.r.t. x, applied to grad (B, C, H, W) contiguous."""
     _, c, h, w = grad.shape
+    if grad.numel() == 0:  # nothing to scatter (and no maximum to scale by)
+        return torch.zeros_like(grad)
     scale = scale_for(grad.abs().amax(), h * w)
     acc, bad = accumulators(grad.shape, grad.device)
-    grid, blocks = _launch(grad)
-    warp_backward_kernel[grid](grad, mapping, scale, acc, bad, c, h, w, BORDER=border, **blocks)
+    for i, grid, blocks in _launches(grad):
+        warp_backward_kernel[grid](
+            grad[i], mapping[i], scale, acc[i], bad, c, h, w, BORDER=border, **blocks
+        )
     return from_fixed(acc, scale, bad, grad.dtype)
