@@ -49,11 +49,14 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 BUDGET_S = 8 * 60
 #: The suite's GPU selection (scripts/gpu_rehearsal_plugin.py collects it without a GPU):
 #: a test added to tests/test_backends.py changes it, and the GPU's time box with it.
-EXPECTED_GPU_TESTS = 424
+EXPECTED_GPU_TESTS = 425
 GPU_TARGET_IDS = ("cuda-cuda", "triton-cuda", "reference-cuda")
 #: Tests of the selection that are not shared-suite cases (marked `gpu`).
-GPU_MARKED = ("tests/test_cuda_build.py::test_cuda_library_loads_and_registers_every_op",)
-SUITE_FILES = ["tests/test_backends.py", "tests/test_cuda_build.py"]
+GPU_MARKED = (
+    "tests/test_cuda_build.py::test_cuda_library_loads_and_registers_every_op",
+    "tests/test_kernel_edges.py::test_cuda_on_a_gpu_empty_batch_and_beyond_the_grid_y_limit",
+)
+SUITE_FILES = ["tests/test_backends.py", "tests/test_cuda_build.py", "tests/test_kernel_edges.py"]
 #: The benchmark stops starting rows this long before its step's limit, to write its files.
 BENCH_MARGIN_S = 15
 NO_GPU = "gpu-check: skipped, no CUDA device is visible to torch on this machine."
