@@ -5,7 +5,8 @@ one line per op, `op ok <max error against eager, relative to each tensor's larg
 
 VARIANT (default "plain") changes how a user might call it: "dynamic" (dynamic=True, then a
 second shape through the same compiled function), "border" (border padding), "channels_last"
-(channels_last inputs), "float64", "no_grad" (forward only, under torch.no_grad), and "step"
+(channels_last inputs), "float64", any of those three joined by "-" (all of them at once:
+each graph compiled cold costs seconds), "no_grad" (forward only, under torch.no_grad), "step"
 (one compiled training step: a network, the TPS warp and every loss, against eager),
 "extras" (the rest of the public surface, `extra_cases`) and "deploy" (how a model leaves
 Python or serves: `deploy_cases`)."""
@@ -20,7 +21,7 @@ from scops_fast import losses, tps
 
 def inputs(variant="plain", shape=(2, 4, 12, 10)):
     g = torch.Generator().manual_seed(0)
-    dtype = torch.float64 if variant == "float64" else torch.float32
+    dtype = torch.float64 if "float64" in variant.split("-") else torch.float32
     b, c, h, w = shape
     t = {
         "pred": torch.randn(b, c, h, w, generator=g, dtype=dtype),
@@ -32,7 +33,7 @@ def inputs(variant="plain", shape=(2, 4, 12, 10)):
         + 0.05 * torch.randn(b, 25, 2, generator=g, dtype=dtype),
         "sal": torch.rand(b, h, w, generator=g, dtype=dtype),
     }
-    if variant == "channels_last":
+    if "channels_last" in variant.split("-"):
         for k in ("pred", "pred_tps", "feats", "low"):
             t[k] = t[k].contiguous(memory_format=torch.channels_last)
     return t
@@ -41,7 +42,7 @@ def inputs(variant="plain", shape=(2, 4, 12, 10)):
 def cases(backend, variant="plain"):
     """{op: (names of the inputs it differentiates, of the others, fn(*those inputs))}."""
     kw = {"backend": backend}
-    pad = {"padding_mode": "border" if variant == "border" else "zeros"}
+    pad = {"padding_mode": "border" if "border" in variant.split("-") else "zeros"}
     return {
         "concentration_loss": (("pred",), (), lambda p: losses.concentration_loss(p, **kw)),
         "batch_get_centers": (

@@ -28,16 +28,16 @@ OPS = (
 #: (backend, the op compiled first, variant): see compile_cold_child.py.
 RUNS = (
     # "auto" by name resolves as the default (None) does: it is compiled first in the
-    # border and extras runs rather than in a plain run of its own (40 s of CPU).
+    # channels_last-float64-border and extras runs rather than in a plain run of its own.
     ("None", "concentration_loss", "plain"),
     ("reference", "equivariance_losses", "plain"),
     ("cpp", "semantic_consistency_loss_lowres", "plain"),
     ("cuda_emu", "batch_get_centers", "plain"),
     ("triton", "orthonormal_loss", "plain"),  # through the interpreter, on CPU tensors
     ("cpp", "tps_warp", "dynamic"),
-    ("auto", "equivariance_losses", "border"),
-    ("cpp", "concentration_loss", "channels_last"),
-    ("None", "semantic_consistency_loss", "float64"),
+    # Three ways of calling in one run: each graph compiled cold costs seconds of CPU, and
+    # a run per way cost make test a minute.
+    ("auto", "equivariance_losses", "channels_last-float64-border"),
     ("cpp", "batch_get_centers", "no_grad"),
     ("None", "step", "step"),
     ("auto", "tps_warp_points_grad", "extras"),
@@ -107,7 +107,7 @@ def test_every_op_compiles_cold_with_inductor(outputs, run):
     expected = variants.get(run[2], set(OPS))
     assert set(seen) == expected, out
     # float32 throughout but the float64 run, whose errors are rounding of float64.
-    assert max(seen.values()) < (1e-12 if run[2] == "float64" else 1e-4), seen
+    assert max(seen.values()) < (1e-12 if "float64" in run[2] else 1e-4), seen
     # torch's "No CUDA runtime is found" notice (Inductor imports the extension loader) is
     # not shown to a CPU user (scops_fast._quiet).
     if not torch.cuda.is_available():

@@ -154,9 +154,11 @@ def test_an_error_row_is_recorded_and_the_later_rows_still_run(tmp_path):
     assert rows["fused/tps_warp/eager"]["ms"] is None
     later = rows["fused/equivariance_losses/eager"]
     assert later["ms"] == 1.0 and later["x_eager"] == 1.0 and later["of_copy"] is not None
-    # The GPU backends cannot run CPU tensors: their rows say why instead of ending the run.
+    # The CUDA kernels cannot run CPU tensors: their rows say why instead of ending the run.
+    # (Triton can, where another test of this process switched its interpreter on.)
     assert rows["fused/tps_warp/cuda"]["error"].startswith("BackendUnavailableError")
-    assert rows["fused/equivariance_losses/triton"]["error"].startswith("BackendUnavailableError")
+    triton = rows["fused/equivariance_losses/triton"]
+    assert triton["ms"] == 1.0 or triton["error"].startswith("BackendUnavailableError"), triton
     assert "| tps_warp | eager | failed: RuntimeError: kernel said no |" in (
         (tmp_path / "bench.md").read_text()
     )
