@@ -13,6 +13,8 @@ features for it, the fast backends do not.
 
     # one run, JSON on stdout (times of each step, peak memory)
     python benchmarks/train_step.py run --backend cpp --size 256 --batch 6 --steps 2
+    # with config fields changed (--set is repeatable)
+    python benchmarks/train_step.py run --batch 2 --set model.activation_checkpointing=blocks
     # a step server for pytest-benchmark (benchmarks/bench_train_step.py drives it)
     python benchmarks/train_step.py serve --backend cpp --size 256 --batch 6
     # the backends' steps alternated in two live processes (fair under a varying load)
@@ -49,8 +51,16 @@ DEFAULT_GUARD_GB = 10.0
 
 
 # --------------------------------------------------------------------------- the child
-def build(backend: str, size: int, batch: int, form: str = "lowres", device: str = "cpu"):
-    """A Trainer on the SPEC section 8 config (random weights) and one batch."""
+def build(
+    backend: str,
+    size: int,
+    batch: int,
+    form: str = "lowres",
+    device: str = "cpu",
+    overrides: dict | None = None,
+):
+    """A Trainer on the SPEC section 8 config (random weights) and one batch; `overrides`
+    (dotted config names) change it further."""
     import torch
 
     from scops_fast.train.config import Config
@@ -69,6 +79,7 @@ def build(backend: str, size: int, batch: int, form: str = "lowres", device: str
             "loss.backend": backend,
             "loss.semantic_form": form,
             "report": False,
+            **(overrides or {}),
         }
     )
     gen = torch.Generator().manual_seed(0)
@@ -108,12 +119,21 @@ def describe(args) -> dict:
         "device": args.device,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
+        **({"overrides": _overrides(args)} if args.set else {}),
     }
+
+
+def _overrides(args) -> dict:
+    from scops_fast.train.config import parse_override
+
+    return dict(parse_override(text) for text in args.set)
 
 
 def child_run(args) -> dict:
     """Set-up, then `warmup` + `steps` steps under one peak measurement."""
-    trainer, batch = build(args.backend, args.size, args.batch, args.form, args.device)
+    trainer, batch = build(
+        args.backend, args.size, args.batch, args.form, args.device, _overrides(args)
+    )
     memprobe.guard(args.guard_gb * 1024)
     result = describe(args)
     try:
@@ -140,7 +160,9 @@ def timed(warm: list[float], times: list[float], peak) -> dict:
 def child_serve(args) -> None:
     """Line protocol on stdin: `step` runs one step, `mem` reports the peak since
     set-up, `quit` ends. Answers are `@@ <json>` lines on stdout."""
-    trainer, batch = build(args.backend, args.size, args.batch, args.form, args.device)
+    trainer, batch = build(
+        args.backend, args.size, args.batch, args.form, args.device, _overrides(args)
+    )
     memprobe.guard(args.guard_gb * 1024)
     peak = memprobe.Peak().__enter__()
     _send({"ready": True, **describe(args), "baseline_mb": peak.baseline_mb})
@@ -428,6 +450,13 @@ def main(argv=None):
         p.add_argument("--form", choices=("lowres", "full"), default="lowres")
         p.add_argument("--device", default="cpu")
         p.add_argument("--guard-gb", type=float, default=DEFAULT_GUARD_GB)
+        p.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="FIELD=VALUE",
+            help="config override, as scops-train's --set (repeatable)",
+        )
         if mode == "run":
             p.add_argument("--warmup", type=int, default=1)
             p.add_argument("--steps", type=int, default=2)

@@ -16,6 +16,7 @@ import torch
 from conftest import hang_guard
 
 CHILD = pathlib.Path(__file__).with_name("compile_cold_child.py")
+ROOT = CHILD.parents[1]
 OPS = (
     "concentration_loss",
     "batch_get_centers",
@@ -75,6 +76,9 @@ def outputs(tmp_path_factory):
     garbage). One at a time made this file the suite's last by 2.5 minutes under
     pytest-xdist."""
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path_factory.mktemp("inductor"))}
+    # The checkout is the package where nothing installed it (`make test-gpu-stack`, a GPU
+    # machine): the children import it from there too.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
 
     def child(run):
         done = subprocess.run(

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import torch
 
-PART_COLOURS = torch.tensor([[0.9, 0.2, 0.2], [0.2, 0.8, 0.3], [0.2, 0.3, 0.9], [0.9, 0.8, 0.2]])
+# Python floats, made a tensor per item: a tensor made at import would take the default dtype of
+# whichever test imported this module first, and a float64 run in a fresh process (a DDP rank)
+# would then draw other colours than one in a process where a float32 test came first.
+PART_COLOURS = [[0.9, 0.2, 0.2], [0.2, 0.8, 0.3], [0.2, 0.3, 0.9], [0.9, 0.8, 0.2]]
 
 
 class TinyParts(torch.utils.data.Dataset):
@@ -31,7 +34,7 @@ class TinyParts(torch.utils.data.Dataset):
         fg = dx**2 + dy**2 < radius**2
         quadrant = ((torch.atan2(dy, dx) + angle) % 6.2832 / 1.5708).long().clamp(0, 3)
         img = torch.full((3, s, s), 0.5) + 0.05 * torch.rand(3, s, s, generator=g)
-        img = torch.where(fg, PART_COLOURS[quadrant].permute(2, 0, 1), img)
+        img = torch.where(fg, torch.tensor(PART_COLOURS)[quadrant].permute(2, 0, 1), img)
         parts = torch.where(fg, quadrant + 1, 0)
         landmarks = torch.tensor([[cx * s, cy * s], [(cx + radius) * s, cy * s]])
         return {

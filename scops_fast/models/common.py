@@ -9,6 +9,8 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
+from scops_fast.models import checkpointing
+
 #: ImageNet statistics of torchvision's pretrained weights, in [0, 1] units.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -54,10 +56,12 @@ class TwoBranchHead(nn.Module):
             raise ValueError(f"in_channels: expected an even number, got {in_channels}")
         self.split = in_channels // 2
         self.classifier = DilatedSumClassifier(in_channels - self.split, num_classes, dilations)
+        self.activation_checkpointing = "none"
 
     def forward(self, feats: torch.Tensor):
         appearance, part_branch = feats[:, : self.split], feats[:, self.split :]
-        return self.classifier(part_branch), appearance
+        logits = checkpointing.run(self.classifier, part_branch, self.activation_checkpointing)
+        return logits, appearance
 
 
 def freeze_batchnorm_affine(module: nn.Module) -> None:
@@ -76,7 +80,9 @@ class PartSegmenter(nn.Module):
     space with the statistics stored as buffers, so a checkpoint carries its own
     preprocessing. `batchnorm="eval"` keeps BatchNorm on its running statistics even
     in `train()` mode (batch-size independent; used to compare distributed and
-    single-process runs).
+    single-process runs). `activation_checkpointing` ("none", "blocks", "selective";
+    settable later) trades the backward's kept activations for recomputation, see
+    `scops_fast.models.checkpointing`; the backbone must support it.
     """
 
     def __init__(
@@ -89,6 +95,7 @@ class PartSegmenter(nn.Module):
         input_mean: Sequence[float] = IMAGENET_MEAN,
         input_std: Sequence[float] = IMAGENET_STD,
         batchnorm: str = "train",
+        activation_checkpointing: str = "none",
     ):
         super().__init__()
         if batchnorm not in BATCHNORM_MODES:
@@ -99,6 +106,23 @@ class PartSegmenter(nn.Module):
         self.head = TwoBranchHead(backbone_channels, self.num_parts + 1, head_dilations)
         self.register_buffer("input_mean", torch.tensor(input_mean).view(1, 3, 1, 1))
         self.register_buffer("input_std", torch.tensor(input_std).view(1, 3, 1, 1))
+        self.activation_checkpointing = activation_checkpointing
+
+    @property
+    def activation_checkpointing(self) -> str:
+        return self.head.activation_checkpointing
+
+    @activation_checkpointing.setter
+    def activation_checkpointing(self, mode: str) -> None:
+        checkpointing.check_mode(mode)
+        # A backbone supports it by reading its own `activation_checkpointing` in forward.
+        if mode != "none" and not hasattr(self.backbone, "activation_checkpointing"):
+            raise ValueError(
+                f"activation_checkpointing: the backbone {type(self.backbone).__name__} "
+                "does not support it"
+            )
+        self.backbone.activation_checkpointing = mode
+        self.head.activation_checkpointing = mode
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         return (images - self.input_mean) / self.input_std

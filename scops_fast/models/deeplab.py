@@ -10,6 +10,7 @@ import torch
 import torchvision
 from torch import nn
 
+from scops_fast.models import checkpointing
 from scops_fast.models.common import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -51,7 +52,12 @@ class DilatedResNet(nn.Module):
     `block_stride="3x3"` (ResNet v1.5, for torchvision's ImageNet weights) layer2's
     first block downsamples in its 3x3 convolution; with `"1x1"` in its first 1x1
     convolution, as the caffe ResNet the original SCOPS was initialised from and
-    trained (`scops_fast.models.original` loads its files)."""
+    trained (`scops_fast.models.original` loads its files).
+
+    `activation_checkpointing` applies to layer1 to layer4, the stem excepted: block by
+    block, or layer by layer for "selective" (see `scops_fast.models.checkpointing`)."""
+
+    activation_checkpointing = "none"
 
     def __init__(self, depth: int = 50, block_stride: str = "3x3"):
         super().__init__()
@@ -90,7 +96,8 @@ class DilatedResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        layers = (self.layer1, self.layer2, self.layer3, self.layer4)
+        return checkpointing.run_stages(layers, x, self.activation_checkpointing)
 
     def load_torchvision_state_dict(self, state: dict) -> None:
         """Loads a torchvision ResNet state dict of the same depth (its `fc` is ignored)."""
@@ -121,6 +128,7 @@ def deeplab_resnet(
     batchnorm: str = "train",
     block_stride: str = "3x3",
     train_downsample_bn: bool = False,
+    activation_checkpointing: str = "none",
 ) -> PartSegmenter:
     """SCOPS' segmentation network for K = `num_parts` parts on a ResNet of `depth` 50
     or 101.
@@ -131,7 +139,8 @@ def deeplab_resnet(
     caffe DeepLab files: `scops_fast.models.load_original`.) BatchNorm affine
     parameters are frozen, except those of the shortcut projections' BatchNorms when
     `train_downsample_bn` (the original's quirk); BatchNorm itself runs on batch
-    statistics unless `batchnorm="eval"`.
+    statistics unless `batchnorm="eval"`. activation_checkpointing: "none", "blocks"
+    or "selective" (`scops_fast.models.checkpointing`).
     """
     path = None
     if pretrained is not None:
@@ -154,6 +163,7 @@ def deeplab_resnet(
         input_mean=input_mean,
         input_std=input_std,
         batchnorm=batchnorm,
+        activation_checkpointing=activation_checkpointing,
     )
 
 

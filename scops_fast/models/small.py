@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from scops_fast.models import checkpointing
 from scops_fast.models.common import IMAGENET_MEAN, IMAGENET_STD, PartSegmenter
 
 SMALL_HEAD_DILATIONS = (1, 2, 4, 8)
@@ -23,7 +24,11 @@ def _conv_bn_relu(cin: int, cout: int, *, stride: int = 1, dilation: int = 1) ->
 class SmallDilatedNet(nn.Module):
     """Two stride-2 convolutions, then dilated ones (1, 2, 4, 8): at output stride 4
     the receptive field spans about 130 pixels, the whole object of a 128x128 image,
-    which the equivariance losses need to place parts consistently under rotation."""
+    which the equivariance losses need to place parts consistently under rotation.
+    `activation_checkpointing` applies to each convolution-BatchNorm-ReLU block, or to
+    all six at once for "selective" (the network is one stage)."""
+
+    activation_checkpointing = "none"
 
     def __init__(self, width: int = 32):
         super().__init__()
@@ -42,7 +47,7 @@ class SmallDilatedNet(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x):
-        return self.layers(x)
+        return checkpointing.run_stages((self.layers,), x, self.activation_checkpointing)
 
 
 def small_net(
@@ -53,9 +58,11 @@ def small_net(
     input_mean: Sequence[float] = IMAGENET_MEAN,
     input_std: Sequence[float] = IMAGENET_STD,
     batchnorm: str = "train",
+    activation_checkpointing: str = "none",
 ) -> PartSegmenter:
     """Small segmentation network for K = `num_parts` parts; logits at (ceil(H/4),
-    ceil(W/4)). BatchNorm affine parameters are trained (there is no pretraining)."""
+    ceil(W/4)). BatchNorm affine parameters are trained (there is no pretraining).
+    activation_checkpointing: as `deeplab_resnet`'s."""
     trunk = SmallDilatedNet(width)
     return PartSegmenter(
         trunk,
@@ -65,4 +72,5 @@ def small_net(
         input_mean=input_mean,
         input_std=input_std,
         batchnorm=batchnorm,
+        activation_checkpointing=activation_checkpointing,
     )

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from scops_fast._dispatch import CHOICES as BACKEND_CHOICES
+from scops_fast.models.checkpointing import ACTIVATION_CHECKPOINTING
 from scops_fast.models.common import BATCHNORM_MODES, IMAGENET_MEAN, IMAGENET_STD
 from scops_fast.models.deeplab import BLOCK_STRIDES
 from scops_fast.models.vgg import FEATURE_KINDS, SCOPS_LAYERS, VGG19_RELU_INDEX
@@ -68,6 +69,16 @@ class ModelConfig:
     #: Input normalisation `(rgb - mean) / std`, rgb in [0, 1].
     input_mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     input_std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    #: Activation checkpointing, for a larger batch or image in the same memory: "none";
+    #: "blocks", each residual block (and the classifier) keeps only its input and runs
+    #: again in the backward (the least memory, the most recomputation); "selective", the
+    #: convolutions' outputs are kept and the backward recomputes BatchNorm, ReLU and sums
+    #: from them, a ResNet stage at a time. Changes no number, bit for bit (BatchNorm's
+    #: running statistics are updated once per forward, not again by a recomputation), so
+    #: a run may be resumed with another setting. Training only: evaluation runs plain.
+    activation_checkpointing: str = field(
+        default="none", metadata=_choices(*ACTIVATION_CHECKPOINTING)
+    )
 
 
 @dataclass
@@ -79,6 +90,15 @@ class DataConfig:
     image_size: int = field(default=256, metadata={"min": 8})
     #: Global batch: split evenly over the processes of a distributed run.
     batch_size: int = field(default=6, metadata={"min": 1})
+    #: Gradient accumulation, for a batch larger than memory allows: each optimiser step
+    #: sums the gradients of `accumulate` micro-batches of batch_size images, each loss
+    #: scaled so that the sum is the gradient of the mean over all batch_size x accumulate
+    #: images, then clips and steps once. The run sees the data order, warps and jitter of a
+    #: run with batch batch_size x accumulate, and equals it up to rounding, except where
+    #: BatchNorm uses batch statistics (model.batchnorm "train": statistics over each
+    #: micro-batch, and running statistics updated once per micro-batch; the trainer warns).
+    #: The step counter, learning-rate schedule, log and checkpoints count optimiser steps.
+    accumulate: int = field(default=1, metadata={"min": 1})
     num_workers: int = field(default=0, metadata={"min": 0})
     #: Keep the items' training inputs (img, saliency) in memory after their first use:
     #: later epochs skip decoding or rendering. Costs N x (4 x 4 x H x W) bytes.
@@ -195,6 +215,17 @@ class Config:
     #: Total steps: the horizon of the learning-rate schedule.
     steps: int = field(default=100_000, metadata={"min": 1})
     device: str = field(default="auto", metadata=_choices("auto", "cpu", "cuda"))
+    #: Compute precision of the segmentation network and the feature extractor, through
+    #: torch.autocast on the run's device: "bfloat16", or "float16" with a gradient scaler
+    #: (its state is in the checkpoints) against float16's narrow range. Only their forward
+    #: and backward run in it: the weights, the part basis, the optimiser state and the
+    #: checkpoints stay float32, and the network's output and the features are cast to
+    #: float32 before every loss: fed bfloat16, the losses' values and gradients were off by
+    #: 2e-3 to 8e-3 (float16: gradients by up to 90 %, underflowed), fed the same values in
+    #: float32 only by float32's rounding (README, "Mixed precision"). For GPUs and CPUs with
+    #: native bfloat16/float16 convolutions; elsewhere torch's fallbacks are about 12x slower
+    #: than float32 (the trainer warns).
+    precision: str = field(default="float32", metadata=_choices("float32", "bfloat16", "float16"))
     #: torch intra-op threads while training (None: torch's default, one per core). On
     #: a CPU shared with other work, 1 is often faster than several threads waiting
     #: on each other.

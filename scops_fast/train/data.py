@@ -2,8 +2,9 @@
 
 The order is a pure function of (seed, step): the global batch of step t is a slice
 of a seeded permutation of epoch t // steps_per_epoch, and rank r of N takes the r-th
-of N equal pieces of it. So a resumed run needs no sampler state, and a distributed
-run sees exactly the batches of a single-process run with the same global batch.
+of N equal pieces of it (of each micro-batch, with gradient accumulation). So a resumed
+run needs no sampler state, and a distributed run sees exactly the batches of a
+single-process run with the same global batch.
 """
 
 from __future__ import annotations
@@ -123,20 +124,36 @@ def expected_layout(factory) -> str:
 
 
 class GlobalBatchOrder:
-    """Indices of the batch that `rank` of `world_size` trains on at a given step."""
+    """Indices of the batch that `rank` of `world_size` trains on at a given step.
 
-    def __init__(self, n: int, global_batch: int, seed: int, rank: int = 0, world_size: int = 1):
+    With `accumulate` micro-batches per step, step t takes accumulate x global_batch
+    images, the batch of step t of a run with that global batch, so the two runs see
+    the same images in the same steps; micro-batch a is its a-th piece of global_batch,
+    which the ranks split as they split an unaccumulated batch."""
+
+    def __init__(
+        self,
+        n: int,
+        global_batch: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        accumulate: int = 1,
+    ):
         if global_batch % world_size:
             raise ConfigError(
                 f"data.batch_size: the global batch {global_batch} does not split evenly over "
                 f"{world_size} processes"
             )
-        if n < global_batch:
-            raise ConfigError(f"data.batch_size: {global_batch} is larger than the data set ({n})")
+        step_images = global_batch * accumulate
+        if n < step_images:
+            what = "data.batch_size" if accumulate == 1 else "data.batch_size x data.accumulate"
+            raise ConfigError(f"{what}: {step_images} is larger than the data set ({n})")
         self.n, self.global_batch, self.seed = n, global_batch, seed
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.accumulate = rank, world_size, accumulate
+        self.step_images = step_images
         self.local_batch = global_batch // world_size
-        self.steps_per_epoch = n // global_batch
+        self.steps_per_epoch = n // step_images
         self._epoch, self._perm = None, None
 
     def _permutation(self, epoch: int) -> torch.Tensor:
@@ -146,16 +163,28 @@ class GlobalBatchOrder:
         return self._perm
 
     def global_indices(self, step: int) -> list[int]:
+        """The images of step `step` on all ranks, micro-batch after micro-batch."""
         epoch, j = divmod(step, self.steps_per_epoch)
-        return self._permutation(epoch)[
-            j * self.global_batch : (j + 1) * self.global_batch
-        ].tolist()
+        return self._permutation(epoch)[j * self.step_images : (j + 1) * self.step_images].tolist()
+
+    def micro_slice(self, micro: int) -> slice:
+        """This rank's part of micro-batch `micro`, as positions in `global_indices`."""
+        start = micro * self.global_batch + self.rank * self.local_batch
+        return slice(start, start + self.local_batch)
 
     def local_slice(self) -> slice:
-        return slice(self.rank * self.local_batch, (self.rank + 1) * self.local_batch)
+        return self.micro_slice(0)
+
+    def local_positions(self) -> list[int]:
+        """Positions in `global_indices` of this rank's images of a step, micro-batch
+        after micro-batch: its micro-batch a is the a-th run of local_batch of them."""
+        return [
+            p for a in range(self.accumulate) for p in range(self.step_images)[self.micro_slice(a)]
+        ]
 
     def indices(self, step: int) -> list[int]:
-        return self.global_indices(step)[self.local_slice()]
+        images = self.global_indices(step)
+        return [images[p] for p in self.local_positions()]
 
     def state(self, step: int) -> dict:
         epoch, j = divmod(step, self.steps_per_epoch)
@@ -164,6 +193,7 @@ class GlobalBatchOrder:
             "epoch": epoch,
             "batch_in_epoch": j,
             "global_batch": self.global_batch,
+            "accumulate": self.accumulate,
         }
 
 

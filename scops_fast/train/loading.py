@@ -18,6 +18,7 @@ def build_network(cfg: ModelConfig, *, load_pretrained: bool = True) -> PartSegm
         "input_mean": cfg.input_mean,
         "input_std": cfg.input_std,
         "batchnorm": cfg.batchnorm,
+        "activation_checkpointing": cfg.activation_checkpointing,
     }
     if cfg.head_dilations is not None:
         common["head_dilations"] = cfg.head_dilations

@@ -12,6 +12,7 @@ weights of 6 steps.
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
 import signal
 import threading
@@ -53,6 +54,17 @@ LOG_NAMES = ("loss", *LOSS_NAMES)
 # Offsets that derive each generator's seed from the run's seed.
 _BASIS_SEED, _WARP_SEED, _JITTER_SEED = 1, 2, 3
 
+#: `Config.precision` -> the autocast dtype (None: no autocast).
+AUTOCAST_DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def autocast(device_type: str, dtype: torch.dtype | None):
+    """torch.autocast to `dtype`; nothing at all for None, so that full-precision runs
+    (and the float64 trainers of the tests) are untouched."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, dtype=dtype)
+
 
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C during `Trainer.train`: the step under way was finished and checkpointed."""
@@ -87,12 +99,20 @@ class SCOPSObjective(nn.Module):
     """The trained parameters: segmentation network and part basis w (K, C). One
     module so that DistributedDataParallel averages the basis gradient too."""
 
-    def __init__(self, net: nn.Module, channels: int, normalize_basis: bool, seed: int):
+    def __init__(
+        self,
+        net: nn.Module,
+        channels: int,
+        normalize_basis: bool,
+        seed: int,
+        autocast_dtype: torch.dtype | None = None,
+    ):
         super().__init__()
         self.net = net
         gen = torch.Generator().manual_seed(seed)
         self.basis = nn.Parameter(torch.randn(net.num_parts, channels, generator=gen).abs())
         self.normalize_basis = normalize_basis
+        self.autocast_dtype = autocast_dtype
 
     def part_basis(self) -> torch.Tensor:
         """W = relu(w), rows L2-normalised when feature normalisation is on."""
@@ -102,7 +122,10 @@ class SCOPSObjective(nn.Module):
     def forward(self, images: torch.Tensor, warped: torch.Tensor):
         # Two passes, not one over the concatenation: BatchNorm in train mode keeps
         # separate batch statistics for the two branches, as the original.
-        return self.net(images), self.net(warped), self.part_basis()
+        with autocast(images.device.type, self.autocast_dtype):
+            logits, logits_warped = self.net(images), self.net(warped)
+        # The basis outside autocast: a parameter of the losses, which stay float32.
+        return logits, logits_warped, self.part_basis()
 
 
 def nested_repeats(net: nn.Module) -> list[nn.Parameter]:
@@ -133,6 +156,39 @@ def _check_backend(backend: str | None, device_type: str) -> None:
         )
 
 
+def _check_precision(cfg: Config, device_type: str) -> None:
+    """Precision settings that cannot work fail now, with the reason; one that works but
+    slowly here is warned about."""
+    if cfg.precision == "float16" and cfg.optim.nested_param_repeats:
+        # GradScaler.unscale_ divides each listed gradient: a repeated one several times.
+        raise ConfigError(
+            "precision 'float16' cannot be combined with optim.nested_param_repeats: the "
+            "float16 gradient scaler would unscale a repeated parameter's gradient once per "
+            "repeat; use precision 'bfloat16' (no scaler) or 'float32'"
+        )
+    if device_type != "cpu" or cfg.precision == "float32":
+        return
+    if cpu_has_native(cfg.precision) is False:
+        # Measured on the demo (AVX2 EPYC): 3.6 s (bfloat16) and 4.3 s (float16) a step
+        # against 0.31 s in float32, nearly all in torch's fallback convolutions.
+        warnings.warn(
+            f"precision {cfg.precision!r} on a CPU without native {cfg.precision} "
+            "convolutions (oneDNN needs AVX-512 BF16/FP16 or AMX): torch falls back to slow "
+            "convolutions, about 12x slower than float32 on the demo; mixed precision pays on "
+            "GPUs and on CPUs with those instructions",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+def cpu_has_native(precision: str) -> bool | None:
+    """Whether oneDNN has native `precision` ("bfloat16", "float16") convolutions on this
+    CPU; None where this torch cannot say."""
+    probe = {"bfloat16": "_is_mkldnn_bf16_supported", "float16": "_is_mkldnn_fp16_supported"}
+    native = getattr(torch.ops.mkldnn, probe[precision], None)
+    return None if native is None else bool(native())
+
+
 def poly_lr(base: float, step: int, total: int, power: float) -> float:
     return base * max(0.0, 1.0 - step / total) ** power
 
@@ -143,7 +199,8 @@ class Trainer:
     dataset: optional, overrides the config's data set (items as
     `scops_fast.data`: dicts with `img` (3, H, W) in [0, 1] and `saliency` (H, W)).
     resume: continue from `out_dir/checkpoint.pt` when it exists; the checkpoint's
-    config is used, except `steps` and `loss.backend`, which come from `config`.
+    config is used, except `steps`, `loss.backend` and `model.activation_checkpointing`,
+    which come from `config`.
     The global torch RNG is seeded with the config's seed (it initialises the network).
     """
 
@@ -168,6 +225,17 @@ class Trainer:
         self.device = self.proc.device
         self.progress, self.tensorboard = progress, tensorboard
         _check_backend(cfg.loss.backend, self.device.type)
+        _check_precision(cfg, self.device.type)
+        if cfg.data.accumulate > 1 and cfg.model.batchnorm == "train" and self.proc.is_main:
+            warnings.warn(
+                f"data.accumulate = {cfg.data.accumulate} with model.batchnorm = 'train': "
+                f"BatchNorm normalises each micro-batch of data.batch_size = "
+                f"{cfg.data.batch_size} images by its own statistics, and updates its running "
+                "statistics once per micro-batch, so the steps differ from those of one batch "
+                "of data.batch_size x data.accumulate images (model.batchnorm = 'eval' gives "
+                "that batch's steps up to rounding)",
+                stacklevel=2,
+            )
 
         if cfg.threads is not None:
             torch.set_num_threads(cfg.threads)
@@ -183,8 +251,13 @@ class Trainer:
             bgr_quirk=cfg.features.bgr_quirk,
             stride=cfg.features.stride,
         ).to(self.device)
+        self.autocast_dtype = AUTOCAST_DTYPES[cfg.precision]
         self.objective = SCOPSObjective(
-            self.net, self.features.channels, cfg.features.normalize, cfg.seed + _BASIS_SEED
+            self.net,
+            self.features.channels,
+            cfg.features.normalize,
+            cfg.seed + _BASIS_SEED,
+            autocast_dtype=self.autocast_dtype,
         ).to(self.device)
         self.module = self.objective
         if self.proc.distributed:
@@ -220,6 +293,13 @@ class Trainer:
             momentum=o.basis_momentum,
             weight_decay=o.basis_weight_decay,
         )
+        # float16's range: gradients below 6e-8 would flush to zero in its backward. A
+        # disabled scaler passes everything through unchanged. The loss weights (up to 1e4)
+        # make the total hundreds: at torch's initial scale 2^16 the float16 backward
+        # overflowed in the demo's first 6 steps (skipped), and the scale settled at 2^9-2^10.
+        self.scaler = torch.amp.GradScaler(
+            self.device.type, init_scale=2.0**10, enabled=cfg.precision == "float16"
+        )
 
         self.dataset = dataset if dataset is not None else build_dataset(cfg.data)
         # Only now, with everything the run needs found: a bad backend, data root or
@@ -233,14 +313,22 @@ class Trainer:
                     stacklevel=2,
                 )
         self.order = GlobalBatchOrder(
-            len(self.dataset), cfg.data.batch_size, cfg.seed, self.proc.rank, self.proc.world_size
+            len(self.dataset),
+            cfg.data.batch_size,
+            cfg.seed,
+            self.proc.rank,
+            self.proc.world_size,
+            accumulate=cfg.data.accumulate,
         )
         self.warp_generator = torch.Generator().manual_seed(cfg.seed + _WARP_SEED)
         self.jitter_generator = torch.Generator().manual_seed(cfg.seed + _JITTER_SEED)
+        # Drawn for all images of a step, so that accumulated micro-batches get the draws
+        # of the one large batch they stand for.
+        step_images = self.order.step_images
         self.warps = GlobalBatchWarps(
-            cfg.warp, cfg.data.image_size, cfg.data.batch_size, self.warp_generator
+            cfg.warp, cfg.data.image_size, step_images, self.warp_generator
         )
-        self.jitter = GlobalBatchColorJitter(cfg.jitter, cfg.data.batch_size, self.jitter_generator)
+        self.jitter = GlobalBatchColorJitter(cfg.jitter, step_images, self.jitter_generator)
         self.step = 0
         #: Seconds spent in the training loop, over all sessions of the run.
         self.train_seconds = 0.0
@@ -255,7 +343,8 @@ class Trainer:
     def compute_losses(
         self, batch: dict, *, source_points=None, jittered=None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(weighted total, the five unweighted losses) of one local batch.
+        """(weighted total, the five unweighted losses) of one local batch (a micro-batch,
+        with gradient accumulation: `train_step` cuts the step's batch and draws).
 
         source_points (B, 25, 2) and jittered (B, 3, H, W) images in [0, 1] replace this
         step's random warp and colour jitter when given (their draws are then skipped):
@@ -294,17 +383,22 @@ class Trainer:
                 normalized, source_points, padding_mode=cfg.warp.padding, backend=backend
             )
         logits, logits_warped, basis = self.module(self.net.normalize(images), warped)
-        pred = upsample_logits(logits, size)
-        pred_warped = upsample_logits(logits_warped, size)
+        # Under autocast the logits come in bfloat16 or float16. Every loss takes them in
+        # the weights' dtype: fed bfloat16 the four losses' values and gradients were off by
+        # 2e-3 to 8e-3, fed the same values in float32 by 1e-6 at most
+        # (benchmarks/loss_precision.py; README, "Mixed precision"). A no-op without autocast.
+        pred = upsample_logits(logits.to(images.dtype), size)
+        pred_warped = upsample_logits(logits_warped.to(images.dtype), size)
 
-        # The original divides by B twice; scaled so that the mean over ranks of the
-        # local losses equals the loss of the global batch (divided by B once for
-        # "per_image").
+        # The original divides by B twice, B the images of a step (with accumulation too:
+        # a sum over images divided by a constant accumulates exactly); scaled so that the
+        # mean over ranks and micro-batches of the local losses equals the loss of the
+        # step's batch (divided by B once for "per_image").
         local_batch = images.shape[0]
         con = losses.concentration_loss(pred, backend=backend) * (
             local_batch
             if cfg.loss.concentration_reduction == "per_image"
-            else local_batch / cfg.data.batch_size
+            else local_batch / self.order.step_images
         )
         eqv, lmeqv = losses.equivariance_losses(
             pred, pred_warped, source_points, padding_mode=cfg.warp.logits_padding, backend=backend
@@ -323,7 +417,10 @@ class Trainer:
         return total, terms
 
     def _features(self, images) -> list[torch.Tensor]:
-        feats = self.features(images)  # frozen: computed without a graph
+        with autocast(images.device.type, self.autocast_dtype):
+            feats = self.features(images)  # frozen: computed without a graph
+        # Back to the losses' dtype, as the logits (no-op without autocast).
+        feats = [f.to(images.dtype) for f in feats]
         if self.cfg.features.normalize:
             feats = [F.normalize(f, dim=1) for f in feats]
         return feats
@@ -349,17 +446,31 @@ class Trainer:
         return losses.semantic_consistency_loss(full, pred, basis, backend=backend)
 
     def train_step(self, batch: dict, **replay) -> torch.Tensor:
-        """One optimisation step; returns the logged values (total, five losses).
-        `replay`: source_points, jittered, as `compute_losses` takes them."""
+        """One optimisation step on this rank's images of the step (data.accumulate
+        micro-batches, one after the other, as `batches` gives them); returns the logged
+        values (total, five losses), means over the micro-batches. `replay`:
+        source_points, jittered, as `compute_losses` takes them, for all of the step."""
         o = self.cfg.optim
         # Last step's gradients are dropped before the forward, not after it: alive
         # through it they would add the network's size to the step's peak.
         self.net_optimizer.zero_grad(set_to_none=True)
         self.basis_optimizer.zero_grad(set_to_none=True)
-        total, terms = self.compute_losses(batch, **replay)
-        if self.cfg.release_heap and self.device.type == "cpu":
-            release_free_heap()  # the forward's freed transients, before the backward
-        total.backward()
+        micro_batches = self._micro_batches(batch, replay)
+        logged = []
+        for i, (micro, draws) in enumerate(micro_batches):
+            # DDP all-reduces in the last micro-batch's backward only, the local sums.
+            syncs = i == len(micro_batches) - 1 or not self.proc.distributed
+            with contextlib.nullcontext() if syncs else self.module.no_sync():
+                total, terms = self.compute_losses(micro, **draws)
+                if self.cfg.release_heap and self.device.type == "cpu":
+                    release_free_heap()  # the forward's freed transients, before the backward
+                # Each loss is a mean over the micro-batch's images: the mean over the
+                # micro-batches is the loss of the step's batch, and so are the gradients.
+                self.scaler.scale(total / len(micro_batches)).backward()
+            logged.append(torch.cat((total.detach()[None], terms.detach())))
+        # Clipping sees the true gradients (a no-op without the float16 scaler).
+        self.scaler.unscale_(self.net_optimizer)
+        self.scaler.unscale_(self.basis_optimizer)
         if o.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.net_parameters, o.grad_clip)
         if o.basis_grad_clip is not None:
@@ -367,10 +478,42 @@ class Trainer:
         lr = poly_lr(o.lr, self.step, self.cfg.steps, o.poly_power)
         for group in self.net_optimizer.param_groups:
             group["lr"] = lr * group["lr_mult"]
-        self.net_optimizer.step()
-        self.basis_optimizer.step()
+        # With the float16 scaler, a step whose gradients overflowed is skipped (both
+        # optimisers) and the scale lowered; it still counts as a step, as its data was used.
+        self.scaler.step(self.net_optimizer)
+        self.scaler.step(self.basis_optimizer)
+        self.scaler.update()
         self.step += 1
-        return torch.cat((total.detach()[None], terms.detach()))
+        return torch.stack(logged).mean(0)
+
+    def _micro_batches(self, batch: dict, replay: dict) -> list[tuple[dict, dict]]:
+        """(micro-batch, its draws) pairs of a step, for `compute_losses`. The warps and
+        colour jitter are drawn once for the step's images, so that accumulated
+        micro-batches get the draws of the one batch they stand for."""
+        draws = dict(replay)
+        positions = self.order.local_positions()
+        if draws.get("source_points") is None:
+            draws["source_points"] = self.warps.draw(positions)
+        if draws.get("jittered") is None:
+            images = batch["img"].to(self.device, self.objective.basis.dtype)
+            draws["jittered"] = self.jitter(images, positions)
+        parts = self.cfg.data.accumulate
+        if parts == 1:
+            return [(batch, draws)]
+        rows = len(batch["img"])
+        if rows != len(positions):
+            raise ValueError(
+                f"batch: expected the step's {len(positions)} images (data.accumulate = {parts} "
+                f"micro-batches of {self.order.local_batch}), got {rows}"
+            )
+        n = self.order.local_batch
+        return [
+            (
+                {k: v[i * n : (i + 1) * n] for k, v in batch.items()},
+                {k: torch.as_tensor(v)[i * n : (i + 1) * n] for k, v in draws.items()},
+            )
+            for i in range(parts)
+        ]
 
     # ------------------------------------------------------------------ the loop
     def train(self, until: int | None = None) -> dict[str, float]:
@@ -502,6 +645,8 @@ class Trainer:
                 "data_order": self.order.state(self.step),
             },
             "skipped_indices": sorted(self.skipped),
+            # The float16 loss scale and its growth counter ({} when there is no scaler).
+            "grad_scaler": self.scaler.state_dict(),
             "world_size": self.proc.world_size,
             "torch_version": str(torch.__version__),  # a plain str: loads weights_only
             "train_seconds": self.train_seconds,
@@ -513,6 +658,8 @@ class Trainer:
             self.objective.basis.copy_(ckpt["basis"])
         self.net_optimizer.load_state_dict(ckpt["optimizer"]["net"])
         self.basis_optimizer.load_state_dict(ckpt["optimizer"]["basis"])
+        if ckpt.get("grad_scaler"):
+            self.scaler.load_state_dict(ckpt["grad_scaler"])
         rng = ckpt["rng"]
         torch.set_rng_state(rng["torch"])
         if rng.get("cuda") is not None and torch.cuda.is_available():
@@ -533,9 +680,12 @@ def run_summary(cfg: Config, world_size: int) -> str:
     stand_in = " (a stand-in for ImageNet VGG-19: see scops_fast.models.vgg)"
     return (
         f"Config {cfg.name!r}: {m.arch} with K={m.num_parts} parts, {d.image_size}x{d.image_size} "
-        f"images from {d.dataset!r}, global batch {d.batch_size} on {world_size} process(es), "
+        f"images from {d.dataset!r}, global batch {d.batch_size}"
+        + (f" x {d.accumulate} accumulated" if d.accumulate > 1 else "")
+        + f" on {world_size} process(es), "
         f"{cfg.steps} steps, seed {cfg.seed}; semantic features {f.kind!r}"
         + (stand_in if f.kind != "vgg19" else "")
+        + (f"; network and features in {cfg.precision}" if cfg.precision != "float32" else "")
         + "."
     )
 
@@ -550,13 +700,21 @@ def _last_losses(out_dir) -> dict:
 
 
 def _resumed_config(ckpt: dict, requested: Config) -> Config:
-    """The checkpoint's config, with the run length and loss backend of `requested`."""
+    """The checkpoint's config, with the run length, loss backend and activation
+    checkpointing of `requested`: the latter two change no number beyond rounding, and a run
+    stopped for lack of memory may go on with checkpointing on."""
     saved = config_from_dict(ckpt["config"], source="the checkpoint's config")
     if requested.steps < int(ckpt["step"]):
         raise ConfigError(
             f"steps = {requested.steps} is below the checkpoint's step {ckpt['step']}"
         )
-    resumed = saved.replace({"steps": requested.steps, "loss.backend": requested.loss.backend})
+    resumed = saved.replace(
+        {
+            "steps": requested.steps,
+            "loss.backend": requested.loss.backend,
+            "model.activation_checkpointing": requested.model.activation_checkpointing,
+        }
+    )
     ignored = _differing_fields(resumed.to_dict(), requested.to_dict())
     if ignored:
         warnings.warn(
