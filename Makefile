@@ -18,7 +18,7 @@ CUDA_RECORD := scops_fast/_build_errors/_C_cuda.txt
 # Build the CUDA kernels' CPU emulation too (backend "cuda_emu", checked by the tests).
 SCOPS_FAST_CUDA_EMU ?= 1
 
-.PHONY: FORCE all install browser test test-rounding test-no-avx512 demo bench bench-isa lint format clean sanitize gpu-check gpu-rehearsal test-gpu-stack
+.PHONY: FORCE all install browser test test-rounding test-no-avx512 demo bench bench-levers bench-isa lint format clean sanitize gpu-check gpu-rehearsal test-gpu-stack
 
 all: test
 
@@ -113,6 +113,15 @@ ifneq ($(ORIGINAL),)
 	$(PY) benchmarks/original_step.py --original $(ORIGINAL) --tps $(ORIGINAL_TPS) --size 256 --batch 6 --steps 2 --out $(BENCH_OUT)/original_step.json
 endif
 	$(PY) benchmarks/report.py
+
+# The largest batch under 16 GiB with each memory lever (none, activation checkpointing,
+# checkpointing + bfloat16) at 256 to 1024 px; real runs confirm it at 512 and 1024 px, the
+# next batch refused (benchmarks/train_levers.py; about an hour on 2 cores, most of it in the
+# confirming steps of 20 to 40 images at 512 px). Needs about 17 GB free.
+bench-levers: install
+	mkdir -p $(BENCH_OUT)
+	$(PY) benchmarks/train_levers.py --sizes 256,512,768,1024 --confirm-sizes 512,1024 \
+		--cap-gb $(BENCH_CAP_GB) --out $(BENCH_OUT)/levers.json
 
 # The CPU kernels' two x86-64 builds timed one after the other (concentration at B=16 and
 # the dense semantic loss at B=2, with eager, torch.compile and a copy): about 1 minute.

@@ -78,10 +78,19 @@ COPY_BYTES = 256 * 2**20
 TRAIN_SHAPES = ((256, 6), (512, 2), (256, 16), (512, 6), (256, 32), (512, 12))
 TRAIN_BACKENDS = ("cuda", "triton", "reference")
 TRAIN_FORM = "lowres"  # the trainer's default semantic term
-# Variants of the training step, each timed at every shape and backend. The activation
-# checkpointing and precision levers join here as dicts with a "name" and whatever
-# `train_step_function` (and, for a config change, train_step.build) needs to apply them.
-LEVERS = ({"name": "plain"},)
+# Variants of the training step: a "name" and the config fields ("set") that
+# train_step.build changes. "plain" (first) runs at every shape and backend; the memory
+# levers (activation checkpointing, then bfloat16 on top of it) at LEVER_SHAPES with the
+# cuda losses, beside plain at the same shapes, right after SPEC section 8's shape.
+CHECKPOINTED = {"model.activation_checkpointing": "blocks"}
+LEVERS = (
+    {"name": "plain", "set": {}},
+    {"name": "checkpointing", "set": CHECKPOINTED},
+    {"name": "checkpointing+bfloat16", "set": {**CHECKPOINTED, "precision": "bfloat16"}},
+)
+# The sizes of the issue's targets: 16 images at 512 px, 4 at 1024 px, under 16 GiB.
+LEVER_SHAPES = ((512, 16), (1024, 4))
+LEVER_BACKENDS = ("cuda",)
 # Building the Trainer (random initialisation of DeepLab and VGG-19 on the CPU) and its
 # first step; then about 12 steps (the timer's estimate and repetitions, the memory step)
 # of a guessed 15 ms per 256x256 image (unmeasured: the first GPU run's rows give "seconds").
@@ -149,6 +158,7 @@ def plan_cases(
     train_shapes=TRAIN_SHAPES,
     train_backends=TRAIN_BACKENDS,
     levers=LEVERS,
+    lever_shapes=LEVER_SHAPES,
 ) -> list[Case]:
     """Every row, in the order they run (the most valuable first)."""
     from bench_losses import OPS
@@ -163,21 +173,37 @@ def plan_cases(
             for impl in ("eager", *fused_impls(op)):
                 cases.append(Case("fused", op, impl, PLANNED_S["fused", impl]))
     if "train" in groups:
-        for lever in levers:
-            for image_size, batch in train_shapes:
-                planned = train_planned_s(image_size, batch)
-                for backend in train_backends:
-                    cases.append(
-                        Case(
-                            "train",
-                            "train_step",
-                            backend,
-                            planned,
-                            image_size=image_size,
-                            batch=batch,
-                            lever=lever["name"],
-                        )
-                    )
+        # SPEC section 8's step on every backend, then the levers at their target sizes
+        # (the issue 27 numbers), then plain at the other shapes.
+        plain = [
+            (levers[0], shape, backend) for shape in train_shapes for backend in train_backends
+        ]
+        first = len(train_backends)
+        runs = plain[:first]
+        runs += [
+            (lever, shape, backend)
+            for shape in lever_shapes
+            for lever in levers
+            for backend in LEVER_BACKENDS
+            if backend in train_backends
+        ]
+        runs += plain[first:]
+        seen = set()
+        for lever, (image_size, batch), backend in runs:
+            if (lever["name"], image_size, batch, backend) in seen:
+                continue
+            seen.add((lever["name"], image_size, batch, backend))
+            cases.append(
+                Case(
+                    "train",
+                    "train_step",
+                    backend,
+                    train_planned_s(image_size, batch),
+                    image_size=image_size,
+                    batch=batch,
+                    lever=lever["name"],
+                )
+            )
     if "compile" in groups:
         planned = PLANNED_S["compile", "compile"]
         cases += [Case("compile", op, "compile", planned) for op in ops]
@@ -369,12 +395,11 @@ def lever_by_name(name: str) -> dict:
 
 
 def train_step_function(lever: dict, trainer, batch) -> Callable[[], float]:
-    """One training step under `lever` (returns its seconds); the levers' hook."""
+    """One training step (returns its seconds); `lever` was applied when the trainer was
+    built, from its config fields."""
     import train_step
 
-    if lever["name"] == "plain":
-        return lambda: train_step._step(trainer, batch)
-    raise NotImplementedError(f"training lever {lever['name']!r} is not implemented")
+    return lambda: train_step._step(trainer, batch)
 
 
 def measure_train(bench: Bench, case: Case, record) -> dict:
@@ -383,7 +408,7 @@ def measure_train(bench: Bench, case: Case, record) -> dict:
     lever = lever_by_name(case.lever)
     start = time.perf_counter()
     trainer, batch = train_step.build(
-        case.impl, case.image_size, case.batch, TRAIN_FORM, bench.device
+        case.impl, case.image_size, case.batch, TRAIN_FORM, bench.device, lever.get("set")
     )
     step = train_step_function(lever, trainer, batch)
     # Warm-up: cuDNN's algorithm choice, the optimisers' state, first-call allocations.

@@ -724,6 +724,27 @@ def original_section(data: dict) -> list[str]:
     return lines
 
 
+def levers_section(levers: dict) -> list[str]:
+    """benchmarks/train_levers.py's table (make bench-levers) and how to read it."""
+    from train_levers import table
+
+    return [
+        f"`make bench-levers` on {levers.get('cpu', 'this CPU')}: the largest batch of the SPEC "
+        "section 8 training step (DeepLab ResNet-50, cpp losses) whose process peak stays under "
+        f"{levers['cap_gb']:g} GiB, per image size and lever (`none`; "
+        "`model.activation_checkpointing=blocks`; the same with `precision=bfloat16`). The "
+        f"resident peaks at batches {', '.join(map(str, levers['fit_batches']))} give an affine "
+        "fit and the predicted batch (`predicted`). Where `confirmed`, real runs under an "
+        "address-space guard at the cap found a batch that runs and the next one refused "
+        "(`next batch`); the guard caps virtual memory, which is stricter than the resident "
+        "peak. s/image: the confirming step's seconds over its batch (for predicted rows, the "
+        "largest fit batch's), one cold step each; `vs none` divides by the lever-less step's "
+        "s/image at its largest fit batch at the same size, timed in the same run.",
+        "",
+        table(levers),
+    ]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     results = os.path.join(HERE, "results")
@@ -742,6 +763,7 @@ def main(argv=None):
         "--compare", nargs="*", default=[os.path.join(results, "compare_256x2.json")]
     )
     parser.add_argument("--original", default=os.path.join(results, "original_step.json"))
+    parser.add_argument("--levers", default=os.path.join(results, "levers.json"))
     parser.add_argument("--out", default=os.path.join(HERE, "RESULTS.md"))
     args = parser.parse_args(argv)
     out_dir = os.path.dirname(os.path.abspath(args.out))
@@ -755,6 +777,7 @@ def main(argv=None):
     largest = load(args.largest)
     compares = [d for d in map(load, args.compare) if d]
     original = load(args.original)
+    levers = load(args.levers)
     sources = [(os.path.relpath(p, out_dir), d) for p, d in losses + trains]
     doc = [
         "# Benchmark results",
@@ -780,6 +803,10 @@ def main(argv=None):
             if train
             else ["Not run."]
         ),
+        "",
+        "## Memory levers",
+        "",
+        *(levers_section(levers) if levers else ["Not run (make bench-levers)."]),
         "",
         "## Loss ops",
         "",

@@ -195,12 +195,17 @@ def child_command(mode: str, backend: str, size: int, batch: int, **options) -> 
     return cmd
 
 
-def run_child(backend, size, batch, *, warmup=1, steps=1, form="lowres", guard_gb=None) -> dict:
-    """One `run` child; its JSON result (status "failed" on an allocation error or a crash)."""
+def run_child(
+    backend, size, batch, *, warmup=1, steps=1, form="lowres", guard_gb=None, overrides=None
+) -> dict:
+    """One `run` child; its JSON result (status "failed" on an allocation error or a crash).
+    overrides: config fields (dotted names) the child's trainer changes."""
     guard = DEFAULT_GUARD_GB if guard_gb is None else guard_gb
     cmd = child_command(
         "run", backend, size, batch, warmup=warmup, steps=steps, form=form, guard_gb=guard
     )
+    for key, value in (overrides or {}).items():
+        cmd += ["--set", f"{key}={json.dumps(value)}"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     for line in proc.stdout.splitlines():
         if line.startswith(PROTOCOL):

@@ -291,21 +291,27 @@ def test_training_step_rows_use_train_step_and_fail_alone(monkeypatch):
             value = float("nan") if self.backend == "triton" else 1.0
             return torch.full((6,), value)
 
-    def fake_build(backend, size, batch, form="lowres", device="cpu"):
-        built.append((backend, size, batch, form, device))
+    def fake_build(backend, size, batch, form="lowres", device="cpu", overrides=None):
+        built.append((backend, size, batch, form, device, overrides))
         return FakeTrainer(backend), {"img": torch.zeros(batch, 3, size, size)}
 
     # The fake takes the real build's arguments, so the call is checked against both.
-    inspect.signature(train_step.build).bind("cuda", 32, 2, "lowres", "cpu")
+    inspect.signature(train_step.build).bind("cuda", 32, 2, "lowres", "cpu", {})
     monkeypatch.setattr(train_step, "build", fake_build)
     cases = [
         gpu_bench.Case("train", "train_step", "cuda", 1.0, 32, 2, "no-such-lever"),
         gpu_bench.Case("train", "train_step", "triton", 1.0, 32, 2, "plain"),
         gpu_bench.Case("train", "train_step", "cuda", 1.0, 32, 2, "plain"),
+        gpu_bench.Case("train", "train_step", "cuda", 1.0, 32, 2, "checkpointing+bfloat16"),
     ]
     record = gpu_bench.Record(None, META, cases)
     gpu_bench.run_cases(cpu_bench(lambda step, case: 4.0 + 0 * step()), cases, record)
-    assert built == [("triton", 32, 2, "lowres", "cpu"), ("cuda", 32, 2, "lowres", "cpu")]
+    levers = {"model.activation_checkpointing": "blocks", "precision": "bfloat16"}
+    assert built == [
+        ("triton", 32, 2, "lowres", "cpu", {}),
+        ("cuda", 32, 2, "lowres", "cpu", {}),
+        ("cuda", 32, 2, "lowres", "cpu", levers),
+    ]
     assert record.get(cases[0].key)["error"].startswith("KeyError")
     assert record.get(cases[1].key)["error"].startswith("FloatingPointError: non-finite losses")
     row = record.get("train/plain/32x2/cuda")
@@ -314,3 +320,19 @@ def test_training_step_rows_use_train_step_and_fail_alone(monkeypatch):
     text = gpu_bench.markdown(record.result())
     assert "| plain | cuda | 32 | 2 | 4.0 | 500.0 | | |" in text
     assert "| no-such-lever | cuda | 32 | 2 | failed: KeyError" in text
+
+
+def test_the_memory_levers_run_at_their_target_sizes_after_the_spec_step():
+    cases = [c for c in gpu_bench.plan_cases(TINY, ("train",)) if c.group == "train"]
+    first = len(gpu_bench.TRAIN_BACKENDS)
+    spec_shape = gpu_bench.TRAIN_SHAPES[0]
+    assert all((c.image_size, c.batch) == spec_shape for c in cases[:first])
+    levers = [(c.lever, c.image_size, c.batch, c.impl) for c in cases[first:]]
+    expected = [
+        (lever["name"], size, batch, "cuda")
+        for size, batch in gpu_bench.LEVER_SHAPES
+        for lever in gpu_bench.LEVERS
+    ]
+    assert levers[: len(expected)] == expected
+    assert {"plain", "checkpointing", "checkpointing+bfloat16"} <= {c.lever for c in cases}
+    assert len({c.key for c in cases}) == len(cases)

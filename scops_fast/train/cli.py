@@ -66,6 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
         "newer than the images); without either the semantic loss is not masked",
     )
     data.add_argument("--image-size", type=int, help="training image size (square)")
+    data.add_argument(
+        "--batch-size",
+        help="global batch (short for --set data.batch_size=N), or 'auto': the largest batch, "
+        "with the least activation checkpointing, whose step fits memory_budget_gb (default: "
+        "the whole GPU, or 80%% of the available memory on CPU); found by trial steps on "
+        "CUDA, from a short memory probe on CPU, and printed",
+    )
     parser.add_argument("--no-progress", action="store_true", help="log lines, no progress bar")
     return parser
 
@@ -83,6 +90,12 @@ def data_overrides(args, cfg) -> dict:
     out = {}
     if args.image_size is not None:
         out["data.image_size"] = args.image_size
+    if args.batch_size not in (None, "auto"):
+        if not args.batch_size.isdigit() or int(args.batch_size) < 1:
+            raise ConfigError(
+                f"--batch-size: expected a positive integer or 'auto', got {args.batch_size!r}"
+            )
+        out["data.batch_size"] = int(args.batch_size)
     kind = args.data or cfg.data.dataset
     if args.saliency == "auto" and DATASETS.get(kind, kind) != DATASETS["folder"]:
         # Other data sets would look for a folder named "auto" and find no maps.
@@ -162,6 +175,12 @@ def main(argv=None) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.batch_size == "auto":
+        try:
+            cfg = _auto_batch(cfg, resuming=args.resume and existing.exists())
+        except (ConfigError, RuntimeError) as exc:
+            print(f"scops-train: error: {exc}", file=sys.stderr)
+            return 2
     resume_hint = f"scops-train --out {out} --resume"
     trainer = None
     try:
@@ -192,6 +211,35 @@ def main(argv=None) -> int:
     if trainer.proc.is_main:
         print(summary(trainer, out), file=sys.stderr)
     return 0
+
+
+def _auto_batch(cfg, *, resuming: bool):
+    """cfg with the batch size (and activation checkpointing) --batch-size auto chose."""
+    import os
+
+    import torch
+
+    from scops_fast.train import autobatch
+    from scops_fast.train.data import build_dataset
+
+    if resuming:
+        print("scops-train: --batch-size auto: a resumed run keeps its batch", file=sys.stderr)
+        return cfg
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError(
+            "--batch-size auto: not under torchrun (each process would probe at once); run "
+            "scops-train --batch-size auto without it, stop it after the printed choice, and "
+            "pass --set data.batch_size=<choice x processes>"
+        )
+    device = cfg.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    available = len(build_dataset(cfg.data)) // cfg.data.accumulate
+    chosen, choice = autobatch.resolve(
+        cfg, device, cfg.memory_budget_gb, min(autobatch.MAX_BATCH, available)
+    )
+    print(f"scops-train: {choice.line(cfg.data.image_size)}", file=sys.stderr)
+    return chosen
 
 
 def summary(trainer, out: pathlib.Path) -> str:

@@ -226,6 +226,10 @@ class Config:
     #: native bfloat16/float16 convolutions; elsewhere torch's fallbacks are about 12x slower
     #: than float32 (the trainer warns).
     precision: str = field(default="float32", metadata=_choices("float32", "bfloat16", "float16"))
+    #: Memory for `scops-train --batch-size auto` (GiB): the largest batch, with the least
+    #: activation checkpointing, whose step fits it (scops_fast.train.autobatch). None: the
+    #: whole GPU, or 80% of the memory the OS reports available on CPU.
+    memory_budget_gb: float | None = field(default=None, metadata={"min": 0.01})
     #: torch intra-op threads while training (None: torch's default, one per core). On
     #: a CPU shared with other work, 1 is often faster than several threads waiting
     #: on each other.

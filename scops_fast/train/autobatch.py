@@ -1,0 +1,317 @@
+"""The largest batch for a memory budget (`scops-train --batch-size auto`).
+
+Each activation-checkpointing level ("none", "selective", "blocks": least recomputation
+first) gets the largest batch whose step fits the budget; the choice is the largest
+batch of all, and among levels that reach it, the least checkpointing. So a budget that
+already fits the batch cap (`max_batch`, at most the data set's size) without
+checkpointing gets none.
+
+How a level's largest batch is found:
+- CUDA, by trial, as Lightning's BatchSizeFinder does: real steps at the run's image size
+  (batch doubling, then bisection) with `torch.cuda.max_memory_allocated` against the
+  budget and out-of-memory errors caught.
+- CPU, from a memory model: one child process runs a step at two small batches of
+  `PROBE_SIZE`-pixel images per level and reads its resident high-water mark after each
+  (reset between them through /proc/self/clear_refs). The peak is affine in the batch,
+  and the per-image part scales with the pixels: activations are per pixel. Measured on
+  the DeepLab step (benchmarks/RESULTS.md, "Memory levers"): the slope at 512 px was 3.9x
+  to 4.0x the slope at 256 px. The prediction must stay under `SAFETY` times the budget:
+  the training process also holds its data and data-loader workers, and the resident
+  peak of one step varies a little from step to step.
+
+The probes use random weights of the same shapes (no weight file is read) and random
+images; what they measure is the memory of the configured network, losses, precision and
+accumulation, not of the data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+
+from scops_fast.models.checkpointing import ACTIVATION_CHECKPOINTING
+from scops_fast.train.config import Config, ConfigError, config_from_dict
+
+#: The levels tried, least recomputation first (ties go to the earlier one): "selective"
+#: recomputes BatchNorm and ReLU only, "blocks" every block's forward.
+LEVELS = ("none", "selective", "blocks")
+assert set(LEVELS) == set(ACTIVATION_CHECKPOINTING)
+#: The CPU probe's image size (smaller run images are probed at their own size) and batches.
+PROBE_SIZE = 128
+PROBE_BATCHES = (2, 8)
+#: The share of the budget a CPU prediction may use.
+SAFETY = 0.9
+#: The largest batch considered when nothing else bounds it.
+MAX_BATCH = 1024
+
+
+@dataclasses.dataclass
+class Choice:
+    batch_size: int
+    activation_checkpointing: str
+    #: level -> the largest batch found for it (0: not even one image).
+    per_level: dict[str, int]
+    #: How it was found, for the printed line.
+    method: str
+    budget_gb: float
+
+    def line(self, image_size: int) -> str:
+        others = ", ".join(f"{level} {n}" for level, n in self.per_level.items())
+        return (
+            f"batch size auto: {self.batch_size} images of {image_size}x{image_size} with "
+            f"activation checkpointing {self.activation_checkpointing!r} under "
+            f"{self.budget_gb:g} GiB (largest batch per level: {others}; {self.method})"
+        )
+
+
+def choose(per_level: dict[str, int], max_batch: int) -> tuple[int, str]:
+    """(batch, level): the largest batch (capped at max_batch) and the least
+    checkpointing that reaches it. Raises ConfigError when no level fits one image."""
+    capped = {level: min(n, max_batch) for level, n in per_level.items()}
+    best = max(capped.values(), default=0)
+    if best < 1:
+        raise ConfigError(
+            "memory_budget_gb: not even one image fits, with any activation checkpointing "
+            f"(largest batches: {per_level}); raise the budget or lower data.image_size"
+        )
+    level = next(level for level in LEVELS if capped.get(level, 0) == best)
+    return best, level
+
+
+def largest_by_trial(fits: Callable[[int], bool], max_batch: int) -> int:
+    """The largest b <= max_batch with fits(b), for a `fits` monotone in b: doubling from 1,
+    then bisection between the last batch that fit and the first that did not."""
+    good, bad = 0, max_batch + 1
+    probe = 1
+    while probe < bad:
+        if fits(probe):
+            good = probe
+            probe = min(probe * 2, bad)
+            if probe == bad:
+                break
+        else:
+            bad = probe
+            break
+    while bad - good > 1:
+        mid = (good + bad) // 2
+        if fits(mid):
+            good = mid
+        else:
+            bad = mid
+    return good
+
+
+def per_level_by_trial(fits: Callable[[str, int], bool], max_batch: int) -> dict[str, int]:
+    """level -> largest batch by trial (`fits(level, batch)`), least checkpointing first;
+    the levels after one that reaches max_batch are not tried (they cannot do better)."""
+    per_level = {}
+    for level in LEVELS:
+        per_level[level] = largest_by_trial(lambda b, level=level: fits(level, b), max_batch)
+        if per_level[level] >= max_batch:
+            break
+    return per_level
+
+
+def probe_config(cfg: Config, image_size: int, batch: int, level: str) -> Config:
+    """`cfg` at `image_size` and `batch` with checkpointing `level`, random weights, no
+    reports or evaluation: the same memory per step without reading any file."""
+    changes = {
+        "data.image_size": image_size,
+        "data.batch_size": batch,
+        "model.activation_checkpointing": level,
+        "model.pretrained": None,
+        "features.weights": None,
+        "report": False,
+        "evaluation.enabled": False,
+    }
+    if cfg.features.kind == "vgg19":
+        changes["features.kind"] = "random_vgg19"  # the same network, no weight file
+    return cfg.replace(changes)
+
+
+def probe_step(cfg: Config) -> None:
+    """One training step of `cfg` on random images (its batch size, all of a step)."""
+    import torch
+
+    from scops_fast.train.data import collate
+    from scops_fast.train.trainer import Trainer
+
+    images = cfg.data.batch_size * cfg.data.accumulate
+    size = cfg.data.image_size
+    gen = torch.Generator().manual_seed(0)
+    items = [
+        {"img": torch.rand(3, size, size, generator=gen), "saliency": torch.rand(size, size)}
+        for _ in range(images)
+    ]
+    with tempfile.TemporaryDirectory(prefix="scops-autobatch-") as out:
+        trainer = Trainer(cfg, out, dataset=items, progress=False, tensorboard=False)
+        trainer.train_step(collate(items))
+        if trainer.device.type == "cuda":
+            torch.cuda.synchronize()
+        del trainer
+
+
+# --------------------------------------------------------------------------- CPU
+def _resident_kb() -> dict[str, int]:
+    out = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out[key] = int(value.split()[0])
+    return out
+
+
+def _probe_child(cfg_json: str) -> None:
+    """The CPU probe's child: for each (level, batch), one step, and its resident peak
+    (bytes) as a JSON line on stdout."""
+    import gc
+
+    from scops_fast.train.heap import release_free_heap
+
+    job = json.loads(cfg_json)
+    cfg = config_from_dict(job["config"])
+    for level in job["levels"]:
+        for batch in job["batches"]:
+            gc.collect()
+            release_free_heap()
+            try:
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")  # VmHWM := VmRSS
+            except OSError:
+                pass
+            probe_step(probe_config(cfg, job["size"], batch, level))
+            peak = _resident_kb()["VmHWM"] * 1024
+            print(json.dumps({"level": level, "batch": batch, "peak": peak}), flush=True)
+
+
+def cpu_model(cfg: Config, levels=LEVELS) -> dict[str, tuple[float, float]]:
+    """level -> (intercept, bytes per image at cfg's image size) of the step's resident
+    peak, from one probe child."""
+    size = min(cfg.data.image_size, PROBE_SIZE)
+    job = {
+        "config": cfg.to_dict(),
+        "levels": list(levels),
+        "batches": list(PROBE_BATCHES),
+        "size": size,
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "scops_fast.train.autobatch", json.dumps(job)],
+        capture_output=True,
+        text=True,
+        # The child imports this package from where this one came, installed or not.
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [_root(), _pythonpath()]))},
+    )
+    if done.returncode:
+        tail = " | ".join(done.stderr.strip().splitlines()[-3:])
+        raise RuntimeError(f"batch size auto: the memory probe failed: {tail}")
+    rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    scale = (cfg.data.image_size / size) ** 2
+    model = {}
+    for level in levels:
+        (b0, p0), (b1, p1) = [(r["batch"], r["peak"]) for r in rows if r["level"] == level]
+        slope = max(0.0, (p1 - p0) / (b1 - b0))
+        model[level] = (p0 - slope * b0, slope * scale)
+    return model
+
+
+def _root() -> str:
+    return str(pathlib.Path(__file__).resolve().parents[2])
+
+
+def _pythonpath() -> str | None:
+    return os.environ.get("PYTHONPATH")
+
+
+def choose_cpu(cfg: Config, budget_gb: float, max_batch: int) -> Choice:
+    budget = budget_gb * 2**30 * SAFETY
+    model = cpu_model(cfg)
+    per_level = {
+        level: max(0, math.floor((budget - a) / b)) if b > 0 else max_batch
+        for level, (a, b) in model.items()
+    }
+    batch, level = choose(per_level, max_batch)
+    a, b = model[level]
+    method = (
+        f"CPU memory model from probe steps at batches {PROBE_BATCHES} of "
+        f"{min(cfg.data.image_size, PROBE_SIZE)} px: {a / 2**30:.2f} GiB + "
+        f"{b / 2**30:.3f} GiB per image, predicted peak {(a + b * batch) / 2**30:.2f} GiB, "
+        f"at most {SAFETY:.0%} of the budget"
+    )
+    return Choice(batch, level, per_level, method, budget_gb)
+
+
+# --------------------------------------------------------------------------- CUDA
+def choose_cuda(cfg: Config, budget_gb: float, max_batch: int) -> Choice:
+    import torch
+
+    budget = budget_gb * 2**30
+    trials = []
+
+    def fits(level: str, batch: int) -> bool:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        try:
+            probe_step(probe_config(cfg, cfg.data.image_size, batch, level))
+            ok = torch.cuda.max_memory_allocated() <= budget
+        except torch.cuda.OutOfMemoryError:
+            ok = False
+        trials.append((level, batch, ok))
+        return ok
+
+    per_level = per_level_by_trial(fits, max_batch)
+    torch.cuda.empty_cache()
+    batch, level = choose(per_level, max_batch)
+    return Choice(
+        batch,
+        level,
+        per_level,
+        f"CUDA trials: {len(trials)} steps at {cfg.data.image_size} px, "
+        "torch.cuda.max_memory_allocated against the budget",
+        budget_gb,
+    )
+
+
+def default_budget_gb(device: str) -> float:
+    """The whole GPU, or 80% of the memory the OS calls available."""
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / 2**30
+    with open("/proc/meminfo") as f:
+        info = {line.split(":")[0]: int(line.split()[1]) for line in f}
+    return 0.8 * info["MemAvailable"] / 2**20
+
+
+def resolve(
+    cfg: Config, device: str, budget_gb: float | None = None, max_batch: int | None = None
+) -> tuple[Config, Choice]:
+    """`cfg` with data.batch_size and model.activation_checkpointing chosen for the budget,
+    and the choice (its `line` says what and why)."""
+    if budget_gb is None:
+        budget_gb = default_budget_gb(device)
+    if budget_gb <= 0:
+        raise ConfigError(f"memory_budget_gb: expected a positive number, got {budget_gb!r}")
+    cap = MAX_BATCH if max_batch is None else max_batch
+    if cap < 1:
+        raise ConfigError(f"max_batch: expected at least 1, got {cap!r}")
+    finder = choose_cuda if device == "cuda" else choose_cpu
+    choice = finder(cfg, budget_gb, cap)
+    chosen = cfg.replace(
+        {
+            "data.batch_size": choice.batch_size,
+            "model.activation_checkpointing": choice.activation_checkpointing,
+        }
+    )
+    return chosen, choice
+
+
+if __name__ == "__main__":
+    _probe_child(sys.argv[1])

@@ -1,0 +1,124 @@
+"""`scops-train --batch-size auto`: the largest batch and the least activation
+checkpointing for a memory budget (scops_fast.train.autobatch)."""
+
+import json
+
+import pytest
+from train_helpers import tiny_config
+
+from scops_fast.train import autobatch
+from scops_fast.train.checkpoint import load_checkpoint
+from scops_fast.train.cli import main
+from scops_fast.train.config import ConfigError
+
+
+def test_the_choice_is_the_largest_batch_then_the_least_checkpointing():
+    assert autobatch.choose({"none": 7, "selective": 12, "blocks": 26}, 64) == (26, "blocks")
+    # Capped: every level reaching the cap ties, and the least recomputation wins.
+    assert autobatch.choose({"none": 7, "selective": 12, "blocks": 26}, 10) == (10, "selective")
+    assert autobatch.choose({"none": 40, "selective": 50, "blocks": 60}, 16) == (16, "none")
+    with pytest.raises(ConfigError, match="memory_budget_gb: not even one image fits"):
+        autobatch.choose({"none": 0, "selective": 0, "blocks": 0}, 16)
+
+
+@pytest.mark.parametrize("limit", [0, 1, 2, 3, 5, 8, 13, 31, 32, 33, 100])
+def test_the_trial_search_finds_the_largest_batch_that_fits(limit):
+    tried = []
+
+    def fits(batch):
+        tried.append(batch)
+        return batch <= limit
+
+    assert autobatch.largest_by_trial(fits, 32) == min(limit, 32)
+    assert max(tried) <= 32
+    assert len(tried) <= 2 * 6 + 1  # doubling then bisection: logarithmic in the cap
+
+
+def test_trials_stop_at_the_first_level_that_reaches_the_cap():
+    limits = {"none": 3, "selective": 9, "blocks": 40}
+    tried = []
+
+    def fits(level, batch):
+        tried.append(level)
+        return batch <= limits[level]
+
+    assert autobatch.per_level_by_trial(fits, 16) == {"none": 3, "selective": 9, "blocks": 16}
+    assert autobatch.per_level_by_trial(fits, 8) == {"none": 3, "selective": 8}
+    assert "blocks" in tried
+
+
+def test_probe_configs_read_no_weights_and_keep_what_sets_the_memory():
+    cfg = tiny_config(
+        **{"model.num_parts": 5, "precision": "bfloat16", "data.accumulate": 2, "report": True}
+    ).replace({"features.kind": "vgg19", "features.weights": "some/file.pth"})
+    probe = autobatch.probe_config(cfg, 48, 3, "blocks")
+    assert probe.data.image_size == 48 and probe.data.batch_size == 3
+    assert probe.model.activation_checkpointing == "blocks"
+    assert probe.features.kind == "random_vgg19" and probe.features.weights is None
+    assert probe.model.pretrained is None and probe.report is False
+    assert probe.model.num_parts == 5 and probe.precision == "bfloat16"
+    assert probe.data.accumulate == 2
+
+
+def test_the_cpu_model_comes_from_a_probe_child_and_the_choice_fits_it(monkeypatch):
+    cfg = tiny_config()
+    model = autobatch.cpu_model(cfg)
+    assert set(model) == set(autobatch.LEVELS)
+    for intercept, per_image in model.values():
+        # The child's whole resident set (interpreter, torch) is in the intercept.
+        assert intercept > 50 * 2**20 and per_image >= 0
+    monkeypatch.setattr(autobatch, "cpu_model", lambda cfg: model)
+    budget_gb = 3.0
+    chosen, choice = autobatch.resolve(cfg, "cpu", budget_gb, max_batch=10_000)
+    a, b = model[choice.activation_checkpointing]
+    assert a + b * choice.batch_size <= autobatch.SAFETY * budget_gb * 2**30
+    assert chosen.data.batch_size == choice.batch_size
+    assert chosen.model.activation_checkpointing == choice.activation_checkpointing
+    assert "CPU memory model" in choice.line(cfg.data.image_size)
+
+
+def test_the_model_scales_the_per_image_memory_with_the_pixels(monkeypatch):
+    def fake_run(cmd, **kwargs):
+        job = json.loads(cmd[-1])
+        lines = [
+            json.dumps({"level": level, "batch": b, "peak": 1000 + 10 * b})
+            for level in job["levels"]
+            for b in job["batches"]
+        ]
+        assert job["size"] == autobatch.PROBE_SIZE
+        return type("Done", (), {"returncode": 0, "stdout": "\n".join(lines), "stderr": ""})()
+
+    monkeypatch.setattr(autobatch.subprocess, "run", fake_run)
+    model = autobatch.cpu_model(tiny_config(**{"data.image_size": 4 * autobatch.PROBE_SIZE}))
+    assert model["none"] == pytest.approx((1000.0, 10.0 * 16))
+
+
+def test_budget_errors_name_the_field():
+    with pytest.raises(ConfigError, match="memory_budget_gb: expected a positive number"):
+        autobatch.resolve(tiny_config(), "cpu", budget_gb=0.0)
+    with pytest.raises(ConfigError, match="memory_budget_gb: expected at least"):
+        tiny_config(memory_budget_gb=0.0)
+
+
+def test_scops_train_batch_size_auto_prints_the_choice_and_trains_with_it(
+    tmp_path, capsys, monkeypatch
+):
+    # The data set (8 images) caps the batch; a generous budget reaches it without
+    # checkpointing. The model is faked here (its real probe is tested above).
+    monkeypatch.setattr(
+        autobatch, "cpu_model", lambda cfg: {level: (1e8, 1e6) for level in autobatch.LEVELS}
+    )
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(tiny_config(memory_budget_gb=4.0).to_dict()))
+    out = tmp_path / "out"
+    argv = ["--config", str(config), "--steps", "1", "--out", str(out), "--no-progress"]
+    assert main(argv + ["--batch-size", "auto"]) == 0
+    err = capsys.readouterr().err
+    assert "batch size auto: 8 images of 32x32 with activation checkpointing 'none'" in err
+    saved = load_checkpoint(out)["config"]
+    assert saved["data"]["batch_size"] == 8
+    assert saved["model"]["activation_checkpointing"] == "none"
+    assert main(argv + ["--overwrite", "--batch-size", "three"]) == 2
+    assert "--batch-size: expected a positive integer or 'auto', got 'three'" in (
+        capsys.readouterr().err
+    )
