@@ -111,7 +111,10 @@ def search(row: dict, ran: list, refused: list, prediction: int, args) -> None:
         row.setdefault("search", []).append(run)
         if _fits(run, cap_mb):
             good = run
-            probe, step = probe + step, step * 2  # the next batch, then wider steps up
+            if bad:  # bisect between the two
+                probe = good["batch"] + max(1, (bad["batch"] - good["batch"]) // 2)
+            else:  # the next batch, then wider steps up
+                probe, step = probe + step, step * 2
         else:
             bad = run
             probe = (good["batch"] if good else 0) + max(

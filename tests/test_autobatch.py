@@ -62,12 +62,12 @@ def test_probe_configs_read_no_weights_and_keep_what_sets_the_memory():
 
 def test_the_cpu_model_comes_from_a_probe_child_and_the_choice_fits_it(monkeypatch):
     cfg = tiny_config()
-    model = autobatch.cpu_model(cfg)
+    model = autobatch.cpu_model(cfg)  # no budget: no probe is refused
     assert set(model) == set(autobatch.LEVELS)
     for intercept, per_image in model.values():
         # The child's whole resident set (interpreter, torch) is in the intercept.
         assert intercept > 50 * 2**20 and per_image >= 0
-    monkeypatch.setattr(autobatch, "cpu_model", lambda cfg: model)
+    monkeypatch.setattr(autobatch, "cpu_model", lambda cfg, budget: model)
     budget_gb = 3.0
     chosen, choice = autobatch.resolve(cfg, "cpu", budget_gb, max_batch=10_000)
     a, b = model[choice.activation_checkpointing]
@@ -77,20 +77,34 @@ def test_the_cpu_model_comes_from_a_probe_child_and_the_choice_fits_it(monkeypat
     assert "CPU memory model" in choice.line(cfg.data.image_size)
 
 
-def test_the_model_scales_the_per_image_memory_with_the_pixels(monkeypatch):
+def test_a_refused_probe_bounds_its_level_and_the_others_come_from_their_fits(monkeypatch):
+    jobs = []
+
     def fake_run(cmd, **kwargs):
         job = json.loads(cmd[-1])
-        lines = [
-            json.dumps({"level": level, "batch": b, "peak": 1000 + 10 * b})
-            for level in job["levels"]
-            for b in job["batches"]
-        ]
-        assert job["size"] == autobatch.PROBE_SIZE
-        return type("Done", (), {"returncode": 0, "stdout": "\n".join(lines), "stderr": ""})()
+        jobs.append(job)
+        gib = 2**30
+        rows = {
+            # 1 GiB + 2 GiB per image: 3 images under 0.9 x 8 GiB.
+            "none": [{"batch": 1, "peak": 3 * gib}, {"batch": 2, "peak": 5 * gib}],
+            # 1 GiB + 0.5 GiB per image: 12 images.
+            "selective": [{"batch": 1, "peak": 1.5 * gib}, {"batch": 2, "peak": 2 * gib}],
+            # Its second probe batch refused under the cap: 1 image at most.
+            "blocks": [{"batch": 1, "peak": 7 * gib}, {"batch": 2, "refused": True}],
+        }[job["level"]]
+        out = "\n".join(json.dumps(r) for r in rows)
+        return type("Done", (), {"returncode": 0, "stdout": out, "stderr": ""})()
 
     monkeypatch.setattr(autobatch.subprocess, "run", fake_run)
-    model = autobatch.cpu_model(tiny_config(**{"data.image_size": 4 * autobatch.PROBE_SIZE}))
-    assert model["none"] == pytest.approx((1000.0, 10.0 * 16))
+    cfg = tiny_config(**{"data.image_size": 96})
+    chosen, choice = autobatch.resolve(cfg, "cpu", budget_gb=8.0, max_batch=64)
+    assert choice.per_level == {"none": 3, "selective": 12, "blocks": 1}
+    assert (choice.batch_size, choice.activation_checkpointing) == (12, "selective")
+    # Each level probed at the run's own size, its child capped at the budget.
+    assert [j["level"] for j in jobs] == list(autobatch.LEVELS)
+    assert {j["config"]["data"]["image_size"] for j in jobs} == {96}
+    assert {j["budget"] for j in jobs} == {8.0 * 2**30}
+    assert "of 96 px" in choice.line(96)
 
 
 def test_budget_errors_name_the_field():
@@ -106,7 +120,9 @@ def test_scops_train_batch_size_auto_prints_the_choice_and_trains_with_it(
     # The data set (8 images) caps the batch; a generous budget reaches it without
     # checkpointing. The model is faked here (its real probe is tested above).
     monkeypatch.setattr(
-        autobatch, "cpu_model", lambda cfg: {level: (1e8, 1e6) for level in autobatch.LEVELS}
+        autobatch,
+        "cpu_model",
+        lambda cfg, budget: {level: (1e8, 1e6) for level in autobatch.LEVELS},
     )
     config = tmp_path / "tiny.json"
     config.write_text(json.dumps(tiny_config(memory_budget_gb=4.0).to_dict()))

@@ -10,14 +10,16 @@ How a level's largest batch is found:
 - CUDA, by trial, as Lightning's BatchSizeFinder does: real steps at the run's image size
   (batch doubling, then bisection) with `torch.cuda.max_memory_allocated` against the
   budget and out-of-memory errors caught.
-- CPU, from a memory model: one child process runs a step at two small batches of
-  `PROBE_SIZE`-pixel images per level and reads its resident high-water mark after each
-  (reset between them through /proc/self/clear_refs). The peak is affine in the batch,
-  and the per-image part scales with the pixels: activations are per pixel. Measured on
-  the DeepLab step (benchmarks/RESULTS.md, "Memory levers"): the slope at 512 px was 3.9x
-  to 4.0x the slope at 256 px. The prediction must stay under `SAFETY` times the budget:
-  the training process also holds its data and data-loader workers, and the resident
-  peak of one step varies a little from step to step.
+- CPU, from a memory model: for each level a child process runs one step at batches 1 and
+  2 of the run's own image size and reads its resident high-water mark after each (reset
+  between them through /proc/self/clear_refs); the peak is affine in the batch. The
+  probes run at the run's size because the per-image memory does not scale with the
+  pixels: with block checkpointing it was 137 MB at 256 px and 802 MB at 512 px
+  (5.9x for 4x the pixels; benchmarks/RESULTS.md, "Memory levers"). A child's address
+  space is capped at the budget, so a probe batch that does not fit is refused, not
+  swapped: that level's largest batch is then below it. The prediction must stay under
+  `SAFETY` times the budget: the training process also holds its data and data-loader
+  workers, and the resident peak varies a little from step to step.
 
 The probes use random weights of the same shapes (no weight file is read) and random
 images; what they measure is the memory of the configured network, losses, precision and
@@ -43,9 +45,8 @@ from scops_fast.train.config import Config, ConfigError, config_from_dict
 #: recomputes BatchNorm and ReLU only, "blocks" every block's forward.
 LEVELS = ("none", "selective", "blocks")
 assert set(LEVELS) == set(ACTIVATION_CHECKPOINTING)
-#: The CPU probe's image size (smaller run images are probed at their own size) and batches.
-PROBE_SIZE = 128
-PROBE_BATCHES = (2, 8)
+#: The CPU probe's batches (at the run's image size).
+PROBE_BATCHES = (1, 2)
 #: The share of the budget a CPU prediction may use.
 SAFETY = 0.9
 #: The largest batch considered when nothing else bounds it.
@@ -159,49 +160,58 @@ def probe_step(cfg: Config) -> None:
 
 
 # --------------------------------------------------------------------------- CPU
-def _resident_kb() -> dict[str, int]:
+def _probe_child(job_json: str) -> None:
+    """The CPU probe's child: for each batch, one step of `level`, and its resident peak
+    (bytes) as a JSON line on stdout; a batch refused by the address-space cap ends it."""
+    import gc
+    import resource
+
+    from scops_fast.train.heap import release_free_heap
+
+    job = json.loads(job_json)
+    cfg = config_from_dict(job["config"])
+    if job["budget"]:
+        now = _status_kb()
+        extra = max(0, job["budget"] - now["VmRSS"] * 1024)
+        limit = now["VmSize"] * 1024 + extra
+        resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
+    for batch in job["batches"]:
+        gc.collect()
+        release_free_heap()
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # VmHWM := VmRSS
+        except OSError:
+            pass
+        try:
+            probe_step(probe_config(cfg, cfg.data.image_size, batch, job["level"]))
+        except (MemoryError, RuntimeError) as exc:
+            # Under the cap, torch's allocator and oneDNN's primitives fail to allocate.
+            text = str(exc).lower()
+            if not isinstance(exc, MemoryError) and not (
+                "allocate" in text or "could not create a primitive" in text
+            ):
+                raise
+            print(json.dumps({"batch": batch, "refused": True}), flush=True)
+            return
+        peak = _status_kb()["VmHWM"] * 1024
+        print(json.dumps({"batch": batch, "peak": peak}), flush=True)
+
+
+def _status_kb() -> dict[str, int]:
     out = {}
     with open("/proc/self/status") as f:
         for line in f:
             key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
+            if key.startswith("Vm"):
                 out[key] = int(value.split()[0])
     return out
 
 
-def _probe_child(cfg_json: str) -> None:
-    """The CPU probe's child: for each (level, batch), one step, and its resident peak
-    (bytes) as a JSON line on stdout."""
-    import gc
-
-    from scops_fast.train.heap import release_free_heap
-
-    job = json.loads(cfg_json)
-    cfg = config_from_dict(job["config"])
-    for level in job["levels"]:
-        for batch in job["batches"]:
-            gc.collect()
-            release_free_heap()
-            try:
-                with open("/proc/self/clear_refs", "w") as f:
-                    f.write("5")  # VmHWM := VmRSS
-            except OSError:
-                pass
-            probe_step(probe_config(cfg, job["size"], batch, level))
-            peak = _resident_kb()["VmHWM"] * 1024
-            print(json.dumps({"level": level, "batch": batch, "peak": peak}), flush=True)
-
-
-def cpu_model(cfg: Config, levels=LEVELS) -> dict[str, tuple[float, float]]:
-    """level -> (intercept, bytes per image at cfg's image size) of the step's resident
-    peak, from one probe child."""
-    size = min(cfg.data.image_size, PROBE_SIZE)
-    job = {
-        "config": cfg.to_dict(),
-        "levels": list(levels),
-        "batches": list(PROBE_BATCHES),
-        "size": size,
-    }
+def probe_level(cfg: Config, level: str, budget: float | None) -> list[dict]:
+    """The probe child's rows for `level`: {"batch", "peak"} or {"batch", "refused"}."""
+    job = {"config": cfg.to_dict(), "level": level, "batches": list(PROBE_BATCHES)}
+    job["budget"] = budget
     done = subprocess.run(
         [sys.executable, "-m", "scops_fast.train.autobatch", json.dumps(job)],
         capture_output=True,
@@ -209,16 +219,27 @@ def cpu_model(cfg: Config, levels=LEVELS) -> dict[str, tuple[float, float]]:
         # The child imports this package from where this one came, installed or not.
         env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [_root(), _pythonpath()]))},
     )
+    rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode:
         tail = " | ".join(done.stderr.strip().splitlines()[-3:])
-        raise RuntimeError(f"batch size auto: the memory probe failed: {tail}")
-    rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
-    scale = (cfg.data.image_size / size) ** 2
+        raise RuntimeError(f"batch size auto: the memory probe ({level}) failed: {tail}")
+    return rows
+
+
+def cpu_model(cfg: Config, budget: float | None = None, levels=LEVELS) -> dict:
+    """level -> (intercept, bytes per image) of the step's resident peak, or the largest
+    probe batch that ran (an int, maybe 0) where a probe batch was refused under `budget`
+    bytes."""
     model = {}
     for level in levels:
-        (b0, p0), (b1, p1) = [(r["batch"], r["peak"]) for r in rows if r["level"] == level]
+        rows = probe_level(cfg, level, budget)
+        ran = [(r["batch"], r["peak"]) for r in rows if "peak" in r]
+        if len(ran) < len(PROBE_BATCHES):
+            model[level] = max((b for b, _ in ran), default=0)
+            continue
+        (b0, p0), (b1, p1) = ran
         slope = max(0.0, (p1 - p0) / (b1 - b0))
-        model[level] = (p0 - slope * b0, slope * scale)
+        model[level] = (p0 - slope * b0, slope)
     return model
 
 
@@ -232,18 +253,25 @@ def _pythonpath() -> str | None:
 
 def choose_cpu(cfg: Config, budget_gb: float, max_batch: int) -> Choice:
     budget = budget_gb * 2**30 * SAFETY
-    model = cpu_model(cfg)
-    per_level = {
-        level: max(0, math.floor((budget - a) / b)) if b > 0 else max_batch
-        for level, (a, b) in model.items()
-    }
+    model = cpu_model(cfg, budget_gb * 2**30)
+    per_level = {}
+    for level, fit in model.items():
+        if isinstance(fit, int):
+            per_level[level] = fit  # a probe batch was refused: the largest one that ran
+        else:
+            a, b = fit
+            per_level[level] = max(0, math.floor((budget - a) / b)) if b > 0 else max_batch
     batch, level = choose(per_level, max_batch)
-    a, b = model[level]
+    fit = model[level]
+    how = (
+        f"{fit[0] / 2**30:.2f} GiB + {fit[1] / 2**30:.3f} GiB per image, predicted peak "
+        f"{(fit[0] + fit[1] * batch) / 2**30:.2f} GiB, at most {SAFETY:.0%} of the budget"
+        if not isinstance(fit, int)
+        else "a probe batch above it was refused"
+    )
     method = (
         f"CPU memory model from probe steps at batches {PROBE_BATCHES} of "
-        f"{min(cfg.data.image_size, PROBE_SIZE)} px: {a / 2**30:.2f} GiB + "
-        f"{b / 2**30:.3f} GiB per image, predicted peak {(a + b * batch) / 2**30:.2f} GiB, "
-        f"at most {SAFETY:.0%} of the budget"
+        f"{cfg.data.image_size} px: {how}"
     )
     return Choice(batch, level, per_level, method, budget_gb)
 
