@@ -122,6 +122,9 @@ bench-levers: install
 	mkdir -p $(BENCH_OUT)
 	$(PY) benchmarks/train_levers.py --sizes 256,512,768,1024 --confirm-sizes 512,1024 \
 		--cap-gb $(BENCH_CAP_GB) --out $(BENCH_OUT)/levers.json
+	$(PY) benchmarks/train_levers.py --levers selective --sizes 256,512 --confirm-sizes '' \
+		--cap-gb $(BENCH_CAP_GB) --out $(BENCH_OUT)/levers.json --append
+	$(PY) benchmarks/report.py
 
 # The CPU kernels' two x86-64 builds timed one after the other (concentration at B=16 and
 # the dense semantic loss at B=2, with eager, torch.compile and a copy): about 1 minute.

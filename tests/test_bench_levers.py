@@ -78,3 +78,22 @@ def test_sizes_not_confirmed_are_predictions_and_the_table_reads_them(monkeypatc
     assert runs == [2, 4, 2, 4] and {r["status"] for r in rows} == {"predicted"}
     text = train_levers.table({"cap_gb": 16.0, "rows": rows})
     assert "| 256x256 | none | 21 | predicted | - | 0.684 | 2.00 | 1.00x | - |" in text
+
+
+def test_append_keeps_the_other_rows_and_replaces_the_remeasured(monkeypatch, tmp_path):
+    fake_runs(monkeypatch, limit=21)
+    out = str(tmp_path / "levers.json")
+    first = train_levers.main(["--sizes", "256", "--confirm-sizes", "", "--out", out])
+    assert [r["lever"] for r in first["rows"]] == list(train_levers.DEFAULT_LEVERS)
+    common = ["--sizes", "256", "--confirm-sizes", "", "--out", out, "--append"]
+    both = train_levers.main(["--levers", "selective,none", *common])
+    assert sorted(r["lever"] for r in both["rows"]) == sorted(
+        [*train_levers.DEFAULT_LEVERS, "selective"]
+    )
+    table = train_levers.table(both).splitlines()
+    assert [line.split(" | ")[1] for line in table[2:]] == [
+        "none",
+        "selective",
+        "checkpointing",
+        "checkpointing+bfloat16",
+    ]
