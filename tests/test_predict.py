@@ -70,3 +70,21 @@ def test_an_original_snapshot_and_bad_arguments(tmp_path, capsys):
     missing = ["--checkpoint", str(snapshot), "--images", str(tmp_path / "no"), "--out", "o"]
     assert main(missing) == 2
     assert "is not a folder" in capsys.readouterr().err
+
+
+def test_a_missing_gpu_and_a_file_as_out_are_named(tmp_path, capsys, monkeypatch):
+    folder = tmp_path / "one"
+    folder.mkdir()
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(folder / "x.png")
+    # No model is loaded for either: the checkpoint need not exist.
+    argv = ["--checkpoint", str(tmp_path / "nothing"), "--images", str(folder)]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(argv + ["--out", str(tmp_path / "o"), "--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("scops-predict: error: --device: 'cuda' asked for, but torch sees no")
+    assert not (tmp_path / "o").exists()
+    afile = tmp_path / "afile.txt"
+    afile.write_text("notes")
+    assert main(argv + ["--out", str(afile)]) == 2
+    assert f"--out: {afile} is a file; name a folder" in capsys.readouterr().err
+    assert afile.read_text() == "notes"

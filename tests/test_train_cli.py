@@ -194,3 +194,24 @@ def test_the_same_data_set_keeps_its_arguments(tmp_path):
     assert cub.data.args == {"root": "/data/CUB", "split": "train"}
     assert cub.evaluation.enabled
     assert cub.evaluation.test_args == {"root": "/data/CUB", "split": "test"}
+
+
+def test_a_missing_gpu_and_a_file_as_out_are_one_line_before_anything_is_written(
+    tmp_path, capsys, monkeypatch
+):
+    import torch
+
+    config = write_config(tmp_path)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "run"
+    assert main(["--config", str(config), "--out", str(out), "--set", "device=cuda"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("scops-train: error: device: 'cuda' asked for, but torch sees no CUDA")
+    assert "Traceback" not in err and not out.exists()
+    afile = tmp_path / "afile.txt"
+    afile.write_text("notes")
+    assert main(["--config", str(config), "--out", str(afile)]) == 2
+    assert (
+        capsys.readouterr().err == f"scops-train: error: --out: {afile} is a file; name a folder\n"
+    )
+    assert afile.read_text() == "notes"

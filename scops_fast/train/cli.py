@@ -167,6 +167,9 @@ def main(argv=None) -> int:
     from scops_fast.train.trainer import Trainer, TrainingInterrupted
 
     out = pathlib.Path(args.out or pathlib.Path("runs") / cfg.name)
+    if out.exists() and not out.is_dir():
+        print(f"scops-train: error: --out: {out} is a file; name a folder", file=sys.stderr)
+        return 2
     existing = out / CHECKPOINT_NAME
     if existing.exists() and not (args.resume or args.overwrite):
         print(

@@ -28,7 +28,14 @@ def pick_device(preference: str, local_rank: int = 0) -> torch.device:
     if preference == "cpu" or (preference == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' asked for, but torch sees no CUDA device")
+        from scops_fast.train.config import ConfigError
+
+        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "CPU only"
+        raise ConfigError(
+            f"device: 'cuda' asked for, but torch sees no CUDA device on this machine (torch "
+            f"{torch.__version__}, built for {build}); use device 'auto' (a GPU when there is "
+            "one) or 'cpu', e.g. --set device=auto"
+        )
     torch.cuda.set_device(local_rank)
     return torch.device("cuda", local_rank)
 

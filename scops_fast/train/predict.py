@@ -132,6 +132,14 @@ def main(argv=None) -> int:
     try:
         if not images.is_dir():
             raise FileNotFoundError(f"--images: {images} is not a folder")
+        out = pathlib.Path(args.out)
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out: {out} is a file; name a folder")
+        if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(
+                f"--device: {args.device!r} asked for, but torch sees no CUDA device on this "
+                "machine; use --device cpu"
+            )
         crf = None
         if args.crf:
             from scops_fast.train.crf import INSTALL_HINT, CRFParams, crf_available
@@ -141,7 +149,6 @@ def main(argv=None) -> int:
                 raise ValueError(f"--crf: {INSTALL_HINT}")
             crf = CRFParams()
         net, kind = load_any_model(args.checkpoint, args.device)
-        out = pathlib.Path(args.out)
         with torch.no_grad():
             done = predict_folder(net, images, out, progress=not args.no_progress, crf=crf)
     except (FileNotFoundError, ValueError) as exc:
