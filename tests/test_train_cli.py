@@ -215,3 +215,24 @@ def test_a_missing_gpu_and_a_file_as_out_are_one_line_before_anything_is_written
         capsys.readouterr().err == f"scops-train: error: --out: {afile} is a file; name a folder\n"
     )
     assert afile.read_text() == "notes"
+
+
+def test_an_empty_folder_and_too_few_images_say_what_to_do(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    config = write_config(tmp_path)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = tmp_path / "run"
+    common = ["--config", str(config), "--data", "folder", "--out", str(out)]
+    assert main([*common, "--root", str(empty)]) == 2
+    assert "data: the data set holds no images" in capsys.readouterr().err
+    few = tmp_path / "few"
+    few.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(few / f"{i}.png")
+    assert main([*common, "--root", str(few), "--set", "data.batch_size=5"]) == 2
+    err = capsys.readouterr().err
+    assert "data.batch_size: 5 is larger than the data set (3 images); lower it, e.g. " in err
+    assert "--set data.batch_size=3" in err and not out.exists()

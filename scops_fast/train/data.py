@@ -100,10 +100,11 @@ def dataset_from_spec(name: str, args: dict, image_size: int, option: str = "dat
     except TypeError as exc:
         raise ConfigError(f"{option} do not fit {name!r}: {exc}") from None
     except FileNotFoundError as exc:
-        missing = exc.filename or str(exc)
         layout = expected_layout(factory)
         hint = f"; expected under the root: {layout}" if layout else ""
-        raise ConfigError(f"data set {name!r}: {missing} is missing{hint}") from None
+        # A message that already says what is wrong (no file name) is kept as it is.
+        what = f"{exc.filename} is missing" if exc.filename else str(exc)
+        raise ConfigError(f"data set {name!r}: {what}{hint}") from None
 
 
 def expected_layout(factory) -> str:
@@ -146,9 +147,18 @@ class GlobalBatchOrder:
                 f"{world_size} processes"
             )
         step_images = global_batch * accumulate
+        if n == 0:
+            raise ConfigError(
+                "data: the data set holds no images (for a folder: no image files were found "
+                "under its root)"
+            )
         if n < step_images:
             what = "data.batch_size" if accumulate == 1 else "data.batch_size x data.accumulate"
-            raise ConfigError(f"{what}: {step_images} is larger than the data set ({n})")
+            fit = max(world_size, n // accumulate // world_size * world_size)
+            raise ConfigError(
+                f"{what}: {step_images} is larger than the data set ({n} images); lower it, "
+                f"e.g. --set data.batch_size={fit}"
+            )
         self.n, self.global_batch, self.seed = n, global_batch, seed
         self.rank, self.world_size, self.accumulate = rank, world_size, accumulate
         self.step_images = step_images

@@ -304,14 +304,6 @@ class Trainer:
         self.dataset = dataset if dataset is not None else build_dataset(cfg.data)
         # Only now, with everything the run needs found: a bad backend, data root or
         # weight path leaves no empty run folder behind.
-        if self.proc.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            if ckpt is None and self.checkpoint_path.exists():
-                warnings.warn(
-                    f"{self.checkpoint_path} exists and will be overwritten (pass resume=True / "
-                    "--resume to continue it)",
-                    stacklevel=2,
-                )
         self.order = GlobalBatchOrder(
             len(self.dataset),
             cfg.data.batch_size,
@@ -320,6 +312,14 @@ class Trainer:
             self.proc.world_size,
             accumulate=cfg.data.accumulate,
         )
+        if self.proc.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            if ckpt is None and self.checkpoint_path.exists():
+                warnings.warn(
+                    f"{self.checkpoint_path} exists and will be overwritten (pass resume=True / "
+                    "--resume to continue it)",
+                    stacklevel=2,
+                )
         self.warp_generator = torch.Generator().manual_seed(cfg.seed + _WARP_SEED)
         self.jitter_generator = torch.Generator().manual_seed(cfg.seed + _JITTER_SEED)
         # Drawn for all images of a step, so that accumulated micro-batches get the draws
