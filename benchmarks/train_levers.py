@@ -151,10 +151,23 @@ def _largest_point(row: dict) -> dict | None:
     return max(ran, key=lambda p: p["batch"]) if ran else None
 
 
+def _timed(row: dict) -> dict | None:
+    """The run whose seconds the table shows: the confirming one, else the largest fit batch."""
+    return row.get("confirm") or _largest_point(row)
+
+
+def _status(row: dict) -> str:
+    refused = [p["batch"] for p in row["points"] if p["status"] != "ok"]
+    if row["status"] == "predicted" and "fit_mb" not in row and refused:
+        # A fit batch was refused at a size that is not searched: a bound, not a fit.
+        return f"at least {row['largest_batch']}; batch {refused[0]} refused (not searched)"
+    return row["status"]
+
+
 def table(result: dict) -> str:
     """The Markdown table of RESULTS.md."""
     rows = result["rows"]
-    base = {r["size"]: seconds_per_image(_largest_point(r)) for r in rows if r["lever"] == "none"}
+    base = {r["size"]: seconds_per_image(_timed(r)) for r in rows if r["lever"] == "none"}
     out = [
         f"| size | lever | largest batch under {result['cap_gb']:g} GiB | status | "
         "peak GiB (run) | GiB/image (fit) | s/image | vs no lever (s/image) | next batch |",
@@ -164,8 +177,7 @@ def table(result: dict) -> str:
     for r in sorted(rows, key=lambda r: (r["size"], order.index(r["lever"]))):
         confirm, over = r.get("confirm"), r.get("over")
         per_image = r.get("fit_mb", {}).get("per_image")
-        timed = confirm or _largest_point(r)
-        spi = seconds_per_image(timed)
+        spi = seconds_per_image(_timed(r))
         ratio = spi / base[r["size"]] if spi and base.get(r["size"]) else None
         out.append(
             "| {size}x{size} | {lever} | {best} | {status} | {peak} | {slope} | {spi} | "
@@ -173,7 +185,7 @@ def table(result: dict) -> str:
                 size=r["size"],
                 lever=r["lever"],
                 best=r.get("largest_batch") if r.get("largest_batch") is not None else "-",
-                status=r["status"],
+                status=_status(r),
                 peak=f"{confirm['hwm_mb'] / 1024:.2f}" if confirm else "-",
                 slope=f"{per_image / 1024:.3f}" if per_image else "-",
                 spi=f"{spi:.2f}" if spi else "-",

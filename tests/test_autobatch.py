@@ -62,7 +62,8 @@ def test_probe_configs_read_no_weights_and_keep_what_sets_the_memory():
 
 def test_the_cpu_model_comes_from_a_probe_child_and_the_choice_fits_it(monkeypatch):
     cfg = tiny_config()
-    model = autobatch.cpu_model(cfg)  # no budget: no probe is refused
+    # Capped at a budget far above the tiny network's step: the guard is set, nothing refused.
+    model = autobatch.cpu_model(cfg, budget=8.0 * 2**30)
     assert set(model) == set(autobatch.LEVELS)
     for intercept, per_image in model.values():
         # The child's whole resident set (interpreter, torch) is in the intercept.
@@ -102,9 +103,30 @@ def test_a_refused_probe_bounds_its_level_and_the_others_come_from_their_fits(mo
     assert (choice.batch_size, choice.activation_checkpointing) == (12, "selective")
     # Each level probed at the run's own size, its child capped at the budget.
     assert [j["level"] for j in jobs] == list(autobatch.LEVELS)
-    assert {j["config"]["data"]["image_size"] for j in jobs} == {96}
+    assert {j["size"] for j in jobs} == {96}
     assert {j["budget"] for j in jobs} == {8.0 * 2**30}
     assert "of 96 px" in choice.line(96)
+
+
+def test_above_the_largest_probe_size_the_per_image_memory_is_scaled(monkeypatch):
+    sizes = []
+
+    def fake_run(cmd, **kwargs):
+        job = json.loads(cmd[-1])
+        sizes.append(job["size"])
+        rows = [{"batch": 1, "peak": 1000 + 10}, {"batch": 2, "peak": 1000 + 20}]
+        if job["level"] == "blocks":
+            rows[1] = {"batch": 2, "refused": True}
+        out = "\n".join(json.dumps(r) for r in rows)
+        return type("Done", (), {"returncode": 0, "stdout": out, "stderr": ""})()
+
+    monkeypatch.setattr(autobatch.subprocess, "run", fake_run)
+    size = 2 * autobatch.PROBE_MAX_SIZE
+    model = autobatch.cpu_model(tiny_config(**{"data.image_size": size}), budget=1e9)
+    assert set(sizes) == {autobatch.PROBE_MAX_SIZE}
+    assert model["none"] == pytest.approx((1000.0, 40.0))
+    # Refused at the probe's smaller size: nothing is known to fit at the run's.
+    assert model["blocks"] == 0
 
 
 def test_budget_errors_name_the_field():
@@ -138,3 +160,31 @@ def test_scops_train_batch_size_auto_prints_the_choice_and_trains_with_it(
     assert "--batch-size: expected a positive integer or 'auto', got 'three'" in (
         capsys.readouterr().err
     )
+
+
+def test_the_batch_chosen_on_cpu_runs_under_the_budget():
+    """The whole CPU path: probes, model, choice, then the chosen step itself in a fresh
+    child, capped at the budget, whose resident peak must stay under it."""
+    import subprocess
+    import sys
+
+    cfg = tiny_config()
+    budget_gb = 1.25
+    chosen, choice = autobatch.resolve(cfg, "cpu", budget_gb, max_batch=100_000)
+    assert choice.batch_size > 8  # the budget holds far more than the tiny data set
+    job = {
+        "config": cfg.to_dict(),
+        "level": choice.activation_checkpointing,
+        "batches": [choice.batch_size],
+        "size": cfg.data.image_size,
+        "budget": budget_gb * 2**30,
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "scops_fast.train.autobatch", json.dumps(job)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    (row,) = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert "peak" in row, row  # not refused under the budget's cap
+    assert row["peak"] <= budget_gb * 2**30, (row["peak"] / 2**30, choice.line(32))

@@ -10,16 +10,18 @@ How a level's largest batch is found:
 - CUDA, by trial, as Lightning's BatchSizeFinder does: real steps at the run's image size
   (batch doubling, then bisection) with `torch.cuda.max_memory_allocated` against the
   budget and out-of-memory errors caught.
-- CPU, from a memory model: for each level a child process runs one step at batches 1 and
-  2 of the run's own image size and reads its resident high-water mark after each (reset
-  between them through /proc/self/clear_refs); the peak is affine in the batch. The
-  probes run at the run's size because the per-image memory does not scale with the
-  pixels: with block checkpointing it was 137 MB at 256 px and 802 MB at 512 px
-  (5.9x for 4x the pixels; benchmarks/RESULTS.md, "Memory levers"). A child's address
-  space is capped at the budget, so a probe batch that does not fit is refused, not
-  swapped: that level's largest batch is then below it. The prediction must stay under
-  `SAFETY` times the budget: the training process also holds its data and data-loader
-  workers, and the resident peak varies a little from step to step.
+- CPU, from a memory model: for each level a child process runs one step at two batches
+  (`probe_batches`) and reads its resident high-water mark after each (reset between them through
+  /proc/self/clear_refs); the peak is affine in the batch. The probes run at the run's own
+  image size up to `PROBE_MAX_SIZE` pixels; above it at that size, with the per-image part
+  scaled by the pixels (measured on the DeepLab step by `make bench-levers`, fits at
+  batches 2 and 4: the per-image memory grew 4.0x to 4.1x from 256 to 512 px and from 512
+  to 1024 px with block checkpointing, and the 1024 px batch it predicts ran). A child's
+  address space is capped at the budget, so a probe batch that does not fit is refused,
+  not swapped: that level's largest batch is then below it (and 0 when the probe ran at a
+  smaller size than the run's). The prediction must stay under `SAFETY` times the budget:
+  the training process also holds its data and data-loader workers, and the resident peak
+  varies a little from step to step.
 
 The probes use random weights of the same shapes (no weight file is read) and random
 images; what they measure is the memory of the configured network, losses, precision and
@@ -45,8 +47,12 @@ from scops_fast.train.config import Config, ConfigError, config_from_dict
 #: recomputes BatchNorm and ReLU only, "blocks" every block's forward.
 LEVELS = ("none", "selective", "blocks")
 assert set(LEVELS) == set(ACTIVATION_CHECKPOINTING)
-#: The CPU probe's batches (at the run's image size).
-PROBE_BATCHES = (1, 2)
+#: The CPU probe's largest image size (a 1024 px probe of three levels would take about ten
+#: minutes on two cores); its batches hold about as many pixels as one and two images of
+#: that size, so that the per-image memory stands out of the allocator's granularity: at
+#: batches 1 and 2 of 64 px images the demo network's per-image memory came out 2 MB, and
+#: the batch chosen from it peaked 10 % above the budget.
+PROBE_MAX_SIZE = 512
 #: The share of the budget a CPU prediction may use.
 SAFETY = 0.9
 #: The largest batch considered when nothing else bounds it.
@@ -173,7 +179,7 @@ def _probe_child(job_json: str) -> None:
     if job["budget"]:
         now = _status_kb()
         extra = max(0, job["budget"] - now["VmRSS"] * 1024)
-        limit = now["VmSize"] * 1024 + extra
+        limit = int(now["VmSize"] * 1024 + extra)
         resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
     for batch in job["batches"]:
         gc.collect()
@@ -184,7 +190,7 @@ def _probe_child(job_json: str) -> None:
         except OSError:
             pass
         try:
-            probe_step(probe_config(cfg, cfg.data.image_size, batch, job["level"]))
+            probe_step(probe_config(cfg, job["size"], batch, job["level"]))
         except (MemoryError, RuntimeError) as exc:
             # Under the cap, torch's allocator and oneDNN's primitives fail to allocate.
             text = str(exc).lower()
@@ -210,8 +216,8 @@ def _status_kb() -> dict[str, int]:
 
 def probe_level(cfg: Config, level: str, budget: float | None) -> list[dict]:
     """The probe child's rows for `level`: {"batch", "peak"} or {"batch", "refused"}."""
-    job = {"config": cfg.to_dict(), "level": level, "batches": list(PROBE_BATCHES)}
-    job["budget"] = budget
+    job = {"config": cfg.to_dict(), "level": level, "batches": list(probe_batches(cfg))}
+    job.update(budget=budget, size=probe_size(cfg))
     done = subprocess.run(
         [sys.executable, "-m", "scops_fast.train.autobatch", json.dumps(job)],
         capture_output=True,
@@ -226,20 +232,31 @@ def probe_level(cfg: Config, level: str, budget: float | None) -> list[dict]:
     return rows
 
 
+def probe_size(cfg: Config) -> int:
+    return min(cfg.data.image_size, PROBE_MAX_SIZE)
+
+
+def probe_batches(cfg: Config) -> tuple[int, int]:
+    b = max(1, round((PROBE_MAX_SIZE / probe_size(cfg)) ** 2))
+    return b, 2 * b
+
+
 def cpu_model(cfg: Config, budget: float | None = None, levels=LEVELS) -> dict:
-    """level -> (intercept, bytes per image) of the step's resident peak, or the largest
-    probe batch that ran (an int, maybe 0) where a probe batch was refused under `budget`
-    bytes."""
+    """level -> (intercept, bytes per image at the run's size) of the step's resident peak,
+    or the largest batch known to fit (an int, maybe 0) where a probe batch was refused
+    under `budget` bytes."""
+    scale = (cfg.data.image_size / probe_size(cfg)) ** 2
     model = {}
     for level in levels:
         rows = probe_level(cfg, level, budget)
         ran = [(r["batch"], r["peak"]) for r in rows if "peak" in r]
-        if len(ran) < len(PROBE_BATCHES):
-            model[level] = max((b for b, _ in ran), default=0)
+        if len(ran) < 2:
+            # At the run's size the batches that ran fit; at a smaller one nothing is known.
+            model[level] = max((b for b, _ in ran), default=0) if scale == 1 else 0
             continue
         (b0, p0), (b1, p1) = ran
         slope = max(0.0, (p1 - p0) / (b1 - b0))
-        model[level] = (p0 - slope * b0, slope)
+        model[level] = (p0 - slope * b0, slope * scale)
     return model
 
 
@@ -270,8 +287,8 @@ def choose_cpu(cfg: Config, budget_gb: float, max_batch: int) -> Choice:
         else "a probe batch above it was refused"
     )
     method = (
-        f"CPU memory model from probe steps at batches {PROBE_BATCHES} of "
-        f"{cfg.data.image_size} px: {how}"
+        f"CPU memory model from probe steps at batches {probe_batches(cfg)} of "
+        f"{probe_size(cfg)} px: {how}"
     )
     return Choice(batch, level, per_level, method, budget_gb)
 
