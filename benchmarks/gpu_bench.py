@@ -87,6 +87,10 @@ LEVERS = (
     {"name": "plain", "set": {}},
     {"name": "checkpointing", "set": CHECKPOINTED},
     {"name": "checkpointing+bfloat16", "set": {**CHECKPOINTED, "precision": "bfloat16"}},
+    # The speed options, whose CUDA defaults wait for these rows; at SPEC section 8's shape
+    # (compile's row includes no cold compile in its timing: the warm-up step compiles).
+    {"name": "channels_last", "set": {"channels_last": True}, "shapes": ((256, 6),)},
+    {"name": "compile", "set": {"compile": True}, "shapes": ((256, 6),)},
 )
 # The sizes of the issue's targets: 16 images at 512 px, 4 at 1024 px, under 16 GiB.
 LEVER_SHAPES = ((512, 16), (1024, 4))
@@ -184,6 +188,14 @@ def plan_cases(
             (lever, shape, backend)
             for shape in lever_shapes
             for lever in levers
+            if "shapes" not in lever
+            for backend in LEVER_BACKENDS
+            if backend in train_backends
+        ]
+        runs += [
+            (lever, shape, backend)
+            for lever in levers
+            for shape in lever.get("shapes", ())
             for backend in LEVER_BACKENDS
             if backend in train_backends
         ]

@@ -226,6 +226,13 @@ class Config:
     #: native bfloat16/float16 convolutions; elsewhere torch's fallbacks are about 12x slower
     #: than float32 (the trainer warns).
     precision: str = field(default="float32", metadata=_choices("float32", "bfloat16", "float16"))
+    #: torch.compile of the segmentation network (in place: checkpoints are unchanged). A
+    #: cold compile of the DeepLab step takes minutes on a CPU. None: the device's default
+    #: (scops_fast.train.trainer.NETWORK_OPTION_DEFAULTS: off until measured to pay).
+    compile: bool | None = None
+    #: The networks' weights, and so their activations, in channels-last (NHWC) memory
+    #: order. Changes no number beyond rounding. None: the device's default (as compile).
+    channels_last: bool | None = None
     #: Memory for `scops-train --batch-size auto` (GiB): the largest batch, with the least
     #: activation checkpointing, whose step fits it (scops_fast.train.autobatch). None: the
     #: whole GPU, or 80% of the memory the OS reports available on CPU.
