@@ -5,6 +5,8 @@ paragraph), rendered from `make demo`'s metrics, committed as docs/demo_metrics.
     .venv/bin/scops-eval --checkpoint runs/demo --size 128 \
         --out runs/demo/eval_128.json
     .venv/bin/python scripts/readme_numbers.py --from-run runs/demo --note "..."
+    .venv/bin/scops-train --config demo --set precision=bfloat16 --out runs/demo-bf16
+    .venv/bin/python scripts/readme_numbers.py --bfloat16-run runs/demo-bf16 --note "..."
     .venv/bin/python scripts/readme_numbers.py --check        # exit 1 when the README disagrees
 
 --from-run copies the run's metrics.json (with the run's config from its checkpoint, and --note,
@@ -27,6 +29,8 @@ README = ROOT / "README.md"
 METRICS = ROOT / "docs" / "demo_metrics.json"
 EVAL_128 = ROOT / "docs" / "demo_eval_128.json"
 PARTS_PNG = ROOT / "docs" / "demo_parts.png"
+#: The same demo with `--set precision=bfloat16` (issue 27's mixed-precision check).
+METRICS_BF16 = ROOT / "docs" / "demo_bfloat16_metrics.json"
 
 BEGIN = "<!-- demo numbers: rendered by scripts/readme_numbers.py from docs/demo_metrics.json -->"
 END = "<!-- end of demo numbers -->"
@@ -47,9 +51,9 @@ def _met(ok: bool) -> str:
     return "met" if ok else "NOT met"
 
 
-def render(metrics: dict, eval_128: dict | None = None) -> str:
+def render(metrics: dict, eval_128: dict | None = None, bf16: dict | None = None) -> str:
     """The README text between the markers, from docs/demo_metrics.json's content (and the
-    128x128 evaluation's, when there is one)."""
+    128x128 evaluation's and the bfloat16 run's, when there are)."""
     cfg, run, data = metrics["config"], metrics["training"], metrics["data"]
     model, base, crit = metrics["model"], metrics["baselines"], metrics["criteria"]
     k, size = cfg["model"]["num_parts"], data["image_size"]
@@ -69,6 +73,7 @@ def render(metrics: dict, eval_128: dict | None = None) -> str:
     ]
     rows = (
         ("SCOPS (demo)", model),
+        *((("SCOPS (demo, bfloat16)", bf16["model"]),) if bf16 is not None else ()),
         (f"k-means on foreground coordinates (K={k})", base["kmeans"]),
         ("one part everywhere", base["one_part"]),
     )
@@ -101,6 +106,20 @@ def render(metrics: dict, eval_128: dict | None = None) -> str:
         "their own."
     )
     lines += ["", criteria]
+    if bf16 is not None:
+        bc, brun = bf16["criteria"], bf16["training"]
+        bnote = bf16.get("readme_note")
+        lines += [
+            "",
+            "The bfloat16 row: `scops-train --config demo --set precision=bfloat16` (the network "
+            "under bfloat16 autocast, the losses, the part basis and the optimiser in float32; "
+            f"same seed and steps) trained in {brun['wall_time_s']:.0f} s"
+            + (f" ({bnote})" if bnote else "")
+            + f" and meets both criteria: landmark error "
+            f"{bc['landmark_error_ratio_vs_kmeans']:.2f}x the k-means baseline's "
+            f"({_met(bc['landmark_ok'])}), part NMI {bc['part_nmi_margin_vs_kmeans']:+.2f} over it "
+            f"({_met(bc['nmi_ok'])}). Committed as `docs/{METRICS_BF16.name}`.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -117,14 +136,15 @@ def _wrap(text: str, width: int = 100) -> str:
     return "\n\n".join(out) + "\n"
 
 
-def block(metrics: dict, eval_128: dict | None = None) -> str:
-    return f"{BEGIN}\n{_wrap(render(metrics, eval_128))}{END}"
+def block(metrics: dict, eval_128: dict | None = None, bf16: dict | None = None) -> str:
+    return f"{BEGIN}\n{_wrap(render(metrics, eval_128, bf16))}{END}"
 
 
-def load_docs() -> tuple[dict, dict | None]:
+def load_docs() -> tuple[dict, dict | None, dict | None]:
     metrics = json.loads(METRICS.read_text())
     eval_128 = json.loads(EVAL_128.read_text()) if EVAL_128.exists() else None
-    return metrics, eval_128
+    bf16 = json.loads(METRICS_BF16.read_text()) if METRICS_BF16.exists() else None
+    return metrics, eval_128, bf16
 
 
 def replace_block(readme: str, new_block: str) -> str:
@@ -148,14 +168,31 @@ def copy_run(run: pathlib.Path, note: str | None) -> None:
     shutil.copyfile(run / "parts.png", PARTS_PNG)
 
 
+def copy_bf16_run(run: pathlib.Path, note: str | None) -> None:
+    from scops_fast.train.checkpoint import load_checkpoint
+
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["config"] = load_checkpoint(run, map_location="cpu")["config"]
+    if metrics["config"].get("precision") != "bfloat16":
+        raise SystemExit(f"--bfloat16-run: {run} was not trained with precision=bfloat16")
+    if note:
+        metrics["readme_note"] = note
+    METRICS_BF16.write_text(json.dumps(metrics, indent=2) + "\n")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--from-run", type=pathlib.Path, help="copy a finished demo run to docs/ first")
-    p.add_argument("--note", help="with --from-run: the machine the time was measured on")
+    p.add_argument(
+        "--bfloat16-run", type=pathlib.Path, help="copy a finished bfloat16 demo run to docs/"
+    )
+    p.add_argument("--note", help="with a run: the machine the time was measured on")
     p.add_argument("--check", action="store_true", help="only check; exit 1 when they differ")
     args = p.parse_args(argv)
     if args.from_run is not None and not args.check:
         copy_run(args.from_run, args.note)
+    if args.bfloat16_run is not None and not args.check:
+        copy_bf16_run(args.bfloat16_run, args.note)
     readme = README.read_text()
     new = replace_block(readme, block(*load_docs()))
     if args.check:

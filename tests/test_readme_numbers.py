@@ -22,11 +22,11 @@ def test_the_readme_shows_the_committed_demo_run():
     assert readme_numbers.main(["--check"]) == 0
 
 
-def test_the_committed_run_is_the_demo_preset_and_its_ratios_add_up():
+def assert_demo_run(metrics: dict, **changes) -> None:
+    """metrics is a run of the demo preset (with `changes`), and its criteria add up."""
     from scops_fast.train.config import Config, load_config
 
-    metrics, eval_128 = readme_numbers.load_docs()
-    preset, defaults = load_config("demo").to_dict(), Config().to_dict()
+    preset, defaults = load_config("demo").replace(changes).to_dict(), Config().to_dict()
     # Fields added to the config since the run keep their defaults; the ones it ran with must be
     # the preset's, or the README describes another run than `make demo`'s.
     for section, value in metrics["config"].items():
@@ -42,11 +42,24 @@ def test_the_committed_run_is_the_demo_preset_and_its_ratios_add_up():
     ratio = model["landmark_error_test"] / kmeans["landmark_error_test"]
     assert abs(crit["landmark_error_ratio_vs_kmeans"] - ratio) < 1e-12
     assert abs(crit["part_nmi_margin_vs_kmeans"] - (model["part_nmi"] - kmeans["part_nmi"])) < 1e-12
+    assert crit["passed"] == (crit["landmark_ok"] and crit["nmi_ok"])
+
+
+def test_the_committed_run_is_the_demo_preset_and_its_ratios_add_up():
+    metrics, eval_128, _ = readme_numbers.load_docs()
+    assert_demo_run(metrics)
     assert eval_128 is not None and eval_128["data"]["size"] == 128
 
 
+def test_the_bfloat16_demo_is_the_preset_in_bfloat16_and_meets_the_criteria():
+    _, _, bf16 = readme_numbers.load_docs()
+    assert bf16 is not None, "docs/demo_bfloat16_metrics.json is missing"
+    assert_demo_run(bf16, precision="bfloat16")
+    assert bf16["criteria"]["passed"]
+
+
 def test_the_text_follows_the_numbers():
-    metrics, eval_128 = readme_numbers.load_docs()
+    metrics, eval_128, _ = readme_numbers.load_docs()
     changed = copy.deepcopy(metrics)
     changed["model"]["part_nmi"] = 0.5
     changed["criteria"]["landmark_ok"] = False

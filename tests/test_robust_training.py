@@ -227,7 +227,7 @@ def image_folder(root: pathlib.Path, n_good=8) -> list[str]:
 @pytest.mark.parametrize(
     "workers, cache", [(0, False), (1, False), (0, True)], ids=["plain", "workers", "cache"]
 )
-def test_unreadable_images_are_skipped_and_reported(tmp_path, workers, cache):
+def test_unreadable_images_are_skipped_and_reported(tmp_path, capfd, workers, cache):
     names = image_folder(tmp_path / "images")
     bad = {names.index("img03b.png"), names.index("img05b.png")}
     overrides = {
@@ -240,14 +240,20 @@ def test_unreadable_images_are_skipped_and_reported(tmp_path, workers, cache):
         "data.cache": cache,
     }
     trainer = Trainer(tiny_config(**overrides), tmp_path / "run", progress=False, tensorboard=False)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # as under -W ignore: the report is not a warning
         trainer.train()
     assert trainer.step == 5
     assert trainer.skipped == bad
-    messages = [str(w.message) for w in caught]
-    assert any("skipped 2 unreadable image(s)" in m for m in messages), messages
+    err = capfd.readouterr().err
+    paths = [str(tmp_path / "images" / n) for n in ("img03b.png", "img05b.png")]
+    for path in paths:  # one line per file, from the data set (or its worker)
+        assert f"skipping unreadable {path}" in err, err
+    total = f"train: skipped 2 unreadable image(s) of the data set so far ({', '.join(paths)})"
+    assert total in err
     assert read_metrics(tmp_path / "run")[-1]["skipped_images"] == 2
+    summary = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert summary["training"]["skipped_files"] == paths
     assert load_checkpoint(tmp_path / "run")["skipped_indices"] == sorted(bad)
 
 

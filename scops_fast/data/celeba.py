@@ -27,6 +27,11 @@ bilinear resize of the 8-bit image by the factors size / image size, the salienc
 the image first, in float32; landmarks scaled by the same factors and truncated to integers);
 it needs `opencv-python-headless`. reader="pil" uses PIL's bilinear resampling and keeps
 sub-pixel landmarks.
+
+Both readers turn a photo upright by its EXIF orientation tag (OpenCV's imread does so by
+default, as in the original). reader="pil" also applies an embedded colour profile and
+composites alpha on white (`imagefiles.displayed_rgb`); reader="opencv" keeps the original's
+behaviour there: no profile, alpha dropped, 16-bit samples shifted to their high byte.
 """
 
 from __future__ import annotations

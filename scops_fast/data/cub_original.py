@@ -20,6 +20,11 @@ What each item goes through, as in the original:
 4. the crop is scaled so its side is `size` (OpenCV's bilinear resize of the float image, the
    side rounded), keypoints scaled by the same factor.
 
+Files are read as the original reads them (scipy's imread, i.e. PIL): pixels as stored, no
+EXIF orientation or colour profile applied, unlike this package's other readers
+(`imagefiles.displayed_rgb`). On a file with neither an orientation tag nor a profile nor alpha
+the two agree.
+
 Item: img (3, size, size) float32 in [0, 1] (not quantised to 8 bits, as the original);
 mask (size, size) float32; landmarks (15, 2) float32 pixel (x, y), NaN where not visible;
 visible (15,) bool; bbox (4,) float32 the bird's box (x, y, w, h) in output pixels;
@@ -33,7 +38,7 @@ import pathlib
 import numpy as np
 import torch
 
-from .imagefiles import SkippingDataset, load_rgb, opencv
+from .imagefiles import SkippingDataset, load_rgb_as_stored, opencv
 
 __all__ = ["CUBOriginal", "perturb_box", "square_box_original", "SCOPS_CUB_SUBSETS"]
 
@@ -147,7 +152,10 @@ class CUBOriginal(SkippingDataset):
     def _load(self, index: int) -> dict:
         cv2 = opencv()
         r = self.records[index]
-        img = np.asarray(load_rgb(self.root / "images" / r["rel_path"]), dtype=np.float64) / 255.0
+        img = (
+            np.asarray(load_rgb_as_stored(self.root / "images" / r["rel_path"]), dtype=np.float64)
+            / 255.0
+        )
         box = r["bbox"] - 1
         kp = r["parts"].copy()
         visible = kp[:, 2] > 0

@@ -1,5 +1,6 @@
-"""Shared pieces of the on-disk loaders: robust image reading, cropping and resizing with point
-transforms, and a Dataset base class that skips unreadable items instead of failing an epoch.
+"""Shared pieces of the on-disk loaders: images read as viewers display them, cropping and
+resizing with point transforms, and a Dataset base class that skips unreadable items instead of
+failing an epoch.
 
 Pixel convention: points are (x, y) with x the column index (a pixel's centre is at its integer
 index), in the source image on input and in the resized output on output.
@@ -7,20 +8,24 @@ index), in the source image on input and in the resized output on output.
 
 from __future__ import annotations
 
+import io
 import pathlib
 import struct
-import warnings
+import sys
 import zlib
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import ExifTags, Image, ImageOps
 from torch.utils.data import Dataset
 
 __all__ = [
     "SkippingDataset",
     "CropResize",
     "load_rgb",
+    "load_rgb_as_stored",
+    "displayed_rgb",
+    "upright",
     "load_grey",
     "load_saliency",
     "opencv",
@@ -62,14 +67,94 @@ def opencv():
     return cv2
 
 
+#: Transparent pixels are shown on white, as a web page or document shows a cut-out.
+ALPHA_BACKGROUND = (255, 255, 255)
+
+# PIL modes whose samples are wider than 8 bits, read as 16-bit ("I" is how PIL opens 16-bit
+# PNG and TIFF greys) or as floats in [0, 1] ("F").
+_WIDE_INTEGER_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
+_ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+
+
 def load_rgb(path) -> Image.Image:
+    """The image as a photo viewer displays it, as 8-bit RGB (see `displayed_rgb`)."""
     with Image.open(path) as im:
-        return im.convert("RGB")  # forces the full decode, so damage surfaces here
+        im.load()  # the full decode, so damage surfaces here, inside the reader's error handling
+        return displayed_rgb(im)
+
+
+def load_rgb_as_stored(path) -> Image.Image:
+    """The stored pixels converted by PIL alone: no EXIF orientation, no colour profile, alpha
+    dropped. How the original SCOPS code's CUB reader (scipy's imread) sees a file."""
+    with Image.open(path) as im:
+        return im.convert("RGB")
 
 
 def load_grey(path) -> Image.Image:
+    """A grey map (saliency) as displayed: EXIF orientation applied, wide samples scaled."""
     with Image.open(path) as im:
-        return im.convert("L")
+        im.load()
+        return _eight_bit(upright(im)).convert("L")
+
+
+def upright(im: Image.Image) -> Image.Image:
+    """The image turned as its EXIF orientation tag says (phones store most photos sideways
+    and tag them). An unreadable EXIF block leaves the image as stored, not unreadable."""
+    try:
+        if im.getexif().get(ExifTags.Base.Orientation, 1) in (1, None):
+            return im  # the common case, without exif_transpose's copy
+        return ImageOps.exif_transpose(im)
+    except (*UNREADABLE, KeyError, TypeError, AttributeError):
+        return im
+
+
+def displayed_rgb(im: Image.Image) -> Image.Image:
+    """8-bit RGB as a viewer shows `im`:
+    - turned upright by its EXIF orientation;
+    - 16-bit samples scaled to 8 bits (v * 255 / 65535, rounded), not clipped at 255; float
+      samples taken as [0, 1];
+    - an embedded ICC colour profile (CMYK, wide-gamut RGB such as Display P3) converted to sRGB
+      with LittleCMS; without one, CMYK goes through PIL's conversion;
+    - palette images through their palette;
+    - alpha composited on `ALPHA_BACKGROUND` (white), palette and single-colour transparency
+      included."""
+    im = _eight_bit(upright(im))
+    im = _to_srgb(im)
+    if im.mode in _ALPHA_MODES or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        backdrop = Image.new("RGBA", rgba.size, (*ALPHA_BACKGROUND, 255))
+        return Image.alpha_composite(backdrop, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def _eight_bit(im: Image.Image) -> Image.Image:
+    """Greys wider than 8 bits scaled to 8 bits ("L"); other modes unchanged (PIL already reads
+    16-bit RGB(A) files as 8-bit RGB(A) by their high bytes, which is a scaling too)."""
+    if im.mode in _WIDE_INTEGER_MODES:
+        wide = np.asarray(im).astype(np.float64)
+        return Image.fromarray(np.clip(np.rint(wide * (255.0 / 65535.0)), 0, 255).astype(np.uint8))
+    if im.mode == "F":
+        wide = np.asarray(im).astype(np.float64)
+        return Image.fromarray(np.clip(np.rint(wide * 255.0), 0, 255).astype(np.uint8))
+    return im
+
+
+def _to_srgb(im: Image.Image) -> Image.Image:
+    icc = im.info.get("icc_profile")
+    if not icc or im.mode not in ("RGB", "RGBA", "CMYK", "L"):
+        return im
+    from PIL import ImageCms
+
+    out_mode = "RGBA" if im.mode == "RGBA" else "RGB"
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        converted = ImageCms.profileToProfile(
+            im, source, ImageCms.createProfile("sRGB"), outputMode=out_mode
+        )
+    except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
+        return im  # a profile LittleCMS cannot use: the stored values, as most viewers do then
+    converted.info.pop("icc_profile", None)
+    return converted
 
 
 def square_box(x: float, y: float, w: float, h: float, margin: float) -> tuple[int, int, int, int]:
@@ -149,14 +234,19 @@ def load_saliency(folder: pathlib.Path, rel_stem: str, src_size, tf: CropResize)
 class SkippingDataset(Dataset):
     """Base class: subclasses implement `__len__`, `_load(index) -> dict` and `_describe(index)`.
 
-    An item whose files cannot be read is skipped: a warning names it, `skipped` counts the
-    distinct unreadable items found so far, `bad_indices` holds them, and the next readable index
-    (cyclically) is returned instead, with its own index under "index". Known-bad items are passed
-    over silently afterwards. Only if no item at all can be read does `__getitem__` raise.
+    An item whose files cannot be read is skipped: one line on stderr names it (written
+    directly, not as a Python warning, so `-W ignore` and PYTHONWARNINGS cannot hide it; set
+    `report_skips = False` to silence it), `skipped` counts the distinct unreadable items found
+    so far, `bad_indices` holds them, and the next readable index (cyclically) is returned
+    instead, with its own index under "index". Known-bad items are passed over silently
+    afterwards. Only if no item at all can be read does `__getitem__` raise.
 
     With DataLoader worker processes each worker counts in its own copy of the dataset; read
     `skipped` from a loader with num_workers=0, or collect `index` from the batches.
     """
+
+    #: Whether each newly found unreadable item is named on stderr.
+    report_skips = True
 
     def __init__(self):
         self.skipped = 0
@@ -182,11 +272,12 @@ class SkippingDataset(Dataset):
             except UNREADABLE as err:
                 self.bad_indices.add(j)
                 self.skipped = len(self.bad_indices)
-                warnings.warn(
-                    f"{type(self).__name__}: skipping unreadable {self._describe(j)}: {err}",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
+                if self.report_skips:
+                    print(
+                        f"{type(self).__name__}: skipping unreadable {self._describe(j)}: {err}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                 continue
             item["index"] = j
             return item

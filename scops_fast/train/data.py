@@ -244,6 +244,18 @@ def skipped_indices(dataset) -> set[int]:
     return found
 
 
+def describe_items(dataset, indices) -> list[str]:
+    """What a skipping data set (or one it wraps) calls each of `indices`: its file path."""
+    seen = set()
+    while dataset is not None and id(dataset) not in seen:
+        seen.add(id(dataset))
+        describe = getattr(dataset, "_describe", None)
+        if callable(describe):
+            return [describe(int(i)) for i in indices]
+        dataset = getattr(dataset, "dataset", None)
+    return [f"item {int(i)}" for i in indices]
+
+
 def substituted(requested: list[int], batch: dict) -> set[int]:
     """The requested indices a skipping data set replaced by another item."""
     returned = batch.get(INDEX_KEY)

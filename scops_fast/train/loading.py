@@ -104,16 +104,37 @@ def predict_parts(model: PartSegmenter, images: torch.Tensor, size=None) -> torc
     _check_images(images, param.device)
     images = images.to(device=param.device, dtype=param.dtype)
     in_size = tuple(images.shape[-2:])
+    net_size = network_size(model, in_size, size)
+    logits = network_logits(model, network_input(images, net_size))
+    return probabilities_at(logits, in_size)
+
+
+def network_size(model, in_size, size=None) -> tuple[int, int]:
+    """The (h, w) the network sees an image of in_size at: `size`, else the model's
+    `image_size`, else in_size."""
     if size is None:
         size = getattr(model, "image_size", None) or in_size
-    net_size = _pair(size)
-    if net_size != in_size:
-        images = F.interpolate(
-            images, size=net_size, mode="bilinear", align_corners=False, antialias=True
-        ).clamp(0.0, 1.0)
-    logits = upsample_logits(model(model.normalize(images)), net_size)
-    if net_size != in_size:
-        logits = F.interpolate(logits, size=in_size, mode="bilinear", align_corners=False)
+    return _pair(size)
+
+
+def network_input(images: torch.Tensor, net_size) -> torch.Tensor:
+    """Images (B, 3, H, W) in [0, 1] resized (bilinear, antialiased) to net_size."""
+    if tuple(images.shape[-2:]) == tuple(net_size):
+        return images
+    return F.interpolate(
+        images, size=tuple(net_size), mode="bilinear", align_corners=False, antialias=True
+    ).clamp(0.0, 1.0)
+
+
+def network_logits(model, net_images: torch.Tensor) -> torch.Tensor:
+    """The model's logits upsampled to its input's size, as in training."""
+    return upsample_logits(model(model.normalize(net_images)), net_images.shape[-2:])
+
+
+def probabilities_at(logits: torch.Tensor, size) -> torch.Tensor:
+    """Softmax of logits (B, K+1, h, w) resized (bilinear) to `size` first."""
+    if tuple(logits.shape[-2:]) != tuple(size):
+        logits = F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
     return torch.softmax(logits, dim=1)
 
 

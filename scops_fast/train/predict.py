@@ -1,8 +1,9 @@
-"""`scops-predict`: apply a trained model to new images.
+"""`scops-predict`: apply a trained model to new images, by the batch, resumably.
 
     scops-predict --checkpoint runs/cats --images photos/ --out parts/
 
-For every image under `--images` (searched recursively; any size), it writes:
+For every image under `--images` (searched recursively; any size; read as viewers show it:
+upright by its EXIF orientation, see `scops_fast.data.imagefiles.displayed_rgb`), it writes:
 - `OUT/maps/<relative path>.png`: the arg-max part of each pixel as an 8-bit palette image
   (index 0 background, 1..K the parts; the palette holds the parts' colours);
 - `OUT/overlays/<relative path>.jpg`: the image tinted by its parts, each part that wins
@@ -11,10 +12,22 @@ For every image under `--images` (searched recursively; any size), it writes:
   part's pixels and its centre (x, y) in the image's pixels (the probability-weighted mean
   position, as the landmark evaluation uses), left empty for a part that wins no pixel.
 
+How it scales:
+- a DataLoader's worker processes (`--workers`) read each image and resize it to the size the
+  network was trained at while the network runs on the previous batch (`--batch-size`); the
+  probabilities are resized back to each image's own size;
+- every file is written under a temporary name and renamed, so an interruption leaves no
+  half-written map or overlay;
+- each finished image appends one line to `OUT/parts.jsonl`; a rerun of the same command skips
+  the images whose line and files are there (`--overwrite` redoes them). parts.csv and
+  parts.json are written from that file at the end, streamed, so memory stays flat however
+  many images there are;
+- `OUT/predict.json` records the checkpoint (path, size, time) and the CRF settings: a rerun
+  with another model refuses to mix its results with the old ones unless `--overwrite`.
+
 The checkpoint is a run of ours (checkpoint.pt or its folder) or a snapshot of the original
-SCOPS trainer; the network sees each image at the size it was trained at. `--crf` refines each
-image's part probabilities with a dense CRF (`scops_fast.train.crf`, needs pydensecrf2) before
-anything is written.
+SCOPS trainer. `--crf` refines each image's part probabilities with a dense CRF
+(`scops_fast.train.crf`, needs pydensecrf2) before anything is written.
 """
 
 from __future__ import annotations
@@ -22,16 +35,35 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import pathlib
 import sys
 
+import numpy as np
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader, Dataset
 
 from scops_fast.data import ImageFolder
-from scops_fast.data.imagefiles import IMAGE_EXTENSIONS, UNREADABLE, image_tensor, load_rgb
+from scops_fast.data.imagefiles import IMAGE_EXTENSIONS, UNREADABLE, load_rgb
 from scops_fast.terminal import progress_bar
-from scops_fast.train.loading import load_any_model, predict_parts
+from scops_fast.train.loading import (
+    load_any_model,
+    network_input,
+    network_logits,
+    network_size,
+    probabilities_at,
+)
+
+RECORDS = "parts.jsonl"
+STATE = "predict.json"
+DEFAULT_BATCH_SIZE = 8
+
+
+def default_workers() -> int:
+    """Reader processes beside the network: half the cores, at most 4 (the network's own
+    threads need the rest)."""
+    return max(0, min(4, (os.cpu_count() or 1) // 2))
 
 
 def describe_parts(probs: torch.Tensor) -> list[dict]:
@@ -48,64 +80,242 @@ def describe_parts(probs: torch.Tensor) -> list[dict]:
     return out
 
 
+class _Images(Dataset):
+    """Each image as (3, H, W) uint8 at its own size plus the network's input at net_size
+    (None: the image's own size), or the reason it cannot be read."""
+
+    def __init__(self, root: pathlib.Path, files: list[str], net_size, dtype: torch.dtype):
+        self.root, self.files, self.net_size, self.dtype = root, files, net_size, dtype
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> dict:
+        rel = self.files[i]
+        try:
+            pixels = np.asarray(load_rgb(self.root / rel)).copy()
+        except UNREADABLE as err:
+            return {"rel": rel, "error": f"{type(err).__name__}: {err}"}
+        image = torch.from_numpy(pixels).permute(2, 0, 1)
+        x = image[None].to(self.dtype) / 255.0
+        net_size = self.net_size or tuple(image.shape[-2:])
+        return {"rel": rel, "image": image, "net": network_input(x, net_size)[0]}
+
+
+def _as_list(items):
+    return items
+
+
+def _save_atomic(image: Image.Image, path: pathlib.Path, **kwargs) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial")
+    fmt = {".png": "PNG", ".jpg": "JPEG"}[path.suffix]
+    image.save(tmp, format=fmt, **kwargs)
+    os.replace(tmp, path)
+
+
+def _outputs(out: pathlib.Path, rel: str) -> tuple[pathlib.Path, pathlib.Path]:
+    return (out / "maps" / rel).with_suffix(".png"), (out / "overlays" / rel).with_suffix(".jpg")
+
+
+def _write_image_outputs(out, rel, image01, probs, colours, palette, parts) -> None:
+    from scops_fast import viz
+
+    map_path, overlay_path = _outputs(out, rel)
+    labels = Image.fromarray(probs.argmax(0).byte().numpy(), mode="P")
+    labels.putpalette(palette)
+    _save_atomic(labels, map_path)
+    overlay = viz.to_pil(viz.overlay_parts(image01[None], probs[None])[0])
+    drawn = [p for p in parts if p["center"] is not None]
+    if drawn:
+        centres = torch.tensor([p["center"] for p in drawn])
+        overlay = viz.draw_centres(overlay, centres, colours[[p["part"] for p in drawn]])
+    _save_atomic(overlay, overlay_path, quality=92)
+
+
+def _read_records(path: pathlib.Path):
+    """The records of a parts.jsonl, one at a time; a line cut by an interruption is dropped."""
+    if not path.exists():
+        return
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and "image" in record:
+                yield record
+
+
+def _keep_complete(out: pathlib.Path) -> set[str]:
+    """Rewrites parts.jsonl with only the images whose record and files are both there;
+    returns their relative paths."""
+    path = out / RECORDS
+    done: set[str] = set()
+    if not path.exists():
+        return done
+    tmp = path.with_name(f".{path.name}.partial")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for record in _read_records(path):
+            rel = record["image"]
+            if rel not in done and all(p.is_file() for p in _outputs(out, rel)):
+                done.add(rel)
+                f.write(json.dumps(record) + "\n")
+    os.replace(tmp, path)
+    return done
+
+
+def _check_state(out: pathlib.Path, state: dict, overwrite: bool) -> None:
+    path = out / STATE
+    if path.exists() and not overwrite:
+        try:
+            before = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            before = None
+        if before != state:
+            raise ValueError(
+                f"--out: {out} holds predictions of another checkpoint or other settings "
+                f"(recorded in {path}); --overwrite redoes them, or name another --out"
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(json.dumps(state, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def _write_summaries(out: pathlib.Path, skipped: list[str], crf_used) -> int:
+    """parts.csv and parts.json from parts.jsonl, one record at a time; returns the count."""
+    count = 0
+    csv_tmp, json_tmp = out / ".parts.csv.partial", out / ".parts.json.partial"
+    with (
+        open(csv_tmp, "w", newline="", encoding="utf-8") as fc,
+        open(json_tmp, "w", encoding="utf-8") as fj,
+    ):
+        writer = csv.writer(fc)
+        writer.writerow(["image", "part", "pixels", "x", "y"])
+        fj.write('{"images": {')
+        for record in _read_records(out / RECORDS):
+            rel = record["image"]
+            for p in record["parts"]:
+                x, y = p["center"] if p["center"] is not None else ("", "")
+                writer.writerow([rel, p["part"], p["pixels"], x, y])
+            entry = {"size": record["size"], "parts": record["parts"]}
+            fj.write(("," if count else "") + f"\n {json.dumps(rel)}: {json.dumps(entry)}")
+            count += 1
+        fj.write(f'\n}}, "skipped": {json.dumps(skipped)}, "crf": {json.dumps(crf_used)}}}\n')
+    os.replace(csv_tmp, out / "parts.csv")
+    os.replace(json_tmp, out / "parts.json")
+    return count
+
+
 def predict_folder(
-    net, images: pathlib.Path, out: pathlib.Path, progress: bool = True, crf=None
+    net,
+    images: pathlib.Path,
+    out: pathlib.Path,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    workers: int = 0,
+    progress: bool = True,
+    crf=None,
+    overwrite: bool = False,
+    source: dict | None = None,
 ) -> dict:
-    """Writes the maps, overlays, parts.csv and parts.json of every image; returns
-    {"images": n, "skipped": [relative paths that could not be read]}. crf: None, or the
-    `CRFParams` of a dense-CRF refinement of every image's probabilities."""
+    """Writes the maps, overlays, parts.csv and parts.json of every image under `images`.
+
+    Returns {"images": images with results in OUT, "new": predicted by this call, "reused":
+    found complete and skipped, "skipped": [relative paths that could not be read]}.
+    crf: None, or the `CRFParams` of a dense-CRF refinement. source: what produced the model
+    (recorded in OUT/predict.json; a different one refuses to resume)."""
     from scops_fast import viz
 
     if crf is not None:
         from scops_fast.train.crf import dense_crf
-
+    if batch_size < 1:
+        raise ValueError(f"--batch-size: must be at least 1, got {batch_size}")
+    if workers < 0:
+        raise ValueError(f"--workers: must be 0 or more, got {workers}")
+    images, out = pathlib.Path(images), pathlib.Path(out)
     files = ImageFolder(images).files  # its listing; each image is read at its own size
     if not files:
         raise FileNotFoundError(f"no image files under {images} ({', '.join(IMAGE_EXTENSIONS)})")
+    crf_used = None if crf is None else crf.to_dict()
+    _check_state(out, {"model": source or {}, "crf": crf_used}, overwrite)
+    if overwrite:
+        (out / RECORDS).unlink(missing_ok=True)
+    done = _keep_complete(out)
+    todo = [rel for rel in files if rel not in done]
+
+    param = next(net.parameters())
+    device = param.device
+    net_size = network_size(net, None) if getattr(net, "image_size", None) is not None else None
+    if net_size is None:
+        batch_size = 1  # images at their own sizes do not stack
+    loader = DataLoader(
+        _Images(images, todo, net_size, param.dtype),
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=_as_list,
+        pin_memory=device.type == "cuda",
+    )
     colours = viz.part_colours(net.num_parts)
     palette = colours.flatten().tolist()
-    results, skipped = {}, []
-    bar = progress_bar(len(files), unit="image") if progress else None
-    device = next(net.parameters()).device
-    for rel in files:
-        try:
-            image = image_tensor(load_rgb(images / rel))[None]
-        except UNREADABLE:
-            skipped.append(rel)
-            continue
-        probs = predict_parts(net, image.to(device)).cpu()[0]
-        if crf is not None:
-            probs = dense_crf(probs, image[0], crf)
-        parts = describe_parts(probs)
-        results[rel] = {"size": list(probs.shape[-2:]), "parts": parts}
-        map_path = (out / "maps" / rel).with_suffix(".png")
-        map_path.parent.mkdir(parents=True, exist_ok=True)
-        labels = Image.fromarray(probs.argmax(0).byte().numpy(), mode="P")
-        labels.putpalette(palette)
-        labels.save(map_path)
-        overlay = viz.to_pil(viz.overlay_parts(image, probs[None])[0])
-        drawn = [p for p in parts if p["center"] is not None]
-        if drawn:
-            centres = torch.tensor([p["center"] for p in drawn])
-            overlay = viz.draw_centres(overlay, centres, colours[[p["part"] for p in drawn]])
-        overlay_path = (out / "overlays" / rel).with_suffix(".jpg")
-        overlay_path.parent.mkdir(parents=True, exist_ok=True)
-        overlay.save(overlay_path, quality=92)
+    skipped: list[str] = []
+    new = 0
+    bar = progress_bar(len(files), initial=len(done), unit="image") if progress else None
+    try:
+        with open(out / RECORDS, "a", encoding="utf-8") as records:
+            for batch in loader:
+                good = [item for item in batch if "error" not in item]
+                for item in batch:
+                    if "error" in item:
+                        skipped.append(item["rel"])
+                        print(
+                            f"scops-predict: skipping unreadable {images / item['rel']}: "
+                            f"{item['error']}",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+                if good:
+                    x = torch.stack([item["net"] for item in good])
+                    logits = network_logits(net, x.to(device=device, dtype=param.dtype))
+                    for item, lg in zip(good, logits, strict=True):
+                        rel, image01 = item["rel"], item["image"].float() / 255.0
+                        probs = probabilities_at(lg[None], image01.shape[-2:])[0].float().cpu()
+                        if crf is not None:
+                            probs = dense_crf(probs, image01, crf)
+                        parts = describe_parts(probs)
+                        _write_image_outputs(out, rel, image01, probs, colours, palette, parts)
+                        record = {"image": rel, "size": list(probs.shape[-2:]), "parts": parts}
+                        records.write(json.dumps(record) + "\n")
+                        records.flush()
+                        new += 1
+                if bar is not None:
+                    bar.update(len(batch))
+    finally:
         if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-    crf_used = None if crf is None else crf.to_dict()
-    report = {"images": results, "skipped": skipped, "crf": crf_used}
-    (out / "parts.json").write_text(json.dumps(report, indent=1))
-    with open(out / "parts.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["image", "part", "pixels", "x", "y"])
-        for rel, result in results.items():
-            for p in result["parts"]:
-                x, y = p["center"] if p["center"] is not None else ("", "")
-                writer.writerow([rel, p["part"], p["pixels"], x, y])
-    return {"images": len(results), "skipped": skipped}
+            bar.close()
+    count = _write_summaries(out, skipped, crf_used)
+    return {"images": count, "new": new, "reused": len(done), "skipped": skipped}
+
+
+def checkpoint_source(path) -> dict:
+    """What identifies a checkpoint for a resumed prediction: its file, size and time."""
+    path = pathlib.Path(path)
+    if path.is_dir():
+        path = path / "checkpoint.pt"
+    stat = path.stat()
+    return {"checkpoint": str(path.resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if torch.device(name).type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"--device: {name!r} asked for, but torch sees no CUDA device on this machine; "
+            "use --device cpu"
+        )
+    return name
 
 
 def main(argv=None) -> int:
@@ -119,7 +329,26 @@ def main(argv=None) -> int:
     )
     p.add_argument("--images", required=True, help="folder of images (searched recursively)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--device", default="auto", help="auto (CUDA when present, else cpu), cpu, cuda, cuda:N"
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=DEFAULT_BATCH_SIZE,
+        help=f"images per network call (default {DEFAULT_BATCH_SIZE})",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="reader processes (default: half the cores, at most 4; 0 reads on the main thread)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="redo every image (default: keep the complete results of an earlier run in --out)",
+    )
     p.add_argument(
         "--crf",
         action="store_true",
@@ -129,17 +358,18 @@ def main(argv=None) -> int:
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     images = pathlib.Path(args.images)
+    out = pathlib.Path(args.out)
     try:
         if not images.is_dir():
             raise FileNotFoundError(f"--images: {images} is not a folder")
-        out = pathlib.Path(args.out)
         if out.exists() and not out.is_dir():
             raise ValueError(f"--out: {out} is a file; name a folder")
-        if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(
-                f"--device: {args.device!r} asked for, but torch sees no CUDA device on this "
-                "machine; use --device cpu"
-            )
+        if args.batch_size < 1:
+            raise ValueError(f"--batch-size: must be at least 1, got {args.batch_size}")
+        workers = default_workers() if args.workers is None else args.workers
+        if workers < 0:
+            raise ValueError(f"--workers: must be 0 or more, got {workers}")
+        device = resolve_device(args.device)
         crf = None
         if args.crf:
             from scops_fast.train.crf import INSTALL_HINT, CRFParams, crf_available
@@ -148,16 +378,34 @@ def main(argv=None) -> int:
             if not crf_available():
                 raise ValueError(f"--crf: {INSTALL_HINT}")
             crf = CRFParams()
-        net, kind = load_any_model(args.checkpoint, args.device)
+        net, kind = load_any_model(args.checkpoint, device)
         with torch.no_grad():
-            done = predict_folder(net, images, out, progress=not args.no_progress, crf=crf)
+            done = predict_folder(
+                net,
+                images,
+                out,
+                batch_size=args.batch_size,
+                workers=workers,
+                progress=not args.no_progress,
+                crf=crf,
+                overwrite=args.overwrite,
+                source=checkpoint_source(args.checkpoint),
+            )
     except (FileNotFoundError, ValueError) as exc:
         print(f"scops-predict: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(
+            f"scops-predict: interrupted; the finished images are kept in {out}: the same "
+            "command goes on from there",
+            file=sys.stderr,
+        )
+        return 130
     skipped = f", {len(done['skipped'])} unreadable skipped" if done["skipped"] else ""
+    reused = f" ({done['reused']} from an earlier run)" if done["reused"] else ""
     print(
-        f"scops-predict: {done['images']} images{skipped} ({kind} checkpoint, K={net.num_parts}"
-        f"{', dense CRF' if crf is not None else ''}); "
+        f"scops-predict: {done['images']} images{reused}{skipped} ({kind} checkpoint, "
+        f"K={net.num_parts}{', dense CRF' if crf is not None else ''}, {device}); "
         f"maps in {out / 'maps'}, overlays in {out / 'overlays'}, centres in {out / 'parts.csv'}",
         file=sys.stderr,
     )

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import pathlib
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -40,6 +41,7 @@ from scops_fast.train.data import (
     GlobalBatchOrder,
     batches,
     build_dataset,
+    describe_items,
     skipped_indices,
     substituted,
 )
@@ -583,7 +585,7 @@ class Trainer:
             # A finished run resumed trains nothing; its set-up time is not training time.
             if self.step > start:
                 self.train_seconds += time.perf_counter() - clock
-        self._warn_skipped()
+        self._report_skipped()
         self.save_checkpoint()
         if interrupted.requested:
             raise TrainingInterrupted(self.step, self.checkpoint_path)
@@ -593,16 +595,18 @@ class Trainer:
             self._finish(last, session_steps=self.step - start)
         return last
 
-    def _warn_skipped(self) -> None:
+    def _report_skipped(self) -> None:
+        """The count and the first files, as one stderr line of the command's own (a Python
+        warning would vanish under -W ignore); metrics.json lists every file."""
         self.skipped |= skipped_indices(self.dataset)
         if self.skipped and self.proc.is_main:
-            shown = ", ".join(str(i) for i in sorted(self.skipped)[:10])
+            names = describe_items(self.dataset, sorted(self.skipped)[:10])
             more = ", ..." if len(self.skipped) > 10 else ""
-            warnings.warn(
-                f"skipped {len(self.skipped)} unreadable image(s) of the data set so far "
-                f"(indices {shown}{more}): each was replaced by the next readable one",
-                RuntimeWarning,
-                stacklevel=3,
+            print(
+                f"train: skipped {len(self.skipped)} unreadable image(s) of the data set so far "
+                f"({', '.join(names)}{more}); each was replaced by the next readable one",
+                file=sys.stderr,
+                flush=True,
             )
 
     def _finish(self, last: dict, session_steps: int = 0) -> None:
@@ -624,6 +628,9 @@ class Trainer:
             evaluation=self.evaluation,
             world_size=self.proc.world_size,
             device=str(self.device),
+        )
+        self.metrics["training"]["skipped_files"] = describe_items(
+            self.dataset, sorted(self.skipped)
         )
         write_metrics(self.out_dir, self.metrics)
         if self.cfg.report:
