@@ -18,7 +18,7 @@ CUDA_RECORD := scops_fast/_build_errors/_C_cuda.txt
 # Build the CUDA kernels' CPU emulation too (backend "cuda_emu", checked by the tests).
 SCOPS_FAST_CUDA_EMU ?= 1
 
-.PHONY: FORCE all install browser test test-rounding test-no-avx512 demo bench bench-levers bench-isa lint format clean sanitize gpu-check gpu-rehearsal test-gpu-stack
+.PHONY: FORCE all install browser test test-rounding test-no-avx512 demo bench bench-levers bench-isa lint format clean sanitize gpu-check gpu-rehearsal test-gpu-stack bench-predict
 
 all: test
 
@@ -124,6 +124,13 @@ bench-levers: install
 		--cap-gb $(BENCH_CAP_GB) --out $(BENCH_OUT)/levers.json
 	$(PY) benchmarks/train_levers.py --levers selective --sizes 256,512 --confirm-sizes '' \
 		--cap-gb $(BENCH_CAP_GB) --out $(BENCH_OUT)/levers.json --append
+	$(PY) benchmarks/report.py
+
+# scops-predict's images/s, batched and with reader processes against one image at a time,
+# for the demo network and DeepLab at 256x256, and its memory over 10,000 images: ~5 minutes.
+bench-predict: install
+	mkdir -p $(BENCH_OUT)
+	$(PY) benchmarks/predict_throughput.py --out $(BENCH_OUT)/predict.json
 	$(PY) benchmarks/report.py
 
 # The CPU kernels' two x86-64 builds timed one after the other (concentration at B=16 and

@@ -745,6 +745,33 @@ def levers_section(levers: dict) -> list[str]:
     ]
 
 
+def predict_section(predict: dict) -> list[str]:
+    """benchmarks/predict_throughput.py's table (make bench-predict)."""
+    from predict_throughput import table
+
+    lines = [
+        f"`make bench-predict` on {predict.get('cpu', 'this CPU')} ({predict['cores']} cores, "
+        f"{predict['torch_threads']} torch threads, load average {predict['load_average']:.1f} "
+        "at the start): scops-predict over folders of 256x256 PNGs with randomly initialised "
+        "networks (the demo's `small` and DeepLab ResNet-50), each setting into a fresh output "
+        "folder, one after the other in one run. `vs one at a time` divides by the first row of "
+        "the same network: one image per network call on the main thread.",
+        "",
+        table(predict),
+    ]
+    flat = predict.get("flat")
+    if flat:
+        lines += [
+            "",
+            f"Memory over {flat['images']} images ({flat['size']}x{flat['size']}, demo network, "
+            f"{flat['seconds']:.0f} s): the process's resident set was "
+            f"{flat['rss_mb_at_10_to_20_percent']} MB while the first 10-20% were written and "
+            f"{flat['rss_mb_at_90_to_100_percent']} MB over the last 10%: the results are "
+            "appended to parts.jsonl as they come, not held.",
+        ]
+    return lines
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     results = os.path.join(HERE, "results")
@@ -764,6 +791,7 @@ def main(argv=None):
     )
     parser.add_argument("--original", default=os.path.join(results, "original_step.json"))
     parser.add_argument("--levers", default=os.path.join(results, "levers.json"))
+    parser.add_argument("--predict", default=os.path.join(results, "predict.json"))
     parser.add_argument("--out", default=os.path.join(HERE, "RESULTS.md"))
     args = parser.parse_args(argv)
     out_dir = os.path.dirname(os.path.abspath(args.out))
@@ -778,6 +806,7 @@ def main(argv=None):
     compares = [d for d in map(load, args.compare) if d]
     original = load(args.original)
     levers = load(args.levers)
+    predict = load(args.predict)
     sources = [(os.path.relpath(p, out_dir), d) for p, d in losses + trains]
     doc = [
         "# Benchmark results",
@@ -807,6 +836,10 @@ def main(argv=None):
         "## Memory levers",
         "",
         *(levers_section(levers) if levers else ["Not run (make bench-levers)."]),
+        "",
+        "## Prediction",
+        "",
+        *(predict_section(predict) if predict else ["Not run (make bench-predict)."]),
         "",
         "## Loss ops",
         "",

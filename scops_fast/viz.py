@@ -49,17 +49,34 @@ def part_colours(num_parts: int) -> torch.Tensor:
     return torch.tensor(colours, dtype=torch.uint8)
 
 
-def label_map(probs: torch.Tensor) -> torch.Tensor:
-    """Colour image (B, 3, H, W) in [0, 1] of the arg-max part of probs (B, K+1, H, W)."""
+def part_labels(probs: torch.Tensor) -> torch.Tensor:
+    """The arg-max part (B, H, W) of probs (B, K+1, H, W), ties to the lower index.
+
+    max(1).indices is argmax(1) (both take the first maximum) at a fifth of its time on a CPU:
+    torch's argmax over a dimension that is not the innermost took 7.6 ms for 13 x 256 x 256
+    (torch 2.14), max 1.6 ms; scops-predict spent 60% of its time there."""
+    return probs.max(1).indices
+
+
+def label_map(probs: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """Colour image (B, 3, H, W) in [0, 1] of the arg-max part of probs (B, K+1, H, W)
+    (`labels`: that arg-max, when already known)."""
     colours = part_colours(probs.shape[1] - 1).to(probs.device).float() / 255.0
-    return colours[probs.argmax(1)].permute(0, 3, 1, 2)
+    labels = part_labels(probs) if labels is None else labels
+    return colours[labels].permute(0, 3, 1, 2)
 
 
-def overlay_parts(images: torch.Tensor, probs: torch.Tensor, alpha: float = 0.55) -> torch.Tensor:
+def overlay_parts(
+    images: torch.Tensor,
+    probs: torch.Tensor,
+    alpha: float = 0.55,
+    labels: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Images (B, 3, H, W) in [0, 1] with each pixel tinted by its arg-max part;
-    background pixels are left as they are."""
-    colours = label_map(probs)
-    is_part = (probs.argmax(1, keepdim=True) > 0).to(images.dtype)
+    background pixels are left as they are. `labels`: the arg-max (B, H, W), when known."""
+    labels = part_labels(probs) if labels is None else labels
+    colours = label_map(probs, labels)
+    is_part = (labels[:, None] > 0).to(images.dtype)
     return images * (1 - alpha * is_part) + colours * (alpha * is_part)
 
 

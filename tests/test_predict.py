@@ -4,6 +4,7 @@ import csv
 import json
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from train_helpers import tiny_config
@@ -88,3 +89,117 @@ def test_a_missing_gpu_and_a_file_as_out_are_named(tmp_path, capsys, monkeypatch
     assert main(argv + ["--out", str(afile)]) == 2
     assert f"--out: {afile} is a file; name a folder" in capsys.readouterr().err
     assert afile.read_text() == "notes"
+
+
+def trained(tmp_path):
+    run = tmp_path / "run"
+    Trainer(tiny_config(steps=1), run, progress=False, tensorboard=False).train()
+    return run
+
+
+@pytest.mark.parametrize("batch_size, workers", [(2, 0), (3, 1)])
+def test_batches_give_what_one_image_at_a_time_gives(tmp_path, batch_size, workers):
+    """In float64 (no rounding to hide behind): every image's map and centres equal
+    predict_parts on that image alone; odd sizes, a short last batch, reader processes."""
+    from scops_fast.data.imagefiles import image_tensor, load_rgb
+    from scops_fast.train.loading import load_any_model, predict_parts
+    from scops_fast.train.predict import describe_parts, predict_folder
+
+    net = load_any_model(trained(tmp_path))[0].double()
+    sizes = photos(tmp_path / "photos")
+    out = tmp_path / "out"
+    done = predict_folder(
+        net, tmp_path / "photos", out, batch_size=batch_size, workers=workers, progress=False
+    )
+    assert done == {"images": 3, "new": 3, "reused": 0, "skipped": ["broken.jpg"]}
+    report = json.loads((out / "parts.json").read_text())
+    for rel in sizes:
+        image = image_tensor(load_rgb(tmp_path / "photos" / rel))[None].double()
+        probs = predict_parts(net, image)[0]
+        assert report["images"][rel]["parts"] == describe_parts(probs)
+        labels = np.asarray(Image.open((out / "maps" / rel).with_suffix(".png")))
+        assert np.array_equal(labels, probs.argmax(0).numpy())
+    assert not list(out.rglob("*.partial"))
+
+
+def test_an_interrupted_run_goes_on_without_redoing_finished_images(tmp_path):
+    """2,000 images, SIGINT part-way, the same command again: the first run's files are kept
+    as they were (not rewritten), the rest are done, the summaries hold all 2,000."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import hang_guard
+
+    run = trained(tmp_path)
+    folder = tmp_path / "photos"
+    for i in range(20):
+        (folder / f"d{i:02d}").mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    for i in range(2000):
+        pixels = (rng.random((6 + i % 5, 7, 3)) * 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"d{i % 20:02d}" / f"{i:04d}.png")
+    out = tmp_path / "out"
+    argv = ["--checkpoint", str(run), "--images", str(folder), "--out", str(out), "--no-progress"]
+    child = subprocess.Popen(
+        [sys.executable, "-m", "scops_fast.train.predict", *argv, "--workers", "1"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + hang_guard(300)
+    records = out / "parts.jsonl"
+    while time.monotonic() < deadline and child.poll() is None:
+        if records.exists() and records.read_text().count("\n") >= 300:
+            break
+        time.sleep(0.05)
+    child.send_signal(signal.SIGINT)
+    _, err = child.communicate(timeout=hang_guard(120))
+    assert child.returncode == 130, err
+    assert "interrupted; the finished images are kept" in err
+    assert not list(out.rglob("*.partial"))
+    first = [json.loads(line)["image"] for line in records.read_text().splitlines()]
+    assert 300 <= len(first) < 2000
+    stamps = {rel: os.stat((out / "maps" / rel).with_suffix(".png")).st_mtime_ns for rel in first}
+
+    assert main(argv + ["--workers", "0"]) == 0
+    rows = list(csv.DictReader(open(out / "parts.csv")))
+    assert len(rows) == 2000 * 3
+    assert len(json.loads((out / "parts.json").read_text())["images"]) == 2000
+    for rel, stamp in stamps.items():  # not redone
+        assert os.stat((out / "maps" / rel).with_suffix(".png")).st_mtime_ns == stamp
+    assert len(records.read_text().splitlines()) == 2000
+
+
+def test_a_rerun_with_another_model_is_refused_unless_overwrite(tmp_path, capsys):
+    run = trained(tmp_path)
+    photos(tmp_path / "photos")
+    out = tmp_path / "out"
+    argv = ["--images", str(tmp_path / "photos"), "--out", str(out), "--no-progress"]
+    assert main(["--checkpoint", str(run), *argv]) == 0
+    assert main(["--checkpoint", str(run), *argv]) == 0  # the same model: nothing to do
+    assert "3 images (3 from an earlier run)" in capsys.readouterr().err
+    other = tmp_path / "other"
+    Trainer(tiny_config(steps=2), other, progress=False, tensorboard=False).train()
+    before = (out / "parts.json").read_text()
+    assert main(["--checkpoint", str(other), *argv]) == 2
+    err = capsys.readouterr().err
+    assert f"--out: {out} holds predictions of another checkpoint or other settings" in err
+    assert (out / "parts.json").read_text() == before
+    assert main(["--checkpoint", str(other), *argv, "--overwrite"]) == 0
+    err = capsys.readouterr().err
+    assert "3 images, 1 unreadable skipped" in err and "earlier run" not in err
+
+
+def test_device_auto_and_batch_arguments(tmp_path, capsys, monkeypatch):
+    run = trained(tmp_path)
+    photos(tmp_path / "photos")
+    argv = ["--checkpoint", str(run), "--images", str(tmp_path / "photos")]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(argv + ["--out", str(tmp_path / "o"), "--no-progress"]) == 0
+    assert "K=3, cpu)" in capsys.readouterr().err  # auto: no GPU, so the CPU
+    for flag, value in (("--batch-size", "0"), ("--workers", "-1")):
+        assert main(argv + ["--out", str(tmp_path / "p"), flag, value]) == 2
+        assert f"scops-predict: error: {flag}: must be" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()

@@ -57,20 +57,31 @@ from scops_fast.train.loading import (
 
 RECORDS = "parts.jsonl"
 STATE = "predict.json"
-DEFAULT_BATCH_SIZE = 8
 
 
-def default_workers() -> int:
-    """Reader processes beside the network: half the cores, at most 4 (the network's own
-    threads need the rest)."""
-    return max(0, min(4, (os.cpu_count() or 1) // 2))
+def default_batch_size(device: str = "cpu") -> int:
+    """Images per network call. On a GPU 8. On the CPU 1: `make bench-predict` measured
+    batches of 8 at 0.77x (DeepLab) and 0.92x (demo network) the images/s of one image at a
+    time at 256x256, as a batch's activations leave the caches."""
+    return 1 if torch.device(device).type == "cpu" else 8
 
 
-def describe_parts(probs: torch.Tensor) -> list[dict]:
-    """Per part of probs (K+1, H, W): its pixels (arg-max area) and centre, None when empty."""
+def default_workers(device: str = "cpu") -> int:
+    """Reader processes beside the network. On a GPU: half the cores, at most 4, so the
+    images are read while the GPU works. On the CPU: none, since the network's threads
+    already use every core (`make bench-predict`: a reader process gained nothing on 2
+    cores)."""
+    if torch.device(device).type == "cpu":
+        return 0
+    return max(1, min(4, (os.cpu_count() or 1) // 2))
+
+
+def describe_parts(probs: torch.Tensor, labels: torch.Tensor | None = None) -> list[dict]:
+    """Per part of probs (K+1, H, W): its pixels (arg-max area) and centre, None when empty.
+    labels: the arg-max (H, W), when already known."""
     from scops_fast import viz
 
-    labels = probs.argmax(0)
+    labels = viz.part_labels(probs[None])[0] if labels is None else labels
     centres = viz.part_centres(probs[None])[0]
     out = []
     for k in range(1, probs.shape[0]):
@@ -118,14 +129,14 @@ def _outputs(out: pathlib.Path, rel: str) -> tuple[pathlib.Path, pathlib.Path]:
     return (out / "maps" / rel).with_suffix(".png"), (out / "overlays" / rel).with_suffix(".jpg")
 
 
-def _write_image_outputs(out, rel, image01, probs, colours, palette, parts) -> None:
+def _write_image_outputs(out, rel, image01, probs, labels, colours, palette, parts) -> None:
     from scops_fast import viz
 
     map_path, overlay_path = _outputs(out, rel)
-    labels = Image.fromarray(probs.argmax(0).byte().numpy(), mode="P")
-    labels.putpalette(palette)
-    _save_atomic(labels, map_path)
-    overlay = viz.to_pil(viz.overlay_parts(image01[None], probs[None])[0])
+    label_image = Image.fromarray(labels.byte().numpy(), mode="P")
+    label_image.putpalette(palette)
+    _save_atomic(label_image, map_path)
+    overlay = viz.to_pil(viz.overlay_parts(image01[None], probs[None], labels=labels[None])[0])
     drawn = [p for p in parts if p["center"] is not None]
     if drawn:
         centres = torch.tensor([p["center"] for p in drawn])
@@ -213,7 +224,7 @@ def predict_folder(
     images: pathlib.Path,
     out: pathlib.Path,
     *,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int = 1,
     workers: int = 0,
     progress: bool = True,
     crf=None,
@@ -283,8 +294,11 @@ def predict_folder(
                         probs = probabilities_at(lg[None], image01.shape[-2:])[0].float().cpu()
                         if crf is not None:
                             probs = dense_crf(probs, image01, crf)
-                        parts = describe_parts(probs)
-                        _write_image_outputs(out, rel, image01, probs, colours, palette, parts)
+                        labels = viz.part_labels(probs[None])[0]
+                        parts = describe_parts(probs, labels)
+                        _write_image_outputs(
+                            out, rel, image01, probs, labels, colours, palette, parts
+                        )
                         record = {"image": rel, "size": list(probs.shape[-2:]), "parts": parts}
                         records.write(json.dumps(record) + "\n")
                         records.flush()
@@ -335,14 +349,14 @@ def main(argv=None) -> int:
     p.add_argument(
         "--batch-size",
         type=int,
-        default=DEFAULT_BATCH_SIZE,
-        help=f"images per network call (default {DEFAULT_BATCH_SIZE})",
+        default=None,
+        help="images per network call (default: 1 on the CPU, 8 on a GPU)",
     )
     p.add_argument(
         "--workers",
         type=int,
         default=None,
-        help="reader processes (default: half the cores, at most 4; 0 reads on the main thread)",
+        help="reader processes (default: none on the CPU; on a GPU half the cores, at most 4)",
     )
     p.add_argument(
         "--overwrite",
@@ -364,12 +378,13 @@ def main(argv=None) -> int:
             raise FileNotFoundError(f"--images: {images} is not a folder")
         if out.exists() and not out.is_dir():
             raise ValueError(f"--out: {out} is a file; name a folder")
-        if args.batch_size < 1:
+        if args.batch_size is not None and args.batch_size < 1:
             raise ValueError(f"--batch-size: must be at least 1, got {args.batch_size}")
-        workers = default_workers() if args.workers is None else args.workers
-        if workers < 0:
-            raise ValueError(f"--workers: must be 0 or more, got {workers}")
+        if args.workers is not None and args.workers < 0:
+            raise ValueError(f"--workers: must be 0 or more, got {args.workers}")
         device = resolve_device(args.device)
+        workers = default_workers(device) if args.workers is None else args.workers
+        batch_size = default_batch_size(device) if args.batch_size is None else args.batch_size
         crf = None
         if args.crf:
             from scops_fast.train.crf import INSTALL_HINT, CRFParams, crf_available
@@ -384,7 +399,7 @@ def main(argv=None) -> int:
                 net,
                 images,
                 out,
-                batch_size=args.batch_size,
+                batch_size=batch_size,
                 workers=workers,
                 progress=not args.no_progress,
                 crf=crf,
