@@ -90,9 +90,10 @@ test-rounding: install
 	$(ROUNDING_B) $(PY) -m pytest tests -q -m rounding -p no:cacheprovider $(PYTEST_JOBS)
 
 # The main job: train SCOPS on the embedded synthetic dataset, evaluate, write the report.
-# --resume: a second run picks up the finished checkpoint and only re-evaluates.
+# With --resume once runs/demo holds a run: a second make demo picks up the finished
+# checkpoint and only re-evaluates.
 demo: install
-	$(PY) -m scops_fast.train --config demo --out runs/demo --resume
+	$(PY) -m scops_fast.train --config demo --out runs/demo $$(test -f runs/demo/checkpoint.pt && echo --resume)
 
 # All benchmarks, then benchmarks/RESULTS.md and its plots (about 45 minutes here, quiet).
 # With ORIGINAL=path/to/SCOPS ORIGINAL_TPS=path/to/tps_stn_pytorch (checkouts of the original

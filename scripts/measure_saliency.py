@@ -124,7 +124,7 @@ def train_demo(kind: str, runs: pathlib.Path, steps: int | None) -> dict:
         "demo",
         "--out",
         str(out),
-        "--resume",
+        *(["--resume"] if (out / "checkpoint.pt").exists() else []),
         "--no-progress",
         "--set",
         f"data.args.saliency={json.dumps(kind)}",

@@ -7,6 +7,7 @@ import sys
 import pytest
 import torch
 from conftest import hang_guard
+from PIL import Image
 from train_helpers import tiny_config
 
 from scops_fast.cli.eval import main
@@ -181,3 +182,24 @@ def test_runs_as_a_module():
         timeout=hang_guard(120),
     )
     assert result.returncode == 0 and "--checkpoint" in result.stdout
+
+
+def test_without_data_it_scores_the_runs_own_data_set(tmp_path, capsys):
+    """A run trained on a folder is evaluated on that folder, not on synthetic images."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(4):
+        Image.new("RGB", (24, 24), (60 * i, 30, 30)).save(photos / f"{i}.png")
+    run = tmp_path / "run"
+    cfg = tiny_config(steps=1, **{"data.dataset": "folder", "data.args": {"root": str(photos)}})
+    Trainer(cfg, run, progress=False, tensorboard=False).train()
+    assert main(["--checkpoint", str(run), "--out", str(tmp_path / "e.json")]) == 0
+    captured = capsys.readouterr()
+    assert f"scoring on the data set the run trained on: folder {photos}" in captured.err
+    printed = json.loads(captured.out)
+    assert printed["data"]["dataset"] == "folder" and printed["scored"] is False
+    custom = tmp_path / "custom"
+    Trainer(tiny_config(steps=1), custom, progress=False, tensorboard=False).train()
+    assert main(["--checkpoint", str(custom)]) == 2
+    err = capsys.readouterr().err
+    assert "--data: the run trained on 'train_fakes:TinyParts', which scops-eval cannot" in err

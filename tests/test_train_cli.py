@@ -236,3 +236,85 @@ def test_an_empty_folder_and_too_few_images_say_what_to_do(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "data.batch_size: 5 is larger than the data set (3 images); lower it, e.g. " in err
     assert "--set data.batch_size=3" in err and not out.exists()
+
+
+def test_resume_without_a_run_is_refused_and_a_resume_says_what_it_kept(tmp_path, capsys):
+    config = write_config(tmp_path)
+    out = tmp_path / "typo"
+    assert main(["--resume", "--out", str(out), "--config", str(config), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"scops-train: error: --resume: {out} holds no run ({out / 'checkpoint.pt'} does not "
+        "exist); check --out, or drop --resume to start a new run there\n"
+    )
+    assert not out.exists()
+    run = tmp_path / "run"
+    assert main(["--config", str(config), "--steps", "2", "--out", str(run), "--no-progress"]) == 0
+    capsys.readouterr()
+    both = ["--out", str(run), "--resume", "--overwrite", "--no-progress"]
+    assert main(both) == 2
+    assert "--resume and --overwrite: choose one" in capsys.readouterr().err
+    argv = ["--resume", "--out", str(run), "--steps", "3", "--no-progress"]
+    assert main(argv + ["--set", "model.num_parts=7", "--image-size", "48"]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if "resuming" in line]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(
+        "scops-train: resuming at step 2 with the checkpoint's settings; ignored (the "
+        "checkpoint's kept): model.num_parts, data.image_size; changed: steps 2 -> 3 (the "
+        "learning rate follows the 3-step schedule from here: 0 -> "
+    )
+    assert load_checkpoint(run)["config"]["model"]["num_parts"] != 7
+
+
+def test_a_warm_start_the_small_network_cannot_use_is_refused(tmp_path, capsys):
+    config = write_config(tmp_path)
+    run = tmp_path / "run"
+    argv = ["--config", str(config), "--steps", "1", "--no-progress"]
+    assert main([*argv, "--out", str(run)]) == 0
+    capsys.readouterr()
+    other = tmp_path / "other"
+    assert main([*argv, "--out", str(other), "--set", f"model.pretrained={run}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(
+        "scops-train: error: model.pretrained: the small network has no pretrained weights"
+    )
+    assert "Traceback" not in err and not other.exists()
+
+
+def test_saliency_coverage_is_checked_before_anything_is_written(tmp_path, capsys):
+    from PIL import Image
+
+    photos, maps = tmp_path / "photos", tmp_path / "maps"
+    for folder in (photos / "sub", maps):
+        folder.mkdir(parents=True)
+    names = ["a.png", "b.jpg", "c.png", "sub/d.png", "sub/e.png", "f.png"]
+    for name in names:
+        Image.new("RGB", (20, 20), (90, 20, 20)).save(photos / name)
+    config = write_config(tmp_path)
+    out = tmp_path / "run"
+    argv = ["--config", str(config), "--steps", "1", "--out", str(out), "--no-progress"]
+    argv += ["--data", "folder", "--root", str(photos), "--saliency", str(maps)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"scops-train: error: data set 'folder': saliency folder {maps} holds no map for any of "
+        f"the 6 images under {photos} (a map is named like its image: a.png for a.png)\n"
+    )
+    assert not out.exists()
+    for name in ("b.png", "sub/e.png"):  # maps for 2 of the 6
+        (maps / name).parent.mkdir(exist_ok=True)
+        Image.new("L", (20, 20), 255).save(maps / name)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert (
+        f"saliency folder {maps} holds maps for 2 of the 6 images under {photos}; 4 have none "
+        "(first: a.png); add them, or leave those images out with --set "
+        "data.args.missing_saliency=skip\n"
+    ) in err
+    assert err.count("\n") == 1 and not out.exists()
+    assert (
+        main([*argv, "--set", "data.args.missing_saliency=skip", "--set", "data.batch_size=2"]) == 0
+    )
+    err = capsys.readouterr().err
+    assert f"ImageFolder: left out 4 of 6 images that have no saliency map in {maps}" in err
+    assert "skipping unreadable" not in err

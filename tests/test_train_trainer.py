@@ -17,6 +17,7 @@ from scops_fast.train.config import JitterConfig
 from scops_fast.train.data import GlobalBatchOrder
 from scops_fast.train.loading import upsample_logits
 from scops_fast.train.progress import read_metrics
+from scops_fast.train.trainer import poly_lr
 
 
 def make(tmp_path, name="run", resume=False, **overrides):
@@ -300,6 +301,26 @@ def test_missing_tensorboard_warns_once(tmp_path, monkeypatch):
 
 def test_resume_keeps_the_checkpoint_config_and_says_what_it_ignores(tmp_path):
     make(tmp_path).train(until=3)
-    with pytest.warns(UserWarning, match=r"ignored settings: optim.lr"):
-        resumed = make(tmp_path, resume=True, steps=8, **{"optim.lr": 0.5})
+    resumed = make(tmp_path, resume=True, steps=8, **{"optim.lr": 0.5})
     assert resumed.cfg.optim.lr == 0.01 and resumed.cfg.steps == 8 and resumed.step == 3
+    assert make(tmp_path).resume_note is None  # a fresh start says nothing
+    o = resumed.cfg.optim
+    lr_6, lr_8 = (poly_lr(o.lr, 3, total, o.poly_power) for total in (6, 8))
+    assert resumed.resume_note == (
+        "resuming at step 3 with the checkpoint's settings; ignored (the checkpoint's kept): "
+        f"optim.lr; changed: steps 6 -> 8 (the learning rate follows the 8-step schedule from "
+        f"here: {lr_6:.4g} -> {lr_8:.4g} at step 3)"
+    )
+
+
+def test_a_longer_resumed_run_follows_the_new_horizons_schedule(tmp_path):
+    """--resume --steps N: from the checkpoint's step on, the learning rate is a N-step run's
+    (chosen: the old horizon would leave 0, a restart is another experiment)."""
+    make(tmp_path).train(until=3)
+    resumed = make(tmp_path, resume=True, steps=10)
+    resumed.train(until=4)
+    o = resumed.cfg.optim
+    group = resumed.net_optimizer.param_groups[0]
+    expected = poly_lr(o.lr, 3, 10, o.poly_power) * group["lr_mult"]
+    assert group["lr"] == pytest.approx(expected, rel=1e-12)
+    assert expected > poly_lr(o.lr, 3, 6, o.poly_power) * group["lr_mult"]  # it did change

@@ -1,7 +1,7 @@
 """`scops-eval` / `python -m scops_fast.cli.eval`: score a trained checkpoint and the two baselines
 (one part everywhere; k-means on foreground pixel coordinates) on a data set, as JSON.
 
-    scops-eval --checkpoint runs/demo/checkpoint.pt                       # synthetic, as the demo
+    scops-eval --checkpoint runs/demo/checkpoint.pt           # the data set it trained on
     scops-eval --checkpoint runs/demo --data synthetic --size 128 --n 500 --out eval128.json
     scops-eval --checkpoint runs/celeba-k8 --data celeba --root data/celeba
     scops-eval --checkpoint RUN --data cub --root data/cub
@@ -61,9 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--data",
-        default="synthetic",
-        help="synthetic (default), celeba, cub or folder; KIND:ROOT is short for "
-        "--data KIND --root ROOT",
+        help="synthetic, celeba, cub or folder; KIND:ROOT is short for --data KIND --root ROOT. "
+        "Default: the data set the run trained on (its kind and root)",
     )
     p.add_argument("--root", help="data root of celeba / cub / folder")
     p.add_argument(
@@ -210,7 +209,16 @@ def evaluate_checkpoint(args) -> dict:
 
     model, kind = load_any_model(args.checkpoint, map_location=args.device)
     original = kind == "original"
-    step = None if original else int(load_checkpoint(args.checkpoint)["step"])
+    ckpt = None if original else load_checkpoint(args.checkpoint)
+    step = None if ckpt is None else int(ckpt["step"])
+    if args.data is None:
+        args.data, args.root = run_data(ckpt, args.root)
+        where = f" {args.root}" if args.root else ""
+        print(
+            f"scops-eval: scoring on the data set the run trained on: {args.data}{where} "
+            "(--data chooses another)",
+            file=sys.stderr,
+        )
     protocol = args.protocol or ("original" if original else "ours")
     train_size = model.image_size
     train, test, spec = _datasets(args, train_size, protocol)
@@ -253,6 +261,26 @@ def evaluate_checkpoint(args) -> dict:
         out["pictures"] = {"path": str(path), "images": shown}
     out["eval_seconds"] = time.perf_counter() - t0
     return out
+
+
+def run_data(ckpt: dict | None, root: str | None) -> tuple[str, str | None]:
+    """(--data kind, --root) of the data set a run of ours trained on; `root` overrides the
+    run's (the data may have moved)."""
+    if ckpt is None:
+        raise ValueError(
+            "--data: an original SCOPS snapshot does not record what it was trained on; name "
+            "it, e.g. --data celeba --root data/CelebA"
+        )
+    data = ckpt["config"]["data"]
+    kind = data["dataset"]
+    if kind == "synthetic":
+        return kind, None
+    if kind in DATA_KINDS:
+        return kind, root or data.get("args", {}).get("root")
+    raise ValueError(
+        f"--data: the run trained on {kind!r}, which scops-eval cannot read; name one of "
+        f"{', '.join(DATA_KINDS)} with --data"
+    )
 
 
 def has_labels(dataset) -> bool:

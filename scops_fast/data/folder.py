@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+import sys
 
 import torch
 
@@ -20,7 +21,14 @@ from .imagefiles import (
 #: imports OpenCV, so only the name lives here).
 CACHE_DIR_NAME = ".scops_saliency"
 
-__all__ = ["ImageFolder"]
+__all__ = ["ImageFolder", "MISSING_SALIENCY"]
+
+#: What ImageFolder does with images a given saliency folder has no map for.
+MISSING_SALIENCY = ("refuse", "skip")
+
+
+def _stem(rel: str) -> str:
+    return pathlib.PurePosixPath(rel).with_suffix("").as_posix()
 
 
 class ImageFolder(SkippingDataset):
@@ -33,16 +41,32 @@ class ImageFolder(SkippingDataset):
             (.png preferred, any image extension accepted); None gives a saliency of ones;
             "auto" estimates the maps (`scops_fast.data.saliency`) and caches them in
             `root/.scops_saliency/` (a folder never listed as images), computing only those
-            missing or older than their image. A missing map makes its item unreadable
-            (skipped and counted).
+            missing or older than their image. A given folder is checked at once: one that
+            holds no map for any image is refused, and so is one that covers only some of
+            them, unless missing_saliency="skip".
+        missing_saliency: "refuse" (the default: a folder of maps that misses some images is
+            an error naming the count) or "skip" (the images without a map are left out, and
+            the count is printed on stderr).
         extensions: file extensions to include (lower case, with the dot).
 
     Item: img (3, H, W) float32 in [0, 1]; saliency (H, W) float32; name str (relative path);
     index int.
     """
 
-    def __init__(self, root, size=128, saliency_dir=None, extensions=IMAGE_EXTENSIONS):
+    def __init__(
+        self,
+        root,
+        size=128,
+        saliency_dir=None,
+        extensions=IMAGE_EXTENSIONS,
+        missing_saliency: str = "refuse",
+    ):
         super().__init__()
+        if missing_saliency not in MISSING_SALIENCY:
+            raise ValueError(
+                f"missing_saliency: expected one of {', '.join(MISSING_SALIENCY)}, "
+                f"got {missing_saliency!r}"
+            )
         self.root = pathlib.Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"image folder {self.root} does not exist")
@@ -62,6 +86,45 @@ class ImageFolder(SkippingDataset):
 
             saliency_dir, self.saliency_counts = cached_saliency_dir(self.root, self.files)
         self.saliency_dir = pathlib.Path(saliency_dir) if saliency_dir is not None else None
+        #: Images left out for want of a saliency map (missing_saliency="skip").
+        self.without_saliency: list[str] = []
+        if self.saliency_dir is not None and self.saliency_counts is None and self.files:
+            self._check_saliency_coverage(missing_saliency)
+
+    def _check_saliency_coverage(self, missing_saliency: str) -> None:
+        folder = self.saliency_dir
+        if not folder.is_dir():
+            raise FileNotFoundError(f"saliency folder {folder} does not exist")
+        have = {
+            rel.with_suffix("").as_posix()
+            for rel in (p.relative_to(folder) for p in folder.rglob("*"))
+            if rel.suffix.lower() in IMAGE_EXTENSIONS
+        }
+        missing = [rel for rel in self.files if _stem(rel) not in have]
+        if not missing:
+            return
+        n, m = len(self.files), len(missing)
+        if m == n:
+            raise ValueError(
+                f"saliency folder {folder} holds no map for any of the {n} images under "
+                f"{self.root} (a map is named like its image: {_stem(missing[0])}.png for "
+                f"{missing[0]})"
+            )
+        if missing_saliency == "refuse":
+            raise ValueError(
+                f"saliency folder {folder} holds maps for {n - m} of the {n} images under "
+                f"{self.root}; {m} have none (first: {missing[0]}); add them, or leave those "
+                f"images out with --set data.args.missing_saliency=skip"
+            )
+        left_out = set(missing)
+        self.files = [rel for rel in self.files if rel not in left_out]
+        self.without_saliency = missing
+        print(
+            f"ImageFolder: left out {m} of {n} images that have no saliency map in {folder} "
+            f"(first: {missing[0]})",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def __len__(self) -> int:
         return len(self.files)
@@ -74,8 +137,7 @@ class ImageFolder(SkippingDataset):
         im = load_rgb(self.root / rel)
         tf = CropResize(None, im.size, self.size)
         if self.saliency_dir is not None:
-            stem = str(pathlib.PurePosixPath(rel).with_suffix(""))
-            sal = load_saliency(self.saliency_dir, stem, im.size, tf)
+            sal = load_saliency(self.saliency_dir, _stem(rel), im.size, tf)
         else:
             sal = torch.ones(self.size)
         return {"img": image_tensor(tf.image(im)), "saliency": sal, "name": rel}

@@ -35,7 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backend", help="loss backend: auto, reference, cpp, triton, cuda")
     parser.add_argument("--out", help="run directory (default: runs/<config name>)")
     parser.add_argument(
-        "--resume", action="store_true", help="continue from OUT/checkpoint.pt if it exists"
+        "--resume",
+        action="store_true",
+        help="continue the run in OUT (refused when OUT holds none); it keeps its checkpoint's "
+        "settings but for --steps (a new schedule horizon), --backend, compile, channels_last "
+        "and model.activation_checkpointing, and prints what it ignored and changed",
     )
     parser.add_argument(
         "--overwrite",
@@ -82,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
 EVALUATION_SPLITS = {"celeba": ("test", "train"), "cub": ("test", "train")}
 
 
-def data_overrides(args, cfg) -> dict:
+def data_overrides(args, cfg, set_args: dict | None = None) -> dict:
     """The --data/--root/--saliency/--image-size flags as overrides of `cfg`. The same data
     set as the config's keeps its arguments (root and saliency replaced); another one gets
     arguments of its own and an evaluation that follows it: its labelled splits, or none
@@ -104,6 +108,7 @@ def data_overrides(args, cfg) -> dict:
             "maps with scops-saliency IMAGES --out DIR and pass --saliency DIR"
         )
     data_args = {} if kind != cfg.data.dataset else dict(cfg.data.args)
+    data_args.update(set_args or {})  # --set data.args.x=... holds for the new data set too
     if args.root is not None:
         data_args["root"] = args.root
     if args.saliency is not None:
@@ -150,7 +155,9 @@ def _config(args, parser):
         cfg = cfg.replace(overrides) if overrides else cfg
     else:
         parser.error("--config is required (unless --resume finds OUT/checkpoint.pt)")
-    flags = data_overrides(args, cfg)
+    prefix = "data.args."
+    set_args = {k[len(prefix) :]: v for k, v in overrides.items() if k.startswith(prefix)}
+    flags = data_overrides(args, cfg, set_args)
     return cfg.replace(flags) if flags else cfg
 
 
@@ -171,6 +178,17 @@ def main(argv=None) -> int:
         print(f"scops-train: error: --out: {out} is a file; name a folder", file=sys.stderr)
         return 2
     existing = out / CHECKPOINT_NAME
+    if args.resume and args.overwrite:
+        print("scops-train: error: --resume and --overwrite: choose one", file=sys.stderr)
+        return 2
+    if args.resume and not existing.exists():
+        # A mistyped --out would otherwise start a new run at step 0 without a word.
+        print(
+            f"scops-train: error: --resume: {out} holds no run ({existing} does not exist); "
+            "check --out, or drop --resume to start a new run there",
+            file=sys.stderr,
+        )
+        return 2
     if existing.exists() and not (args.resume or args.overwrite):
         print(
             f"scops-train: error: {out} already holds a run ({existing}); pass --resume to "
@@ -188,6 +206,8 @@ def main(argv=None) -> int:
     trainer = None
     try:
         trainer = Trainer(cfg, out, resume=args.resume, progress=not args.no_progress)
+        if trainer.proc.is_main and trainer.resume_note:
+            print(f"scops-train: {trainer.resume_note}", file=sys.stderr)
         if trainer.proc.is_main:
             print(
                 f"scops-train: {cfg.name}: step {trainer.step} -> {trainer.cfg.steps}, "
@@ -206,8 +226,11 @@ def main(argv=None) -> int:
         )
         return 130
     except KeyboardInterrupt:
-        saved = f"the last checkpoint is {existing}" if existing.exists() else "nothing saved"
-        print(f"\nscops-train: interrupted; {saved}. Continue with: {resume_hint}", file=sys.stderr)
+        if existing.exists():
+            again = f"the last checkpoint is {existing}. Continue with: {resume_hint}"
+        else:
+            again = "nothing saved; the same command starts again"
+        print(f"\nscops-train: interrupted; {again}", file=sys.stderr)
         return 130
     finally:
         distributed.teardown()

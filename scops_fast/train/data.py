@@ -97,8 +97,12 @@ def dataset_from_spec(name: str, args: dict, image_size: int, option: str = "dat
         kwargs["size"] = image_size
     try:
         return factory(**kwargs)
+    except ConfigError:
+        raise
     except TypeError as exc:
         raise ConfigError(f"{option} do not fit {name!r}: {exc}") from None
+    except ValueError as exc:  # an argument the data set refuses, in its own words
+        raise ConfigError(f"data set {name!r}: {exc}") from None
     except FileNotFoundError as exc:
         layout = expected_layout(factory)
         hint = f"; expected under the root: {layout}" if layout else ""

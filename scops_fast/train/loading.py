@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from scops_fast.models import PartSegmenter, deeplab_resnet, small_net
 from scops_fast.models.original import load_original_weights
 from scops_fast.train.checkpoint import load_checkpoint
-from scops_fast.train.config import ModelConfig, config_from_dict
+from scops_fast.train.config import ConfigError, ModelConfig, config_from_dict
 
 
 def build_network(cfg: ModelConfig, *, load_pretrained: bool = True) -> PartSegmenter:
@@ -38,6 +38,13 @@ def build_network(cfg: ModelConfig, *, load_pretrained: bool = True) -> PartSegm
             load_original_weights(net, pretrained)
         return net
     if cfg.arch == "small":
+        if cfg.pretrained is not None:
+            # It would otherwise train from scratch without a word.
+            raise ConfigError(
+                f"model.pretrained: the small network has no pretrained weights to start "
+                f"from (got {cfg.pretrained!r}); leave it null, or use model.arch "
+                "deeplab_resnet50 / deeplab_resnet101 with ImageNet ResNet weights"
+            )
         return small_net(cfg.num_parts, width=cfg.width, **common)
     raise ValueError(f"model.arch: unknown architecture {cfg.arch!r}")
 

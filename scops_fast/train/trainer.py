@@ -232,9 +232,12 @@ class Trainer:
         self.out_dir = pathlib.Path(out_dir)
         self.checkpoint_path = self.out_dir / CHECKPOINT_NAME
         ckpt = None
+        #: What a resumed run did with the settings it was given (one line; None when it
+        #: starts afresh): those it ignored, those it changed. scops-train prints it.
+        self.resume_note: str | None = None
         if resume and self.checkpoint_path.exists():
             ckpt = load_checkpoint(self.checkpoint_path)
-            config = _resumed_config(ckpt, config)
+            config, self.resume_note = _resumed_config(ckpt, config)
         self.cfg = cfg = config
         self.proc = distributed.setup(cfg.device)
         self.device = self.proc.device
@@ -727,31 +730,59 @@ def _last_losses(out_dir) -> dict:
     return {k: v for k, v in records[-1].items() if k in (*LOG_NAMES, "lr", "skipped_images")}
 
 
-def _resumed_config(ckpt: dict, requested: Config) -> Config:
-    """The checkpoint's config, with the run length, loss backend and activation
-    checkpointing of `requested`: the latter two change no number beyond rounding, and a run
-    stopped for lack of memory may go on with checkpointing on."""
+#: The settings a resumed run takes from the command; every other one is the checkpoint's.
+RESUME_SETTABLE = (
+    "steps",
+    "loss.backend",
+    "model.activation_checkpointing",
+    "compile",
+    "channels_last",
+)
+
+
+def _resumed_config(ckpt: dict, requested: Config) -> tuple[Config, str]:
+    """The checkpoint's config with RESUME_SETTABLE taken from `requested` (the backend and
+    checkpointing change no number beyond rounding, and a run stopped for lack of memory may
+    go on with checkpointing on), and the line that says what was ignored and changed.
+
+    A new `steps` is a new schedule horizon: from the checkpoint's step on, the network's
+    learning rate is the one a run of the new length has there (the poly schedule is a
+    function of step / steps). The two alternatives were worse: keeping the old horizon
+    leaves a learning rate of 0 past it, and restarting the schedule from the base rate is a
+    warm restart, another experiment."""
     saved = config_from_dict(ckpt["config"], source="the checkpoint's config")
-    if requested.steps < int(ckpt["step"]):
-        raise ConfigError(
-            f"steps = {requested.steps} is below the checkpoint's step {ckpt['step']}"
-        )
-    resumed = saved.replace(
-        {
-            "steps": requested.steps,
-            "loss.backend": requested.loss.backend,
-            "model.activation_checkpointing": requested.model.activation_checkpointing,
-            "compile": requested.compile,
-            "channels_last": requested.channels_last,
-        }
-    )
-    ignored = _differing_fields(resumed.to_dict(), requested.to_dict())
+    step = int(ckpt["step"])
+    if requested.steps < step:
+        raise ConfigError(f"steps = {requested.steps} is below the checkpoint's step {step}")
+    flat_requested = requested.to_dict()
+    resumed = saved.replace({k: _get(flat_requested, k) for k in RESUME_SETTABLE})
+    ignored = _differing_fields(resumed.to_dict(), flat_requested)
+    saved_flat = saved.to_dict()
+    changed = [
+        f"{k} {_get(saved_flat, k)} -> {_get(flat_requested, k)}"
+        for k in RESUME_SETTABLE
+        if _get(saved_flat, k) != _get(flat_requested, k)
+    ]
+    note = f"resuming at step {step} with the checkpoint's settings"
     if ignored:
-        warnings.warn(
-            f"resuming with the checkpoint's config; ignored settings: {', '.join(ignored)}",
-            stacklevel=3,
+        note += f"; ignored (the checkpoint's kept): {', '.join(ignored)}"
+    if changed:
+        note += f"; changed: {', '.join(changed)}"
+    if saved.steps != requested.steps and step > 0:
+        o = saved.optim
+        before = poly_lr(o.lr, step, saved.steps, o.poly_power)
+        after = poly_lr(o.lr, step, requested.steps, o.poly_power)
+        note += (
+            f" (the learning rate follows the {requested.steps}-step schedule from here: "
+            f"{before:.4g} -> {after:.4g} at step {step})"
         )
-    return resumed
+    return resumed, note
+
+
+def _get(tree: dict, dotted: str):
+    for part in dotted.split("."):
+        tree = tree[part]
+    return tree
 
 
 def _differing_fields(a: dict, b: dict, prefix: str = "") -> list[str]:
