@@ -247,3 +247,34 @@ def test_point_transform_matches_pil_resampling(box, out):
     ys, xs = np.mgrid[: out[0], : out[1]]
     centroid = [(res * xs).sum() / res.sum(), (res * ys).sum() / res.sum()]
     assert centroid == pytest.approx(tf.points(np.array([3.0, 6.0])).tolist(), abs=1e-3)
+
+
+def test_image_folder_resize_modes(tmp_path):
+    """A 40x20 photo (w x h) made square three ways; its map follows its image."""
+    from scops_fast.data.folder import resize_box
+
+    (tmp_path / "img").mkdir()
+    (tmp_path / "sal").mkdir()
+    pixels = np.zeros((20, 40, 3), np.uint8)
+    pixels[:, :10] = (250, 0, 0)  # red quarter on the left, the rest green
+    pixels[:, 10:] = (0, 250, 0)
+    Image.fromarray(pixels).save(tmp_path / "img" / "wide.png")
+    Image.new("L", (40, 20), 255).save(tmp_path / "sal" / "wide.png")
+
+    def item(mode):
+        ds = ImageFolder(tmp_path / "img", size=16, saliency_dir=tmp_path / "sal", resize=mode)
+        return ds[0]
+
+    squash, crop, box = item("squash"), item("crop"), item("letterbox")
+    assert resize_box((40, 20), (16, 16), "squash") is None
+    assert resize_box((40, 20), (16, 16), "crop") == (10, 0, 30, 20)
+    assert resize_box((40, 20), (16, 16), "letterbox") == (0, -10, 40, 30)
+    assert resize_box((20, 40), (16, 16), "letterbox") == (-10, 0, 30, 40)
+    # squash: a quarter red; crop: the red quarter is cut off; letterbox: bars above and below.
+    assert float(squash["img"][0, 8, 1]) > 0.9 and float(squash["img"][1, 8, 14]) > 0.9
+    assert float(crop["img"][0].max()) < 0.1 and torch.equal(crop["saliency"], torch.ones(16, 16))
+    assert float(box["img"][:, :3].max()) == 0.0 and float(box["img"][:, -3:].max()) == 0.0
+    assert float(box["saliency"][:3].max()) == 0.0 and float(box["saliency"][8].min()) == 1.0
+    assert float(box["img"][0, 8, 1]) > 0.9  # the red quarter is still there
+    with pytest.raises(ValueError, match="resize: expected one of squash, letterbox, crop"):
+        ImageFolder(tmp_path / "img", resize="fit")

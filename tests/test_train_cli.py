@@ -318,3 +318,11 @@ def test_saliency_coverage_is_checked_before_anything_is_written(tmp_path, capsy
     err = capsys.readouterr().err
     assert f"ImageFolder: left out 4 of 6 images that have no saliency map in {maps}" in err
     assert "skipping unreadable" not in err
+
+
+def test_resize_is_for_folders(tmp_path, capsys):
+    config = write_config(tmp_path)
+    argv = ["--config", str(config), "--out", str(tmp_path / "r"), "--resize", "crop"]
+    assert main(argv) == 2
+    assert "--resize: only for --data folder" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

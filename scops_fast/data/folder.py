@@ -21,10 +21,31 @@ from .imagefiles import (
 #: imports OpenCV, so only the name lives here).
 CACHE_DIR_NAME = ".scops_saliency"
 
-__all__ = ["ImageFolder", "MISSING_SALIENCY"]
+__all__ = ["ImageFolder", "MISSING_SALIENCY", "RESIZE_MODES", "resize_box"]
 
 #: What ImageFolder does with images a given saliency folder has no map for.
 MISSING_SALIENCY = ("refuse", "skip")
+
+
+#: How ImageFolder brings an image to the training shape (see its `resize` argument).
+RESIZE_MODES = ("squash", "letterbox", "crop")
+
+
+def resize_box(src_size, out_size, mode: str) -> tuple[int, int, int, int] | None:
+    """The source box (x0, y0, x1, y1) that CropResize scales to out_size (H, W): None for
+    "squash"; for "crop" the central box of the output's aspect inside the image; for
+    "letterbox" the box of that aspect around the image, reaching outside it (black)."""
+    if mode == "squash":
+        return None
+    w, h = src_size
+    out_h, out_w = out_size
+    aspect = out_w / out_h
+    if (w / h > aspect) == (mode == "crop"):  # keep the height, choose the width
+        bw, bh = max(1, round(h * aspect)), h
+    else:  # keep the width, choose the height
+        bw, bh = w, max(1, round(w / aspect))
+    x0, y0 = (w - bw) // 2, (h - bh) // 2
+    return (x0, y0, x0 + bw, y0 + bh)
 
 
 def _stem(rel: str) -> str:
@@ -47,6 +68,10 @@ class ImageFolder(SkippingDataset):
         missing_saliency: "refuse" (the default: a folder of maps that misses some images is
             an error naming the count) or "skip" (the images without a map are left out, and
             the count is printed on stderr).
+        resize: how an image whose shape differs from `size` is brought to it: "squash" (the
+            default: the whole image, stretched), "letterbox" (the whole image, undistorted,
+            centred with black bars; the bars' saliency is 0) or "crop" (undistorted, the
+            central region of the output's shape, the rest cut off).
         extensions: file extensions to include (lower case, with the dot).
 
     Item: img (3, H, W) float32 in [0, 1]; saliency (H, W) float32; name str (relative path);
@@ -60,8 +85,14 @@ class ImageFolder(SkippingDataset):
         saliency_dir=None,
         extensions=IMAGE_EXTENSIONS,
         missing_saliency: str = "refuse",
+        resize: str = "squash",
     ):
         super().__init__()
+        if resize not in RESIZE_MODES:
+            raise ValueError(
+                f"resize: expected one of {', '.join(RESIZE_MODES)}, got {resize!r}"
+            )
+        self.resize = resize
         if missing_saliency not in MISSING_SALIENCY:
             raise ValueError(
                 f"missing_saliency: expected one of {', '.join(MISSING_SALIENCY)}, "
@@ -135,7 +166,7 @@ class ImageFolder(SkippingDataset):
     def _load(self, index: int) -> dict:
         rel = self.files[index]
         im = load_rgb(self.root / rel)
-        tf = CropResize(None, im.size, self.size)
+        tf = CropResize(resize_box(im.size, self.size, self.resize), im.size, self.size)
         if self.saliency_dir is not None:
             sal = load_saliency(self.saliency_dir, _stem(rel), im.size, tf)
         else:

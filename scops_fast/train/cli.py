@@ -71,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     data.add_argument("--image-size", type=int, help="training image size (square)")
     data.add_argument(
+        "--resize",
+        choices=("squash", "letterbox", "crop"),
+        help="folder: how a non-square photo becomes square: squash (the default: stretched), "
+        "letterbox (whole, with black bars) or crop (the central square)",
+    )
+    data.add_argument(
         "--batch-size",
         help="global batch (short for --set data.batch_size=N), or 'auto': the largest batch, "
         "with the least activation checkpointing, whose step fits memory_budget_gb (default: "
@@ -113,8 +119,15 @@ def data_overrides(args, cfg, set_args: dict | None = None) -> dict:
         data_args["root"] = args.root
     if args.saliency is not None:
         data_args["saliency_dir"] = args.saliency
+    if args.resize is not None:
+        if DATASETS.get(kind, kind) != DATASETS["folder"]:
+            raise ConfigError(
+                f"--resize: only for --data folder (this run's data set is {kind}, which "
+                "crops as its protocol says)"
+            )
+        data_args["resize"] = args.resize
     if args.data is None or kind == cfg.data.dataset:
-        if args.root is not None or args.saliency is not None:
+        if args.root is not None or args.saliency is not None or args.resize is not None:
             out["data.args"] = data_args
         if args.saliency is not None:
             out["features.saliency"] = True
