@@ -89,9 +89,7 @@ class ImageFolder(SkippingDataset):
     ):
         super().__init__()
         if resize not in RESIZE_MODES:
-            raise ValueError(
-                f"resize: expected one of {', '.join(RESIZE_MODES)}, got {resize!r}"
-            )
+            raise ValueError(f"resize: expected one of {', '.join(RESIZE_MODES)}, got {resize!r}")
         self.resize = resize
         if missing_saliency not in MISSING_SALIENCY:
             raise ValueError(

@@ -10,6 +10,7 @@ import sys
 
 from scops_fast.train.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
 from scops_fast.train.config import (
+    Config,
     ConfigError,
     config_from_dict,
     load_config,
@@ -84,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
         "CUDA, from a short memory probe on CPU, and printed",
     )
     parser.add_argument("--no-progress", action="store_true", help="log lines, no progress bar")
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved configuration (--config, --set and the data flags applied; "
+        "the defaults without --config), each field with its meaning, default and allowed "
+        "values, and exit without training (the same as docs/config.md)",
+    )
     return parser
 
 
@@ -162,6 +170,8 @@ def _config(args, parser):
         overrides["loss.backend"] = args.backend
     if args.config is not None:
         cfg = load_config(args.config, overrides)
+    elif args.print_config:
+        cfg = Config().replace(overrides) if overrides else Config()
     elif args.resume and args.out and (pathlib.Path(args.out) / CHECKPOINT_NAME).exists():
         path = pathlib.Path(args.out) / CHECKPOINT_NAME
         cfg = config_from_dict(load_checkpoint(path)["config"], source=str(path))
@@ -182,6 +192,11 @@ def main(argv=None) -> int:
     except (ConfigError, CheckpointError, FileNotFoundError) as exc:
         print(f"scops-train: error: {exc}", file=sys.stderr)
         return 2
+    if args.print_config:
+        from scops_fast.train.config_reference import annotated
+
+        print(annotated(cfg, f"--config {args.config}" if args.config else "the defaults"), end="")
+        return 0
 
     from scops_fast.train import distributed
     from scops_fast.train.trainer import Trainer, TrainingInterrupted

@@ -42,10 +42,13 @@ def _choices(*values) -> dict:
 
 @dataclass
 class ModelConfig:
+    #: The segmentation network: DeepLab-v2 on a dilated ResNet-50/101, or a small network for
+    #: CPUs.
     arch: str = field(
         default="deeplab_resnet50",
         metadata=_choices("deeplab_resnet50", "deeplab_resnet101", "small"),
     )
+    #: K, the number of parts (the network has K+1 output channels: 0 is the background).
     num_parts: int = field(default=8, metadata={"min": 1})
     #: None, a path to a weight file, or "torchvision" (the file in the torch hub cache).
     pretrained: str | None = None
@@ -65,9 +68,12 @@ class ModelConfig:
     width: int = field(default=32, metadata={"min": 1})
     #: Dilations of the classifier's parallel 3x3 convolutions; None: the arch's default.
     head_dilations: list[int] | None = None
+    #: BatchNorm in training: "train" normalises by the batch's statistics and updates the running
+    #: ones; "eval" uses (and freezes) the running statistics.
     batchnorm: str = field(default="train", metadata=_choices(*BATCHNORM_MODES))
     #: Input normalisation `(rgb - mean) / std`, rgb in [0, 1].
     input_mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    #: The std of that normalisation.
     input_std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
     #: Activation checkpointing, for a larger batch or image in the same memory: "none";
     #: "blocks", each residual block (and the classifier) keeps only its input and runs
@@ -87,6 +93,7 @@ class DataConfig:
     dataset: str = "synthetic"
     #: Keyword arguments of the data set's constructor (besides `size`).
     args: dict = field(default_factory=dict)
+    #: Training images are this many pixels square.
     image_size: int = field(default=256, metadata={"min": 8})
     #: Global batch: split evenly over the processes of a distributed run.
     batch_size: int = field(default=6, metadata={"min": 1})
@@ -99,6 +106,7 @@ class DataConfig:
     #: micro-batch, and running statistics updated once per micro-batch; the trainer warns).
     #: The step counter, learning-rate schedule, log and checkpoints count optimiser steps.
     accumulate: int = field(default=1, metadata={"min": 1})
+    #: DataLoader worker processes reading the images (0: the training process reads them).
     num_workers: int = field(default=0, metadata={"min": 0})
     #: Keep the items' training inputs (img, saliency) in memory after their first use:
     #: later epochs skip decoding or rendering. Costs N x (4 x 4 x H x W) bytes.
@@ -107,9 +115,12 @@ class DataConfig:
 
 @dataclass
 class FeaturesConfig:
+    #: The frozen features of the semantic loss: ImageNet VGG-19, VGG-19 with random weights
+    #: (tests), or hand-made colour and gradient maps (no weights needed).
     kind: str = field(default="vgg19", metadata=_choices(*FEATURE_KINDS))
     #: VGG-19 weights: a path, "torchvision" (hub cache) or None (only for random_vgg19).
     weights: str | None = "torchvision"
+    #: VGG-19 layers whose features are concatenated (the paper: relu5_2 and relu5_4).
     layers: list[str] = field(default_factory=lambda: list(SCOPS_LAYERS))
     #: L2-normalise each layer's features per pixel and the basis rows (SPEC section 4).
     normalize: bool = False
@@ -125,10 +136,15 @@ class FeaturesConfig:
 
 @dataclass
 class LossConfig:
+    #: Weight of the geometric concentration loss.
     concentration: float = 10.0
+    #: Weight of the equivariance loss (part maps under the TPS warp).
     equivariance: float = 1e3
+    #: Weight of the part centres' equivariance loss.
     landmark_equivariance: float = 1e2
+    #: Weight of the semantic consistency loss (features against the part basis).
     semantic: float = 1e4
+    #: Weight of the part basis' orthonormality loss.
     orthonormal: float = 0.1
     #: "original": the original's sum over parts and pixels divided by B twice;
     #: "per_image": divided by B once, so the loss does not shrink as the batch grows.
@@ -143,9 +159,14 @@ class LossConfig:
 
 @dataclass
 class WarpConfig:
+    #: How RandTPS draws its warps: "affine" (a random similarity of jittered control points) or
+    #: "projective".
     mode: str = field(default="affine", metadata=_choices(*TPS_MODES))
+    #: Control points are jittered by Uniform(-sigma, sigma) (in [-1, 1] image coordinates).
     sigma: float = field(default=0.01, metadata={"min": 0.0})
+    #: The warp's random scale range (low, high); None: no scaling.
     random_scale: list[float] | None = field(default_factory=lambda: [0.7, 2.0])
+    #: Also mirror the warped image at random (half the time).
     random_mirror: bool = False
     #: Padding when warping the (normalised, jittered) images.
     padding: str = field(default="zeros", metadata=_choices("zeros", "border"))
@@ -161,9 +182,13 @@ class WarpConfig:
 class JitterConfig:
     """Colour jitter of the equivariance branch, as torchvision's ColorJitter."""
 
+    #: Brightness factor drawn from [1 - b, 1 + b].
     brightness: float = field(default=0.3, metadata={"min": 0.0})
+    #: Contrast factor drawn from [1 - c, 1 + c].
     contrast: float = field(default=0.3, metadata={"min": 0.0})
+    #: Saturation factor drawn from [1 - s, 1 + s].
     saturation: float = field(default=0.2, metadata={"min": 0.0})
+    #: Hue shift drawn from [-h, h] (a fraction of the colour circle).
     hue: float = field(default=0.2, metadata={"min": 0.0, "max": 0.5})
     #: "tensor": torchvision's tensor ops on the batch, 8-bit levels rounded. "pil": the
     #: original's path, image by image through PIL (8-bit levels truncated, not rounded).
@@ -175,16 +200,25 @@ class JitterConfig:
 
 @dataclass
 class OptimConfig:
+    #: The network's base learning rate (SGD), decayed by the poly schedule.
     lr: float = field(default=1e-5, metadata={"min": 0.0})
+    #: The classifier head's learning rate is lr times this.
     head_lr_mult: float = 10.0
+    #: SGD momentum of the network.
     momentum: float = 0.9
+    #: SGD weight decay of the network.
     weight_decay: float = 5e-4
     #: lr * (1 - t/T)^power.
     poly_power: float = 0.9
+    #: Clip the network's gradient norm at this (None: no clipping).
     grad_clip: float | None = 5.0
+    #: Learning rate of the part basis (constant).
     basis_lr: float = 0.01
+    #: SGD momentum of the part basis.
     basis_momentum: float = 0.9
+    #: SGD weight decay of the part basis.
     basis_weight_decay: float = 5e-4
+    #: Clip the part basis' gradient norm at this (None: no clipping).
     basis_grad_clip: float | None = 5.0
     #: Quirk of the original: its backbone parameter list names each parameter once per
     #: module that contains it, so SGD steps a parameter 1 (conv1), 3 (a block's
@@ -198,11 +232,17 @@ class EvaluationConfig:
     landmark regression fitted on `train_dataset`, scored with NMI/ARI/IoU on
     `test_dataset` (data set names as in `data.dataset`, built at data.image_size)."""
 
+    #: Evaluate the trained network at the end of the run (metrics.json, the criteria).
     enabled: bool = False
+    #: Data set the landmark regression is fitted on (None: no regression).
     train_dataset: str | None = None
+    #: Keyword arguments of train_dataset's constructor.
     train_args: dict = field(default_factory=dict)
+    #: Data set everything is scored on.
     test_dataset: str = "synthetic"
+    #: Keyword arguments of test_dataset's constructor.
     test_args: dict = field(default_factory=dict)
+    #: Images per evaluation batch.
     batch_size: int = field(default=16, metadata={"min": 1})
     #: At most this many items of each set.
     limit: int | None = None
@@ -210,10 +250,13 @@ class EvaluationConfig:
 
 @dataclass
 class Config:
+    #: The run's name (the default output folder is runs/<name>).
     name: str = "scops"
+    #: Seed of the weights' initialisation, the data order, the warps and the jitter.
     seed: int = 0
     #: Total steps: the horizon of the learning-rate schedule.
     steps: int = field(default=100_000, metadata={"min": 1})
+    #: Where to train: "auto" takes CUDA when torch sees a GPU.
     device: str = field(default="auto", metadata=_choices("auto", "cpu", "cuda"))
     #: Compute precision of the segmentation network and the feature extractor, through
     #: torch.autocast on the run's device: "bfloat16", or "float16" with a gradient scaler
@@ -244,7 +287,9 @@ class Config:
     #: On CPU with glibc, return the allocator's free pages to the OS between each
     #: step's forward and backward (malloc_trim): a lower resident peak for a few ms.
     release_heap: bool = True
+    #: Log the losses (metrics.jsonl, TensorBoard, a log line) every this many steps.
     log_every: int = field(default=50, metadata={"min": 1})
+    #: Save checkpoint.pt every this many steps (and at the end and on Ctrl-C).
     checkpoint_every: int = field(default=1000, metadata={"min": 1})
     #: Write the HTML report (part overlays, curves) at the end of training.
     report: bool = True
