@@ -74,7 +74,7 @@ test:
 	$(MAKE) --no-print-directory test-rounding
 
 # The tests marked `rounding` (float results whose rounding another CPU changes) again, under
-# what changes rounding the way another machine does (README, "`make test` on another CPU");
+# what changes rounding the way another machine does (docs/verification.md, "`make test` on another CPU");
 # about 2 minutes here. A: one thread, torch's portable kernels (ATen DEFAULT, so no cpp
 # build loads: its cases skip), oneDNN and MKL at SSE4.1/4.2, OpenCV's plain code, and the
 # inputs of the tests that take the `nudge` fixture moved by one ulp. B: three threads,

@@ -5,7 +5,7 @@ docs/crf_results.json.
     make demo                                              # the checkpoint, runs/demo
     nice -n 10 .venv/bin/python scripts/measure_crf.py     # about 20 s here
 
-It also rewrites the README's table (beside `scops-predict --crf`), which a test compares with the
+It also rewrites docs/training.md's table (beside `scops-predict --crf`), which a test compares with the
 JSON; --no-readme leaves it.
 
 The images are the demo's evaluation split (300 test images, the landmark regression fitted on
@@ -116,7 +116,7 @@ ROW_NAMES = {
 
 
 def readme_table(report: dict) -> str:
-    """The README's table beside scops-predict (tests/test_crf.py checks it is there)."""
+    """docs/training.md's table beside scops-predict (tests/test_crf.py checks it is there)."""
     lines = [
         "| | part NMI (foreground) | keypoint NMI | foreground IoU | landmark error "
         "| CRF time per image |",
@@ -130,8 +130,8 @@ def readme_table(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def update_readme(report: dict, readme: pathlib.Path = ROOT / "README.md") -> None:
-    """Replaces the README's table (its header line onwards, while lines start with |)."""
+def update_readme(report: dict, readme: pathlib.Path = ROOT / "docs" / "training.md") -> None:
+    """Replaces docs/training.md's table (its header line onwards, while lines start with |)."""
     table = readme_table(report)
     lines = readme.read_text().splitlines(keepends=True)
     header = table.splitlines(keepends=True)[0]
@@ -146,7 +146,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", type=pathlib.Path, default=ROOT / "runs" / "demo")
     p.add_argument("--out", type=pathlib.Path, default=ROOT / "docs" / "crf_results.json")
-    p.add_argument("--no-readme", action="store_true", help="leave README.md's table as it is")
+    p.add_argument("--no-readme", action="store_true", help="leave docs/training.md's table as it is")
     args = p.parse_args(argv)
     report = measure(args.run)
     report["checkpoint"] = os.path.relpath(args.run.resolve(), ROOT)

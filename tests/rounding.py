@@ -1,5 +1,5 @@
 """One float rounding step, applied on purpose: the noise model of the tests marked
-`rounding` (see the README's "Another CPU" section).
+`rounding` (see docs/verification.md, "`make test` on another CPU").
 
 Another CPU (its BLAS, oneDNN, vector width, thread count) changes a float32 computation
 by rounding differences: every intermediate moves by about one unit in the last place. The

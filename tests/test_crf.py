@@ -116,7 +116,7 @@ def test_predict_crf_writes_the_refined_maps(tmp_path, capsys):
     out = tmp_path / "out"
     argv = ["--checkpoint", str(tmp_path / "run"), "--images", str(folder), "--out", str(out)]
     assert main(argv + ["--crf", "--no-progress"]) == 0
-    assert "2 images (scops_fast checkpoint, K=3, dense CRF)" in capsys.readouterr().err
+    assert "2 images (scops_fast checkpoint, K=3, dense CRF, cpu)" in capsys.readouterr().err
     report = json.loads((out / "parts.json").read_text())
     assert report["crf"] == CRFParams().to_dict()
     assert (out / "overlays" / "a.jpg").exists() and (out / "parts.csv").exists()
@@ -155,6 +155,6 @@ def test_the_readme_table_is_the_measured_one():
     report = json.loads((root / "docs" / "crf_results.json").read_text())
     assert report["results"]["crf"]["params"] == CRFParams().to_dict()  # what --crf runs
     table = measure_crf.readme_table(report)
-    assert table in (root / "README.md").read_text(), (
+    assert table in (root / "docs" / "training.md").read_text(), (
         "regenerate: nice -n 10 .venv/bin/python scripts/measure_crf.py"
     )

@@ -103,8 +103,8 @@ def test_bad_arguments_are_named(run, tmp_path, capsys, monkeypatch):
 
 
 def readme_snippet(after: str) -> str:
-    """The first ```python block after the line starting with `after` in the README."""
-    text = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    """The first ```python block after `after` in docs/training.md."""
+    text = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
     start = text.index("```python\n", text.index(after)) + len("```python\n")
     return text[start : text.index("```", start)]
 
@@ -128,6 +128,6 @@ def test_the_readme_snippets_run(run, tmp_path, monkeypatch, fmt, after, file):
     )
     code = readme_snippet(after).replace("size = 128", "size = 32")  # the test model's size
     scope: dict = {}
-    exec(compile(code, "README snippet", "exec"), scope)
+    exec(compile(code, "docs/training.md snippet", "exec"), scope)
     labels = np.asarray(scope["labels"])
     assert labels.shape == (32, 32) and 0 <= labels.min() and labels.max() <= 3

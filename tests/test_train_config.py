@@ -159,5 +159,5 @@ def test_readme_shows_the_quirk_table_of_the_presets():
 
     from scops_fast.train.quirks import quirk_table
 
-    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "paper.md").read_text()
     assert quirk_table() in readme, "regenerate it: python -m scops_fast.train.quirks"

@@ -19,7 +19,7 @@ prior). OpenCV's other static detector, `StaticSaliencyFineGrained`, was worse (
 0.88 in place of the spectral residual): it fires on every textured region, clutter included.
 The constants were chosen on other images (seed 5). IoU is not the whole story: the demo
 trained with these maps reaches a landmark error of 0.136, against 0.097 with the data set's
-degraded foreground (IoU 0.81) and 0.158 with none (the README and the results file say more).
+degraded foreground (IoU 0.81) and 0.158 with none (docs/training.md and the results file say more).
 
 `--saliency auto` (`cached_saliency_dir`) computes the maps once, into `<root>/.scops_saliency/`
 (or, where the root cannot be written, a folder of the user's cache named after the root's

@@ -2,7 +2,7 @@
 two CelebA presets: `celeba-k8-original` (the original's behaviour, quirks included) and
 `celeba-k8` (the same protocol with the quirks that are mistakes corrected).
 
-    python -m scops_fast.train.quirks      # the README's table, from the presets
+    python -m scops_fast.train.quirks      # docs/paper.md's table, from the presets
 """
 
 from __future__ import annotations
