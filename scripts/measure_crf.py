@@ -5,8 +5,8 @@ docs/crf_results.json.
     make demo                                              # the checkpoint, runs/demo
     nice -n 10 .venv/bin/python scripts/measure_crf.py     # about 20 s here
 
-It also rewrites docs/training.md's table (beside `scops-predict --crf`), which a test compares with the
-JSON; --no-readme leaves it.
+It also rewrites docs/training.md's table (beside `scops-predict --crf`), which a test compares
+with the JSON; --no-readme leaves it.
 
 The images are the demo's evaluation split (300 test images, the landmark regression fitted on
 500 train images, both refined alike), at the training size. Scored: dense part NMI/ARI over the
@@ -146,7 +146,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", type=pathlib.Path, default=ROOT / "runs" / "demo")
     p.add_argument("--out", type=pathlib.Path, default=ROOT / "docs" / "crf_results.json")
-    p.add_argument("--no-readme", action="store_true", help="leave docs/training.md's table as it is")
+    p.add_argument(
+        "--no-readme", action="store_true", help="leave docs/training.md's table as it is"
+    )
     args = p.parse_args(argv)
     report = measure(args.run)
     report["checkpoint"] = os.path.relpath(args.run.resolve(), ROOT)

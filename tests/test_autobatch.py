@@ -6,9 +6,9 @@ import json
 import pytest
 from train_helpers import tiny_config
 
+from scops_fast.cli.train import main
 from scops_fast.train import autobatch
 from scops_fast.train.checkpoint import load_checkpoint
-from scops_fast.train.cli import main
 from scops_fast.train.config import ConfigError
 
 

@@ -3,8 +3,8 @@ dataclasses: every field documented, the committed page in step, the printout re
 
 import re
 
+from scops_fast.cli.train import main
 from scops_fast.train import config_reference
-from scops_fast.train.cli import main
 from scops_fast.train.config import Config, load_config
 
 

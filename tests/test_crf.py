@@ -102,10 +102,10 @@ def test_the_appearance_kernel_follows_the_colour_edge(nudge):
 def test_predict_crf_writes_the_refined_maps(tmp_path, capsys):
     from train_helpers import tiny_config
 
+    from scops_fast.cli.predict import main
     from scops_fast.data.imagefiles import image_tensor, load_rgb
     from scops_fast.train import Trainer
     from scops_fast.train.loading import load_model, predict_parts
-    from scops_fast.train.predict import main
 
     Trainer(tiny_config(steps=1), tmp_path / "run", progress=False, tensorboard=False).train()
     folder = tmp_path / "photos"
@@ -132,7 +132,7 @@ def test_predict_crf_writes_the_refined_maps(tmp_path, capsys):
 
 
 def test_predict_crf_without_pydensecrf_is_a_one_line_error(tmp_path, capsys, monkeypatch):
-    from scops_fast.train.predict import main
+    from scops_fast.cli.predict import main
 
     monkeypatch.setitem(sys.modules, "pydensecrf.densecrf", None)  # import fails
     folder = tmp_path / "photos"

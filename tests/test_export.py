@@ -16,8 +16,9 @@ import pytest
 import torch
 from train_helpers import tiny_config
 
+from scops_fast.cli.export import main
 from scops_fast.train import Trainer
-from scops_fast.train.export import PartProbabilities, main
+from scops_fast.train.export import PartProbabilities
 from scops_fast.train.loading import load_any_model, predict_parts
 
 

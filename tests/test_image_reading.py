@@ -140,9 +140,9 @@ def awkward_folder(root):
 
 
 def test_awkward_files_through_train_predict_and_saliency(tmp_path, capfd):
-    from scops_fast.data.saliency import main as saliency_main
+    from scops_fast.cli.predict import main as predict_main
+    from scops_fast.cli.saliency import main as saliency_main
     from scops_fast.train import Trainer
-    from scops_fast.train.predict import main as predict_main
 
     photos = tmp_path / "photos"
     damaged = awkward_folder(photos)

@@ -31,11 +31,36 @@ def imported_units(path: pathlib.Path) -> set[str]:
 
 
 def import_graph() -> dict[str, set[str]]:
+    """Who imports whom, leaving out `__main__.py` files: entry points that nothing imports
+    (`python -m scops_fast.train` runs scops_fast.cli.train, which torchrun needs)."""
     graph: dict[str, set[str]] = {}
     for path in PACKAGE.rglob("*.py"):
+        if path.name == "__main__.py":
+            continue
         unit = unit_of(path)
         graph.setdefault(unit, set()).update(imported_units(path) - {unit})
     return graph
+
+
+def test_every_command_lives_in_the_cli_package():
+    """The console scripts and the `python -m` entry points all lead into scops_fast.cli."""
+    import tomllib
+
+    root = PACKAGE.parent
+    scripts = tomllib.loads((root / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts and all(target.startswith("scops_fast.cli.") for target in scripts.values())
+    for main in PACKAGE.rglob("__main__.py"):
+        assert imported_units(main) <= {"cli"}, main
+    mains = {
+        p.relative_to(PACKAGE).as_posix()
+        for p in PACKAGE.rglob("*.py")
+        if "def main(" in p.read_text()
+    }
+    # Outside cli/ only the developers' generators: docs/config.md and the Triton AOT check.
+    assert sorted(m for m in mains if not m.startswith("cli/")) == [
+        "train/config_reference.py",
+        "triton_kernels/aot.py",
+    ]
 
 
 def test_no_two_packages_import_each_other():

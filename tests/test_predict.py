@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 from train_helpers import tiny_config
 
+from scops_fast.cli.predict import main
 from scops_fast.train import Trainer
-from scops_fast.train.predict import main
 
 
 def photos(folder):
@@ -144,7 +144,7 @@ def test_an_interrupted_run_goes_on_without_redoing_finished_images(tmp_path):
     out = tmp_path / "out"
     argv = ["--checkpoint", str(run), "--images", str(folder), "--out", str(out), "--no-progress"]
     child = subprocess.Popen(
-        [sys.executable, "-m", "scops_fast.train.predict", *argv, "--workers", "1"],
+        [sys.executable, "-m", "scops_fast.cli.predict", *argv, "--workers", "1"],
         stderr=subprocess.PIPE,
         text=True,
     )

@@ -27,10 +27,10 @@ from conftest import hang_guard
 from PIL import Image
 from train_helpers import assert_bitwise_equal, tiny_config
 
+from scops_fast.cli.train import main
 from scops_fast.train import Trainer
 from scops_fast.train import checkpoint as checkpoint_module
 from scops_fast.train.checkpoint import CheckpointError, load_checkpoint, save_atomic
-from scops_fast.train.cli import main
 from scops_fast.train.progress import read_metrics
 
 TESTS = pathlib.Path(__file__).resolve().parent

@@ -13,8 +13,9 @@ import torch
 from PIL import Image
 
 import scops_fast.data.saliency as saliency
+from scops_fast.cli.saliency import main
 from scops_fast.data import ImageFolder, SyntheticParts
-from scops_fast.data.saliency import estimate_saliency, main
+from scops_fast.data.saliency import estimate_saliency
 from scops_fast.train.data import dataset_from_spec
 
 
@@ -190,7 +191,7 @@ def test_errors_name_the_argument(tmp_path, capsys):
 
 def test_python_m_form(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "scops_fast.data.saliency", str(tmp_path / "nope"), "--out", "x"],
+        [sys.executable, "-m", "scops_fast.cli.saliency", str(tmp_path / "nope"), "--out", "x"],
         capture_output=True,
         text=True,
     )
@@ -216,7 +217,8 @@ def test_synthetic_parts_saliency_kinds():
 
 
 def test_train_flag_auto_is_for_folders(tmp_path, capsys):
-    from scops_fast.train import cli, load_config
+    from scops_fast.cli import train as cli
+    from scops_fast.train import load_config
 
     args = cli.build_parser().parse_args(["--data", "folder", "--root", "p", "--saliency", "auto"])
     flags = cli.data_overrides(args, load_config("demo"))

@@ -8,8 +8,8 @@ import sys
 from conftest import hang_guard
 from train_helpers import tiny_config
 
+from scops_fast.cli.train import main
 from scops_fast.train.checkpoint import load_checkpoint
-from scops_fast.train.cli import main
 from scops_fast.train.progress import read_metrics
 
 
@@ -132,7 +132,7 @@ def test_ctrl_c_saves_the_step_and_says_how_to_resume(tmp_path):
 def test_the_end_of_run_summary_gives_the_verdict_and_the_report(tmp_path):
     import types
 
-    from scops_fast.train.cli import summary
+    from scops_fast.cli.train import summary
 
     (tmp_path / "report.html").write_text("<html></html>")
     criteria = {
@@ -181,7 +181,7 @@ def test_training_on_a_folder_of_images(tmp_path, capsys):
 
 
 def test_the_same_data_set_keeps_its_arguments(tmp_path):
-    from scops_fast.train.cli import build_parser, data_overrides
+    from scops_fast.cli.train import build_parser, data_overrides
     from scops_fast.train.config import load_config
 
     cfg = load_config("celeba-k8")

@@ -2,7 +2,7 @@
 contrib's static saliency, written in the original SCOPS format (`<stem>.png`, grey 0-255,
 white on the object, the image's size).
 
-    scops-saliency photos/ --out masks/         # or: python -m scops_fast.data.saliency ...
+    scops-saliency photos/ --out masks/         # or: python -m scops_fast.cli.saliency ...
     scops-train --config folder --data folder --root photos/ --saliency auto
 
 The estimate (`estimate_saliency`), on the image resized to a shorter side of 128 px: the
@@ -28,7 +28,6 @@ absolute path), and reuses a map as long as it is newer than its image.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -40,7 +39,7 @@ import numpy as np
 from PIL import Image
 
 from .folder import CACHE_DIR_NAME, ImageFolder
-from .imagefiles import IMAGE_EXTENSIONS, UNREADABLE, load_rgb
+from .imagefiles import UNREADABLE, load_rgb
 
 __all__ = [
     "CACHE_DIR_NAME",
@@ -75,7 +74,8 @@ _DETECTORS = {
 }
 
 
-def _cv2():
+def opencv_saliency():
+    """The cv2 module with contrib's saliency, or ImportError with the install hint."""
     try:
         import cv2
     except ImportError:
@@ -89,12 +89,12 @@ def _cv2():
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
-    cv2 = _cv2()
+    cv2 = opencv_saliency()
     return cv2.normalize(x.astype(np.float32), None, 0.0, 1.0, cv2.NORM_MINMAX)
 
 
 def _centre_prior(h: int, w: int) -> np.ndarray:
-    cv2 = _cv2()
+    cv2 = opencv_saliency()
     gy = cv2.getGaussianKernel(h, _CENTRE_SIGMA * h, cv2.CV_32F)
     gx = cv2.getGaussianKernel(w, _CENTRE_SIGMA * w, cv2.CV_32F)
     return _normalise(gy @ gx.T)
@@ -120,7 +120,7 @@ def estimate_saliency(
             map is the thresholded score; grow: how far GrabCut's possible foreground reaches
             past it (fraction of the shorter side); work_side: the shorter side it all runs at.
     """
-    cv2 = _cv2()
+    cv2 = opencv_saliency()
     rgb = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {rgb.dtype} {rgb.shape}")
@@ -185,12 +185,13 @@ def estimate_saliency(
 def _to_size(grey: np.ndarray, h: int, w: int) -> np.ndarray:
     if grey.shape == (h, w):
         return grey
-    cv2 = _cv2()
+    cv2 = opencv_saliency()
     shrink = grey.shape[0] * grey.shape[1] > h * w
     return cv2.resize(grey, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
 
-def _image_files(root: pathlib.Path) -> list[str]:
+def image_files(root: pathlib.Path) -> list[str]:
+    """The image files under root, as ImageFolder lists them."""
     return ImageFolder(root).files
 
 
@@ -224,7 +225,7 @@ def write_saliency_maps(
     Returns {"written": count, "reused": count, "skipped": [unreadable relative paths]}.
     """
     root, out = pathlib.Path(root), pathlib.Path(out)
-    files = _image_files(root) if files is None else files
+    files = image_files(root) if files is None else files
     written, reused, skipped = 0, 0, []
     bar = None
     if progress and files:
@@ -296,7 +297,7 @@ def cached_saliency_dir(root, files: list[str] | None = None, progress: bool = T
         same_method = json.loads(stamp.read_text()).get("method") == METHOD
     except (OSError, ValueError, AttributeError):
         same_method = False
-    files = _image_files(root) if files is None else files
+    files = image_files(root) if files is None else files
     counts = write_saliency_maps(root, cache, files, reuse=same_method, progress=progress)
     if not same_method:
         stamp.write_text(json.dumps({"method": METHOD, "root": str(root.resolve())}) + "\n")
@@ -309,54 +310,7 @@ def cached_saliency_dir(root, files: list[str] | None = None, progress: bool = T
     return cache, counts
 
 
-def _inside(path: pathlib.Path, folder: pathlib.Path) -> bool:
+def is_inside(path: pathlib.Path, folder: pathlib.Path) -> bool:
+    """Whether path is folder or lies under it."""
     path, folder = path.resolve(), folder.resolve()
     return path == folder or folder in path.parents
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(
-        prog="scops-saliency",
-        description="Saliency maps (grey <stem>.png, white on the object, the image's size) "
-        "for every image of a folder, estimated with OpenCV contrib's spectral-residual "
-        "saliency, a centre prior and GrabCut. The maps can be passed to scops-train "
-        "--saliency DIR; --saliency auto computes and caches the same maps itself.",
-    )
-    p.add_argument("images", metavar="DIR", help="folder of images (searched recursively)")
-    p.add_argument(
-        "--out",
-        required=True,
-        help="output folder (mirrors DIR's sub-folders); not inside DIR, where the maps "
-        "would be read as images",
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    args = p.parse_args(argv)
-    images, out = pathlib.Path(args.images), pathlib.Path(args.out)
-    try:
-        if not images.is_dir():
-            raise FileNotFoundError(f"DIR: {images} is not a folder")
-        if _inside(out, images):
-            raise ValueError(
-                f"--out: {out} is inside DIR {images}; its maps would be listed as images"
-            )
-        if out.exists() and not out.is_dir():
-            raise ValueError(f"--out: {out} exists and is not a folder")
-        files = _image_files(images)
-        if not files:
-            raise FileNotFoundError(
-                f"DIR: no image files under {images} ({', '.join(IMAGE_EXTENSIONS)})"
-            )
-        _cv2()
-        done = write_saliency_maps(images, out, files, progress=not args.no_progress)
-    except (FileNotFoundError, ValueError, ImportError, PermissionError) as exc:
-        print(f"scops-saliency: error: {exc}", file=sys.stderr)
-        return 2
-    for rel in done["skipped"]:
-        print(f"scops-saliency: skipped unreadable {images / rel}", file=sys.stderr)
-    skipped = f", {len(done['skipped'])} unreadable skipped" if done["skipped"] else ""
-    print(f"scops-saliency: {done['written']} maps in {out}{skipped}", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

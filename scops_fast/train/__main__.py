@@ -1,5 +1,5 @@
 import sys
 
-from scops_fast.train.cli import main
+from scops_fast.cli.train import main
 
 sys.exit(main())

@@ -20,10 +20,8 @@ bilinear resampling).
 
 from __future__ import annotations
 
-import argparse
 import os
 import pathlib
-import sys
 
 import torch
 from torch import nn
@@ -111,32 +109,3 @@ def export(checkpoint, fmt: str, out) -> dict:
     os.replace(tmp, out)
     size = trained_size(net)
     return {"path": str(out), "kind": kind, "size": size, "parts": net.num_parts}
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(
-        prog="scops-export",
-        description="The part segmenter as ONNX or a torch.export program (runs without "
-        "scops_fast).",
-    )
-    p.add_argument("--checkpoint", required=True, help="a run (folder or checkpoint.pt)")
-    p.add_argument("--format", required=True, choices=FORMATS)
-    p.add_argument("--out", required=True, help="file to write (.onnx, .pt2)")
-    args = p.parse_args(argv)
-    try:
-        done = export(args.checkpoint, args.format, args.out)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"scops-export: error: {exc}", file=sys.stderr)
-        return 2
-    s = done["size"]
-    print(
-        f"scops-export: {done['path']} ({args.format}, {done['kind']} checkpoint): images "
-        f"(B, 3, {s}, {s}) in [0, 1] -> part probabilities (B, {done['parts'] + 1}, {s}, {s}), "
-        "channel 0 the background",
-        file=sys.stderr,
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

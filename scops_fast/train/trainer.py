@@ -412,7 +412,8 @@ class Trainer:
         # Under autocast the logits come in bfloat16 or float16. Every loss takes them in
         # the weights' dtype: fed bfloat16 the four losses' values and gradients were off by
         # 2e-3 to 8e-3, fed the same values in float32 by 1e-6 at most
-        # (benchmarks/loss_precision.py; docs/training.md, "Mixed precision"). A no-op without autocast.
+        # (benchmarks/loss_precision.py; docs/training.md, "Mixed precision"). A no-op
+        # without autocast.
         pred = upsample_logits(logits.to(images.dtype), size)
         pred_warped = upsample_logits(logits_warped.to(images.dtype), size)
 
