@@ -4,11 +4,13 @@ Each op forward + backward: the eager reference, the "cuda" and "triton" backend
 torch.compile of the reference, each as a median of `triton.testing.do_bench`, with its
 achieved bandwidth (the bytes of the op's inputs and of its gradients over its time) as
 a fraction of a device-to-device copy timed in the same run; then one training step
-(forward, backward, optimiser) per loss backend at 256 and 512 px and a few batches. It
-ends with the backend order these timings suggest for `_dispatch.AUTO_ORDER["cuda"]`.
+(forward, backward, optimiser) per loss backend at 256 and 512 px and a few batches, with
+the memory levers; torch.compile's op rows; last scops-predict's images/s, one image per call
+against batches with reader processes (the GPU defaults). It ends with the backend order
+these timings suggest for `_dispatch.AUTO_ORDER["cuda"]`.
 
     python benchmarks/gpu_bench.py [--size celeba] [--out FILE.json] [--time-box SECONDS]
-                                   [--groups copy,fused,compile,train] [--resume] [--plan]
+                                   [--groups copy,fused,train,compile,predict] [--resume] [--plan]
 
 Made for a first run on a GPU machine that may be cut short, so that it always leaves
 results:
@@ -57,8 +59,17 @@ GPU_BACKENDS = ("cuda", "triton")
 # The training step before torch.compile's rows: what a GPU's memory and a step's time at
 # 512 px say matters more than how Inductor compares, and each compile row costs a cold
 # compile.
-GROUPS = ("copy", "fused", "train", "compile")
+GROUPS = ("copy", "fused", "train", "compile", "predict")
 NO_GPU_LINE = "gpu_bench: skipped, no CUDA device is visible to torch on this machine."
+
+# scops-predict over a folder of 256x256 PNGs (benchmarks/predict_throughput.py) with
+# randomly initialised networks, one image per call and batches with reader processes: the
+# CPU defaults (batch 1, no reader) came from make bench-predict; these rows measure the
+# GPU's (batch 8, readers). Last: the least valuable numbers.
+PREDICT_NETWORKS = ("demo", "deeplab_resnet50")
+PREDICT_BATCHES = (1, 8)
+PREDICT_IMAGES = 96
+PREDICT_SIZE = 256
 
 # Planned seconds of one row (inputs, warm-up, timing, the memory step), for the plan and
 # the time box. A run scales them by what the rows of the same group and impl took so far.
@@ -70,6 +81,9 @@ PLANNED_S = {
     ("fused", "triton"): 8.0,
     # A cold Inductor compile of the forward and the backward.
     ("compile", "compile"): 30.0,
+    # Writing the images once, building the network, then its maps and overlays (about
+    # 10 ms an image on the CPU, whatever the GPU).
+    ("predict", "predict"): 8.0,
 }
 COPY_BYTES = 256 * 2**20
 
@@ -131,6 +145,8 @@ class Case:
 
     @property
     def key(self) -> str:
+        if self.group == "predict":
+            return f"predict/{self.impl}/batch{self.batch}"
         if self.group == "train":
             return f"train/{self.lever}/{self.image_size}x{self.batch}/{self.impl}"
         if self.group == "copy":
@@ -143,6 +159,8 @@ class Case:
             row.update(
                 lever=self.lever, image_size=self.image_size, batch=self.batch, form=TRAIN_FORM
             )
+        if self.group == "predict":
+            row.update(image_size=self.image_size, batch=self.batch)
         return row
 
 
@@ -219,6 +237,13 @@ def plan_cases(
     if "compile" in groups:
         planned = PLANNED_S["compile", "compile"]
         cases += [Case("compile", op, "compile", planned) for op in ops]
+    if "predict" in groups:
+        planned = PLANNED_S["predict", "predict"]
+        cases += [
+            Case("predict", "predict", net, planned, image_size=PREDICT_SIZE, batch=batch)
+            for net in PREDICT_NETWORKS
+            for batch in PREDICT_BATCHES
+        ]
     return cases
 
 
@@ -239,6 +264,8 @@ def plan_text(cases: list[Case], time_box_s: float | None, size_name: str, size)
         what = case.op
         if case.group == "train":
             what = f"train_step {case.lever} {case.image_size}x{case.batch}"
+        if case.group == "predict":
+            what = f"predict {case.image_size}px batch {case.batch}"
         mark = "" if fits else "  (past the time box: skipped)"
         lines.append(
             f"{number:3d}  {case.group:8} {what:34} {case.impl:10} {case.planned_s:6.0f} s{mark}"
@@ -435,11 +462,41 @@ def measure_train(bench: Bench, case: Case, record) -> dict:
     }
 
 
+def measure_predict(bench: Bench, case: Case, record) -> dict:
+    """scops-predict's images/s over PREDICT_IMAGES images: the network on the device, the
+    reading and writing on the CPU, with the GPU defaults' readers when batching."""
+    import tempfile
+
+    import predict_throughput
+
+    from scops_fast.train.predict import default_workers
+
+    scratch = pathlib.Path(tempfile.gettempdir()) / "scops_gpu_bench_predict"
+    images = scratch / f"images_{case.image_size}_{PREDICT_IMAGES}"
+    if not images.exists():
+        predict_throughput.write_images(images, PREDICT_IMAGES, case.image_size)
+    net = predict_throughput.network(case.impl, case.image_size).to(bench.device)
+    workers = 0 if case.batch == 1 else default_workers("cuda")  # the GPU default
+    out = scratch / f"out_{case.impl}_{case.batch}"
+    if bench.memory is not None:
+        bench.memory.reset()
+    seconds = predict_throughput.timed(
+        net, images, out, batch_size=case.batch, workers=workers, overwrite=True
+    )
+    return {
+        "ms": 1e3 * seconds / PREDICT_IMAGES,
+        "images_per_s": PREDICT_IMAGES / seconds,
+        "workers": workers,
+        "peak_bytes": None if bench.memory is None else bench.memory.peak_bytes(),
+    }
+
+
 MEASURES = {
     "copy": measure_copy,
     "fused": measure_op,
     "compile": measure_op,
     "train": measure_train,
+    "predict": measure_predict,
 }
 
 
@@ -691,7 +748,7 @@ def markdown(result: dict) -> str:
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        if r.get("group") == "train":
+        if r.get("group") in ("train", "predict"):
             continue
         lead = [r["op"], r["impl"]]
         if r.get("ms") is None:
@@ -719,6 +776,23 @@ def markdown(result: dict) -> str:
                 lines.append(_table_row([*lead, _outcome(r), "", "", ""]))
                 continue
             measured = [f"{r['ms']:.1f}", _cell(r.get("images_per_s"), ".1f")]
+            lines.append(_table_row([*lead, *measured, *_memory_cells(r)]))
+    predict = [r for r in rows if r.get("group") == "predict"]
+    if predict:
+        lines += [
+            "",
+            f"scops-predict over {PREDICT_IMAGES} PNGs (network on the GPU, files on the CPU):",
+            "",
+            "| network | image | batch | readers | ms / image | images / s | peak MiB "
+            "| peak bytes |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in predict:
+            lead = [r["impl"], r["image_size"], r["batch"]]
+            if r.get("ms") is None:
+                lines.append(_table_row([*lead, _outcome(r), "", "", "", ""]))
+                continue
+            measured = [r.get("workers", ""), f"{r['ms']:.1f}", _cell(r["images_per_s"], ".1f")]
             lines.append(_table_row([*lead, *measured, *_memory_cells(r)]))
     lines += ["", "Faster GPU backend per op: " + json.dumps(result["faster_backend"])]
     lines += [f"Note: {note}" for note in result.get("notes", [])]

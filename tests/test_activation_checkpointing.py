@@ -9,14 +9,18 @@ so that no reduction's split can differ between the two runs.
 """
 
 import dataclasses
-import os
-import socket
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 from torch.utils._python_dispatch import TorchDispatchMode
-from train_helpers import assert_bitwise_equal, state_tensors, tiny_config
+from train_helpers import (
+    assert_bitwise_equal,
+    free_port,
+    join_local_group,
+    state_tensors,
+    tiny_config,
+)
 
 from scops_fast._dispatch import unavailable_reason
 from scops_fast.models import checkpointing
@@ -186,21 +190,8 @@ def test_a_checkpointed_resumed_run_is_the_uninterrupted_plain_run(tmp_path):
 
 
 # --------------------------------------------------------------------------- DDP
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp_worker(rank, port, configs, out_dir, result_path):
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        WORLD_SIZE="2",
-    )
-    torch.set_num_threads(1)
+    join_local_group(rank, port, 2)
     states = []
     for i, config in enumerate(configs):
         trainer = _trainer(config_from_dict(config), f"{out_dir}/{i}")
@@ -225,7 +216,7 @@ def test_ddp_with_checkpointing_is_plain_ddp(tmp_path):
     result = tmp_path / "ddp.pt"
     mp.spawn(
         _ddp_worker,
-        args=(_free_port(), [c.to_dict() for c in configs], str(tmp_path), str(result)),
+        args=(free_port(), [c.to_dict() for c in configs], str(tmp_path), str(result)),
         nprocs=2,
         join=True,
     )

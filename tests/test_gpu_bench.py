@@ -115,7 +115,7 @@ def test_plan_lists_every_op_and_impl_in_value_order_without_a_gpu(capsys):
     # "#  group  op  impl  planned": the op column of a training step has spaces.
     rows = [line.split() for line in lines if line[:3].strip().isdigit()]
     groups = [fields[1] for fields in rows]
-    assert groups == sorted(groups, key=gpu_bench.GROUPS.index)  # copy, fused, train, compile
+    assert groups == sorted(groups, key=gpu_bench.GROUPS.index)  # copy ... compile, predict
     for op in OPS:
         impls = {row[3] for row in rows if row[2] == op}
         expected = {"eager", "compile"} | (
@@ -128,11 +128,12 @@ def test_plan_lists_every_op_and_impl_in_value_order_without_a_gpu(capsys):
     for backend in gpu_bench.TRAIN_BACKENDS:
         for size, batch in gpu_bench.TRAIN_SHAPES:
             assert any(f"{size}x{batch} " in line and f" {backend} " in line for line in train)
-    assert [line.split(":")[0] for line in lines[-5:]] == [
+    assert [line.split(":")[0] for line in lines[-6:]] == [
         "group copy",
         "group fused",
         "group train",
         "group compile",
+        "group predict",
         "total",
     ]
     assert "within the time box of 150 s" in lines[-1]
@@ -343,3 +344,25 @@ def test_the_memory_levers_run_at_their_target_sizes_after_the_spec_step():
     names = {"plain", "checkpointing", "checkpointing+bfloat16", "channels_last", "compile"}
     assert names <= {c.lever for c in cases}
     assert len({c.key for c in cases}) == len(cases)
+
+
+def test_prediction_rows_run_scops_predict_and_have_their_table(monkeypatch, tmp_path):
+    """On CPU tensors and a few tiny images: each row predicts every image, batch 1 on the
+    main thread and batch 8 with the GPU default's readers."""
+    monkeypatch.setattr(gpu_bench, "PREDICT_IMAGES", 5)
+    monkeypatch.setattr(gpu_bench, "PREDICT_SIZE", 16)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    cases = [c for c in gpu_bench.plan_cases(TINY, ("predict",)) if c.impl == "demo"]
+    assert [c.key for c in cases] == ["predict/demo/batch1", "predict/demo/batch8"]
+    record = gpu_bench.Record(None, META, cases)
+    gpu_bench.run_cases(cpu_bench(calling_timer), cases, record)
+    one, eight = (record.get(c.key) for c in cases)
+    assert one["workers"] == 0 and eight["workers"] >= 1
+    for row in (one, eight):
+        assert row["images_per_s"] == pytest.approx(1e3 / row["ms"])  # ms per image
+    assert len(list((tmp_path / "scops_gpu_bench_predict" / "out_demo_8" / "maps").iterdir())) == 5
+    text = gpu_bench.markdown(record.result())
+    assert "| demo | 16 | 8 | " in text and "scops-predict over 5 PNGs" in text

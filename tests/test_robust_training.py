@@ -25,7 +25,7 @@ import pytest
 import torch
 from conftest import hang_guard
 from PIL import Image
-from train_helpers import assert_bitwise_equal, tiny_config
+from train_helpers import assert_bitwise_equal, checkpoint_tensors, tiny_config
 
 from scops_fast.cli.train import main
 from scops_fast.train import Trainer
@@ -51,19 +51,6 @@ def child_env():
 
 def cli(*args):
     return [sys.executable, "-m", "scops_fast.train", "--no-progress", *args]
-
-
-def checkpoint_tensors(path) -> dict:
-    """Weights, basis and optimiser state of a checkpoint file, flattened."""
-    ckpt = load_checkpoint(path)
-    out = {f"model.{k}": v for k, v in ckpt["model"].items()}
-    out["basis"] = ckpt["basis"]
-    for name, opt in ckpt["optimizer"].items():
-        for i, state in opt["state"].items():
-            for key, value in state.items():
-                if torch.is_tensor(value):
-                    out[f"{name}.{i}.{key}"] = value
-    return out
 
 
 def losses_of(records):

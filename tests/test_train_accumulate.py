@@ -5,16 +5,20 @@ statistics it is not, and the trainer says so. The data, the warps and jitter, t
 counter, the learning rate and the log follow optimiser steps, resume stays bitwise, and
 under DDP only the last micro-batch's backward all-reduces."""
 
-import contextlib
-import os
-import socket
 import warnings
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from train_helpers import assert_bitwise_equal, state_tensors, tiny_config
+from train_helpers import (
+    assert_bitwise_equal,
+    float64,
+    free_port,
+    join_local_group,
+    state_tensors,
+    tiny_config,
+)
 
 from scops_fast.train import Trainer, distributed
 from scops_fast.train.config import ConfigError, config_from_dict, parse_override
@@ -43,16 +47,6 @@ EXACT = {
     "optim.grad_clip": None,
     "optim.basis_grad_clip": None,
 }
-
-
-@contextlib.contextmanager
-def float64():
-    before = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(before)
 
 
 def run(tmp_path, name, steps=2, **overrides):
@@ -221,21 +215,8 @@ def test_the_field():
 WORLD = 2
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp_worker(rank, port, configs, out_dir, result_path):
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(WORLD),
-    )
-    torch.set_num_threads(1)
+    join_local_group(rank, port, WORLD)
     from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
     result = {}
@@ -277,7 +258,7 @@ def test_ddp_accumulates_without_syncing_and_matches_one_process(tmp_path):
     result = tmp_path / "ddp.pt"
     mp.spawn(
         _ddp_worker,
-        args=(_free_port(), configs, str(tmp_path / "ddp"), str(result)),
+        args=(free_port(), configs, str(tmp_path / "ddp"), str(result)),
         nprocs=WORLD,
         join=True,
     )

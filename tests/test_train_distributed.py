@@ -2,14 +2,11 @@
 same parameters after every step, and with BatchNorm on running statistics they
 match a single-process run with the same global batch."""
 
-import os
-import socket
-
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from train_helpers import tiny_config
+from train_helpers import free_port, join_local_group, tiny_config
 
 from scops_fast.train import Trainer, distributed
 from scops_fast.train.config import config_from_dict
@@ -17,12 +14,6 @@ from scops_fast.train.data import batches
 
 STEPS = 3
 WORLD = 2
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _parameters(trainer) -> torch.Tensor:
@@ -41,14 +32,7 @@ def _run_steps(trainer):
 
 
 def _worker(rank, port, config, out_dir, result_path):
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(WORLD),
-    )
-    torch.set_num_threads(1)
+    join_local_group(rank, port, WORLD)
     trainer = Trainer(config_from_dict(config), out_dir, progress=False, tensorboard=False)
     assert trainer.proc.world_size == WORLD and trainer.order.local_batch == 2
     spread = []
@@ -72,7 +56,7 @@ def test_ddp_ranks_agree_and_match_one_process(tmp_path):
     result = tmp_path / "ddp.pt"
     mp.spawn(
         _worker,
-        args=(_free_port(), cfg.to_dict(), str(tmp_path / "ddp"), str(result)),
+        args=(free_port(), cfg.to_dict(), str(tmp_path / "ddp"), str(result)),
         nprocs=WORLD,
         join=True,
     )

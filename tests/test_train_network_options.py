@@ -2,11 +2,9 @@
 and in channels-last memory order trains as the plain one, up to rounding, with the same
 checkpoint."""
 
-import contextlib
-
 import pytest
 import torch
-from train_helpers import state_tensors, tiny_config
+from train_helpers import float64, state_tensors, tiny_config
 
 from scops_fast.train import Trainer
 from scops_fast.train.checkpoint import load_checkpoint
@@ -17,16 +15,6 @@ from scops_fast.train.trainer import network_option
 #: reorders them; channels-last convolutions sum in another order): rounding of about 1e-16
 #: per operation, far below this. A wrong layout or a skipped op is off by order 1.
 TOL = 1e-9
-
-
-@contextlib.contextmanager
-def float64():
-    before = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(before)
 
 
 def run(tmp_path, name, **overrides):

@@ -10,7 +10,7 @@ import warnings
 
 import pytest
 import torch
-from train_helpers import assert_bitwise_equal, state_tensors, tiny_config
+from train_helpers import assert_bitwise_equal, checkpoint_tensors, state_tensors, tiny_config
 
 from scops_fast import losses
 from scops_fast.train import Trainer
@@ -39,14 +39,8 @@ def floating(tensors):
     return {k: v for k, v in tensors.items() if torch.is_tensor(v) and v.is_floating_point()}
 
 
-def checkpoint_tensors(path) -> dict:
-    ckpt = load_checkpoint(path)
-    out = {f"model.{k}": v for k, v in ckpt["model"].items()}
-    out["basis"] = ckpt["basis"]
-    for name, opt in ckpt["optimizer"].items():
-        for i, state in opt["state"].items():
-            out.update({f"{name}.{i}.{k}": v for k, v in state.items()})
-    return floating(out)
+def floating_checkpoint_tensors(path) -> dict:
+    return floating(checkpoint_tensors(path))
 
 
 def test_bfloat16_runs_the_network_and_features_in_bfloat16_and_the_losses_in_float32(
@@ -88,7 +82,7 @@ def test_bfloat16_runs_the_network_and_features_in_bfloat16_and_the_losses_in_fl
     for opt in (trainer.net_optimizer, trainer.basis_optimizer):
         states = [s["momentum_buffer"] for s in opt.state.values()]
         assert states and {s.dtype for s in states} == {torch.float32}
-    saved = checkpoint_tensors(tmp_path / "run" / "checkpoint.pt")
+    saved = floating_checkpoint_tensors(tmp_path / "run" / "checkpoint.pt")
     assert {v.dtype for v in saved.values()} == {torch.float32}
     assert load_checkpoint(tmp_path / "run")["grad_scaler"] == {}
 
@@ -151,7 +145,9 @@ def test_float16_loss_scale_is_checkpointed_and_resumed(tmp_path):
     assert third.scaler.get_scale() == 123.0
     assert third.scaler.state_dict()["_growth_tracker"] == 7
     # float32 everywhere else, as with bfloat16.
-    assert {v.dtype for v in checkpoint_tensors(tmp_path / "split").values()} == {torch.float32}
+    assert {v.dtype for v in floating_checkpoint_tensors(tmp_path / "split").values()} == {
+        torch.float32
+    }
 
 
 @pytest.mark.parametrize("native", [False, True])

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
+
+import torch
+
+from scops_fast.train.checkpoint import load_checkpoint
 from scops_fast.train.config import Config
 
 
@@ -44,3 +51,46 @@ def assert_bitwise_equal(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
     different = [k for k in a if not (a[k].dtype == b[k].dtype and a[k].equal(b[k]))]
     assert not different, f"differ: {different[:5]}"
+
+
+def checkpoint_tensors(path) -> dict:
+    """Weights, basis and optimiser state of a checkpoint file, flattened (tensors only)."""
+    ckpt = load_checkpoint(path)
+    out = {f"model.{k}": v for k, v in ckpt["model"].items()}
+    out["basis"] = ckpt["basis"]
+    for name, opt in ckpt["optimizer"].items():
+        for i, state in opt["state"].items():
+            for key, value in state.items():
+                if torch.is_tensor(value):
+                    out[f"{name}.{i}.{key}"] = value
+    return out
+
+
+@contextlib.contextmanager
+def float64():
+    """torch's default dtype float64 inside (networks built there are float64)."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(before)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def join_local_group(rank: int, port: int, world: int) -> None:
+    """The environment torch.distributed reads for rank `rank` of `world` processes on this
+    machine (as torchrun sets it), and one thread per rank, for an mp.spawn worker."""
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world),
+    )
+    torch.set_num_threads(1)
