@@ -125,6 +125,11 @@ bench-levers: install
 		--cap-gb $(BENCH_CAP_GB) --out $(BENCH_OUT)/levers.json
 	$(PY) benchmarks/train_levers.py --levers selective --sizes 256,512 --confirm-sizes '' \
 		--cap-gb $(BENCH_CAP_GB) --out $(BENCH_OUT)/levers.json --append
+ifneq ($(ORIGINAL),)
+	$(PY) benchmarks/train_levers.py --levers original --sizes 512,1024 --confirm-sizes 512,1024 \
+		--fit-batches 1,2 --original $(ORIGINAL) --tps $(ORIGINAL_TPS) \
+		--cap-gb $(BENCH_CAP_GB) --out $(BENCH_OUT)/levers.json --append
+endif
 	$(PY) benchmarks/report.py
 
 # scops-predict's images/s, batched and with reader processes against one image at a time,

@@ -16,26 +16,9 @@ from __future__ import annotations
 
 import resource
 
+from scops_fast.process_memory import cap_address_space, reset_peak, status_kb
 
-def status_kb() -> dict[str, int]:
-    """The Vm* lines of /proc/self/status, in kB."""
-    out = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key.startswith("Vm"):
-                out[key] = int(value.split()[0])
-    return out
-
-
-def reset_peak() -> bool:
-    """Resets VmHWM to the current resident set; False where the kernel refuses."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
+__all__ = ["Peak", "cpu_model", "guard", "reset_peak", "status_kb"]
 
 
 class Peak:
@@ -59,11 +42,8 @@ class Peak:
 
 def guard(cap_mb: float | None) -> None:
     """Caps this process's address space so its resident set cannot pass ~cap_mb."""
-    if not cap_mb:
-        return
-    s = status_kb()
-    limit = int((s["VmSize"] + max(0.0, cap_mb * 1024 - s["VmRSS"])) * 1024)
-    resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
+    if cap_mb:
+        cap_address_space(cap_mb * 2**20)
 
 
 def cpu_model() -> str:

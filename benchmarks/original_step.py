@@ -94,9 +94,10 @@ def child_original(args) -> dict:
             sys.stdout = stdout
         return time.perf_counter() - start
 
+    first = args.first_step
     with memprobe.Peak() as peak:
-        warm = [step(i) for i in range(args.warmup)]
-        times = [step(args.warmup + i) for i in range(args.steps)]
+        warm = [step(first + i) for i in range(args.warmup)]
+        times = [step(first + args.warmup + i) for i in range(args.steps)]
     return {
         "backend": "original",
         "size": args.size,
@@ -231,6 +232,12 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=6)
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--warmup", type=int, default=1)
+    p.add_argument(
+        "--first-step",
+        type=int,
+        default=0,
+        help="original mode: the step index of its first step (1 skips step 0's snapshot)",
+    )
     p.add_argument("--backends", default="cpp,reference")
     p.add_argument("--backend", default="cpp")
     p.add_argument("--guard-gb", type=float, default=GUARD_GB)

@@ -39,6 +39,9 @@ LEVERS = {
     "checkpointing+bfloat16": {**CHECKPOINTED, "precision": "bfloat16"},
     # Not in the default run: predicted only, by make bench-levers' second command.
     "selective": {"model.activation_checkpointing": "selective"},
+    # The original SCOPS code's own trainer (benchmarks/original_step.py), given
+    # --original and --tps checkouts: its step at the same size and batch.
+    "original": None,
 }
 DEFAULT_LEVERS = ("none", "checkpointing", "checkpointing+bfloat16")
 
@@ -47,17 +50,41 @@ def _ints(text: str) -> list[int]:
     return [int(part) for part in text.split(",") if part.strip()]
 
 
+#: Checkouts of the original code and its TPS (--original, --tps), for the "original" lever.
+ORIGINAL: dict = {}
+
+
 def _run(size, batch, lever, cap_gb) -> dict:
     start = time.monotonic()
     print(f"{lever} {size}px batch {batch} ...", file=sys.stderr, flush=True)
-    out = train_step.run_child(
-        "cpp", size, batch, warmup=0, steps=1, guard_gb=cap_gb, overrides=LEVERS[lever]
-    )
+    if lever == "original":
+        out = _run_original(size, batch, cap_gb)
+    else:
+        out = train_step.run_child(
+            "cpp", size, batch, warmup=0, steps=1, guard_gb=cap_gb, overrides=LEVERS[lever]
+        )
     keep = ("status", "hwm_mb", "peak_mb", "step_seconds", "error")
     row = {"batch": batch, **{k: out[k] for k in keep if k in out}}
     row["wall_seconds"] = round(time.monotonic() - start, 1)
     print(f"  {json.dumps(row)}", file=sys.stderr, flush=True)
     return row
+
+
+def _run_original(size, batch, cap_gb) -> dict:
+    """One step of the original's trainer (its step 1: step 0 also writes a snapshot) in a
+    fresh child under the same guard; a child that dies (refused memory) is "failed"."""
+    import subprocess
+
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "original_step.py")
+    cmd = [sys.executable, script, "original", "--original", ORIGINAL["original"]]
+    cmd += ["--tps", ORIGINAL["tps"], "--size", str(size), "--batch", str(batch)]
+    cmd += ["--warmup", "0", "--steps", "1", "--first-step", "1", "--guard-gb", str(cap_gb)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    for line in proc.stdout.splitlines():
+        if line.startswith(train_step.PROTOCOL):
+            return json.loads(line[len(train_step.PROTOCOL) :])
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+    return {"status": "failed", "error": " | ".join(tail)}
 
 
 def _fits(run: dict, cap_mb: float) -> bool:
@@ -173,7 +200,7 @@ def table(result: dict) -> str:
         "peak GiB (run) | GiB/image (fit) | s/image | vs no lever (s/image) | next batch |",
         "|---|---|---:|---|---:|---:|---:|---:|---|",
     ]
-    order = ["none", "selective", "checkpointing", "checkpointing+bfloat16"]
+    order = ["original", "none", "selective", "checkpointing", "checkpointing+bfloat16"]
     for r in sorted(rows, key=lambda r: (r["size"], order.index(r["lever"]))):
         confirm, over = r.get("confirm"), r.get("over")
         per_image = r.get("fit_mb", {}).get("per_image")
@@ -212,6 +239,8 @@ def main(argv=None) -> dict:
         "--confirm-sizes", type=_ints, default=[512, 1024], help="comma-separated; '' for none"
     )
     parser.add_argument("--cap-gb", type=float, default=16.0)
+    parser.add_argument("--original", help="lever original: a checkout of NVlabs/SCOPS")
+    parser.add_argument("--tps", help="lever original: a checkout of WarBean/tps_stn_pytorch")
     parser.add_argument("--out", help="JSON file, rewritten after every row")
     parser.add_argument(
         "--append",
@@ -223,6 +252,10 @@ def main(argv=None) -> dict:
     unknown = [name for name in levers if name not in LEVERS]
     if unknown:
         parser.error(f"--levers: unknown {unknown}; choose from {list(LEVERS)}")
+    if "original" in levers:
+        if not args.original or not args.tps:
+            parser.error("--levers original: --original and --tps name the checkouts")
+        ORIGINAL.update(original=args.original, tps=args.tps)
     result = {
         "cap_gb": args.cap_gb,
         "fit_batches": args.fit_batches,

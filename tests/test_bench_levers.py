@@ -97,3 +97,17 @@ def test_append_keeps_the_other_rows_and_replaces_the_remeasured(monkeypatch, tm
         "checkpointing",
         "checkpointing+bfloat16",
     ]
+
+
+def test_the_original_lever_runs_the_original_trainer_and_needs_its_checkouts(monkeypatch):
+    calls = []
+
+    def fake_original(size, batch, cap_gb):
+        calls.append((size, batch, cap_gb))
+        return {"status": "ok", "hwm_mb": 1000.0 * batch, "step_seconds": [3.0 * batch]}
+
+    monkeypatch.setattr(train_levers, "_run_original", fake_original)
+    run = train_levers._run(512, 2, "original", 16.0)
+    assert calls == [(512, 2, 16.0)] and run["status"] == "ok" and run["batch"] == 2
+    with pytest.raises(SystemExit):
+        train_levers.main(["--levers", "original", "--sizes", "512"])  # no checkouts named

@@ -227,7 +227,9 @@ def test_an_empty_folder_and_too_few_images_say_what_to_do(tmp_path, capsys):
     out = tmp_path / "run"
     common = ["--config", str(config), "--data", "folder", "--out", str(out)]
     assert main([*common, "--root", str(empty)]) == 2
-    assert "data: the data set holds no images" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith(f"scops-train: error: data: no images found under {empty} (searched ")
+    assert err.count("\n") == 1 and not out.exists()
     few = tmp_path / "few"
     few.mkdir()
     for i in range(3):

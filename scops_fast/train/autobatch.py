@@ -170,25 +170,18 @@ def _probe_child(job_json: str) -> None:
     """The CPU probe's child: for each batch, one step of `level`, and its resident peak
     (bytes) as a JSON line on stdout; a batch refused by the address-space cap ends it."""
     import gc
-    import resource
 
+    from scops_fast.process_memory import cap_address_space, reset_peak, status_kb
     from scops_fast.train.heap import release_free_heap
 
     job = json.loads(job_json)
     cfg = config_from_dict(job["config"])
     if job["budget"]:
-        now = _status_kb()
-        extra = max(0, job["budget"] - now["VmRSS"] * 1024)
-        limit = int(now["VmSize"] * 1024 + extra)
-        resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
+        cap_address_space(job["budget"])
     for batch in job["batches"]:
         gc.collect()
         release_free_heap()
-        try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")  # VmHWM := VmRSS
-        except OSError:
-            pass
+        reset_peak()
         try:
             probe_step(probe_config(cfg, job["size"], batch, job["level"]))
         except (MemoryError, RuntimeError) as exc:
@@ -200,18 +193,8 @@ def _probe_child(job_json: str) -> None:
                 raise
             print(json.dumps({"batch": batch, "refused": True}), flush=True)
             return
-        peak = _status_kb()["VmHWM"] * 1024
+        peak = status_kb()["VmHWM"] * 1024
         print(json.dumps({"batch": batch, "peak": peak}), flush=True)
-
-
-def _status_kb() -> dict[str, int]:
-    out = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key.startswith("Vm"):
-                out[key] = int(value.split()[0])
-    return out
 
 
 def probe_level(cfg: Config, level: str, budget: float | None) -> list[dict]:

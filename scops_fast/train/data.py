@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import pathlib
 
 import torch
 
@@ -54,6 +55,13 @@ def resolve_dataset_class(name: str):
 def build_dataset(cfg: DataConfig):
     """The training data set of `cfg` (in a `CachedItems` when `cfg.cache`)."""
     dataset = dataset_from_spec(cfg.dataset, cfg.args, cfg.image_size, "data.args")
+    if len(dataset) == 0 and isinstance(getattr(dataset, "root", None), pathlib.Path):
+        from scops_fast.data.imagefiles import IMAGE_EXTENSIONS
+
+        raise ConfigError(
+            f"data: no images found under {dataset.root} (searched recursively for "
+            f"{', '.join(IMAGE_EXTENSIONS)})"
+        )
     return CachedItems(dataset) if cfg.cache else dataset
 
 
