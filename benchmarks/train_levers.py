@@ -39,6 +39,7 @@ LEVERS = {
     "checkpointing+bfloat16": {**CHECKPOINTED, "precision": "bfloat16"},
     # Not in the default run: predicted only, by make bench-levers' second command.
     "selective": {"model.activation_checkpointing": "selective"},
+    "stages": {"model.activation_checkpointing": "stages"},
     # The original SCOPS code's own trainer (benchmarks/original_step.py), given
     # --original and --tps checkouts: its step at the same size and batch.
     "original": None,
@@ -200,7 +201,7 @@ def table(result: dict) -> str:
         "peak GiB (run) | GiB/image (fit) | s/image | vs no lever (s/image) | next batch |",
         "|---|---|---:|---|---:|---:|---:|---:|---|",
     ]
-    order = ["original", "none", "selective", "checkpointing", "checkpointing+bfloat16"]
+    order = ["original", "none", "selective", "checkpointing", "stages", "checkpointing+bfloat16"]
     for r in sorted(rows, key=lambda r: (r["size"], order.index(r["lever"]))):
         confirm, over = r.get("confirm"), r.get("over")
         per_image = r.get("fit_mb", {}).get("per_image")

@@ -28,7 +28,7 @@ from scops_fast.train import Trainer, build_network, distributed
 from scops_fast.train.config import ConfigError, config_from_dict, load_config
 from scops_fast.train.data import batches
 
-MODES = ("blocks", "selective")
+MODES = ("blocks", "stages", "selective")
 
 
 @pytest.fixture(autouse=True)
@@ -139,12 +139,17 @@ def test_the_backward_recomputes_what_each_mode_says(arch):
     assert counts["none"] == (0, 0)
     conv, bn = counts["blocks"]
     assert conv > 0 and bn > 0
+    assert counts["stages"] == counts["blocks"]  # the same recomputation, coarser regions
     assert counts["selective"] == (0, bn)
 
 
 @pytest.mark.parametrize(
     ("mode", "regions"),
-    [("blocks", 7), ("selective", 2)],  # six blocks and the classifier; the trunk and it
+    [
+        ("blocks", 7),
+        ("stages", 2),
+        ("selective", 2),
+    ],  # six blocks and the classifier; the trunk and it
 )
 def test_evaluation_and_no_grad_run_the_plain_forward(monkeypatch, mode, regions):
     calls = []

@@ -4,6 +4,9 @@ fewer activations kept for the backward, paid for with recomputation in it.
 - "none": every activation the backward needs is kept (torch's default).
 - "blocks": each residual block (and the classifier) keeps only its input; its forward
   runs again in the backward.
+- "stages": the same, a whole stage (ResNet layer) at a time: fewer inputs kept, but the
+  backward holds a whole stage's recomputed activations at once (make bench-levers
+  measures whether that pays).
 - "selective": the convolutions' outputs are kept, and the backward recomputes only the
   cheap BatchNorm, ReLU and additions from them, a stage (ResNet layer) at a time. Not
   block by block: a region also keeps its input, and a bottleneck block's input is two
@@ -36,7 +39,7 @@ from torch.utils.checkpoint import (
 )
 
 #: Values of `model.activation_checkpointing` / `PartSegmenter.activation_checkpointing`.
-ACTIVATION_CHECKPOINTING = ("none", "blocks", "selective")
+ACTIVATION_CHECKPOINTING = ("none", "blocks", "stages", "selective")
 
 # What "selective" keeps. The policy sees the ops beneath autograd, where every 2-D
 # convolution is aten.convolution (conv2d decomposes into it; the backend's own kernels,
@@ -94,7 +97,7 @@ class _RunningStatisticsKept:
 
 
 def _contexts(module: nn.Module, mode: str):
-    if mode == "blocks":
+    if mode in ("blocks", "stages"):
         return contextlib.nullcontext(), _RunningStatisticsKept(module)
     forward, recompute = create_selective_checkpoint_contexts(_keep_convolutions)
     return forward, _RunningStatisticsKept(module, recompute)
@@ -102,9 +105,9 @@ def _contexts(module: nn.Module, mode: str):
 
 def run_stages(stages, x: torch.Tensor, mode: str) -> torch.Tensor:
     """`x` through each block of each stage (nn.Sequential) in turn, checkpointed as
-    `mode` says: "blocks" block by block, "selective" stage by stage."""
+    `mode` says: "blocks" block by block, "stages" and "selective" stage by stage."""
     for stage in stages:
-        if mode == "selective":
+        if mode in ("stages", "selective"):
             x = run(stage, x, mode)
         else:
             for block in stage:

@@ -77,7 +77,9 @@ class ModelConfig:
     input_std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
     #: Activation checkpointing, for a larger batch or image in the same memory: "none";
     #: "blocks", each residual block (and the classifier) keeps only its input and runs
-    #: again in the backward (the least memory, the most recomputation); "selective", the
+    #: again in the backward (the least memory, the most recomputation); "stages", the same
+    #: a whole ResNet stage at a time (fewer inputs kept, but a stage's activations at once
+    #: in the backward; benchmarks/RESULTS.md, "Memory levers"); "selective", the
     #: convolutions' outputs are kept and the backward recomputes BatchNorm, ReLU and sums
     #: from them, a ResNet stage at a time. Changes no number, bit for bit (BatchNorm's
     #: running statistics are updated once per forward, not again by a recomputation), so
