@@ -5,6 +5,7 @@ import pathlib
 import subprocess
 import sys
 
+import torch
 from conftest import hang_guard
 from train_helpers import tiny_config
 
@@ -328,3 +329,24 @@ def test_resize_is_for_folders(tmp_path, capsys):
     assert main(argv) == 2
     assert "--resize: only for --data folder" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_a_run_or_wrong_weights_as_a_deeplab_warm_start_is_one_line(tmp_path, capsys):
+    config = write_config(tmp_path)
+    run = tmp_path / "run"
+    assert main(["--config", str(config), "--steps", "1", "--out", str(run), "--no-progress"]) == 0
+    capsys.readouterr()
+    argv = ["--config", str(config), "--out", str(tmp_path / "new"), "--no-progress"]
+    argv += ["--set", "model.arch=deeplab_resnet50"]
+    assert main([*argv, "--set", f"model.pretrained={run}"]) == 2
+    assert capsys.readouterr().err == (
+        f"scops-train: error: model.pretrained: {run} is a scops_fast run's checkpoint, not "
+        "ImageNet ResNet weights: continue that run with scops-train --out ITS_FOLDER "
+        "--resume; a new run cannot start from another run's weights\n"
+    )
+    other = tmp_path / "other.pt"
+    torch.save({"fc.weight": torch.zeros(2, 2)}, other)
+    assert main([*argv, "--set", f"model.pretrained={other}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("scops-train: error: model.pretrained: not a torchvision resnet50")
+    assert err.count("\n") == 1 and not (tmp_path / "new").exists()

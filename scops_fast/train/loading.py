@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import pathlib
 
 import torch
 import torch.nn.functional as F
 
 from scops_fast.models import PartSegmenter, deeplab_resnet, small_net
 from scops_fast.models.original import load_original_weights
-from scops_fast.train.checkpoint import load_checkpoint
+from scops_fast.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from scops_fast.train.config import ConfigError, ModelConfig, config_from_dict
 
 
@@ -26,16 +27,25 @@ def build_network(cfg: ModelConfig, *, load_pretrained: bool = True) -> PartSegm
         depth = int(cfg.arch.removeprefix("deeplab_resnet"))
         pretrained = cfg.pretrained if load_pretrained else None
         original = cfg.pretrained_format == "original"
-        net = deeplab_resnet(
-            cfg.num_parts,
-            depth=depth,
-            pretrained=None if original else pretrained,
-            block_stride=cfg.block_stride,
-            train_downsample_bn=cfg.train_downsample_bn,
-            **common,
-        )
-        if original and pretrained is not None:
-            load_original_weights(net, pretrained)
+        if pretrained is not None and _is_run_checkpoint(pretrained):
+            raise ConfigError(
+                f"model.pretrained: {pretrained} is a scops_fast run's checkpoint, not ImageNet "
+                "ResNet weights: continue that run with scops-train --out ITS_FOLDER --resume; "
+                "a new run cannot start from another run's weights"
+            )
+        try:
+            net = deeplab_resnet(
+                cfg.num_parts,
+                depth=depth,
+                pretrained=None if original else pretrained,
+                block_stride=cfg.block_stride,
+                train_downsample_bn=cfg.train_downsample_bn,
+                **common,
+            )
+            if original and pretrained is not None:
+                load_original_weights(net, pretrained)
+        except ValueError as exc:  # weights of another network: the loader names the keys
+            raise ConfigError(f"model.pretrained: {exc}") from None
         return net
     if cfg.arch == "small":
         if cfg.pretrained is not None:
@@ -47,6 +57,20 @@ def build_network(cfg: ModelConfig, *, load_pretrained: bool = True) -> PartSegm
             )
         return small_net(cfg.num_parts, width=cfg.width, **common)
     raise ValueError(f"model.arch: unknown architecture {cfg.arch!r}")
+
+
+def _is_run_checkpoint(path) -> bool:
+    """Whether `path` (a file, or a folder holding checkpoint.pt) is one of our runs."""
+    path = pathlib.Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    if not path.is_file():
+        return False
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # not a torch file, or one weights_only refuses: not ours either
+        return False
+    return isinstance(data, dict) and {"format", "config", "model"} <= set(data)
 
 
 def upsample_logits(logits: torch.Tensor, size) -> torch.Tensor:
