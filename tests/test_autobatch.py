@@ -92,6 +92,8 @@ def test_a_refused_probe_bounds_its_level_and_the_others_come_from_their_fits(mo
             "selective": [{"batch": 1, "peak": 1.5 * gib}, {"batch": 2, "peak": 2 * gib}],
             # Its second probe batch refused under the cap: 1 image at most.
             "blocks": [{"batch": 1, "peak": 7 * gib}, {"batch": 2, "refused": True}],
+            # 1 GiB + 1 GiB per image: 6 images.
+            "stages": [{"batch": 1, "peak": 2 * gib}, {"batch": 2, "peak": 3 * gib}],
         }[job["level"]]
         out = "\n".join(json.dumps(r) for r in rows)
         return type("Done", (), {"returncode": 0, "stdout": out, "stderr": ""})()
@@ -99,7 +101,7 @@ def test_a_refused_probe_bounds_its_level_and_the_others_come_from_their_fits(mo
     monkeypatch.setattr(autobatch.subprocess, "run", fake_run)
     cfg = tiny_config(**{"data.image_size": 96})
     chosen, choice = autobatch.resolve(cfg, "cpu", budget_gb=8.0, max_batch=64)
-    assert choice.per_level == {"none": 3, "selective": 12, "blocks": 1}
+    assert choice.per_level == {"none": 3, "selective": 12, "blocks": 1, "stages": 6}
     assert (choice.batch_size, choice.activation_checkpointing) == (12, "selective")
     # Each level probed at the run's own size, its child capped at the budget.
     assert [j["level"] for j in jobs] == list(autobatch.LEVELS)

@@ -1,7 +1,7 @@
 """The largest batch for a memory budget (`scops-train --batch-size auto`).
 
-Each activation-checkpointing level ("none", "selective", "blocks": least recomputation
-first) gets the largest batch whose step fits the budget; the choice is the largest
+Each activation-checkpointing level ("none", "selective", "blocks", "stages": least
+recomputation first) gets the largest batch whose step fits the budget; the choice is the largest
 batch of all, and among levels that reach it, the least checkpointing. So a budget that
 already fits the batch cap (`max_batch`, at most the data set's size) without
 checkpointing gets none.
@@ -44,8 +44,10 @@ from scops_fast.models.checkpointing import ACTIVATION_CHECKPOINTING
 from scops_fast.train.config import Config, ConfigError, config_from_dict
 
 #: The levels tried, least recomputation first (ties go to the earlier one): "selective"
-#: recomputes BatchNorm and ReLU only, "blocks" every block's forward.
-LEVELS = ("none", "selective", "blocks")
+#: recomputes BatchNorm and ReLU only, "blocks" and "stages" every block's forward ("stages"
+#: region by ResNet stage: on DeepLab less memory than "blocks" at the same time, on the
+#: small network's single stage about none's).
+LEVELS = ("none", "selective", "blocks", "stages")
 assert set(LEVELS) == set(ACTIVATION_CHECKPOINTING)
 #: The CPU probe's largest image size (a 1024 px probe of three levels would take about ten
 #: minutes on two cores); its batches hold about as many pixels as one and two images of
