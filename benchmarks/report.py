@@ -729,19 +729,21 @@ def levers_section(levers: dict) -> list[str]:
     from train_levers import table
 
     return [
-        f"`make bench-levers` on {levers.get('cpu', 'this CPU')}: the largest batch of the SPEC "
-        "section 8 training step (DeepLab ResNet-50, cpp losses) whose process peak stays under "
-        f"{levers['cap_gb']:g} GiB, per image size and lever (`none`; "
+        f"`make bench-levers` on {levers.get('cpu', 'this CPU')}: the largest batch of the "
+        "SPEC section 8 training step (DeepLab ResNet-50, cpp losses) whose process peak "
+        f"stays under {levers['cap_gb']:g} GiB, per image size and lever (`none`; "
         "`model.activation_checkpointing=blocks`; the same with `precision=bfloat16`; "
         "`original`, where measured: the original SCOPS code's own trainer, its step 1, "
-        "through `benchmarks/original_step.py`). The "
-        f"resident peaks at batches {', '.join(map(str, levers['fit_batches']))} give an affine "
-        "fit and the predicted batch (`predicted`). Where `confirmed`, real runs under an "
-        "address-space guard at the cap found a batch that runs and the next one refused "
-        "(`next batch`); the guard caps virtual memory, which is stricter than the resident "
-        "peak. s/image: the confirming step's seconds over its batch (for predicted rows, the "
-        "largest fit batch's), one cold step each; `vs none` divides by the lever-less step's "
-        "s/image at its largest fit batch at the same size, timed in the same run.",
+        "through `benchmarks/original_step.py`; `stages`: `blocks` with a ResNet stage per "
+        "region). The resident peaks at two small batches (2 and 4; 1 and 2 for `original`) "
+        "give an affine fit and the predicted batch (`predicted`). Where `confirmed`, real "
+        "runs under an address-space guard at the cap found a batch that runs and the next "
+        "one refused (`next batch`); the guard caps virtual memory, which is stricter than "
+        "the resident peak. s/image: the confirming step's seconds over its batch (for "
+        "predicted rows, the largest fit batch's), one cold step each; `vs none` divides by "
+        "the lever-less step's s/image at its largest fit batch at the same size, timed in "
+        "the same run, except for the rows a later `--append` run added (`selective`, "
+        "`stages`, `original`), whose ratio crosses runs.",
         "",
         table(levers),
     ]
