@@ -97,15 +97,19 @@ def trained(tmp_path):
     return run
 
 
-@pytest.mark.parametrize("batch_size, workers", [(2, 0), (3, 1)])
-def test_batches_give_what_one_image_at_a_time_gives(tmp_path, batch_size, workers):
+@pytest.mark.parametrize(
+    "batch_size, workers, resize", [(2, 0, "squash"), (3, 1, "squash"), (2, 1, "letterbox")]
+)
+def test_batches_give_what_one_image_at_a_time_gives(tmp_path, batch_size, workers, resize):
     """In float64 (no rounding to hide behind): every image's map and centres equal
-    predict_parts on that image alone; odd sizes, a short last batch, reader processes."""
+    predict_parts on that image alone; odd sizes, a short last batch, reader processes, and
+    a model trained on letterboxed photos."""
     from scops_fast.data.imagefiles import image_tensor, load_rgb
     from scops_fast.train.loading import load_any_model, predict_parts
     from scops_fast.train.predict import describe_parts, predict_folder
 
     net = load_any_model(trained(tmp_path))[0].double()
+    net.resize = resize
     sizes = photos(tmp_path / "photos")
     out = tmp_path / "out"
     done = predict_folder(
@@ -203,3 +207,42 @@ def test_device_auto_and_batch_arguments(tmp_path, capsys, monkeypatch):
         assert main(argv + ["--out", str(tmp_path / "p"), flag, value]) == 2
         assert f"scops-predict: error: {flag}: must be" in capsys.readouterr().err
     assert not (tmp_path / "p").exists()
+
+
+def test_a_letterboxed_model_sees_black_bars_and_they_are_cut_from_its_output(tmp_path):
+    """A run trained with --resize letterbox (or crop) is shown photos undistorted: a 20x40
+    image padded to 40x40 with black rows above and below, and the output's rows 10..29."""
+    import torch.nn.functional as F
+
+    from scops_fast.train.loading import (
+        framed_input,
+        load_model,
+        network_input,
+        network_logits,
+        predict_parts,
+    )
+
+    run = tmp_path / "run"
+    photos(tmp_path / "photos")
+    folder = {"root": str(tmp_path / "photos"), "resize": "crop"}
+    cfg = tiny_config(steps=1, **{"data.dataset": "folder", "data.args": folder})
+    Trainer(cfg, run, progress=False, tensorboard=False).train()
+    net = load_model(run).double()
+    assert net.resize == "crop"
+    image = torch.rand(
+        1, 3, 20, 40, dtype=torch.float64, generator=torch.Generator().manual_seed(0)
+    )
+    net_input, box = framed_input(image, (32, 32), True)
+    assert box == (0, -10, 40, 30)
+    padded = torch.zeros(1, 3, 40, 40, dtype=torch.float64)
+    padded[:, :, 10:30] = image
+    assert torch.equal(net_input, network_input(padded, (32, 32)))
+    logits = F.interpolate(network_logits(net, net_input), size=(40, 40), mode="bilinear")
+    expected = torch.softmax(logits[:, :, 10:30], dim=1)
+    assert torch.allclose(predict_parts(net, image), expected, atol=1e-12)
+    # A square photo: letterboxing is the identity, the same as squashing.
+    square = torch.rand(1, 3, 24, 24, dtype=torch.float64)
+    net.resize = "squash"
+    squashed = predict_parts(net, square)
+    net.resize = "letterbox"
+    assert torch.equal(predict_parts(net, square), squashed)

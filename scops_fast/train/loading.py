@@ -83,13 +83,23 @@ def load_model(checkpoint_path: str | os.PathLike, map_location="cpu") -> PartSe
     holding checkpoint.pt), rebuilt from the checkpoint's config, in eval mode.
     Pretrained backbone weights are not needed: the checkpoint has all weights.
     `model.image_size` is the (square) image size it was trained at, which
-    `predict_parts` resizes its inputs to."""
+    `predict_parts` resizes its inputs to; `model.resize` how a folder run brought its
+    photos to that square ("squash", "letterbox" or "crop", see `ImageFolder`)."""
     ckpt = load_checkpoint(checkpoint_path, map_location=map_location)
     cfg = config_from_dict(ckpt["config"], source=f"checkpoint {str(checkpoint_path)!r}")
     net = build_network(cfg.model, load_pretrained=False)
     net.load_state_dict(ckpt["model"])
     net.image_size = cfg.data.image_size
+    net.resize = _trained_resize(cfg)
     return net.to(map_location if isinstance(map_location, str | torch.device) else "cpu").eval()
+
+
+def _trained_resize(cfg) -> str:
+    from scops_fast.train.data import DATASETS
+
+    if DATASETS.get(cfg.data.dataset, cfg.data.dataset) != DATASETS["folder"]:
+        return "squash"
+    return cfg.data.args.get("resize", "squash")
 
 
 #: The input size an original SCOPS snapshot is run at: its evaluation's.
@@ -129,15 +139,49 @@ def predict_parts(model: PartSegmenter, images: torch.Tensor, size=None) -> torc
     since a network trained at one scale segments another scale worse. As in
     training, the logits are upsampled to that size (bilinear, align_corners=True);
     then they are resized to the input's size (bilinear, the inverse of the image
-    resize) and the softmax is taken. Runs in the model's current mode (`load_model`
+    resize) and the softmax is taken. A model trained on photos letterboxed or cropped
+    to the square (`model.resize`) sees them letterboxed (undistorted, black bars), and
+    the bars are cut from its output. Runs in the model's current mode (`load_model`
     returns it in eval mode)."""
     param = _first_parameter(model)
     _check_images(images, param.device)
     images = images.to(device=param.device, dtype=param.dtype)
     in_size = tuple(images.shape[-2:])
     net_size = network_size(model, in_size, size)
-    logits = network_logits(model, network_input(images, net_size))
-    return probabilities_at(logits, in_size)
+    net_images, box = framed_input(images, net_size, letterboxed(model))
+    return probabilities_from(network_logits(model, net_images), in_size, box)
+
+
+def letterboxed(model) -> bool:
+    """Whether `model` sees photos letterboxed: it was trained on letterboxed or cropped
+    ones, which keep the object's proportions."""
+    return getattr(model, "resize", "squash") in ("letterbox", "crop")
+
+
+def framed_input(images: torch.Tensor, net_size, letterbox: bool):
+    """(network input, box): images (B, 3, H, W) resized to net_size, squashed, or
+    letterboxed into `box` (x0, y0, x1, y1) in image pixels, reaching outside the image
+    where the bars are (None when squashed)."""
+    if not letterbox:
+        return network_input(images, net_size), None
+    from scops_fast.data.folder import resize_box
+
+    h, w = images.shape[-2:]
+    box = resize_box((w, h), tuple(net_size), "letterbox")
+    x0, y0, x1, y1 = box
+    padded = F.pad(images, (-x0, x1 - w, -y0, y1 - h))  # black bars, as in training
+    return network_input(padded, net_size), box
+
+
+def probabilities_from(logits: torch.Tensor, size, box=None) -> torch.Tensor:
+    """Part probabilities at the image's `size` from the network's logits: resized back
+    (and, letterboxed, the bars cut off), then the softmax."""
+    if box is None:
+        return probabilities_at(logits, size)
+    x0, y0, x1, y1 = box
+    h, w = size
+    logits = F.interpolate(logits, size=(y1 - y0, x1 - x0), mode="bilinear", align_corners=False)
+    return torch.softmax(logits[..., -y0 : -y0 + h, -x0 : -x0 + w], dim=1)
 
 
 def network_size(model, in_size, size=None) -> tuple[int, int]:

@@ -47,10 +47,11 @@ from scops_fast.data import ImageFolder
 from scops_fast.data.imagefiles import IMAGE_EXTENSIONS, UNREADABLE, load_rgb
 from scops_fast.terminal import progress_bar
 from scops_fast.train.loading import (
-    network_input,
+    framed_input,
+    letterboxed,
     network_logits,
     network_size,
-    probabilities_at,
+    probabilities_from,
 )
 
 RECORDS = "parts.jsonl"
@@ -93,8 +94,9 @@ class _Images(Dataset):
     """Each image as (3, H, W) uint8 at its own size plus the network's input at net_size
     (None: the image's own size), or the reason it cannot be read."""
 
-    def __init__(self, root: pathlib.Path, files: list[str], net_size, dtype: torch.dtype):
+    def __init__(self, root, files: list[str], net_size, dtype: torch.dtype, letterbox: bool):
         self.root, self.files, self.net_size, self.dtype = root, files, net_size, dtype
+        self.letterbox = letterbox
 
     def __len__(self) -> int:
         return len(self.files)
@@ -108,7 +110,8 @@ class _Images(Dataset):
         image = torch.from_numpy(pixels).permute(2, 0, 1)
         x = image[None].to(self.dtype) / 255.0
         net_size = self.net_size or tuple(image.shape[-2:])
-        return {"rel": rel, "image": image, "net": network_input(x, net_size)[0]}
+        net_input, box = framed_input(x, net_size, self.letterbox)
+        return {"rel": rel, "image": image, "net": net_input[0], "box": box}
 
 
 def _as_list(items):
@@ -260,7 +263,7 @@ def predict_folder(
     if net_size is None:
         batch_size = 1  # images at their own sizes do not stack
     loader = DataLoader(
-        _Images(images, todo, net_size, param.dtype),
+        _Images(images, todo, net_size, param.dtype, letterboxed(net)),
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=_as_list,
@@ -289,7 +292,8 @@ def predict_folder(
                     logits = network_logits(net, x.to(device=device, dtype=param.dtype))
                     for item, lg in zip(good, logits, strict=True):
                         rel, image01 = item["rel"], item["image"].float() / 255.0
-                        probs = probabilities_at(lg[None], image01.shape[-2:])[0].float().cpu()
+                        size = image01.shape[-2:]
+                        probs = probabilities_from(lg[None], size, item["box"])[0].float().cpu()
                         if crf is not None:
                             probs = dense_crf(probs, image01, crf)
                         labels = viz.part_labels(probs[None])[0]
