@@ -268,6 +268,10 @@ def predict_folder(
         num_workers=workers,
         collate_fn=_as_list,
         pin_memory=device.type == "cuda",
+        # Not fork: this process has torch's threads (and maybe CUDA) running, and a fork of
+        # a threaded process can deadlock in the child (Python 3.12 warns of it). The readers
+        # need only the data set, which pickles.
+        multiprocessing_context="forkserver" if workers else None,
     )
     colours = viz.part_colours(net.num_parts)
     palette = colours.flatten().tolist()
