@@ -350,3 +350,15 @@ def test_a_run_or_wrong_weights_as_a_deeplab_warm_start_is_one_line(tmp_path, ca
     err = capsys.readouterr().err
     assert err.startswith("scops-train: error: model.pretrained: not a torchvision resnet50")
     assert err.count("\n") == 1 and not (tmp_path / "new").exists()
+
+
+def test_a_missing_image_root_is_one_line(tmp_path, capsys):
+    config = write_config(tmp_path)
+    out = tmp_path / "run"
+    missing = tmp_path / "nosuchdir"
+    argv = ["--config", str(config), "--data", "folder", "--root", str(missing), "--out", str(out)]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == (
+        f"scops-train: error: data set 'folder': image folder {missing} does not exist\n"
+    )
+    assert not out.exists()
