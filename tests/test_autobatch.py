@@ -190,3 +190,46 @@ def test_the_batch_chosen_on_cpu_runs_under_the_budget():
     (row,) = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     assert "peak" in row, row  # not refused under the budget's cap
     assert row["peak"] <= budget_gb * 2**30, (row["peak"] / 2**30, choice.line(32))
+
+
+def _auto_rank(rank, port, argv, out_dir):
+    """A torchrun-like rank running scops-train --batch-size auto with the probe faked."""
+    import os
+
+    from train_helpers import join_local_group
+
+    join_local_group(rank, port, 2)
+    os.environ["LOCAL_WORLD_SIZE"] = "2"
+    calls = []
+
+    def fake_resolve(cfg, device, budget_gb, max_batch):
+        calls.append({"device": device, "budget_gb": budget_gb, "max_batch": max_batch})
+        choice = autobatch.Choice(3, "stages", {"none": 1, "stages": 3}, "faked", budget_gb)
+        return cfg, choice
+
+    autobatch.resolve = fake_resolve
+    code = main(argv)
+    with open(f"{out_dir}/rank{rank}.json", "w") as f:
+        json.dump({"code": code, "calls": calls}, f)
+
+
+def test_under_torchrun_rank_0_chooses_for_its_share_and_every_rank_takes_it(tmp_path):
+    """Two gloo ranks: only rank 0 probes, for half the budget (two processes share the
+    machine) and half the data set; both train with 3 images each, global batch 6, and the
+    level rank 0 chose."""
+    import torch.multiprocessing as mp
+    from train_helpers import free_port
+
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(tiny_config(**{"data.args": {"n": 12}}).to_dict()))
+    out = tmp_path / "run"
+    argv = ["--config", str(config), "--out", str(out), "--steps", "1", "--no-progress"]
+    argv += ["--batch-size", "auto", "--set", "memory_budget_gb=3"]
+    mp.spawn(_auto_rank, args=(free_port(), argv, str(tmp_path)), nprocs=2, join=True)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["code"] for r in ranks] == [0, 0]
+    assert ranks[0]["calls"] == [{"device": "cpu", "budget_gb": 1.5, "max_batch": 6}]
+    assert ranks[1]["calls"] == []
+    saved = load_checkpoint(out)["config"]
+    assert saved["data"]["batch_size"] == 6
+    assert saved["model"]["activation_checkpointing"] == "stages"

@@ -279,12 +279,9 @@ def _auto_batch(cfg, *, resuming: bool):
     if resuming:
         print("scops-train: --batch-size auto: a resumed run keeps its batch", file=sys.stderr)
         return cfg
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ConfigError(
-            "--batch-size auto: not under torchrun (each process would probe at once); run "
-            "scops-train --batch-size auto without it, stop it after the printed choice, and "
-            "pass --set data.batch_size=<choice x processes>"
-        )
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        return _auto_batch_ranks(cfg, world)
     device = cfg.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -294,6 +291,54 @@ def _auto_batch(cfg, *, resuming: bool):
     )
     print(f"scops-train: {choice.line(cfg.data.image_size)}", file=sys.stderr)
     return chosen
+
+
+def _auto_batch_ranks(cfg, world: int):
+    """--batch-size auto under torchrun: rank 0 alone finds the largest batch per process
+    (on the CPU for its share of the memory budget, which the processes of one machine
+    split: LOCAL_WORLD_SIZE of them), every rank takes it, and the global batch is that
+    times the processes. The process group is joined here; the trainer reuses it."""
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    from scops_fast.train import autobatch, distributed
+    from scops_fast.train.data import build_dataset
+
+    proc = distributed.setup(cfg.device)
+    device = proc.device.type
+    budget = cfg.memory_budget_gb or autobatch.default_budget_gb(device)
+    if device == "cpu":
+        budget /= int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    decided = torch.zeros(2, dtype=torch.long)  # batch per process (-1: none), level
+    failure = None
+    if proc.is_main:
+        try:
+            available = len(build_dataset(cfg.data)) // cfg.data.accumulate // world
+            _, choice = autobatch.resolve(
+                cfg, device, budget, min(autobatch.MAX_BATCH, max(available, 1))
+            )
+            decided[0] = choice.batch_size
+            decided[1] = autobatch.LEVELS.index(choice.activation_checkpointing)
+            print(
+                f"scops-train: {choice.line(cfg.data.image_size)}; per process, "
+                f"{world} processes: global batch {choice.batch_size * world}",
+                file=sys.stderr,
+            )
+        except ConfigError as exc:
+            decided[0], failure = -1, exc
+    decided = decided.to(proc.device)  # nccl broadcasts CUDA tensors
+    dist.broadcast(decided, 0)
+    batch, level = (int(v) for v in decided.cpu())
+    if batch < 1:
+        raise failure or ConfigError("--batch-size auto: rank 0 found no batch that fits")
+    return cfg.replace(
+        {
+            "data.batch_size": batch * world,
+            "model.activation_checkpointing": autobatch.LEVELS[level],
+        }
+    )
 
 
 def summary(trainer, out: pathlib.Path) -> str:
