@@ -154,29 +154,29 @@ def replace_block(readme: str, new_block: str) -> str:
     return readme[:start] + new_block + readme[end + len(END) :]
 
 
-def copy_run(run: pathlib.Path, note: str | None) -> None:
-    """docs/ files from a finished demo run."""
+def run_metrics(run: pathlib.Path, note: str | None) -> dict:
+    """A finished run's metrics.json with its config (from its checkpoint) and the note."""
     from scops_fast.train.checkpoint import load_checkpoint
 
     metrics = json.loads((run / "metrics.json").read_text())
     metrics["config"] = load_checkpoint(run, map_location="cpu")["config"]
     if note:
         metrics["readme_note"] = note
-    METRICS.write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def copy_run(run: pathlib.Path, note: str | None) -> None:
+    """docs/ files from a finished demo run."""
+    METRICS.write_text(json.dumps(run_metrics(run, note), indent=2) + "\n")
     if (run / "eval_128.json").exists():
         shutil.copyfile(run / "eval_128.json", EVAL_128)
     shutil.copyfile(run / "parts.png", PARTS_PNG)
 
 
 def copy_bf16_run(run: pathlib.Path, note: str | None) -> None:
-    from scops_fast.train.checkpoint import load_checkpoint
-
-    metrics = json.loads((run / "metrics.json").read_text())
-    metrics["config"] = load_checkpoint(run, map_location="cpu")["config"]
+    metrics = run_metrics(run, note)
     if metrics["config"].get("precision") != "bfloat16":
         raise SystemExit(f"--bfloat16-run: {run} was not trained with precision=bfloat16")
-    if note:
-        metrics["readme_note"] = note
     METRICS_BF16.write_text(json.dumps(metrics, indent=2) + "\n")
 
 

@@ -8,6 +8,7 @@ import argparse
 import pathlib
 import sys
 
+from scops_fast.data.folder import RESIZE_MODES
 from scops_fast.train.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
 from scops_fast.train.config import (
     Config,
@@ -73,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--image-size", type=int, help="training image size (square)")
     data.add_argument(
         "--resize",
-        choices=("squash", "letterbox", "crop"),
+        choices=RESIZE_MODES,
         help="folder: how a non-square photo becomes square: squash (the default: stretched), "
         "letterbox (whole, with black bars) or crop (the central square)",
     )

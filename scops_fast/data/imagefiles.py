@@ -9,6 +9,7 @@ index), in the source image on input and in the resized output on output.
 from __future__ import annotations
 
 import io
+import os
 import pathlib
 import struct
 import sys
@@ -155,6 +156,20 @@ def _to_srgb(im: Image.Image) -> Image.Image:
         return im  # a profile LittleCMS cannot use: the stored values, as most viewers do then
     converted.info.pop("icc_profile", None)
     return converted
+
+
+def save_image_atomic(image: Image.Image, path: pathlib.Path, fmt: str, **kwargs) -> None:
+    """`image` saved whole or not at all: written under a temporary name of this process
+    and renamed, so an interruption, or another process writing the same file, never
+    leaves a truncated image that a later run would take for a finished one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        image.save(tmp, format=fmt, **kwargs)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def square_box(x: float, y: float, w: float, h: float, margin: float) -> tuple[int, int, int, int]:

@@ -39,7 +39,7 @@ import numpy as np
 from PIL import Image
 
 from .folder import CACHE_DIR_NAME, ImageFolder
-from .imagefiles import UNREADABLE, load_rgb
+from .imagefiles import UNREADABLE, load_rgb, save_image_atomic
 
 __all__ = [
     "CACHE_DIR_NAME",
@@ -200,16 +200,8 @@ def _map_path(out: pathlib.Path, rel: str) -> pathlib.Path:
 
 
 def _save_atomic(grey: np.ndarray, path: pathlib.Path) -> None:
-    # Whole files only: a run interrupted mid-write, or two processes of a distributed run
-    # filling the same cache, never leave a truncated map that a later run would reuse.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        Image.fromarray(grey).save(tmp, format="PNG")  # uint8 (H, W): mode L
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    # Whole files only: two processes of a distributed run may fill the same cache.
+    save_image_atomic(Image.fromarray(grey), path, "PNG")  # uint8 (H, W): mode L
 
 
 def write_saliency_maps(

@@ -469,6 +469,13 @@ def load_config(
     return cfg.replace(overrides) if overrides else cfg
 
 
+def dotted_value(tree: dict, dotted: str):
+    """The value at a dotted name (e.g. "data.batch_size") of a config's to_dict()."""
+    for part in dotted.split("."):
+        tree = tree[part]
+    return tree
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """`dotted.name=value`, the value parsed as JSON when it parses, else a string."""
     key, sep, raw = text.partition("=")

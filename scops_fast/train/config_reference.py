@@ -18,7 +18,13 @@ import sys
 import textwrap
 import typing
 
-from scops_fast.train.config import FREE_FORM_FIELDS, Config, _type_name, preset_names
+from scops_fast.train.config import (
+    FREE_FORM_FIELDS,
+    Config,
+    _type_name,
+    dotted_value,
+    preset_names,
+)
 
 DOC_PATH = pathlib.Path(__file__).resolve().parents[2] / "docs" / "config.md"
 
@@ -95,12 +101,6 @@ def section_docs() -> dict[str, str]:
     return out
 
 
-def _get(tree: dict, dotted: str):
-    for part in dotted.split("."):
-        tree = tree[part]
-    return tree
-
-
 def annotated(cfg: Config, source: str) -> str:
     """The resolved config, one field per line: value, default when it differs, allowed
     values, meaning."""
@@ -113,7 +113,7 @@ def annotated(cfg: Config, source: str) -> str:
             section = head
             lines.append("")
             lines.append(f"[{section}]" if section else "[top level]")
-        value = _get(values, info.name)
+        value = dotted_value(values, info.name)
         notes = []
         if value != info.default:
             notes.append(f"default {json.dumps(info.default)}")
@@ -159,9 +159,9 @@ def markdown() -> str:
                 "|---|---|---|---|---|---|",
             ]
         differs = [
-            f"{name}: `{json.dumps(_get(p, info.name))}`"
+            f"{name}: `{json.dumps(dotted_value(p, info.name))}`"
             for name, p in presets.items()
-            if _get(p, info.name) != info.default
+            if dotted_value(p, info.name) != info.default
         ]
         cells = [
             f"`{info.name}`",

@@ -244,27 +244,27 @@ def collate(items: list[dict]) -> dict:
     return batch
 
 
-def skipped_indices(dataset) -> set[int]:
-    """Indices a skipping data set (or one it wraps, e.g. `CachedItems`) found
-    unreadable in this process (with worker processes, each worker has its own count)."""
-    found: set[int] = set()
+def _wrapped(dataset):
+    """`dataset`, then the data set it wraps (its `.dataset`, e.g. `CachedItems`), and so on."""
     seen = set()
     while dataset is not None and id(dataset) not in seen:
         seen.add(id(dataset))
-        found |= {int(i) for i in getattr(dataset, "bad_indices", ())}
+        yield dataset
         dataset = getattr(dataset, "dataset", None)
-    return found
+
+
+def skipped_indices(dataset) -> set[int]:
+    """Indices a skipping data set (or one it wraps, e.g. `CachedItems`) found
+    unreadable in this process (with worker processes, each worker has its own count)."""
+    return {int(i) for d in _wrapped(dataset) for i in getattr(d, "bad_indices", ())}
 
 
 def describe_items(dataset, indices) -> list[str]:
     """What a skipping data set (or one it wraps) calls each of `indices`: its file path."""
-    seen = set()
-    while dataset is not None and id(dataset) not in seen:
-        seen.add(id(dataset))
-        describe = getattr(dataset, "_describe", None)
+    for d in _wrapped(dataset):
+        describe = getattr(d, "_describe", None)
         if callable(describe):
             return [describe(int(i)) for i in indices]
-        dataset = getattr(dataset, "dataset", None)
     return [f"item {int(i)}" for i in indices]
 
 

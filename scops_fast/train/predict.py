@@ -44,7 +44,12 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from scops_fast.data import ImageFolder
-from scops_fast.data.imagefiles import IMAGE_EXTENSIONS, UNREADABLE, load_rgb
+from scops_fast.data.imagefiles import (
+    IMAGE_EXTENSIONS,
+    UNREADABLE,
+    load_rgb,
+    save_image_atomic,
+)
 from scops_fast.terminal import progress_bar
 from scops_fast.train.loading import (
     framed_input,
@@ -118,14 +123,6 @@ def _as_list(items):
     return items
 
 
-def _save_atomic(image: Image.Image, path: pathlib.Path, **kwargs) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    fmt = {".png": "PNG", ".jpg": "JPEG"}[path.suffix]
-    image.save(tmp, format=fmt, **kwargs)
-    os.replace(tmp, path)
-
-
 def _outputs(out: pathlib.Path, rel: str) -> tuple[pathlib.Path, pathlib.Path]:
     return (out / "maps" / rel).with_suffix(".png"), (out / "overlays" / rel).with_suffix(".jpg")
 
@@ -136,13 +133,13 @@ def _write_image_outputs(out, rel, image01, probs, labels, colours, palette, par
     map_path, overlay_path = _outputs(out, rel)
     label_image = Image.fromarray(labels.byte().numpy(), mode="P")
     label_image.putpalette(palette)
-    _save_atomic(label_image, map_path)
+    save_image_atomic(label_image, map_path, "PNG")
     overlay = viz.to_pil(viz.overlay_parts(image01[None], probs[None], labels=labels[None])[0])
     drawn = [p for p in parts if p["center"] is not None]
     if drawn:
         centres = torch.tensor([p["center"] for p in drawn])
         overlay = viz.draw_centres(overlay, centres, colours[[p["part"] for p in drawn]])
-    _save_atomic(overlay, overlay_path, quality=92)
+    save_image_atomic(overlay, overlay_path, "JPEG", quality=92)
 
 
 def _read_records(path: pathlib.Path):

@@ -36,7 +36,7 @@ from scops_fast.train.checkpoint import (
     load_checkpoint,
     save_atomic,
 )
-from scops_fast.train.config import Config, ConfigError, config_from_dict
+from scops_fast.train.config import Config, ConfigError, config_from_dict, dotted_value
 from scops_fast.train.data import (
     GlobalBatchOrder,
     batches,
@@ -756,13 +756,13 @@ def _resumed_config(ckpt: dict, requested: Config) -> tuple[Config, str]:
     if requested.steps < step:
         raise ConfigError(f"steps = {requested.steps} is below the checkpoint's step {step}")
     flat_requested = requested.to_dict()
-    resumed = saved.replace({k: _get(flat_requested, k) for k in RESUME_SETTABLE})
+    resumed = saved.replace({k: dotted_value(flat_requested, k) for k in RESUME_SETTABLE})
     ignored = _differing_fields(resumed.to_dict(), flat_requested)
     saved_flat = saved.to_dict()
     changed = [
-        f"{k} {_get(saved_flat, k)} -> {_get(flat_requested, k)}"
+        f"{k} {dotted_value(saved_flat, k)} -> {dotted_value(flat_requested, k)}"
         for k in RESUME_SETTABLE
-        if _get(saved_flat, k) != _get(flat_requested, k)
+        if dotted_value(saved_flat, k) != dotted_value(flat_requested, k)
     ]
     note = f"resuming at step {step} with the checkpoint's settings"
     if ignored:
@@ -778,12 +778,6 @@ def _resumed_config(ckpt: dict, requested: Config) -> tuple[Config, str]:
             f"{before:.4g} -> {after:.4g} at step {step})"
         )
     return resumed, note
-
-
-def _get(tree: dict, dotted: str):
-    for part in dotted.split("."):
-        tree = tree[part]
-    return tree
 
 
 def _differing_fields(a: dict, b: dict, prefix: str = "") -> list[str]:
