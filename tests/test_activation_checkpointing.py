@@ -12,12 +12,12 @@ import dataclasses
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 from torch.utils._python_dispatch import TorchDispatchMode
 from train_helpers import (
     assert_bitwise_equal,
     free_port,
     join_local_group,
+    spawn_ranks,
     state_tensors,
     tiny_config,
 )
@@ -219,11 +219,10 @@ def test_ddp_with_checkpointing_is_plain_ddp(tmp_path):
         for m in ("none", "selective")
     ]
     result = tmp_path / "ddp.pt"
-    mp.spawn(
+    spawn_ranks(
         _ddp_worker,
-        args=(free_port(), [c.to_dict() for c in configs], str(tmp_path), str(result)),
+        (free_port(), [c.to_dict() for c in configs], str(tmp_path), str(result)),
         nprocs=2,
-        join=True,
     )
     plain, checkpointed = torch.load(result)
     assert int(plain["model.backbone.layers.0.1.num_batches_tracked"]) == 4

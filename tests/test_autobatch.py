@@ -192,44 +192,143 @@ def test_the_batch_chosen_on_cpu_runs_under_the_budget():
     assert row["peak"] <= budget_gb * 2**30, (row["peak"] / 2**30, choice.line(32))
 
 
-def _auto_rank(rank, port, argv, out_dir):
-    """A torchrun-like rank running scops-train --batch-size auto with the probe faked."""
+def _auto_rank(rank, port, argv, out_dir, mode):
+    """A torchrun-like rank running scops-train --batch-size auto. mode "faked": the probe
+    faked; "real": the real CPU probe; "slow": the default group's timeout set to 3 s, and
+    rank 0's probe takes 6 s, running a real step in its own process (as on CUDA)."""
+    import datetime
     import os
+    import time
 
+    import torch.distributed as dist
     from train_helpers import join_local_group
 
     join_local_group(rank, port, 2)
     os.environ["LOCAL_WORLD_SIZE"] = "2"
     calls = []
+    real_resolve = autobatch.resolve
 
     def fake_resolve(cfg, device, budget_gb, max_batch):
         calls.append({"device": device, "budget_gb": budget_gb, "max_batch": max_batch})
+        if mode == "real":
+            return real_resolve(cfg, device, budget_gb, max_batch)
+        if mode == "slow":
+            # A DistributedDataParallel here would wait for rank 1, which is in the exchange.
+            autobatch.probe_step(autobatch.probe_config(cfg, 32, 2, "blocks"))
+            time.sleep(6.0)
         choice = autobatch.Choice(3, "stages", {"none": 1, "stages": 3}, "faked", budget_gb)
         return cfg, choice
 
     autobatch.resolve = fake_resolve
+    if mode == "slow":
+        dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=3))
     code = main(argv)
     with open(f"{out_dir}/rank{rank}.json", "w") as f:
         json.dump({"code": code, "calls": calls}, f)
 
 
-def test_under_torchrun_rank_0_chooses_for_its_share_and_every_rank_takes_it(tmp_path):
-    """Two gloo ranks: only rank 0 probes, for half the budget (two processes share the
-    machine) and half the data set; both train with 3 images each, global batch 6, and the
-    level rank 0 chose."""
-    import torch.multiprocessing as mp
-    from train_helpers import free_port
+def _run_auto_ranks(tmp_path, mode):
+    from train_helpers import free_port, spawn_ranks
 
     config = tmp_path / "tiny.json"
     config.write_text(json.dumps(tiny_config(**{"data.args": {"n": 12}}).to_dict()))
     out = tmp_path / "run"
     argv = ["--config", str(config), "--out", str(out), "--steps", "1", "--no-progress"]
     argv += ["--batch-size", "auto", "--set", "memory_budget_gb=3"]
-    mp.spawn(_auto_rank, args=(free_port(), argv, str(tmp_path)), nprocs=2, join=True)
+    spawn_ranks(_auto_rank, (free_port(), argv, str(tmp_path), mode), nprocs=2, timeout=240)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["code"] for r in ranks] == [0, 0]
     assert ranks[0]["calls"] == [{"device": "cpu", "budget_gb": 1.5, "max_batch": 6}]
     assert ranks[1]["calls"] == []
-    saved = load_checkpoint(out)["config"]
+    return load_checkpoint(out)["config"]
+
+
+def test_under_torchrun_rank_0_chooses_for_its_share_and_every_rank_takes_it(tmp_path):
+    """Two gloo ranks: only rank 0 probes, for half the budget (two processes share the
+    machine) and half the data set; both train with 3 images each, global batch 6, and the
+    level rank 0 chose."""
+    saved = _run_auto_ranks(tmp_path, "faked")
     assert saved["data"]["batch_size"] == 6
     assert saved["model"]["activation_checkpointing"] == "stages"
+
+
+def test_under_torchrun_the_real_cpu_probe_runs_outside_the_process_group(tmp_path):
+    """The probe's children inherit torchrun's environment; they must not join (or host)
+    the group. 1.5 GiB fits the data set's share, 6 images a process, without checkpointing."""
+    saved = _run_auto_ranks(tmp_path, "real")
+    assert saved["data"]["batch_size"] == 12
+    assert saved["model"]["activation_checkpointing"] == "none"
+
+
+def test_under_torchrun_the_ranks_wait_for_a_probe_longer_than_the_groups_timeout(tmp_path):
+    """Rank 0's in-process probe step (the CUDA path's) builds no DistributedDataParallel,
+    and rank 1 waits past the default group's 3 s timeout for the answer."""
+    saved = _run_auto_ranks(tmp_path, "slow")
+    assert saved["data"]["batch_size"] == 6
+
+
+def test_choose_cuda_on_a_simulated_gpu(monkeypatch):
+    """choose_cuda's trials against a simulated 10 GiB GPU: a step's peak is a + b * batch
+    per level; above the device a step fails as CUDA fails (OutOfMemoryError, or a library's
+    RuntimeError), between the budget and the device it runs but does not fit. A failed
+    step's garbage (held in a reference cycle) is collected before the next trial's
+    empty_cache; an unrelated error is raised, not counted as out of memory."""
+    import gc
+    import weakref
+
+    import torch
+
+    gib = 2**30
+    device_bytes = 10 * gib
+    per_image = {"none": 1.0, "selective": 0.7, "blocks": 0.4, "stages": 0.3}
+    failures = [
+        lambda: torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+        lambda: RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate"),
+        lambda: RuntimeError("cuDNN error: CUDNN_STATUS_NOT_SUPPORTED."),
+    ]
+    state = {"peak": 0, "garbage": [], "empties": 0, "steps": []}
+
+    class Garbage:
+        pass
+
+    def fake_step(cfg):
+        level, batch = cfg.model.activation_checkpointing, cfg.data.batch_size
+        state["steps"].append((level, batch))
+        peak = int((1.0 + per_image[level] * batch) * gib)
+        if peak > device_bytes:
+            held = Garbage()
+            held.me = held  # freed by the collector only
+            state["garbage"].append(weakref.ref(held))
+            raise failures[len(state["steps"]) % len(failures)]()
+        state["peak"] = max(state["peak"], peak)
+
+    def fake_empty_cache():
+        assert all(ref() is None for ref in state["garbage"]), "a failed step's memory lives"
+        state["empties"] += 1
+
+    def fake_reset():
+        state["peak"] = 0
+
+    monkeypatch.setattr(autobatch, "probe_step", fake_step)
+    monkeypatch.setattr(torch.cuda, "empty_cache", fake_empty_cache)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", fake_reset)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda: state["peak"])
+    gc.disable()  # only choose_cuda's own collection may free the garbage
+    try:
+        chosen, choice = autobatch.resolve(tiny_config(), "cuda", budget_gb=8.0, max_batch=64)
+    finally:
+        gc.enable()
+    # Under 8 GiB: none 7, selective 10, blocks 17, stages 23 images (the device's 10 GiB
+    # would take 9, 12, 22 and 30).
+    assert choice.per_level == {"none": 7, "selective": 10, "blocks": 17, "stages": 23}
+    assert (chosen.data.batch_size, chosen.model.activation_checkpointing) == (23, "stages")
+    assert state["garbage"] and state["empties"] == len(state["steps"])
+    refused = sum(1.0 + per_image[lv] * b > 8.0 for lv, b in state["steps"])
+    assert f"CUDA trials: {len(state['steps'])} steps at 32 px, {refused} over" in choice.line(32)
+
+    def broken(cfg):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(autobatch, "probe_step", broken)
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        autobatch.resolve(tiny_config(), "cuda", budget_gb=8.0, max_batch=64)

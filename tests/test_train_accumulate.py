@@ -10,12 +10,12 @@ import warnings
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from train_helpers import (
     assert_bitwise_equal,
     float64,
     free_port,
     join_local_group,
+    spawn_ranks,
     state_tensors,
     tiny_config,
 )
@@ -256,11 +256,10 @@ def test_ddp_accumulates_without_syncing_and_matches_one_process(tmp_path):
         "acc": tiny_config(**common, **ACCUMULATED).to_dict(),
     }
     result = tmp_path / "ddp.pt"
-    mp.spawn(
+    spawn_ranks(
         _ddp_worker,
-        args=(free_port(), configs, str(tmp_path / "ddp"), str(result)),
+        (free_port(), configs, str(tmp_path / "ddp"), str(result)),
         nprocs=WORLD,
-        join=True,
     )
     ddp = torch.load(result)
     assert ddp["acc"]["same"] and ddp["plain"]["same"]

@@ -5,8 +5,7 @@ match a single-process run with the same global batch."""
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
-from train_helpers import free_port, join_local_group, tiny_config
+from train_helpers import free_port, join_local_group, spawn_ranks, tiny_config
 
 from scops_fast.train import Trainer, distributed
 from scops_fast.train.config import config_from_dict
@@ -54,11 +53,10 @@ def test_ddp_ranks_agree_and_match_one_process(tmp_path):
     while training moves them by 0.63."""
     cfg = tiny_config(steps=STEPS, **{"data.batch_size": 4, "model.batchnorm": "eval"})
     result = tmp_path / "ddp.pt"
-    mp.spawn(
+    spawn_ranks(
         _worker,
-        args=(free_port(), cfg.to_dict(), str(tmp_path / "ddp"), str(result)),
+        (free_port(), cfg.to_dict(), str(tmp_path / "ddp"), str(result)),
         nprocs=WORLD,
-        join=True,
     )
     ddp = torch.load(result)
     assert ddp["spread"] == [0.0] * STEPS  # identical on both ranks after every step

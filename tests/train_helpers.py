@@ -94,3 +94,20 @@ def join_local_group(rank: int, port: int, world: int) -> None:
         WORLD_SIZE=str(world),
     )
     torch.set_num_threads(1)
+
+
+def spawn_ranks(fn, args: tuple, nprocs: int = 2, timeout: float = 300.0) -> None:
+    """mp.spawn(fn, args, nprocs) that fails after `timeout` seconds instead of waiting
+    for ever: a rank stuck in a collective ends its test, not the suite's run."""
+    import time
+
+    import torch.multiprocessing as mp
+
+    ranks = mp.start_processes(fn, args=args, nprocs=nprocs, join=False, start_method="spawn")
+    deadline = time.monotonic() + timeout
+    while not ranks.join(timeout=1.0):  # raises when a rank failed
+        if time.monotonic() > deadline:
+            alive = [i for i, p in enumerate(ranks.processes) if p.is_alive()]
+            for p in ranks.processes:
+                p.kill()
+            raise AssertionError(f"ranks {alive} still running after {timeout:g} s (stuck?)")

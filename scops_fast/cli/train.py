@@ -5,6 +5,7 @@ DistributedDataParallel (gloo on the CPU, nccl on GPUs)."""
 from __future__ import annotations
 
 import argparse
+import datetime
 import pathlib
 import sys
 
@@ -268,6 +269,10 @@ def main(argv=None) -> int:
     return 0
 
 
+#: How long the other ranks wait for rank 0's batch-size probe under torchrun.
+PROBE_WAIT = datetime.timedelta(hours=2)
+
+
 def _auto_batch(cfg, *, resuming: bool):
     """cfg with the batch size (and activation checkpointing) --batch-size auto chose."""
     import os
@@ -298,7 +303,10 @@ def _auto_batch_ranks(cfg, world: int):
     """--batch-size auto under torchrun: rank 0 alone finds the largest batch per process
     (on the CPU for its share of the memory budget, which the processes of one machine
     split: LOCAL_WORLD_SIZE of them), every rank takes it, and the global batch is that
-    times the processes. The process group is joined here; the trainer reuses it."""
+    times the processes. The process group is joined here; the trainer reuses it.
+    Rank 0's probe steps run as a process of their own (no collectives); the others wait
+    for the answer on a gloo group with a timeout of PROBE_WAIT, not the default group's
+    (nccl's is ten minutes, which a probe of four levels at a large size can outlast)."""
     import os
 
     import torch
@@ -308,6 +316,7 @@ def _auto_batch_ranks(cfg, world: int):
     from scops_fast.train.data import build_dataset
 
     proc = distributed.setup(cfg.device)
+    waiting = dist.new_group(backend="gloo", timeout=PROBE_WAIT)
     device = proc.device.type
     budget = cfg.memory_budget_gb or autobatch.default_budget_gb(device)
     if device == "cpu":
@@ -327,13 +336,15 @@ def _auto_batch_ranks(cfg, world: int):
                 f"{world} processes: global batch {choice.batch_size * world}",
                 file=sys.stderr,
             )
-        except ConfigError as exc:
+        except Exception as exc:  # the other ranks hear of it, then rank 0 raises it
             decided[0], failure = -1, exc
-    decided = decided.to(proc.device)  # nccl broadcasts CUDA tensors
-    dist.broadcast(decided, 0)
-    batch, level = (int(v) for v in decided.cpu())
+    dist.broadcast(decided, 0, group=waiting)
+    dist.destroy_process_group(waiting)
+    batch, level = (int(v) for v in decided)
+    if failure is not None:
+        raise failure
     if batch < 1:
-        raise failure or ConfigError("--batch-size auto: rank 0 found no batch that fits")
+        raise ConfigError("--batch-size auto: rank 0 found no batch (its error says why)")
     return cfg.replace(
         {
             "data.batch_size": batch * world,

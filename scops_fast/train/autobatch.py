@@ -160,7 +160,7 @@ def probe_step(cfg: Config) -> None:
         for _ in range(images)
     ]
     with tempfile.TemporaryDirectory(prefix="scops-autobatch-") as out:
-        trainer = Trainer(cfg, out, dataset=items, progress=False, tensorboard=False)
+        trainer = Trainer(cfg, out, dataset=items, progress=False, tensorboard=False, alone=True)
         trainer.train_step(collate(items))
         if trainer.device.type == "cuda":
             torch.cuda.synchronize()
@@ -279,32 +279,57 @@ def choose_cpu(cfg: Config, budget_gb: float, max_batch: int) -> Choice:
 
 
 # --------------------------------------------------------------------------- CUDA
+#: What CUDA says, in RuntimeErrors other than torch.cuda.OutOfMemoryError, when a step
+#: does not fit: a library's own allocation failing (cuBLAS, cuDNN), or cuDNN finding no
+#: algorithm for the batch (as Lightning's BatchSizeFinder counts them).
+CUDA_OUT_OF_MEMORY = (
+    "out of memory",
+    "CUBLAS_STATUS_ALLOC_FAILED",
+    "CUDNN_STATUS_ALLOC_FAILED",
+    "CUDNN_STATUS_NOT_SUPPORTED",
+)
+
+
+def is_cuda_out_of_memory(exc: BaseException) -> bool:
+    import torch
+
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and any(s in str(exc) for s in CUDA_OUT_OF_MEMORY)
+
+
 def choose_cuda(cfg: Config, budget_gb: float, max_batch: int) -> Choice:
+    import gc
+
     import torch
 
     budget = budget_gb * 2**30
     trials = []
 
     def fits(level: str, batch: int) -> bool:
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
         try:
+            torch.cuda.reset_peak_memory_stats()
             probe_step(probe_config(cfg, cfg.data.image_size, batch, level))
             ok = torch.cuda.max_memory_allocated() <= budget
-        except torch.cuda.OutOfMemoryError:
+        except Exception as exc:
+            if not is_cuda_out_of_memory(exc):
+                raise
             ok = False
+        finally:
+            # A failed step's tensors live on in reference cycles (its frames, the
+            # autograd graph) until collected: collect them before the next trial.
+            gc.collect()
+            torch.cuda.empty_cache()
         trials.append((level, batch, ok))
         return ok
 
     per_level = per_level_by_trial(fits, max_batch)
-    torch.cuda.empty_cache()
-    batch, level = choose(per_level, max_batch)
+    refused = sum(not ok for _, _, ok in trials)
     return Choice(
-        batch,
-        level,
+        *choose(per_level, max_batch),
         per_level,
-        f"CUDA trials: {len(trials)} steps at {cfg.data.image_size} px, "
-        "torch.cuda.max_memory_allocated against the budget",
+        f"CUDA trials: {len(trials)} steps at {cfg.data.image_size} px, {refused} over the "
+        "budget or out of memory; torch.cuda.max_memory_allocated against the budget",
         budget_gb,
     )
 

@@ -40,13 +40,15 @@ def pick_device(preference: str, local_rank: int = 0) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
-def setup(preference: str = "auto") -> ProcessInfo:
+def setup(preference: str = "auto", *, alone: bool = False) -> ProcessInfo:
     """Joins the process group when launched by torchrun (WORLD_SIZE > 1), else
-    describes a single process."""
+    describes a single process. `alone`: a single process on this rank's device even under
+    torchrun (the batch-size probe's steps, which rank 0 runs while the others wait: a
+    process group there would ask every rank to join its collectives)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = pick_device(preference, local_rank)
-    if world_size <= 1:
+    if world_size <= 1 or alone:
         return ProcessInfo(0, 1, device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")

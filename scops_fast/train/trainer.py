@@ -216,6 +216,8 @@ class Trainer:
     resume: continue from `out_dir/checkpoint.pt` when it exists; the checkpoint's
     config is used, except `steps`, `loss.backend` and `model.activation_checkpointing`,
     which come from `config`.
+    alone: one process on this rank's device even under torchrun, no process group (the
+    batch-size probe's steps on rank 0).
     The global torch RNG is seeded with the config's seed (it initialises the network).
     """
 
@@ -228,6 +230,7 @@ class Trainer:
         dataset=None,
         progress: bool = True,
         tensorboard: bool = True,
+        alone: bool = False,
     ):
         self.out_dir = pathlib.Path(out_dir)
         self.checkpoint_path = self.out_dir / CHECKPOINT_NAME
@@ -239,7 +242,7 @@ class Trainer:
             ckpt = load_checkpoint(self.checkpoint_path)
             config, self.resume_note = _resumed_config(ckpt, config)
         self.cfg = cfg = config
-        self.proc = distributed.setup(cfg.device)
+        self.proc = distributed.setup(cfg.device, alone=alone)
         self.device = self.proc.device
         self.progress, self.tensorboard = progress, tensorboard
         _check_backend(cfg.loss.backend, self.device.type)
