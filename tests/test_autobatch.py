@@ -291,7 +291,8 @@ def test_choose_cuda_on_a_simulated_gpu(monkeypatch):
     class Garbage:
         pass
 
-    def fake_step(cfg):
+    def fake_step(cfg, before=None):
+        before()
         level, batch = cfg.model.activation_checkpointing, cfg.data.batch_size
         state["steps"].append((level, batch))
         peak = int((1.0 + per_image[level] * batch) * gib)
@@ -326,9 +327,48 @@ def test_choose_cuda_on_a_simulated_gpu(monkeypatch):
     refused = sum(1.0 + per_image[lv] * b > 8.0 for lv, b in state["steps"])
     assert f"CUDA trials: {len(state['steps'])} steps at 32 px, {refused} over" in choice.line(32)
 
-    def broken(cfg):
+    def broken(cfg, before=None):
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
     monkeypatch.setattr(autobatch, "probe_step", broken)
     with pytest.raises(RuntimeError, match="illegal memory access"):
         autobatch.resolve(tiny_config(), "cuda", budget_gb=8.0, max_batch=64)
+
+
+def test_the_probe_measures_a_step_with_the_optimisers_state_resident(monkeypatch):
+    """A first step allocates SGD's momentum at its end, after its peak; every later one
+    holds it through forward and backward. The probe's measured step is such a step, and
+    the peak's reset (`before`) comes after the set-up, just before it."""
+    import torch
+
+    from scops_fast.train.trainer import Trainer
+
+    events = []
+    real_step = Trainer.train_step
+
+    def watched_step(self, batch, **replay):
+        params = [
+            p
+            for opt in (self.net_optimizer, self.basis_optimizer)
+            for group in opt.param_groups
+            for p in group["params"]
+        ]
+        momentum = [
+            self.net_optimizer.state.get(p, self.basis_optimizer.state.get(p, {})).get(
+                "momentum_buffer"
+            )
+            for p in params
+        ]
+        events.append(
+            (
+                "step",
+                all(torch.is_tensor(m) for m in momentum),
+                all(p.grad is None for p in params),
+            )
+        )
+        return real_step(self, batch, **replay)
+
+    monkeypatch.setattr(Trainer, "train_step", watched_step)
+    cfg = autobatch.probe_config(tiny_config(), 32, 2, "none")
+    autobatch.probe_step(cfg, before=lambda: events.append(("before",)))
+    assert events == [("before",), ("step", True, True)]

@@ -12,7 +12,9 @@ How a level's largest batch is found:
   budget and out-of-memory errors caught.
 - CPU, from a memory model: for each level a child process runs one step at two batches
   (`probe_batches`) and reads its resident high-water mark after each (reset between them through
-  /proc/self/clear_refs); the peak is affine in the batch. The probes run at the run's own
+  /proc/self/clear_refs); the peak is affine in the batch.
+- Both measure a step as every step after the first: with the optimisers' state (SGD's
+  momentum, the size of the weights) resident, which a first step allocates at its end. The probes run at the run's own
   image size up to `PROBE_MAX_SIZE` pixels; above it at that size, with the per-image part
   scaled by the pixels (measured on the DeepLab step by `make bench-levers`, fits at
   batches 2 and 4: the per-image memory grew 4.0x to 4.1x from 256 to 512 px and from 512
@@ -145,8 +147,10 @@ def probe_config(cfg: Config, image_size: int, batch: int, level: str) -> Config
     return cfg.replace(changes)
 
 
-def probe_step(cfg: Config) -> None:
-    """One training step of `cfg` on random images (its batch size, all of a step)."""
+def probe_step(cfg: Config, before: Callable[[], object] | None = None) -> None:
+    """One training step of `cfg` on random images (its batch size, all of a step), as
+    every step after the first: the optimisers' state is resident through it. `before`
+    runs just before the step (a reset of the peak it measures)."""
     import torch
 
     from scops_fast.train.data import collate
@@ -161,10 +165,29 @@ def probe_step(cfg: Config) -> None:
     ]
     with tempfile.TemporaryDirectory(prefix="scops-autobatch-") as out:
         trainer = Trainer(cfg, out, dataset=items, progress=False, tensorboard=False, alone=True)
-        trainer.train_step(collate(items))
+        hold_optimiser_state(trainer)
+        batch = collate(items)
+        if before is not None:
+            before()
+        trainer.train_step(batch)
         if trainer.device.type == "cuda":
             torch.cuda.synchronize()
         del trainer
+
+
+def hold_optimiser_state(trainer) -> None:
+    """Allocates the optimisers' state (SGD's momentum: as large as the weights, 91 MiB on
+    DeepLab ResNet-50) as a first step does at its end: every later step holds it through
+    its forward and backward, so a probe of a first step alone would miss it. One step on
+    zero gradients; the weights it changes (weight decay) are random anyway."""
+    import torch
+
+    for optimiser in (trainer.net_optimizer, trainer.basis_optimizer):
+        for group in optimiser.param_groups:
+            for p in group["params"]:
+                p.grad = torch.zeros_like(p)
+        optimiser.step()
+        optimiser.zero_grad(set_to_none=True)
 
 
 # --------------------------------------------------------------------------- CPU
@@ -180,12 +203,15 @@ def _probe_child(job_json: str) -> None:
     cfg = config_from_dict(job["config"])
     if job["budget"]:
         cap_address_space(job["budget"])
-    for batch in job["batches"]:
+
+    def fresh_peak():
         gc.collect()
         release_free_heap()
         reset_peak()
+
+    for batch in job["batches"]:
         try:
-            probe_step(probe_config(cfg, job["size"], batch, job["level"]))
+            probe_step(probe_config(cfg, job["size"], batch, job["level"]), before=fresh_peak)
         except (MemoryError, RuntimeError) as exc:
             # Under the cap, torch's allocator and oneDNN's primitives fail to allocate.
             text = str(exc).lower()
@@ -308,8 +334,10 @@ def choose_cuda(cfg: Config, budget_gb: float, max_batch: int) -> Choice:
 
     def fits(level: str, batch: int) -> bool:
         try:
-            torch.cuda.reset_peak_memory_stats()
-            probe_step(probe_config(cfg, cfg.data.image_size, batch, level))
+            probe_step(
+                probe_config(cfg, cfg.data.image_size, batch, level),
+                before=torch.cuda.reset_peak_memory_stats,
+            )
             ok = torch.cuda.max_memory_allocated() <= budget
         except Exception as exc:
             if not is_cuda_out_of_memory(exc):
