@@ -34,6 +34,50 @@ def test_the_trial_search_finds_the_largest_batch_that_fits(limit):
     assert len(tried) <= 2 * 6 + 1  # doubling then bisection: logarithmic in the cap
 
 
+@pytest.mark.parametrize("limit", [0, 1, 2, 3, 5, 8, 13, 31, 32, 33, 100])
+@pytest.mark.parametrize("guess", [1, 2, 4, 7, 12, 13, 14, 30, 32, 200])
+def test_the_search_from_a_guess_finds_the_largest_batch_that_fits(limit, guess):
+    tried = []
+
+    def fits(batch):
+        tried.append(batch)
+        return batch <= limit
+
+    good = min(2, limit)
+    assert autobatch.largest_near(fits, 32, guess, good=good) == min(limit, 32)
+    assert all(good < b <= 32 for b in tried)
+    assert len(tried) == len(set(tried))
+    if good < guess == limit < 32:
+        assert tried == [limit, limit + 1]  # a right guess: two trials
+    assert len(tried) <= 2 * 6 + 2
+
+
+@pytest.mark.parametrize("curve", ["affine", "steps", "cudnn"])
+def test_the_fit_search_finds_the_largest_batch_under_the_budget(curve):
+    """An affine peak is settled in four trials; a monotone peak that is not affine (a
+    workspace that jumps at some batches) still gets the right answer."""
+
+    def peak_of(batch):
+        base = 1000 + 37 * batch
+        if curve == "steps":
+            base += 400 * (batch >= 9)
+        if curve == "cudnn":
+            base += 5 * batch * batch
+        return None if base > 2600 else base
+
+    budget = 1900
+    truth = max((b for b in range(1, 65) if (peak_of(b) or 10**9) <= budget), default=0)
+    tried = []
+
+    def peak(batch):
+        tried.append(batch)
+        return peak_of(batch)
+
+    assert autobatch.largest_by_fit(peak, budget, 64) == truth
+    if curve == "affine":
+        assert tried == [1, 2, truth, truth + 1]
+
+
 def test_trials_stop_at_the_first_level_that_reaches_the_cap():
     limits = {"none": 3, "selective": 9, "blocks": 40}
     tried = []
@@ -268,7 +312,7 @@ def test_under_torchrun_the_ranks_wait_for_a_probe_longer_than_the_groups_timeou
 
 
 def test_choose_cuda_on_a_simulated_gpu(monkeypatch):
-    """choose_cuda's trials against a simulated 10 GiB GPU: a step's peak is a + b * batch
+    """choose_cuda's trials against a simulated 8.5 GiB GPU: a step's peak is a + b * batch
     per level; above the device a step fails as CUDA fails (OutOfMemoryError, or a library's
     RuntimeError), between the budget and the device it runs but does not fit. A failed
     step's garbage (held in a reference cycle) is collected before the next trial's
@@ -279,7 +323,7 @@ def test_choose_cuda_on_a_simulated_gpu(monkeypatch):
     import torch
 
     gib = 2**30
-    device_bytes = 10 * gib
+    device_bytes = int(8.5 * gib)
     per_image = {"none": 1.0, "selective": 0.7, "blocks": 0.4, "stages": 0.3}
     failures = [
         lambda: torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
@@ -319,13 +363,15 @@ def test_choose_cuda_on_a_simulated_gpu(monkeypatch):
         chosen, choice = autobatch.resolve(tiny_config(), "cuda", budget_gb=8.0, max_batch=64)
     finally:
         gc.enable()
-    # Under 8 GiB: none 7, selective 10, blocks 17, stages 23 images (the device's 10 GiB
-    # would take 9, 12, 22 and 30).
+    # Under 8 GiB: none 7, selective 10, blocks 17, stages 23 images (the device's 8.5 GiB
+    # would take 7, 10, 18 and 25).
     assert choice.per_level == {"none": 7, "selective": 10, "blocks": 17, "stages": 23}
     assert (chosen.data.batch_size, chosen.model.activation_checkpointing) == (23, "stages")
     assert state["garbage"] and state["empties"] == len(state["steps"])
+    assert len(state["steps"]) <= 4 * 6  # fit, then confirm (bisection where rounding)
     refused = sum(1.0 + per_image[lv] * b > 8.0 for lv, b in state["steps"])
-    assert f"CUDA trials: {len(state['steps'])} steps at 32 px, {refused} over" in choice.line(32)
+    assert f"CUDA trials: {len(state['steps'])} steps at 32 px" in choice.line(32)
+    assert f"{refused} over the budget or out of memory" in choice.line(32)
 
     def broken(cfg, before=None):
         raise RuntimeError("CUDA error: an illegal memory access was encountered")

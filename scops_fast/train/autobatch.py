@@ -8,22 +8,24 @@ checkpointing gets none.
 
 How a level's largest batch is found:
 - CUDA, by trial, as Lightning's BatchSizeFinder does: real steps at the run's image size
-  (batch doubling, then bisection) with `torch.cuda.max_memory_allocated` against the
-  budget and out-of-memory errors caught.
+  with `torch.cuda.max_memory_allocated` against the budget and out-of-memory errors
+  caught; steps at batches 1 and 2 give an affine fit, whose predicted batch and the next
+  are tried (four steps per level where the peak is affine in the batch; where it is not,
+  the search widens from there and bisects).
 - CPU, from a memory model: for each level a child process runs one step at two batches
-  (`probe_batches`) and reads its resident high-water mark after each (reset between them through
-  /proc/self/clear_refs); the peak is affine in the batch.
+  (`probe_batches`) and reads its resident high-water mark after each (reset between them
+  through /proc/self/clear_refs); the peak is affine in the batch. The probes run at the
+  run's own image size up to `PROBE_MAX_SIZE` pixels; above it at that size, with the
+  per-image part scaled by the pixels (measured on the DeepLab step by `make bench-levers`,
+  fits at batches 2 and 4: the per-image memory grew 4.0x to 4.1x from 256 to 512 px and
+  from 512 to 1024 px with block checkpointing, and the 1024 px batch it predicts ran). A
+  child's address space is capped at the budget, so a probe batch that does not fit is
+  refused, not swapped: that level's largest batch is then below it (and 0 when the probe
+  ran at a smaller size than the run's). The prediction must stay under `SAFETY` times the
+  budget: the training process also holds its data and data-loader workers, and the
+  resident peak varies a little from step to step.
 - Both measure a step as every step after the first: with the optimisers' state (SGD's
-  momentum, the size of the weights) resident, which a first step allocates at its end. The probes run at the run's own
-  image size up to `PROBE_MAX_SIZE` pixels; above it at that size, with the per-image part
-  scaled by the pixels (measured on the DeepLab step by `make bench-levers`, fits at
-  batches 2 and 4: the per-image memory grew 4.0x to 4.1x from 256 to 512 px and from 512
-  to 1024 px with block checkpointing, and the 1024 px batch it predicts ran). A child's
-  address space is capped at the budget, so a probe batch that does not fit is refused,
-  not swapped: that level's largest batch is then below it (and 0 when the probe ran at a
-  smaller size than the run's). The prediction must stay under `SAFETY` times the budget:
-  the training process also holds its data and data-loader workers, and the resident peak
-  varies a little from step to step.
+  momentum, the size of the weights) resident, which a first step allocates at its end.
 
 The probes use random weights of the same shapes (no weight file is read) and random
 images; what they measure is the memory of the configured network, losses, precision and
@@ -96,20 +98,32 @@ def choose(per_level: dict[str, int], max_batch: int) -> tuple[int, str]:
     return best, level
 
 
-def largest_by_trial(fits: Callable[[int], bool], max_batch: int) -> int:
-    """The largest b <= max_batch with fits(b), for a `fits` monotone in b: doubling from 1,
-    then bisection between the last batch that fit and the first that did not."""
-    good, bad = 0, max_batch + 1
-    probe = 1
-    while probe < bad:
-        if fits(probe):
-            good = probe
-            probe = min(probe * 2, bad)
-            if probe == bad:
+def largest_near(fits: Callable[[int], bool], max_batch: int, guess: int, good: int = 0) -> int:
+    """The largest b <= max_batch with fits(b), for a `fits` monotone in b and every batch up
+    to `good` known to fit, searched from a predicted `guess`: away from it by steps of 1, 2,
+    4, ... until the answer is bracketed, then by bisection. A right guess costs two trials
+    (it, and the batch after it); a wrong one, about twice the logarithm of its error."""
+    bad = max_batch + 1
+    probe = min(max(guess, good + 1), max_batch)
+    step = 1
+    if probe <= good:
+        return good
+    if fits(probe):
+        good = probe
+        while good < max_batch:
+            probe = min(good + step, max_batch)
+            if not fits(probe):
+                bad = probe
                 break
-        else:
-            bad = probe
-            break
+            good, step = probe, step * 2
+    else:
+        bad = probe
+        while bad - good > 1:
+            probe = max(bad - step, good + 1)
+            if fits(probe):
+                good = probe
+                break
+            bad, step = probe, step * 2
     while bad - good > 1:
         mid = (good + bad) // 2
         if fits(mid):
@@ -119,15 +133,47 @@ def largest_by_trial(fits: Callable[[int], bool], max_batch: int) -> int:
     return good
 
 
+def largest_by_trial(fits: Callable[[int], bool], max_batch: int) -> int:
+    """The largest b <= max_batch with fits(b), for a `fits` monotone in b, with nothing
+    predicted: 1, 2, 4, 8, ... then bisection."""
+    return largest_near(fits, max_batch, guess=1)
+
+
+def largest_by_fit(peak: Callable[[int], float | None], budget: float, max_batch: int) -> int:
+    """The largest b <= max_batch whose step's peak, `peak(b)` (None: the step failed for
+    memory), is at most `budget`: trials at 1 and 2, the affine fit through them predicts the
+    answer, and `largest_near` confirms it (the batch and the one after it) or corrects it."""
+    peaks = {}
+
+    def fits(batch: int) -> bool:
+        if batch not in peaks:
+            peaks[batch] = peak(batch)
+        return peaks[batch] is not None and peaks[batch] <= budget
+
+    if not fits(1):
+        return 0
+    if max_batch < 2 or not fits(2):
+        return 1
+    slope = peaks[2] - peaks[1]
+    guess = max_batch if slope <= 0 else int((budget - peaks[1]) // slope) + 1
+    return largest_near(fits, max_batch, guess, good=2)
+
+
 def per_level_by_trial(fits: Callable[[str, int], bool], max_batch: int) -> dict[str, int]:
     """level -> largest batch by trial (`fits(level, batch)`), least checkpointing first;
     the levels after one that reaches max_batch are not tried (they cannot do better)."""
-    per_level = {}
+    return per_level(lambda level: largest_by_trial(lambda b: fits(level, b), max_batch), max_batch)
+
+
+def per_level(largest: Callable[[str], int], max_batch: int) -> dict[str, int]:
+    """level -> largest(level), least checkpointing first, up to the first level that
+    reaches max_batch (the later ones cannot do better)."""
+    found = {}
     for level in LEVELS:
-        per_level[level] = largest_by_trial(lambda b, level=level: fits(level, b), max_batch)
-        if per_level[level] >= max_batch:
+        found[level] = largest(level)
+        if found[level] >= max_batch:
             break
-    return per_level
+    return found
 
 
 def probe_config(cfg: Config, image_size: int, batch: int, level: str) -> Config:
@@ -332,31 +378,34 @@ def choose_cuda(cfg: Config, budget_gb: float, max_batch: int) -> Choice:
     budget = budget_gb * 2**30
     trials = []
 
-    def fits(level: str, batch: int) -> bool:
+    def peak(level: str, batch: int) -> int | None:
         try:
             probe_step(
                 probe_config(cfg, cfg.data.image_size, batch, level),
                 before=torch.cuda.reset_peak_memory_stats,
             )
-            ok = torch.cuda.max_memory_allocated() <= budget
+            found = torch.cuda.max_memory_allocated()
         except Exception as exc:
             if not is_cuda_out_of_memory(exc):
                 raise
-            ok = False
+            found = None
         finally:
             # A failed step's tensors live on in reference cycles (its frames, the
             # autograd graph) until collected: collect them before the next trial.
             gc.collect()
             torch.cuda.empty_cache()
-        trials.append((level, batch, ok))
-        return ok
+        trials.append((level, batch, found is not None and found <= budget))
+        return found
 
-    per_level = per_level_by_trial(fits, max_batch)
+    found = per_level(
+        lambda level: largest_by_fit(lambda b: peak(level, b), budget, max_batch), max_batch
+    )
     refused = sum(not ok for _, _, ok in trials)
     return Choice(
-        *choose(per_level, max_batch),
-        per_level,
-        f"CUDA trials: {len(trials)} steps at {cfg.data.image_size} px, {refused} over the "
+        *choose(found, max_batch),
+        found,
+        f"CUDA trials: {len(trials)} steps at {cfg.data.image_size} px (per level, batches 1 "
+        f"and 2, then the batch their affine fit predicts and the next), {refused} over the "
         "budget or out of memory; torch.cuda.max_memory_allocated against the budget",
         budget_gb,
     )
