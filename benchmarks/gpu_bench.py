@@ -5,12 +5,15 @@ torch.compile of the reference, each as a median of `triton.testing.do_bench`, w
 achieved bandwidth (the bytes of the op's inputs and of its gradients over its time) as
 a fraction of a device-to-device copy timed in the same run; then one training step
 (forward, backward, optimiser) per loss backend at 256 and 512 px and a few batches, with
-the memory levers; torch.compile's op rows; last scops-predict's images/s, one image per call
-against batches with reader processes (the GPU defaults). It ends with the backend order
-these timings suggest for `_dispatch.AUTO_ORDER["cuda"]`.
+the memory levers; the largest batch per activation-checkpointing level under 16 GiB that
+`scops-train --batch-size auto`'s CUDA search finds; torch.compile's op rows; last
+scops-predict's images/s, one image per call against batches with reader processes (the GPU
+defaults). It ends with the backend order these timings suggest for
+`_dispatch.AUTO_ORDER["cuda"]`.
 
     python benchmarks/gpu_bench.py [--size celeba] [--out FILE.json] [--time-box SECONDS]
-                                   [--groups copy,fused,train,compile,predict] [--resume] [--plan]
+                                   [--groups copy,fused,train,autobatch,compile,predict]
+                                   [--resume] [--plan]
 
 Made for a first run on a GPU machine that may be cut short, so that it always leaves
 results:
@@ -58,8 +61,8 @@ if str(HERE) not in sys.path:
 GPU_BACKENDS = ("cuda", "triton")
 # The training step before torch.compile's rows: what a GPU's memory and a step's time at
 # 512 px say matters more than how Inductor compares, and each compile row costs a cold
-# compile.
-GROUPS = ("copy", "fused", "train", "compile", "predict")
+# compile. Then the largest batch `scops-train --batch-size auto` finds on this GPU.
+GROUPS = ("copy", "fused", "train", "autobatch", "compile", "predict")
 NO_GPU_LINE = "gpu_bench: skipped, no CUDA device is visible to torch on this machine."
 
 # scops-predict over a folder of 256x256 PNGs (benchmarks/predict_throughput.py) with
@@ -86,6 +89,16 @@ PLANNED_S = {
     ("predict", "predict"): 8.0,
 }
 COPY_BYTES = 256 * 2**20
+
+# `scops-train --batch-size auto`'s CUDA search (autobatch.choose_cuda) on SPEC section 8's
+# step with the cuda losses: the largest batch per checkpointing level under the CPU
+# table's 16 GiB (benchmarks/RESULTS.md, "Memory levers"), at (image size, batch cap):
+# twice the issue's targets (16 images at 512 px, 4 at 1024 px).
+AUTOBATCH_BUDGET_GB = 16.0
+AUTOBATCH_SHAPES = ((512, 32), (1024, 8))
+# Per level about four trials (batches 1 and 2, the predicted one and the next), each a
+# fresh Trainer and one step.
+AUTOBATCH_TRIALS_PLANNED = 16
 
 # Training-step rows, most valuable first: SPEC section 8's batch at 256 px, then 512 px,
 # then the larger batches (the last ones may not fit the GPU: an out-of-memory row says so).
@@ -131,6 +144,12 @@ def train_planned_s(image_size: int, batch: int) -> float:
     return TRAIN_BUILD_S + TRAIN_STEPS_PLANNED * TRAIN_IMAGE_S * images
 
 
+def autobatch_planned_s(image_size: int, cap: int) -> float:
+    # Per level 1 + 2 + n + (n + 1) images, n about half the cap.
+    images = 4 * (3 + cap) * (image_size / 256) ** 2
+    return AUTOBATCH_TRIALS_PLANNED * TRAIN_BUILD_S + TRAIN_IMAGE_S * images
+
+
 @dataclass(frozen=True)
 class Case:
     """One row of the benchmark."""
@@ -140,13 +159,15 @@ class Case:
     impl: str  # eager, compile, cuda, triton, copy; for a training step its loss backend
     planned_s: float
     image_size: int | None = None  # training steps only
-    batch: int | None = None
+    batch: int | None = None  # the batch cap of an autobatch row
     lever: str | None = None
 
     @property
     def key(self) -> str:
         if self.group == "predict":
             return f"predict/{self.impl}/batch{self.batch}"
+        if self.group == "autobatch":
+            return f"autobatch/{self.image_size}px/max{self.batch}/{self.impl}"
         if self.group == "train":
             return f"train/{self.lever}/{self.image_size}x{self.batch}/{self.impl}"
         if self.group == "copy":
@@ -161,6 +182,9 @@ class Case:
             )
         if self.group == "predict":
             row.update(image_size=self.image_size, batch=self.batch)
+        if self.group == "autobatch":
+            row.update(image_size=self.image_size, max_batch=self.batch)
+            row.update(budget_gb=AUTOBATCH_BUDGET_GB, form=TRAIN_FORM)
         return row
 
 
@@ -234,6 +258,18 @@ def plan_cases(
                     lever=lever["name"],
                 )
             )
+    if "autobatch" in groups:
+        cases += [
+            Case(
+                "autobatch",
+                "batch_size_auto",
+                "cuda",
+                autobatch_planned_s(size, cap),
+                image_size=size,
+                batch=cap,
+            )
+            for size, cap in AUTOBATCH_SHAPES
+        ]
     if "compile" in groups:
         planned = PLANNED_S["compile", "compile"]
         cases += [Case("compile", op, "compile", planned) for op in ops]
@@ -266,6 +302,8 @@ def plan_text(cases: list[Case], time_box_s: float | None, size_name: str, size)
             what = f"train_step {case.lever} {case.image_size}x{case.batch}"
         if case.group == "predict":
             what = f"predict {case.image_size}px batch {case.batch}"
+        if case.group == "autobatch":
+            what = f"batch size auto {case.image_size}px <= {case.batch}"
         mark = "" if fits else "  (past the time box: skipped)"
         lines.append(
             f"{number:3d}  {case.group:8} {what:34} {case.impl:10} {case.planned_s:6.0f} s{mark}"
@@ -491,11 +529,32 @@ def measure_predict(bench: Bench, case: Case, record) -> dict:
     }
 
 
+def measure_autobatch(bench: Bench, case: Case, record) -> dict:
+    """The largest batch per checkpointing level under AUTOBATCH_BUDGET_GB, found as
+    `scops-train --batch-size auto` finds it on a GPU (its trials and their count)."""
+    import train_step
+
+    from scops_fast.train import autobatch
+
+    cfg = train_step.step_config(case.impl, case.image_size, 1, TRAIN_FORM, bench.device)
+    start = time.perf_counter()
+    choice = autobatch.choose_cuda(cfg, AUTOBATCH_BUDGET_GB, case.batch)
+    seconds = time.perf_counter() - start
+    return {
+        "ms": 1e3 * seconds,
+        "per_level": choice.per_level,
+        "chosen_batch": choice.batch_size,
+        "chosen_level": choice.activation_checkpointing,
+        "method": choice.method,
+    }
+
+
 MEASURES = {
     "copy": measure_copy,
     "fused": measure_op,
     "compile": measure_op,
     "train": measure_train,
+    "autobatch": measure_autobatch,
     "predict": measure_predict,
 }
 
@@ -748,7 +807,7 @@ def markdown(result: dict) -> str:
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        if r.get("group") in ("train", "predict"):
+        if r.get("group") in ("train", "predict", "autobatch"):
             continue
         lead = [r["op"], r["impl"]]
         if r.get("ms") is None:
@@ -777,6 +836,27 @@ def markdown(result: dict) -> str:
                 continue
             measured = [f"{r['ms']:.1f}", _cell(r.get("images_per_s"), ".1f")]
             lines.append(_table_row([*lead, *measured, *_memory_cells(r)]))
+    searched = [r for r in rows if r.get("group") == "autobatch"]
+    if searched:
+        from scops_fast.train.autobatch import LEVELS
+
+        lines += [
+            "",
+            f"Largest batch under {AUTOBATCH_BUDGET_GB:g} GiB per activation checkpointing level, "
+            "found by `scops-train --batch-size auto`'s CUDA search (SPEC section 8's step, "
+            "cuda losses; `-`: not searched, an earlier level reached the cap):",
+            "",
+            f"| image | cap | {' | '.join(LEVELS)} | chosen | search s |",
+            f"|---:|---:|{'---:|' * len(LEVELS)}---|---:|",
+        ]
+        for r in searched:
+            lead = [r["image_size"], r["max_batch"]]
+            if r.get("ms") is None:
+                lines.append(_table_row([*lead, _outcome(r), *[""] * (len(LEVELS) + 1)]))
+                continue
+            found = [r["per_level"].get(level, "-") for level in LEVELS]
+            chosen = f"{r['chosen_batch']} ({r['chosen_level']})"
+            lines.append(_table_row([*lead, *found, chosen, f"{r['ms'] / 1e3:.0f}"]))
     predict = [r for r in rows if r.get("group") == "predict"]
     if predict:
         lines += [

@@ -63,11 +63,35 @@ def build(
     (dotted config names) change it further."""
     import torch
 
-    from scops_fast.train.config import Config
     from scops_fast.train.data import collate
     from scops_fast.train.trainer import Trainer
 
-    cfg = Config().replace(
+    cfg = step_config(backend, size, batch, form, device, overrides)
+    gen = torch.Generator().manual_seed(0)
+    items = [
+        {
+            "img": torch.rand(3, size, size, generator=gen),
+            "saliency": torch.rand(size, size, generator=gen),
+        }
+        for _ in range(batch)
+    ]
+    out = tempfile.mkdtemp(prefix="scops-bench-")
+    trainer = Trainer(cfg, out, dataset=items, progress=False, tensorboard=False)
+    return trainer, collate(items)
+
+
+def step_config(
+    backend: str,
+    size: int,
+    batch: int,
+    form: str = "lowres",
+    device: str = "cpu",
+    overrides: dict | None = None,
+):
+    """The SPEC section 8 config with random weights, as `build` trains it."""
+    from scops_fast.train.config import Config
+
+    return Config().replace(
         {
             "name": "bench-train-step",
             "device": device,
@@ -82,17 +106,6 @@ def build(
             **(overrides or {}),
         }
     )
-    gen = torch.Generator().manual_seed(0)
-    items = [
-        {
-            "img": torch.rand(3, size, size, generator=gen),
-            "saliency": torch.rand(size, size, generator=gen),
-        }
-        for _ in range(batch)
-    ]
-    out = tempfile.mkdtemp(prefix="scops-bench-")
-    trainer = Trainer(cfg, out, dataset=items, progress=False, tensorboard=False)
-    return trainer, collate(items)
 
 
 def _step(trainer, batch) -> float:

@@ -318,46 +318,11 @@ def test_choose_cuda_on_a_simulated_gpu(monkeypatch):
     step's garbage (held in a reference cycle) is collected before the next trial's
     empty_cache; an unrelated error is raised, not counted as out of memory."""
     import gc
-    import weakref
 
-    import torch
+    from train_helpers import SimulatedGpu
 
-    gib = 2**30
-    device_bytes = int(8.5 * gib)
     per_image = {"none": 1.0, "selective": 0.7, "blocks": 0.4, "stages": 0.3}
-    failures = [
-        lambda: torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
-        lambda: RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate"),
-        lambda: RuntimeError("cuDNN error: CUDNN_STATUS_NOT_SUPPORTED."),
-    ]
-    state = {"peak": 0, "garbage": [], "empties": 0, "steps": []}
-
-    class Garbage:
-        pass
-
-    def fake_step(cfg, before=None):
-        before()
-        level, batch = cfg.model.activation_checkpointing, cfg.data.batch_size
-        state["steps"].append((level, batch))
-        peak = int((1.0 + per_image[level] * batch) * gib)
-        if peak > device_bytes:
-            held = Garbage()
-            held.me = held  # freed by the collector only
-            state["garbage"].append(weakref.ref(held))
-            raise failures[len(state["steps"]) % len(failures)]()
-        state["peak"] = max(state["peak"], peak)
-
-    def fake_empty_cache():
-        assert all(ref() is None for ref in state["garbage"]), "a failed step's memory lives"
-        state["empties"] += 1
-
-    def fake_reset():
-        state["peak"] = 0
-
-    monkeypatch.setattr(autobatch, "probe_step", fake_step)
-    monkeypatch.setattr(torch.cuda, "empty_cache", fake_empty_cache)
-    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", fake_reset)
-    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda: state["peak"])
+    gpu = SimulatedGpu(per_image, device_gib=8.5).install(monkeypatch)
     gc.disable()  # only choose_cuda's own collection may free the garbage
     try:
         chosen, choice = autobatch.resolve(tiny_config(), "cuda", budget_gb=8.0, max_batch=64)
@@ -367,10 +332,10 @@ def test_choose_cuda_on_a_simulated_gpu(monkeypatch):
     # would take 7, 10, 18 and 25).
     assert choice.per_level == {"none": 7, "selective": 10, "blocks": 17, "stages": 23}
     assert (chosen.data.batch_size, chosen.model.activation_checkpointing) == (23, "stages")
-    assert state["garbage"] and state["empties"] == len(state["steps"])
-    assert len(state["steps"]) <= 4 * 6  # fit, then confirm (bisection where rounding)
-    refused = sum(1.0 + per_image[lv] * b > 8.0 for lv, b in state["steps"])
-    assert f"CUDA trials: {len(state['steps'])} steps at 32 px" in choice.line(32)
+    assert gpu.garbage and gpu.empties == len(gpu.steps)
+    assert len(gpu.steps) <= 4 * 6  # fit, then confirm (bisection where rounding)
+    refused = sum(gpu.step_gib(level, b) > 8.0 for level, b in gpu.steps)
+    assert f"CUDA trials: {len(gpu.steps)} steps at 32 px" in choice.line(32)
     assert f"{refused} over the budget or out of memory" in choice.line(32)
 
     def broken(cfg, before=None):

@@ -128,10 +128,11 @@ def test_plan_lists_every_op_and_impl_in_value_order_without_a_gpu(capsys):
     for backend in gpu_bench.TRAIN_BACKENDS:
         for size, batch in gpu_bench.TRAIN_SHAPES:
             assert any(f"{size}x{batch} " in line and f" {backend} " in line for line in train)
-    assert [line.split(":")[0] for line in lines[-6:]] == [
+    assert [line.split(":")[0] for line in lines[-7:]] == [
         "group copy",
         "group fused",
         "group train",
+        "group autobatch",
         "group compile",
         "group predict",
         "total",
@@ -366,3 +367,37 @@ def test_prediction_rows_run_scops_predict_and_have_their_table(monkeypatch, tmp
     assert len(list((tmp_path / "scops_gpu_bench_predict" / "out_demo_8" / "maps").iterdir())) == 5
     text = gpu_bench.markdown(record.result())
     assert "| demo | 16 | 8 | " in text and "scops-predict over 5 PNGs" in text
+
+
+def test_batch_size_auto_rows_run_the_cuda_search_and_have_their_table(monkeypatch):
+    """The rows run autobatch.choose_cuda (on a simulated GPU here) on SPEC section 8's
+    config with the cuda losses at each size, capped, under the CPU table's 16 GiB."""
+    from train_helpers import SimulatedGpu
+
+    per_image = {"none": 2.0, "selective": 1.5, "blocks": 0.8, "stages": 0.6}
+    gpu = SimulatedGpu(per_image, device_gib=80.0).install(monkeypatch)
+    seen = []
+    import scops_fast.train.autobatch as autobatch
+
+    real = autobatch.choose_cuda
+
+    def watched(cfg, budget_gb, max_batch):
+        seen.append((cfg.loss.backend, cfg.data.image_size, cfg.model.arch, budget_gb, max_batch))
+        return real(cfg, budget_gb, max_batch)
+
+    monkeypatch.setattr(autobatch, "choose_cuda", watched)
+    cases = gpu_bench.plan_cases(TINY, ("autobatch",))
+    assert [(c.image_size, c.batch) for c in cases] == list(gpu_bench.AUTOBATCH_SHAPES)
+    record = gpu_bench.Record(None, META, cases)
+    gpu_bench.run_cases(cpu_bench(calling_timer), cases, record)
+    deeplab = "deeplab_resnet50"
+    assert seen == [("cuda", 512, deeplab, 16.0, 32), ("cuda", 1024, deeplab, 16.0, 8)]
+    first = record.get(cases[0].key)
+    # Under 16 GiB, 1 GiB fixed: none 7, selective 10, blocks 18, stages 25.
+    assert first["per_level"] == {"none": 7, "selective": 10, "blocks": 18, "stages": 25}
+    assert (first["chosen_batch"], first["chosen_level"]) == (25, "stages")
+    assert gpu.steps and "CUDA trials" in first["method"]
+    text = gpu_bench.markdown(record.result())
+    assert "Largest batch under 16 GiB per activation checkpointing level" in text
+    assert "| 512 | 32 | 7 | 10 | 18 | 25 | 25 (stages) |" in text
+    assert "| 1024 | 8 | 7 | 8 | - | - | 8 (selective) |" in text

@@ -111,3 +111,63 @@ def spawn_ranks(fn, args: tuple, nprocs: int = 2, timeout: float = 300.0) -> Non
             for p in ranks.processes:
                 p.kill()
             raise AssertionError(f"ranks {alive} still running after {timeout:g} s (stuck?)")
+
+
+class SimulatedGpu:
+    """CUDA's memory as `autobatch.choose_cuda` sees it, with no GPU: a probe step's peak
+    is (fixed + per_image[level] * batch) GiB; above `device_gib` the step fails as CUDA
+    fails (OutOfMemoryError, or cuBLAS's or cuDNN's RuntimeError, in turn), leaving garbage
+    in a reference cycle; `torch.cuda`'s peak, reset and empty_cache answer from it.
+    `install(monkeypatch)` puts it in place of the probe step and those calls."""
+
+    GIB = 2**30
+
+    def __init__(self, per_image: dict, device_gib: float, fixed_gib: float = 1.0):
+        self.per_image, self.device_gib, self.fixed_gib = per_image, device_gib, fixed_gib
+        self.peak, self.empties = 0, 0
+        self.steps, self.garbage = [], []
+
+    def failure(self):
+        kinds = [
+            lambda: torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+            lambda: RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED in cublasCreate"),
+            lambda: RuntimeError("cuDNN error: CUDNN_STATUS_NOT_SUPPORTED."),
+        ]
+        return kinds[len(self.steps) % len(kinds)]()
+
+    def step_gib(self, level: str, batch: int) -> float:
+        return self.fixed_gib + self.per_image[level] * batch
+
+    def probe_step(self, cfg, before=None):
+        import weakref
+
+        before()
+        level, batch = cfg.model.activation_checkpointing, cfg.data.batch_size
+        self.steps.append((level, batch))
+        peak = int(self.step_gib(level, batch) * self.GIB)
+        if peak > self.device_gib * self.GIB:
+            held = _Garbage()
+            held.me = held  # freed by the collector only
+            self.garbage.append(weakref.ref(held))
+            raise self.failure()
+        self.peak = max(self.peak, peak)
+
+    def empty_cache(self):
+        assert all(ref() is None for ref in self.garbage), "a failed step's memory lives"
+        self.empties += 1
+
+    def reset_peak_memory_stats(self):
+        self.peak = 0
+
+    def install(self, monkeypatch):
+        from scops_fast.train import autobatch
+
+        monkeypatch.setattr(autobatch, "probe_step", self.probe_step)
+        monkeypatch.setattr(torch.cuda, "empty_cache", self.empty_cache)
+        monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", self.reset_peak_memory_stats)
+        monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda: self.peak)
+        return self
+
+
+class _Garbage:
+    pass
