@@ -125,7 +125,7 @@ bench-levers: install
 		--cap-gb $(BENCH_CAP_GB) --out $(BENCH_OUT)/levers.json
 	$(PY) benchmarks/train_levers.py --levers selective --sizes 256,512 --confirm-sizes '' \
 		--cap-gb $(BENCH_CAP_GB) --out $(BENCH_OUT)/levers.json --append
-	$(PY) benchmarks/train_levers.py --levers stages --sizes 512,1024 --confirm-sizes 512 \
+	$(PY) benchmarks/train_levers.py --levers stages --sizes 512,1024 --confirm-sizes 512,1024 \
 		--cap-gb $(BENCH_CAP_GB) --out $(BENCH_OUT)/levers.json --append
 ifneq ($(ORIGINAL),)
 	$(PY) benchmarks/train_levers.py --levers original --sizes 512,1024 --confirm-sizes 512,1024 \

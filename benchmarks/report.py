@@ -740,7 +740,10 @@ def levers_section(levers: dict) -> list[str]:
         "runs under an address-space guard at the cap found a batch that runs and the next "
         "one refused (`next batch`); the guard caps virtual memory, which is stricter than "
         "the resident peak. s/image: the confirming step's seconds over its batch (for "
-        "predicted rows, the largest fit batch's), one cold step each; `vs none` divides by "
+        "predicted rows, the largest fit batch's), one cold step each (a first step: a later "
+        "one also holds SGD's momentum, which a first step allocates after its peak, 91 MiB "
+        "on this network; `scops-train --batch-size auto` measures with it); `vs none` "
+        "divides by "
         "the lever-less step's s/image at its largest fit batch at the same size, timed in "
         "the same run, except for the rows a later `--append` run added (`selective`, "
         "`stages`, `original`), whose ratio crosses runs.",
