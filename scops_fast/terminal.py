@@ -11,8 +11,9 @@ def is_terminal(stream) -> bool:
     return bool(isatty and isatty())
 
 
-def progress_bar(total: int, initial: int = 0, unit: str = "step"):
-    """A tqdm bar on stderr when it is a terminal and tqdm is installed, else None."""
+def progress_bar(total: int | None, initial: int = 0, unit: str = "step"):
+    """A tqdm bar on stderr when it is a terminal and tqdm is installed, else None.
+    total None: a count without an end."""
     # A bar only where someone watches: in a log file its redraws are noise, and the log
     # lines every log_every steps say the same.
     if not is_terminal(sys.stderr):

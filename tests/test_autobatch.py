@@ -107,12 +107,14 @@ def test_probe_configs_read_no_weights_and_keep_what_sets_the_memory():
 def test_the_cpu_model_comes_from_a_probe_child_and_the_choice_fits_it(monkeypatch):
     cfg = tiny_config()
     # Capped at a budget far above the tiny network's step: the guard is set, nothing refused.
-    model = autobatch.cpu_model(cfg, budget=8.0 * 2**30)
+    probed = []
+    model = autobatch.cpu_model(cfg, budget=8.0 * 2**30, progress=probed.append)
     assert set(model) == set(autobatch.LEVELS)
+    assert probed == list(autobatch.LEVELS)  # the progress bar's ticks, one per level
     for intercept, per_image in model.values():
         # The child's whole resident set (interpreter, torch) is in the intercept.
         assert intercept > 50 * 2**20 and per_image >= 0
-    monkeypatch.setattr(autobatch, "cpu_model", lambda cfg, budget: model)
+    monkeypatch.setattr(autobatch, "cpu_model", lambda cfg, budget, **_: model)
     budget_gb = 3.0
     chosen, choice = autobatch.resolve(cfg, "cpu", budget_gb, max_batch=10_000)
     a, b = model[choice.activation_checkpointing]
@@ -190,7 +192,7 @@ def test_scops_train_batch_size_auto_prints_the_choice_and_trains_with_it(
     monkeypatch.setattr(
         autobatch,
         "cpu_model",
-        lambda cfg, budget: {level: (1e8, 1e6) for level in autobatch.LEVELS},
+        lambda cfg, budget, **_: {level: (1e8, 1e6) for level in autobatch.LEVELS},
     )
     config = tmp_path / "tiny.json"
     config.write_text(json.dumps(tiny_config(memory_budget_gb=4.0).to_dict()))
@@ -198,7 +200,17 @@ def test_scops_train_batch_size_auto_prints_the_choice_and_trains_with_it(
     argv = ["--config", str(config), "--steps", "1", "--out", str(out), "--no-progress"]
     assert main(argv + ["--batch-size", "auto"]) == 0
     err = capsys.readouterr().err
-    assert "batch size auto: 8 images of 32x32 with activation checkpointing 'none'" in err
+    chose = err.index("batch size auto: 8 images of 32x32 with activation checkpointing 'none'")
+    # Before the probe's minutes of silence, what it does.
+    assert (
+        0
+        <= err.index(
+            "scops-train: batch size auto: measuring the memory of a training step at 32 px for "
+            "each activation checkpointing level (none, selective, blocks, stages): probe steps "
+            "at 32 px in child processes"
+        )
+        < chose
+    )
     saved = load_checkpoint(out)["config"]
     assert saved["data"]["batch_size"] == 8
     assert saved["model"]["activation_checkpointing"] == "none"
@@ -252,10 +264,10 @@ def _auto_rank(rank, port, argv, out_dir, mode):
     calls = []
     real_resolve = autobatch.resolve
 
-    def fake_resolve(cfg, device, budget_gb, max_batch):
+    def fake_resolve(cfg, device, budget_gb, max_batch, progress=None):
         calls.append({"device": device, "budget_gb": budget_gb, "max_batch": max_batch})
         if mode == "real":
-            return real_resolve(cfg, device, budget_gb, max_batch)
+            return real_resolve(cfg, device, budget_gb, max_batch, progress)
         if mode == "slow":
             # A DistributedDataParallel here would wait for rank 1, which is in the exchange.
             autobatch.probe_step(autobatch.probe_config(cfg, 32, 2, "blocks"))
@@ -323,11 +335,13 @@ def test_choose_cuda_on_a_simulated_gpu(monkeypatch):
 
     per_image = {"none": 1.0, "selective": 0.7, "blocks": 0.4, "stages": 0.3}
     gpu = SimulatedGpu(per_image, device_gib=8.5).install(monkeypatch)
+    ticks = []
     gc.disable()  # only choose_cuda's own collection may free the garbage
     try:
-        chosen, choice = autobatch.resolve(tiny_config(), "cuda", budget_gb=8.0, max_batch=64)
+        chosen, choice = autobatch.resolve(tiny_config(), "cuda", 8.0, 64, ticks.append)
     finally:
         gc.enable()
+    assert ticks == [f"{level}, batch {b}" for level, b in gpu.steps]
     # Under 8 GiB: none 7, selective 10, blocks 17, stages 23 images (the device's 8.5 GiB
     # would take 7, 10, 18 and 25).
     assert choice.per_level == {"none": 7, "selective": 10, "blocks": 17, "stages": 23}

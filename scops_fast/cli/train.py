@@ -5,6 +5,7 @@ DistributedDataParallel (gloo on the CPU, nccl on GPUs)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import pathlib
 import sys
@@ -292,11 +293,44 @@ def _auto_batch(cfg, *, resuming: bool):
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     available = len(build_dataset(cfg.data)) // cfg.data.accumulate
-    chosen, choice = autobatch.resolve(
-        cfg, device, cfg.memory_budget_gb, min(autobatch.MAX_BATCH, available)
-    )
+    with _probing(cfg, device) as progress:
+        chosen, choice = autobatch.resolve(
+            cfg, device, cfg.memory_budget_gb, min(autobatch.MAX_BATCH, available), progress
+        )
     print(f"scops-train: {choice.line(cfg.data.image_size)}", file=sys.stderr)
     return chosen
+
+
+@contextlib.contextmanager
+def _probing(cfg, device: str):
+    """Says what the probe does before its minutes of silence, and counts its steps on a
+    terminal: yields the progress callback for autobatch.resolve."""
+    from scops_fast.terminal import progress_bar
+    from scops_fast.train import autobatch
+
+    how = (
+        "trial steps on the GPU"
+        if device == "cuda"
+        else f"probe steps at {autobatch.probe_size(cfg)} px in child processes"
+    )
+    print(
+        f"scops-train: batch size auto: measuring the memory of a training step at "
+        f"{cfg.data.image_size} px for each activation checkpointing level "
+        f"({', '.join(autobatch.LEVELS)}): {how}",
+        file=sys.stderr,
+    )
+    bar = progress_bar(None if device == "cuda" else len(autobatch.LEVELS), unit="probe")
+
+    def progress(what: str) -> None:
+        if bar is not None:
+            bar.set_postfix_str(what, refresh=False)
+            bar.update()
+
+    try:
+        yield progress
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def _auto_batch_ranks(cfg, world: int):
@@ -326,9 +360,10 @@ def _auto_batch_ranks(cfg, world: int):
     if proc.is_main:
         try:
             available = len(build_dataset(cfg.data)) // cfg.data.accumulate // world
-            _, choice = autobatch.resolve(
-                cfg, device, budget, min(autobatch.MAX_BATCH, max(available, 1))
-            )
+            with _probing(cfg, device) as progress:
+                _, choice = autobatch.resolve(
+                    cfg, device, budget, min(autobatch.MAX_BATCH, max(available, 1)), progress
+                )
             decided[0] = choice.batch_size
             decided[1] = autobatch.LEVELS.index(choice.activation_checkpointing)
             print(

@@ -298,14 +298,21 @@ def probe_batches(cfg: Config) -> tuple[int, int]:
     return b, 2 * b
 
 
-def cpu_model(cfg: Config, budget: float | None = None, levels=LEVELS) -> dict:
+def cpu_model(
+    cfg: Config,
+    budget: float | None = None,
+    levels=LEVELS,
+    progress: Callable[[str], object] | None = None,
+) -> dict:
     """level -> (intercept, bytes per image at the run's size) of the step's resident peak,
     or the largest batch known to fit (an int, maybe 0) where a probe batch was refused
-    under `budget` bytes."""
+    under `budget` bytes. `progress(level)` after each level's probe."""
     scale = (cfg.data.image_size / probe_size(cfg)) ** 2
     model = {}
     for level in levels:
         rows = probe_level(cfg, level, budget)
+        if progress is not None:
+            progress(level)
         ran = [(r["batch"], r["peak"]) for r in rows if "peak" in r]
         if len(ran) < 2:
             # At the run's size the batches that ran fit; at a smaller one nothing is known.
@@ -325,9 +332,9 @@ def _pythonpath() -> str | None:
     return os.environ.get("PYTHONPATH")
 
 
-def choose_cpu(cfg: Config, budget_gb: float, max_batch: int) -> Choice:
+def choose_cpu(cfg: Config, budget_gb: float, max_batch: int, progress=None) -> Choice:
     budget = budget_gb * 2**30 * SAFETY
-    model = cpu_model(cfg, budget_gb * 2**30)
+    model = cpu_model(cfg, budget_gb * 2**30, progress=progress)
     per_level = {}
     for level, fit in model.items():
         if isinstance(fit, int):
@@ -370,7 +377,7 @@ def is_cuda_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and any(s in str(exc) for s in CUDA_OUT_OF_MEMORY)
 
 
-def choose_cuda(cfg: Config, budget_gb: float, max_batch: int) -> Choice:
+def choose_cuda(cfg: Config, budget_gb: float, max_batch: int, progress=None) -> Choice:
     import gc
 
     import torch
@@ -395,6 +402,8 @@ def choose_cuda(cfg: Config, budget_gb: float, max_batch: int) -> Choice:
             gc.collect()
             torch.cuda.empty_cache()
         trials.append((level, batch, found is not None and found <= budget))
+        if progress is not None:
+            progress(f"{level}, batch {batch}")
         return found
 
     found = per_level(
@@ -423,10 +432,15 @@ def default_budget_gb(device: str) -> float:
 
 
 def resolve(
-    cfg: Config, device: str, budget_gb: float | None = None, max_batch: int | None = None
+    cfg: Config,
+    device: str,
+    budget_gb: float | None = None,
+    max_batch: int | None = None,
+    progress: Callable[[str], object] | None = None,
 ) -> tuple[Config, Choice]:
     """`cfg` with data.batch_size and model.activation_checkpointing chosen for the budget,
-    and the choice (its `line` says what and why)."""
+    and the choice (its `line` says what and why). `progress(what)` after each probe: a
+    level on the CPU, a trial step on CUDA."""
     if budget_gb is None:
         budget_gb = default_budget_gb(device)
     if budget_gb <= 0:
@@ -435,7 +449,7 @@ def resolve(
     if cap < 1:
         raise ConfigError(f"max_batch: expected at least 1, got {cap!r}")
     finder = choose_cuda if device == "cuda" else choose_cpu
-    choice = finder(cfg, budget_gb, cap)
+    choice = finder(cfg, budget_gb, cap, progress=progress)
     chosen = cfg.replace(
         {
             "data.batch_size": choice.batch_size,
