@@ -29,7 +29,7 @@ def test_the_trial_search_finds_the_largest_batch_that_fits(limit):
         tried.append(batch)
         return batch <= limit
 
-    assert autobatch.largest_by_trial(fits, 32) == min(limit, 32)
+    assert autobatch.largest_near(fits, 32, guess=1) == min(limit, 32)  # nothing predicted
     assert max(tried) <= 32
     assert len(tried) <= 2 * 6 + 1  # doubling then bisection: logarithmic in the cap
 
@@ -86,8 +86,13 @@ def test_trials_stop_at_the_first_level_that_reaches_the_cap():
         tried.append(level)
         return batch <= limits[level]
 
-    assert autobatch.per_level_by_trial(fits, 16) == {"none": 3, "selective": 9, "blocks": 16}
-    assert autobatch.per_level_by_trial(fits, 8) == {"none": 3, "selective": 8}
+    def per_level(cap):
+        return autobatch.per_level(
+            lambda level: autobatch.largest_near(lambda b: fits(level, b), cap, guess=1), cap
+        )
+
+    assert per_level(16) == {"none": 3, "selective": 9, "blocks": 16}
+    assert per_level(8) == {"none": 3, "selective": 8}
     assert "blocks" in tried
 
 

@@ -133,12 +133,6 @@ def largest_near(fits: Callable[[int], bool], max_batch: int, guess: int, good: 
     return good
 
 
-def largest_by_trial(fits: Callable[[int], bool], max_batch: int) -> int:
-    """The largest b <= max_batch with fits(b), for a `fits` monotone in b, with nothing
-    predicted: 1, 2, 4, 8, ... then bisection."""
-    return largest_near(fits, max_batch, guess=1)
-
-
 def largest_by_fit(peak: Callable[[int], float | None], budget: float, max_batch: int) -> int:
     """The largest b <= max_batch whose step's peak, `peak(b)` (None: the step failed for
     memory), is at most `budget`: trials at 1 and 2, the affine fit through them predicts the
@@ -157,12 +151,6 @@ def largest_by_fit(peak: Callable[[int], float | None], budget: float, max_batch
     slope = peaks[2] - peaks[1]
     guess = max_batch if slope <= 0 else int((budget - peaks[1]) // slope) + 1
     return largest_near(fits, max_batch, guess, good=2)
-
-
-def per_level_by_trial(fits: Callable[[str, int], bool], max_batch: int) -> dict[str, int]:
-    """level -> largest batch by trial (`fits(level, batch)`), least checkpointing first;
-    the levels after one that reaches max_batch are not tried (they cannot do better)."""
-    return per_level(lambda level: largest_by_trial(lambda b: fits(level, b), max_batch), max_batch)
 
 
 def per_level(largest: Callable[[str], int], max_batch: int) -> dict[str, int]:
