@@ -18,7 +18,7 @@ CUDA_RECORD := scops_fast/_build_errors/_C_cuda.txt
 # Build the CUDA kernels' CPU emulation too (backend "cuda_emu", checked by the tests).
 SCOPS_FAST_CUDA_EMU ?= 1
 
-.PHONY: FORCE all install browser test test-rounding test-no-avx512 demo bench bench-levers bench-isa lint format clean sanitize gpu-check gpu-rehearsal test-gpu-stack bench-predict
+.PHONY: FORCE all install browser test test-rounding test-no-avx512 demo bench bench-levers bench-isa lint format clean sanitize gpu-check gpu-rehearsal test-gpu-stack bench-predict bench-autobatch
 
 all: test
 
@@ -133,6 +133,13 @@ ifneq ($(ORIGINAL),)
 		--cap-gb $(BENCH_CAP_GB) --out $(BENCH_OUT)/levers.json --append
 endif
 	$(PY) benchmarks/report.py
+
+# scops-train --batch-size auto end to end on the CPU: its choice for the SPEC section 8 step
+# at 256 px under 8 GiB, then two steps of the chosen batch under an 8 GiB address-space
+# guard, whose resident peak must stay under it: about 10 minutes.
+bench-autobatch: install
+	mkdir -p $(BENCH_OUT)
+	$(PY) benchmarks/autobatch_check.py --size 256 --budget-gb 8 --out $(BENCH_OUT)/autobatch_check.json
 
 # scops-predict's images/s, batched and with reader processes against one image at a time,
 # for the demo network and DeepLab at 256x256, and its memory over 10,000 images: ~5 minutes.
