@@ -20,9 +20,11 @@ one step: convolutions, our loss ops, the rest).
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import pathlib
+import shutil
 import statistics
 import subprocess
 import sys
@@ -52,6 +54,7 @@ def child_original(args) -> dict:
     torch.manual_seed(0)
     np.random.seed(0)
     work = pathlib.Path(tempfile.mkdtemp(prefix="scops-original-"))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)  # 29 MB a run
     prepare_original(pathlib.Path(args.original), pathlib.Path(args.tps), work)
     import scops_trainer
     from model.model_factory import model_generator

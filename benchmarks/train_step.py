@@ -32,9 +32,11 @@ fails with an allocation error instead of pushing the machine out of memory.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -76,6 +78,7 @@ def build(
         for _ in range(batch)
     ]
     out = tempfile.mkdtemp(prefix="scops-bench-")
+    atexit.register(shutil.rmtree, out, ignore_errors=True)  # the run's empty folder
     trainer = Trainer(cfg, out, dataset=items, progress=False, tensorboard=False)
     return trainer, collate(items)
 

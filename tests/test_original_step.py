@@ -19,11 +19,13 @@ not (the float32 TPS grid solve, `test_float32_grid_solve_is_the_originals`)."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import json
 import math
 import pathlib
+import shutil
 import tempfile
 
 import pytest
@@ -89,6 +91,8 @@ def seeded_weights() -> tuple[pathlib.Path, dict]:
     """(VGG-19 weight file, DeepLab state) of the fixture's seeds, made once."""
     f = load("step")
     folder = pathlib.Path(tempfile.mkdtemp(prefix="step-vgg-"))
+    # 77 MB a run: left in /tmp, a day of test runs filled the disk.
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
     vgg = torchvision.models.vgg19(weights=None).features.state_dict()
     names = [(f"features.{k}", tuple(v.shape)) for k, v in vgg.items()]
     vgg_state = seeded_state_dict(names, f["vgg_seed"].item())
