@@ -99,6 +99,8 @@ AUTOBATCH_SHAPES = ((512, 32), (1024, 8))
 # Per level about four trials (batches 1 and 2, the predicted one and the next), each a
 # fresh Trainer and one step.
 AUTOBATCH_TRIALS_PLANNED = 16
+# Then the chosen batch trains this many steps under the budget (a step and its set-up more).
+AUTOBATCH_CONFIRM_STEPS = 3
 
 # Training-step rows, most valuable first: SPEC section 8's batch at 256 px, then 512 px,
 # then the larger batches (the last ones may not fit the GPU: an out-of-memory row says so).
@@ -145,9 +147,10 @@ def train_planned_s(image_size: int, batch: int) -> float:
 
 
 def autobatch_planned_s(image_size: int, cap: int) -> float:
-    # Per level 1 + 2 + n + (n + 1) images, n about half the cap.
-    images = 4 * (3 + cap) * (image_size / 256) ** 2
-    return AUTOBATCH_TRIALS_PLANNED * TRAIN_BUILD_S + TRAIN_IMAGE_S * images
+    # Per level 1 + 2 + n + (n + 1) images, n about half the cap; then the confirming steps
+    # of about the cap.
+    images = (4 * (3 + cap) + AUTOBATCH_CONFIRM_STEPS * cap) * (image_size / 256) ** 2
+    return (AUTOBATCH_TRIALS_PLANNED + 1) * TRAIN_BUILD_S + TRAIN_IMAGE_S * images
 
 
 @dataclass(frozen=True)
@@ -531,7 +534,13 @@ def measure_predict(bench: Bench, case: Case, record) -> dict:
 
 def measure_autobatch(bench: Bench, case: Case, record) -> dict:
     """The largest batch per checkpointing level under AUTOBATCH_BUDGET_GB, found as
-    `scops-train --batch-size auto` finds it on a GPU (its trials and their count)."""
+    `scops-train --batch-size auto` finds it on a GPU (its trials and their count); then
+    the chosen batch trained for AUTOBATCH_CONFIRM_STEPS steps with the allocator held to
+    the budget: whether it runs, and the tensors' and the allocator's peaks over them (how
+    much the allocator's fragmentation adds, which the default budget's margin is for)."""
+    import gc
+
+    import torch
     import train_step
 
     from scops_fast.train import autobatch
@@ -540,13 +549,35 @@ def measure_autobatch(bench: Bench, case: Case, record) -> dict:
     start = time.perf_counter()
     choice = autobatch.choose_cuda(cfg, AUTOBATCH_BUDGET_GB, case.batch)
     seconds = time.perf_counter() - start
-    return {
+    row = {
         "ms": 1e3 * seconds,
         "per_level": choice.per_level,
         "chosen_batch": choice.batch_size,
         "chosen_level": choice.activation_checkpointing,
         "method": choice.method,
     }
+    if not choice.batch_size:
+        return row
+    chosen = autobatch.probe_config(
+        cfg, case.image_size, choice.batch_size, choice.activation_checkpointing
+    )
+    budget = AUTOBATCH_BUDGET_GB * 2**30
+    try:
+        with autobatch.cuda_memory_cap(budget):
+            autobatch.probe_step(
+                chosen, before=torch.cuda.reset_peak_memory_stats, steps=AUTOBATCH_CONFIRM_STEPS
+            )
+        row["confirmed"] = True
+    except Exception as exc:
+        if not autobatch.is_cuda_out_of_memory(exc):
+            raise
+        row["confirmed"] = False
+    finally:
+        gc.collect()
+        torch.cuda.empty_cache()
+    row["confirm_allocated_bytes"] = torch.cuda.max_memory_allocated()
+    row["confirm_reserved_bytes"] = torch.cuda.max_memory_reserved()
+    return row
 
 
 MEASURES = {
@@ -844,19 +875,29 @@ def markdown(result: dict) -> str:
             "",
             f"Largest batch under {AUTOBATCH_BUDGET_GB:g} GiB per activation checkpointing level, "
             "found by `scops-train --batch-size auto`'s CUDA search (SPEC section 8's step, "
-            "cuda losses; `-`: not searched, an earlier level reached the cap):",
+            "cuda losses; `-`: not searched, an earlier level reached the cap); then "
+            f"{AUTOBATCH_CONFIRM_STEPS} steps of the chosen batch with the allocator held to "
+            "the budget, and their peaks (tensors, and the memory the allocator reserved):",
             "",
-            f"| image | cap | {' | '.join(LEVELS)} | chosen | search s |",
-            f"|---:|---:|{'---:|' * len(LEVELS)}---|---:|",
+            f"| image | cap | {' | '.join(LEVELS)} | chosen | search s "
+            "| chosen trains | tensors GiB | reserved GiB |",
+            f"|---:|---:|{'---:|' * len(LEVELS)}---|---:|---|---:|---:|",
         ]
         for r in searched:
             lead = [r["image_size"], r["max_batch"]]
             if r.get("ms") is None:
-                lines.append(_table_row([*lead, _outcome(r), *[""] * (len(LEVELS) + 1)]))
+                lines.append(_table_row([*lead, _outcome(r), *[""] * (len(LEVELS) + 4)]))
                 continue
             found = [r["per_level"].get(level, "-") for level in LEVELS]
             chosen = f"{r['chosen_batch']} ({r['chosen_level']})"
-            lines.append(_table_row([*lead, *found, chosen, f"{r['ms'] / 1e3:.0f}"]))
+            confirmed = {True: "yes", False: "out of memory", None: "-"}[r.get("confirmed")]
+            peaks = [
+                _cell(r.get(key) and r[key] / 2**30, ".2f")
+                for key in ("confirm_allocated_bytes", "confirm_reserved_bytes")
+            ]
+            lines.append(
+                _table_row([*lead, *found, chosen, f"{r['ms'] / 1e3:.0f}", confirmed, *peaks])
+            )
     predict = [r for r in rows if r.get("group") == "predict"]
     if predict:
         lines += [

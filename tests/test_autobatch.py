@@ -330,10 +330,10 @@ def test_under_torchrun_the_ranks_wait_for_a_probe_longer_than_the_groups_timeou
 
 def test_choose_cuda_on_a_simulated_gpu(monkeypatch):
     """choose_cuda's trials against a simulated 8.5 GiB GPU: a step's peak is a + b * batch
-    per level; above the device a step fails as CUDA fails (OutOfMemoryError, or a library's
-    RuntimeError), between the budget and the device it runs but does not fit. A failed
-    step's garbage (held in a reference cycle) is collected before the next trial's
-    empty_cache; an unrelated error is raised, not counted as out of memory."""
+    per level; above the budget (the allocator is held to it) a step fails as CUDA fails
+    (OutOfMemoryError, or a library's RuntimeError). A failed step's garbage (held in a
+    reference cycle) is collected before the next trial's empty_cache; an unrelated error
+    is raised, not counted as out of memory."""
     import gc
 
     from train_helpers import SimulatedGpu
@@ -363,6 +363,44 @@ def test_choose_cuda_on_a_simulated_gpu(monkeypatch):
     monkeypatch.setattr(autobatch, "probe_step", broken)
     with pytest.raises(RuntimeError, match="illegal memory access"):
         autobatch.resolve(tiny_config(), "cuda", budget_gb=8.0, max_batch=64)
+
+
+def test_the_cuda_trials_hold_the_allocator_to_the_budget(monkeypatch):
+    """The allocator reserves 10 % more than the tensors' peak (fragmentation) on an 80 GiB
+    GPU: under 8 GiB a batch fits when what the allocator reserves does, not the tensors
+    alone (which would take 7, 10, 17 and 23 images, each reserving more than 8 GiB). The
+    process's memory fraction is given back after the search, and after a failed one."""
+    from train_helpers import SimulatedGpu
+
+    per_image = {"none": 1.0, "selective": 0.7, "blocks": 0.4, "stages": 0.3}
+    gpu = SimulatedGpu(per_image, device_gib=80.0, reserved_factor=1.1).install(monkeypatch)
+    _, choice = autobatch.resolve(tiny_config(), "cuda", 8.0, 64)
+    assert choice.per_level == {"none": 6, "selective": 8, "blocks": 15, "stages": 20}
+    assert gpu.fractions == [pytest.approx(0.1), 1.0] and gpu.fraction == 1.0
+
+    def broken(cfg, before=None):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(autobatch, "probe_step", broken)
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        autobatch.resolve(tiny_config(), "cuda", 8.0, 64)
+    assert gpu.fraction == 1.0
+    # A budget above the GPU holds the allocator to the whole GPU (torch refuses a
+    # fraction above 1).
+    monkeypatch.setattr(autobatch, "probe_step", gpu.probe_step)
+    autobatch.resolve(tiny_config(), "cuda", 120.0, 4)
+    assert gpu.fractions[-2:] == [1.0, 1.0]
+
+
+def test_the_default_cuda_budget_leaves_the_context_and_a_margin(monkeypatch):
+    """The default CUDA budget is CUDA_DEFAULT_SHARE of what this process can have: the
+    free memory (the CUDA context is not free) and what its allocator holds already."""
+    from train_helpers import SimulatedGpu
+
+    gpu = SimulatedGpu({}, device_gib=80.0, context_gib=0.5).install(monkeypatch)
+    assert autobatch.default_budget_gb("cuda") == pytest.approx(0.95 * 79.5)
+    gpu.held_gib = 2.0
+    assert autobatch.default_budget_gb("cuda") == pytest.approx(0.95 * 79.5)
 
 
 def test_the_probe_measures_a_step_with_the_optimisers_state_resident(monkeypatch):

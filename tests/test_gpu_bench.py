@@ -371,11 +371,12 @@ def test_prediction_rows_run_scops_predict_and_have_their_table(monkeypatch, tmp
 
 def test_batch_size_auto_rows_run_the_cuda_search_and_have_their_table(monkeypatch):
     """The rows run autobatch.choose_cuda (on a simulated GPU here) on SPEC section 8's
-    config with the cuda losses at each size, capped, under the CPU table's 16 GiB."""
+    config with the cuda losses at each size, capped, under the CPU table's 16 GiB; then
+    the chosen batch's steps with the allocator held to the budget, and their peaks."""
     from train_helpers import SimulatedGpu
 
     per_image = {"none": 2.0, "selective": 1.5, "blocks": 0.8, "stages": 0.6}
-    gpu = SimulatedGpu(per_image, device_gib=80.0).install(monkeypatch)
+    gpu = SimulatedGpu(per_image, device_gib=80.0, reserved_factor=1.02).install(monkeypatch)
     seen = []
     import scops_fast.train.autobatch as autobatch
 
@@ -393,11 +394,18 @@ def test_batch_size_auto_rows_run_the_cuda_search_and_have_their_table(monkeypat
     deeplab = "deeplab_resnet50"
     assert seen == [("cuda", 512, deeplab, 16.0, 32), ("cuda", 1024, deeplab, 16.0, 8)]
     first = record.get(cases[0].key)
-    # Under 16 GiB, 1 GiB fixed: none 7, selective 10, blocks 18, stages 25.
-    assert first["per_level"] == {"none": 7, "selective": 10, "blocks": 18, "stages": 25}
-    assert (first["chosen_batch"], first["chosen_level"]) == (25, "stages")
+    # Under 16 GiB, 1 GiB fixed, 2 % more reserved: none 7, selective 9, blocks 18,
+    # stages 24.
+    assert first["per_level"] == {"none": 7, "selective": 9, "blocks": 18, "stages": 24}
+    assert (first["chosen_batch"], first["chosen_level"]) == (24, "stages")
+    assert gpu.steps[-1] == ("selective", 8)  # the last row's chosen batch, trained
     assert gpu.steps and "CUDA trials" in first["method"]
+    assert first["confirmed"] is True
+    assert first["confirm_allocated_bytes"] == int(15.4 * 2**30)
+    assert first["confirm_reserved_bytes"] == int(int(15.4 * 2**30) * 1.02)
+    assert gpu.fraction == 1.0
     text = gpu_bench.markdown(record.result())
     assert "Largest batch under 16 GiB per activation checkpointing level" in text
-    assert "| 512 | 32 | 7 | 10 | 18 | 25 | 25 (stages) |" in text
+    assert "| 512 | 32 | 7 | 9 | 18 | 24 | 24 (stages) |" in text
+    assert "| yes | 15.40 | 15.71 |" in text
     assert "| 1024 | 8 | 7 | 8 | - | - | 8 (selective) |" in text

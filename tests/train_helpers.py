@@ -114,18 +114,30 @@ def spawn_ranks(fn, args: tuple, nprocs: int = 2, timeout: float = 300.0) -> Non
 
 
 class SimulatedGpu:
-    """CUDA's memory as `autobatch.choose_cuda` sees it, with no GPU: a probe step's peak
-    is (fixed + per_image[level] * batch) GiB; above `device_gib` the step fails as CUDA
-    fails (OutOfMemoryError, or cuBLAS's or cuDNN's RuntimeError, in turn), leaving garbage
-    in a reference cycle; `torch.cuda`'s peak, reset and empty_cache answer from it.
+    """CUDA's memory as `autobatch.choose_cuda` sees it, with no GPU: a probe step's tensors
+    peak at (fixed + per_image[level] * batch) GiB, and the caching allocator reserves
+    `reserved_factor` times that (its fragmentation). The allocator may reserve up to the
+    per-process memory fraction of the device, less the CUDA context (`context_gib`); above
+    that the step fails as CUDA fails (OutOfMemoryError, or cuBLAS's or cuDNN's
+    RuntimeError, in turn), leaving garbage in a reference cycle. `torch.cuda`'s peaks,
+    reset, empty_cache, memory fraction and mem_get_info answer from it.
     `install(monkeypatch)` puts it in place of the probe step and those calls."""
 
     GIB = 2**30
 
-    def __init__(self, per_image: dict, device_gib: float, fixed_gib: float = 1.0):
+    def __init__(
+        self,
+        per_image: dict,
+        device_gib: float,
+        fixed_gib: float = 1.0,
+        reserved_factor: float = 1.0,
+        context_gib: float = 0.0,
+    ):
         self.per_image, self.device_gib, self.fixed_gib = per_image, device_gib, fixed_gib
-        self.peak, self.empties = 0, 0
-        self.steps, self.garbage = [], []
+        self.reserved_factor, self.context_gib = reserved_factor, context_gib
+        self.peak, self.reserved_peak, self.empties, self.fraction = 0, 0, 0, 1.0
+        self.steps, self.garbage, self.fractions = [], [], []
+        self.held_gib = 0.0  # what the allocator holds between steps (not free)
 
     def failure(self):
         kinds = [
@@ -138,26 +150,40 @@ class SimulatedGpu:
     def step_gib(self, level: str, batch: int) -> float:
         return self.fixed_gib + self.per_image[level] * batch
 
-    def probe_step(self, cfg, before=None):
+    def allowed_gib(self) -> float:
+        return min(self.fraction * self.device_gib, self.device_gib - self.context_gib)
+
+    def probe_step(self, cfg, before=None, steps=1):
         import weakref
 
         before()
         level, batch = cfg.model.activation_checkpointing, cfg.data.batch_size
         self.steps.append((level, batch))
         peak = int(self.step_gib(level, batch) * self.GIB)
-        if peak > self.device_gib * self.GIB:
+        reserved = int(peak * self.reserved_factor)
+        if reserved > self.allowed_gib() * self.GIB:
             held = _Garbage()
             held.me = held  # freed by the collector only
             self.garbage.append(weakref.ref(held))
             raise self.failure()
         self.peak = max(self.peak, peak)
+        self.reserved_peak = max(self.reserved_peak, reserved)
 
     def empty_cache(self):
         assert all(ref() is None for ref in self.garbage), "a failed step's memory lives"
         self.empties += 1
 
     def reset_peak_memory_stats(self):
-        self.peak = 0
+        self.peak = self.reserved_peak = 0
+
+    def set_fraction(self, fraction, device=None):
+        assert 0 < fraction <= 1, fraction  # as torch checks it
+        self.fraction = fraction
+        self.fractions.append(fraction)
+
+    def mem_get_info(self, device=None):
+        free = self.device_gib - self.context_gib - self.held_gib
+        return int(free * self.GIB), int(self.device_gib * self.GIB)
 
     def install(self, monkeypatch):
         from scops_fast.train import autobatch
@@ -166,6 +192,16 @@ class SimulatedGpu:
         monkeypatch.setattr(torch.cuda, "empty_cache", self.empty_cache)
         monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", self.reset_peak_memory_stats)
         monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda: self.peak)
+        monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda: self.reserved_peak)
+        monkeypatch.setattr(
+            torch.cuda, "memory_reserved", lambda device=None: int(self.held_gib * self.GIB)
+        )
+        monkeypatch.setattr(torch.cuda, "mem_get_info", self.mem_get_info)
+        monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+        monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", self.set_fraction)
+        monkeypatch.setattr(
+            torch.cuda, "get_per_process_memory_fraction", lambda device=None: self.fraction
+        )
         return self
 
 

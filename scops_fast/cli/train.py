@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size",
         help="global batch (short for --set data.batch_size=N), or 'auto': the largest batch, "
         "with the least activation checkpointing, whose step fits memory_budget_gb (default: "
-        "the whole GPU, or 80%% of the available memory on CPU); found by trial steps on "
+        "95%% of the GPU's free memory, or 80%% of the available memory on CPU); found by "
+        "trial steps on "
         "CUDA, from a short memory probe on CPU, and printed",
     )
     parser.add_argument("--no-progress", action="store_true", help="log lines, no progress bar")

@@ -7,11 +7,12 @@ already fits the batch cap (`max_batch`, at most the data set's size) without
 checkpointing gets none.
 
 How a level's largest batch is found:
-- CUDA, by trial, as Lightning's BatchSizeFinder does: real steps at the run's image size
-  with `torch.cuda.max_memory_allocated` against the budget and out-of-memory errors
-  caught; steps at batches 1 and 2 give an affine fit, whose predicted batch and the next
-  are tried (four steps per level where the peak is affine in the batch; where it is not,
-  the search widens from there and bisects).
+- CUDA, by trial, as Lightning's BatchSizeFinder does: real steps at the run's image size,
+  the caching allocator held to the budget (so a step that fits does so with the
+  allocator's fragmentation) and out-of-memory errors caught; steps at batches 1 and 2
+  give an affine fit of the tensors' peak (`torch.cuda.max_memory_allocated`), whose
+  predicted batch and the next are tried (four steps per level where the peak is affine
+  in the batch; where it is not, the search widens from there and bisects).
 - CPU, from a memory model: for each level a child process runs one step at two batches
   (`probe_batches`) and reads its resident high-water mark after each (reset between them
   through /proc/self/clear_refs); the peak is affine in the batch. The probes run at the
@@ -34,6 +35,7 @@ accumulation, not of the data.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -181,10 +183,10 @@ def probe_config(cfg: Config, image_size: int, batch: int, level: str) -> Config
     return cfg.replace(changes)
 
 
-def probe_step(cfg: Config, before: Callable[[], object] | None = None) -> None:
-    """One training step of `cfg` on random images (its batch size, all of a step), as
-    every step after the first: the optimisers' state is resident through it. `before`
-    runs just before the step (a reset of the peak it measures)."""
+def probe_step(cfg: Config, before: Callable[[], object] | None = None, steps: int = 1) -> None:
+    """`steps` training steps of `cfg` on random images (its batch size, all of a step), as
+    every step after the first: the optimisers' state is resident through them. `before`
+    runs just before the first (a reset of the peak it measures)."""
     import torch
 
     from scops_fast.train.data import collate
@@ -203,7 +205,8 @@ def probe_step(cfg: Config, before: Callable[[], object] | None = None) -> None:
         batch = collate(items)
         if before is not None:
             before()
-        trainer.train_step(batch)
+        for _ in range(steps):
+            trainer.train_step(batch)
         if trainer.device.type == "cuda":
             torch.cuda.synchronize()
         del trainer
@@ -365,6 +368,26 @@ def is_cuda_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and any(s in str(exc) for s in CUDA_OUT_OF_MEMORY)
 
 
+@contextlib.contextmanager
+def cuda_memory_cap(budget: float):
+    """The caching allocator of the current GPU held to `budget` bytes of reserved memory
+    (`torch.cuda.set_per_process_memory_fraction`) inside the block, and given back its
+    earlier cap after it. Under it a step fits only if the allocator can serve it from the
+    budget, its fragmentation included, as the run at that budget must; the peak of the
+    tensors alone (`max_memory_allocated`) can be below the budget while the memory the
+    allocator reserved for them is above it."""
+    import torch
+
+    device = torch.cuda.current_device()
+    total = torch.cuda.mem_get_info(device)[1]
+    before = torch.cuda.get_per_process_memory_fraction(device)
+    torch.cuda.set_per_process_memory_fraction(min(1.0, budget / total), device)
+    try:
+        yield
+    finally:
+        torch.cuda.set_per_process_memory_fraction(before, device)
+
+
 def choose_cuda(cfg: Config, budget_gb: float, max_batch: int, progress=None) -> Choice:
     import gc
 
@@ -394,26 +417,40 @@ def choose_cuda(cfg: Config, budget_gb: float, max_batch: int, progress=None) ->
             progress(f"{level}, batch {batch}")
         return found
 
-    found = per_level(
-        lambda level: largest_by_fit(lambda b: peak(level, b), budget, max_batch), max_batch
-    )
+    with cuda_memory_cap(budget):
+        found = per_level(
+            lambda level: largest_by_fit(lambda b: peak(level, b), budget, max_batch), max_batch
+        )
     refused = sum(not ok for _, _, ok in trials)
     return Choice(
         *choose(found, max_batch),
         found,
         f"CUDA trials: {len(trials)} steps at {cfg.data.image_size} px (per level, batches 1 "
         f"and 2, then the batch their affine fit predicts and the next), {refused} over the "
-        "budget or out of memory; torch.cuda.max_memory_allocated against the budget",
+        "budget or out of memory; the allocator held to the budget, "
+        "torch.cuda.max_memory_allocated fitted",
         budget_gb,
     )
 
 
+#: The share of the GPU's free memory that the default CUDA budget takes. The probe's steps
+#: run alone, so they do not see what a run adds to them: DistributedDataParallel's
+#: gradient buckets (a copy of the gradients: 91 MiB on DeepLab ResNet-50) and NCCL's own
+#: buffers under torchrun, the evaluation's forward passes, and later steps' fragmentation.
+#: Unmeasured: `make gpu-check`'s autobatch rows run the chosen batch for
+#: GPU_CONFIRM_STEPS steps under the budget and record the allocator's peaks.
+CUDA_DEFAULT_SHARE = 0.95
+
+
 def default_budget_gb(device: str) -> float:
-    """The whole GPU, or 80% of the memory the OS calls available."""
+    """On CUDA 95 % of what this process can have of the GPU: its free memory (without the
+    CUDA context and other processes' memory) and what this process's allocator already
+    holds. On CPU 80 % of the memory the OS calls available."""
     if device == "cuda":
         import torch
 
-        return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / 2**30
+        free, _ = torch.cuda.mem_get_info()
+        return CUDA_DEFAULT_SHARE * (free + torch.cuda.memory_reserved()) / 2**30
     with open("/proc/meminfo") as f:
         info = {line.split(":")[0]: int(line.split()[1]) for line in f}
     return 0.8 * info["MemAvailable"] / 2**20

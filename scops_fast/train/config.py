@@ -279,8 +279,8 @@ class Config:
     #: order. Changes no number beyond rounding. None: the device's default (as compile).
     channels_last: bool | None = None
     #: Memory for `scops-train --batch-size auto` (GiB): the largest batch, with the least
-    #: activation checkpointing, whose step fits it (scops_fast.train.autobatch). None: the
-    #: whole GPU, or 80% of the memory the OS reports available on CPU.
+    #: activation checkpointing, whose step fits it (scops_fast.train.autobatch). None: 95%
+    #: of the GPU's free memory, or 80% of the memory the OS reports available on CPU.
     memory_budget_gb: float | None = field(default=None, metadata={"min": 0.01})
     #: torch intra-op threads while training (None: torch's default, one per core). On
     #: a CPU shared with other work, 1 is often faster than several threads waiting
