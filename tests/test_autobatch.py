@@ -109,11 +109,23 @@ def test_probe_configs_read_no_weights_and_keep_what_sets_the_memory():
     assert probe.data.accumulate == 2
 
 
-def test_the_cpu_model_comes_from_a_probe_child_and_the_choice_fits_it(monkeypatch):
-    cfg = tiny_config()
-    # Capped at a budget far above the tiny network's step: the guard is set, nothing refused.
+#: The budget of the tests that run the real CPU probe: the probe children's address space is
+#: capped at it, far above the tiny network's probe steps (nothing refused).
+TINY_BUDGET_GB = 1.25
+
+
+@pytest.fixture(scope="module")
+def tiny_probed():
+    """The CPU memory model of the tiny config from the real probe children (four levels,
+    a child each: half a minute of CPU, so made once), and the progress ticks it gave."""
     probed = []
-    model = autobatch.cpu_model(cfg, budget=8.0 * 2**30, progress=probed.append)
+    model = autobatch.cpu_model(tiny_config(), TINY_BUDGET_GB * 2**30, progress=probed.append)
+    return model, probed
+
+
+def test_the_cpu_model_comes_from_a_probe_child_and_the_choice_fits_it(monkeypatch, tiny_probed):
+    cfg = tiny_config()
+    model, probed = tiny_probed
     assert set(model) == set(autobatch.LEVELS)
     assert probed == list(autobatch.LEVELS)  # the progress bar's ticks, one per level
     for intercept, per_image in model.values():
@@ -225,15 +237,23 @@ def test_scops_train_batch_size_auto_prints_the_choice_and_trains_with_it(
     )
 
 
-def test_the_batch_chosen_on_cpu_runs_under_the_budget():
-    """The whole CPU path: probes, model, choice, then the chosen step itself in a fresh
-    child, capped at the budget, whose resident peak must stay under it."""
+def test_the_batch_chosen_on_cpu_runs_under_the_budget(monkeypatch, tiny_probed):
+    """The whole CPU path: probes (`tiny_probed`), model, choice, then the chosen step
+    itself in a fresh child, capped at the budget, whose resident peak must stay under it."""
     import subprocess
     import sys
 
     cfg = tiny_config()
-    budget_gb = 1.25
+    budget_gb = TINY_BUDGET_GB
+    seen = []
+
+    def probed(cfg_, budget, **kwargs):
+        seen.append(budget)
+        return tiny_probed[0]
+
+    monkeypatch.setattr(autobatch, "cpu_model", probed)
     chosen, choice = autobatch.resolve(cfg, "cpu", budget_gb, max_batch=100_000)
+    assert seen == [budget_gb * 2**30]  # the budget the fixture's probes ran under
     assert choice.batch_size > 8  # the budget holds far more than the tiny data set
     job = {
         "config": cfg.to_dict(),
