@@ -379,6 +379,9 @@ def cuda_memory_cap(budget: float):
     import torch
 
     device = torch.cuda.current_device()
+    # The cap is checked when the allocator asks CUDA for more memory, not when it serves a
+    # block it keeps cached: blocks cached before the cap would let a step exceed it.
+    torch.cuda.empty_cache()
     total = torch.cuda.mem_get_info(device)[1]
     before = torch.cuda.get_per_process_memory_fraction(device)
     torch.cuda.set_per_process_memory_fraction(min(1.0, budget / total), device)
