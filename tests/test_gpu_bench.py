@@ -115,7 +115,14 @@ def test_plan_lists_every_op_and_impl_in_value_order_without_a_gpu(capsys):
     # "#  group  op  impl  planned": the op column of a training step has spaces.
     rows = [line.split() for line in lines if line[:3].strip().isdigit()]
     groups = [fields[1] for fields in rows]
-    assert groups == sorted(groups, key=gpu_bench.GROUPS.index)  # copy ... compile, predict
+    runs = [g for i, g in enumerate(groups) if i == 0 or groups[i - 1] != g]
+    # The largest batch on the GPU before the plain steps at the other shapes.
+    assert runs == ["copy", "fused", "train", "autobatch", "train", "compile", "predict"]
+    after = groups.index("autobatch") + len(gpu_bench.AUTOBATCH_SHAPES)
+    late = [line for line in lines if line[:3].strip().isdigit()][after:]
+    late_train = [line for line in late if " train_step " in line]
+    assert late_train and all(" train_step plain " in line for line in late_train)
+    assert not any("plain 256x6 " in line for line in late_train)  # SPEC's shape came first
     for op in OPS:
         impls = {row[3] for row in rows if row[2] == op}
         expected = {"eager", "compile"} | (
