@@ -551,8 +551,6 @@ def measure_autobatch(bench: Bench, case: Case, record) -> dict:
     the chosen batch trained for AUTOBATCH_CONFIRM_STEPS steps with the allocator held to
     the budget: whether it runs, and the tensors' and the allocator's peaks over them (how
     much the allocator's fragmentation adds, which the default budget's margin is for)."""
-    import gc
-
     import torch
     import train_step
 
@@ -574,20 +572,10 @@ def measure_autobatch(bench: Bench, case: Case, record) -> dict:
     chosen = autobatch.probe_config(
         cfg, case.image_size, choice.batch_size, choice.activation_checkpointing
     )
-    budget = AUTOBATCH_BUDGET_GB * 2**30
-    try:
-        with autobatch.cuda_memory_cap(budget):
-            autobatch.probe_step(
-                chosen, before=torch.cuda.reset_peak_memory_stats, steps=AUTOBATCH_CONFIRM_STEPS
-            )
-        row["confirmed"] = True
-    except Exception as exc:
-        if not autobatch.is_cuda_out_of_memory(exc):
-            raise
-        row["confirmed"] = False
-    finally:
-        gc.collect()
-        torch.cuda.empty_cache()
+    with autobatch.cuda_memory_cap(AUTOBATCH_BUDGET_GB * 2**30):
+        ran = autobatch.cuda_trial(chosen, steps=AUTOBATCH_CONFIRM_STEPS) is not None
+    row["confirmed"] = ran
+    # Peaks up to the failure where it ran out of memory.
     row["confirm_allocated_bytes"] = torch.cuda.max_memory_allocated()
     row["confirm_reserved_bytes"] = torch.cuda.max_memory_reserved()
     return row

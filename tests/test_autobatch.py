@@ -378,7 +378,7 @@ def test_choose_cuda_on_a_simulated_gpu(monkeypatch):
     assert f"CUDA trials: {len(gpu.steps)} steps at 32 px" in choice.line(32)
     assert f"{refused} over the budget or out of memory" in choice.line(32)
 
-    def broken(cfg, before=None):
+    def broken(cfg, before=None, steps=1):
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
     monkeypatch.setattr(autobatch, "probe_step", broken)
@@ -399,7 +399,7 @@ def test_the_cuda_trials_hold_the_allocator_to_the_budget(monkeypatch):
     assert choice.per_level == {"none": 6, "selective": 8, "blocks": 15, "stages": 20}
     assert gpu.fractions == [pytest.approx(0.1), 1.0] and gpu.fraction == 1.0
 
-    def broken(cfg, before=None):
+    def broken(cfg, before=None, steps=1):
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
     monkeypatch.setattr(autobatch, "probe_step", broken)

@@ -85,8 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="global batch (short for --set data.batch_size=N), or 'auto': the largest batch, "
         "with the least activation checkpointing, whose step fits memory_budget_gb (default: "
         "95%% of the GPU's free memory, or 80%% of the available memory on CPU); found by "
-        "trial steps on "
-        "CUDA, from a short memory probe on CPU, and printed",
+        "trial steps on CUDA, from a short memory probe on CPU, and printed",
     )
     parser.add_argument("--no-progress", action="store_true", help="log lines, no progress bar")
     parser.add_argument(

@@ -391,30 +391,34 @@ def cuda_memory_cap(budget: float):
         torch.cuda.set_per_process_memory_fraction(before, device)
 
 
-def choose_cuda(cfg: Config, budget_gb: float, max_batch: int, progress=None) -> Choice:
+def cuda_trial(cfg: Config, steps: int = 1) -> int | None:
+    """The tensors' peak (bytes) over `steps` probe steps of `cfg` on the current GPU, or
+    None where they ran out of memory; any other error is raised. The GPU's memory is given
+    back after it."""
     import gc
 
     import torch
 
+    try:
+        probe_step(cfg, before=torch.cuda.reset_peak_memory_stats, steps=steps)
+        return torch.cuda.max_memory_allocated()
+    except Exception as exc:
+        if not is_cuda_out_of_memory(exc):
+            raise
+        return None
+    finally:
+        # A failed step's tensors live on in reference cycles (its frames, the autograd
+        # graph) until collected: collect them before the next trial.
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
+def choose_cuda(cfg: Config, budget_gb: float, max_batch: int, progress=None) -> Choice:
     budget = budget_gb * 2**30
     trials = []
 
     def peak(level: str, batch: int) -> int | None:
-        try:
-            probe_step(
-                probe_config(cfg, cfg.data.image_size, batch, level),
-                before=torch.cuda.reset_peak_memory_stats,
-            )
-            found = torch.cuda.max_memory_allocated()
-        except Exception as exc:
-            if not is_cuda_out_of_memory(exc):
-                raise
-            found = None
-        finally:
-            # A failed step's tensors live on in reference cycles (its frames, the
-            # autograd graph) until collected: collect them before the next trial.
-            gc.collect()
-            torch.cuda.empty_cache()
+        found = cuda_trial(probe_config(cfg, cfg.data.image_size, batch, level))
         trials.append((level, batch, found is not None and found <= budget))
         if progress is not None:
             progress(f"{level}, batch {batch}")
@@ -440,8 +444,8 @@ def choose_cuda(cfg: Config, budget_gb: float, max_batch: int, progress=None) ->
 #: run alone, so they do not see what a run adds to them: DistributedDataParallel's
 #: gradient buckets (a copy of the gradients: 91 MiB on DeepLab ResNet-50) and NCCL's own
 #: buffers under torchrun, the evaluation's forward passes, and later steps' fragmentation.
-#: Unmeasured: `make gpu-check`'s autobatch rows run the chosen batch for
-#: GPU_CONFIRM_STEPS steps under the budget and record the allocator's peaks.
+#: Unmeasured: `make gpu-check`'s autobatch rows train the chosen batch a few steps under
+#: the budget and record the allocator's peaks (benchmarks/gpu_bench.py).
 CUDA_DEFAULT_SHARE = 0.95
 
 
