@@ -1,6 +1,8 @@
 # `make test` sets everything up in .venv (idempotent: stamps skip finished steps)
 # and runs the test suite. `make bench` runs the benchmarks.
-PYTHON ?= python3
+# The Python that .venv is made with. Left empty, scripts/pick_python.sh takes the first
+# Python 3.11 or newer on PATH (python3, else python3.13, 3.12, 3.11, 3.14) and says so.
+PYTHON ?=
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMPS := $(VENV)/.stamps
@@ -18,12 +20,12 @@ CUDA_RECORD := scops_fast/_build_errors/_C_cuda.txt
 # Build the CUDA kernels' CPU emulation too (backend "cuda_emu", checked by the tests).
 SCOPS_FAST_CUDA_EMU ?= 1
 
-.PHONY: FORCE all install browser test test-rounding test-no-avx512 demo bench bench-levers bench-isa lint format clean sanitize gpu-check gpu-rehearsal test-gpu-stack bench-predict bench-autobatch
+.PHONY: FORCE all install browser test test-rounding test-no-avx512 demo bench bench-levers bench-isa lint format clean sanitize gpu-check gpu-rehearsal test-gpu-stack test-arm-compile bench-predict bench-autobatch
 
 all: test
 
 $(STAMPS)/venv:
-	$(PYTHON) -m venv $(VENV)
+	py=$$(sh scripts/pick_python.sh $(PYTHON)) && $$py -m venv $(VENV)
 	mkdir -p $(STAMPS) && touch $@
 
 # --no-compile: pip byte-compiles one file at a time (40 of the install's 106 s here);
@@ -36,6 +38,8 @@ $(STAMPS)/venv:
 # opencv-python-headless (listed before the contrib build replaced it) shares cv2/ with
 # opencv-contrib-python-headless: both go, or the last one written wins, file by file.
 $(STAMPS)/deps: requirements.txt $(STAMPS)/venv
+	@sh scripts/pick_python.sh $(PY) > /dev/null || \
+		{ echo "make: .venv was made with that Python: rm -rf .venv, then run make again"; exit 1; }
 	if $(PY) -m pip show -q opencv-python-headless 2>/dev/null; then \
 		$(PY) -m pip uninstall -y -q opencv-python-headless opencv-contrib-python-headless; fi
 	$(PY) -m pip install --disable-pip-version-check -q --no-compile -r requirements.txt
@@ -184,7 +188,7 @@ test-no-avx512: install browser
 # Without a GPU it says so in one line. `scripts/gpu_check.py --dry-run` prints the steps.
 OUT ?= build/gpu-check
 gpu-check:
-	$(PYTHON) scripts/gpu_check.py --out $(OUT)
+	$(or $(PYTHON),python3) scripts/gpu_check.py --out $(OUT)
 
 # The GPU check rehearsed on this CPU (part of `make test`): its build command, its test
 # selection collected with a GPU faked and checked, every Triton kernel compiled for sm_90,
@@ -217,6 +221,12 @@ test-gpu-stack:
 	$(GPU_STACK_PY) -m pytest -q -n $(TEST_JOBS) --dist loadfile -p no:cacheprovider \
 		$(GPU_STACK_CORE) -k "not triton"
 	$(GPU_STACK_PY) scripts/gpu_check.py --rehearse --out build/gpu-rehearsal-stack
+
+# The CPU kernels compiled (not linked, not run) for aarch64 with Debian's cross compiler
+# (apt install g++-aarch64-linux-gnu): what an ARM machine's build would reject first. About
+# 2 minutes of CPU; not part of `make test`.
+test-arm-compile: $(STAMPS)/deps
+	$(PY) scripts/cross_compile.py
 
 # C++ kernels under AddressSanitizer + UBSan (build/sanitize/), running the cpp and
 # robustness tests against them: a release check, about 2 minutes here.

@@ -1,0 +1,105 @@
+"""`make` picks a Python 3.11 or newer for .venv, or stops before pip with a message that says
+what to do (scripts/pick_python.sh). Fake interpreters on a PATH of their own stand in for a
+machine whose python3 is 3.10, as Ubuntu 22.04's is."""
+
+import os
+import pathlib
+import shutil
+import subprocess
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "pick_python.sh"
+
+
+def fake_pythons(folder: pathlib.Path, **versions: str) -> dict[str, str]:
+    """Executables named like pythons (python3_12 -> python3.12) that print a version the way
+    pick_python.sh asks for it; returns an environment whose PATH holds only them and `sh`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, version in versions.items():
+        exe = folder / name.replace("_", ".")
+        exe.write_text(f"#!/bin/sh\necho {' '.join(version.split('.'))}\n")
+        exe.chmod(0o755)
+    for tool in ("sh", "make"):
+        if not (folder / tool).exists():
+            (folder / tool).symlink_to(shutil.which(tool))
+    return {"PATH": str(folder), "HOME": os.environ.get("HOME", "/")}
+
+
+def pick(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["sh", str(SCRIPT), *args], env=env, capture_output=True, text=True, cwd=ROOT
+    )
+
+
+def test_it_takes_python3_when_it_is_new_enough(tmp_path):
+    done = pick(fake_pythons(tmp_path, python3="3.13.0", python3_12="3.12.1"))
+    assert (done.returncode, done.stdout, done.stderr) == (0, "python3\n", "")
+
+
+def test_it_passes_over_an_old_python3_and_says_so(tmp_path):
+    done = pick(fake_pythons(tmp_path, python3="3.10.12", python3_12="3.12.3"))
+    assert done.returncode == 0
+    assert done.stdout == "python3.12\n"
+    assert "python3 is 3.10.12" in done.stderr and "python3.12 (Python 3.12.3)" in done.stderr
+
+
+def test_without_a_new_enough_python_it_says_what_to_install(tmp_path):
+    done = pick(fake_pythons(tmp_path, python3="3.10.12", python3_14="3.9.0"))
+    assert done.returncode == 1 and done.stdout == ""
+    assert "python3 is 3.10.12" in done.stderr and "python3.14 is 3.9.0" in done.stderr
+    assert "PYTHON=" in done.stderr and "3.11 or newer" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("named", "said"),
+    [("python3.10", "python3.10 is Python 3.10.4"), ("nowhere", "nowhere does not run")],
+)
+def test_a_named_python_is_taken_or_refused_by_name(tmp_path, named, said):
+    env = fake_pythons(tmp_path, python3="3.13.0", python3_10="3.10.4", python3_11="3.11.9")
+    assert pick(env, "python3.11").stdout == "python3.11\n"
+    refused = pick(env, named)
+    assert refused.returncode == 1 and said in refused.stderr and refused.stdout == ""
+
+
+def test_make_stops_before_making_a_venv_with_an_old_python(tmp_path):
+    checkout = tmp_path / "checkout"
+    (checkout / "scripts").mkdir(parents=True)
+    shutil.copy(ROOT / "Makefile", checkout)
+    shutil.copy(SCRIPT, checkout / "scripts")
+    env = fake_pythons(tmp_path / "bin", python3="3.10.12")
+    done = subprocess.run(
+        ["make", "--no-print-directory", ".venv/.stamps/venv"],
+        cwd=checkout,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode != 0
+    assert "no Python 3.11 or newer on PATH (python3 is 3.10.12" in done.stderr
+    assert not (checkout / ".venv").exists()
+
+
+def test_make_refuses_a_venv_an_old_python_made_before(tmp_path):
+    """A checkout where an earlier `make test` made .venv with Python 3.10 (and pip failed)."""
+    checkout = tmp_path / "checkout"
+    (checkout / "scripts").mkdir(parents=True)
+    for name in ("Makefile", "requirements.txt"):
+        shutil.copy(ROOT / name, checkout)
+    shutil.copy(SCRIPT, checkout / "scripts")
+    fake_pythons(checkout / ".venv" / "bin", python="3.10.12")
+    (checkout / ".venv" / ".stamps").mkdir()
+    (checkout / ".venv" / ".stamps" / "venv").touch()
+    env = fake_pythons(tmp_path / "bin", python3="3.12.3")
+    done = subprocess.run(
+        ["make", "--no-print-directory", ".venv/.stamps/deps"],
+        cwd=checkout,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode != 0
+    assert ".venv/bin/python is Python 3.10.12" in done.stderr
+    assert "rm -rf .venv" in done.stdout + done.stderr
+    assert not (checkout / ".venv" / ".stamps" / "deps").exists()
