@@ -117,7 +117,7 @@ def test_ctrl_c_saves_the_step_and_says_how_to_resume(tmp_path):
     assert "Traceback" not in rest
     assert f"scops-train --out {out} --resume" in rest
     step = load_checkpoint(out)["step"]
-    assert f"interrupted after step {step}" in rest and 3 <= step < 400
+    assert f"stopped by SIGINT after step {step}" in rest and 3 <= step < 400
     resumed = subprocess.run(
         [sys.executable, "-m", "scops_fast.train", "--out", str(out), "--resume", "--steps"]
         + [str(step + 2), "--no-progress"],

@@ -202,6 +202,7 @@ def main(argv=None) -> int:
         return 0
 
     from scops_fast.train import distributed
+    from scops_fast.train.stopping import exit_status
     from scops_fast.train.trainer import Trainer, TrainingInterrupted
 
     out = pathlib.Path(args.out or pathlib.Path("runs") / cfg.name)
@@ -250,12 +251,16 @@ def main(argv=None) -> int:
         print(f"scops-train: error: {exc}", file=sys.stderr)
         return 2
     except TrainingInterrupted as stop:
-        print(
-            f"\nscops-train: interrupted after step {stop.step}; saved {stop.checkpoint}. "
-            f"Continue with: {resume_hint}",
-            file=sys.stderr,
-        )
-        return 130
+        if trainer.proc.is_main:  # the one that saved it
+            print(
+                f"\nscops-train: stopped by {stop.signal.name} after step {stop.step}; saved "
+                f"{stop.checkpoint}. Continue with: {resume_hint}",
+                file=sys.stderr,
+            )
+        # No rank exits before rank 0 has said so: torchrun's agent sends SIGTERM to the
+        # others as soon as one has exited, and its default action would cut the line short.
+        distributed.barrier(trainer.proc, trainer.stop_group)
+        return exit_status(stop.signal)
     except KeyboardInterrupt:
         if existing.exists():
             again = f"the last checkpoint is {existing}. Continue with: {resume_hint}"

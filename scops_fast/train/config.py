@@ -291,7 +291,8 @@ class Config:
     release_heap: bool = True
     #: Log the losses (metrics.jsonl, TensorBoard, a log line) every this many steps.
     log_every: int = field(default=50, metadata={"min": 1})
-    #: Save checkpoint.pt every this many steps (and at the end and on Ctrl-C).
+    #: Save checkpoint.pt every this many steps (and at the end, and on Ctrl-C or SIGTERM
+    #: after the step under way).
     checkpoint_every: int = field(default=1000, metadata={"min": 1})
     #: Write the HTML report (part overlays, curves) at the end of training.
     report: bool = True

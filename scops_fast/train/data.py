@@ -16,6 +16,7 @@ import pathlib
 import torch
 
 from scops_fast.train.config import ConfigError, DataConfig
+from scops_fast.train.stopping import ignore_stop_signals
 
 #: Aliases of data sets (constructor path "module:attribute"); any other
 #: "module:attribute" string works too.
@@ -284,6 +285,9 @@ def batches(dataset, order: GlobalBatchOrder, start: int, stop: int, num_workers
             batch_sampler=_StepBatches(order, start, stop),
             num_workers=num_workers,
             collate_fn=collate,
+            # The readers ignore Ctrl-C and SIGTERM: the trainer stops after its step, then
+            # closes the loader (scops_fast.train.stopping).
+            worker_init_fn=ignore_stop_signals if num_workers else None,
             # Worker seeds from (seed, start), not from the global RNG, so that a random
             # transform inside the data set repeats on resume.
             generator=torch.Generator().manual_seed(order.seed * 7919 + start),

@@ -55,6 +55,20 @@ def setup(preference: str = "auto", *, alone: bool = False) -> ProcessInfo:
     return ProcessInfo(dist.get_rank(), dist.get_world_size(), device)
 
 
+def cpu_group(info: ProcessInfo):
+    """A gloo group for the CPU-side collectives of an nccl run (the stop flag, every step:
+    on the GPU's group it would wait for the GPU's queue); None, the default group, where that
+    is gloo already or the run is one process. Every rank must call it, in the same order."""
+    if not info.distributed or dist.get_backend() == "gloo":
+        return None
+    return dist.new_group(backend="gloo")
+
+
+def barrier(info: ProcessInfo, group=None) -> None:
+    if info.distributed:
+        dist.barrier(group=group)
+
+
 def mean_over_ranks(values: torch.Tensor, info: ProcessInfo) -> torch.Tensor:
     if info.distributed:
         values = values.clone()

@@ -16,7 +16,6 @@ import contextlib
 import pathlib
 import signal
 import sys
-import threading
 import time
 import warnings
 
@@ -48,6 +47,7 @@ from scops_fast.train.data import (
 from scops_fast.train.heap import release_free_heap
 from scops_fast.train.loading import build_network, upsample_logits
 from scops_fast.train.progress import RunLog
+from scops_fast.train.stopping import GracefulStop
 
 #: Logged values, in this order: the weighted total, then each loss unweighted.
 LOSS_NAMES = ("concentration", "equivariance", "landmark_equivariance", "semantic", "orthonormal")
@@ -69,32 +69,12 @@ def autocast(device_type: str, dtype: torch.dtype | None):
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C during `Trainer.train`: the step under way was finished and checkpointed."""
+    """Ctrl-C or SIGTERM during `Trainer.train`: the step under way was finished and
+    checkpointed (`scops_fast.train.stopping`)."""
 
-    def __init__(self, step: int, checkpoint: pathlib.Path):
-        super().__init__(f"interrupted after step {step}; checkpoint {checkpoint}")
-        self.step, self.checkpoint = step, checkpoint
-
-
-class _DeferredInterrupt:
-    """While installed, the first Ctrl-C (SIGINT) only sets `requested`: the loop ends
-    after the step under way, whose weights and optimiser state are then consistent and
-    checkpointed. A second Ctrl-C interrupts at once. Only in the main thread of a
-    single-process run (ranks of a distributed run must stop at the same step)."""
-
-    def __init__(self, enabled: bool = True):
-        self.requested, self._previous = False, None
-        if enabled and threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-
-    def _handle(self, signum, frame) -> None:
-        self.requested = True
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-    def restore(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+    def __init__(self, step: int, checkpoint: pathlib.Path, sig=signal.SIGINT):
+        super().__init__(f"stopped by {sig.name} after step {step}; checkpoint {checkpoint}")
+        self.step, self.checkpoint, self.signal = step, checkpoint, sig
 
 
 class SCOPSObjective(nn.Module):
@@ -243,6 +223,8 @@ class Trainer:
             config, self.resume_note = _resumed_config(ckpt, config)
         self.cfg = cfg = config
         self.proc = distributed.setup(cfg.device, alone=alone)
+        #: Where the ranks agree to stop (stopping.GracefulStop): gloo, also under nccl.
+        self.stop_group = distributed.cpu_group(self.proc)
         self.device = self.proc.device
         self.progress, self.tensorboard = progress, tensorboard
         _check_backend(cfg.loss.backend, self.device.type)
@@ -564,38 +546,50 @@ class Trainer:
         running = torch.zeros(len(LOG_NAMES), dtype=torch.float64, device=self.device)
         count, last = 0, {}
         start, clock = self.step, time.perf_counter()
-        interrupted = _DeferredInterrupt(enabled=self.proc.world_size == 1)
+        # Installed until the checkpoint is written: under torchrun, the agent sends SIGTERM
+        # to every worker once one has exited, which must not cut rank 0's save short.
+        stopping = GracefulStop()
         try:
-            for batch in batches(self.dataset, self.order, self.step, stop, cfg.data.num_workers):
-                self.skipped |= substituted(self.order.indices(self.step), batch)
-                running += self.train_step(batch).double()
-                count += 1
-                log.advance()
-                if interrupted.requested:
-                    break
-                if self.step % cfg.log_every == 0 or self.step == stop:
-                    mean = distributed.mean_over_ranks(running / count, self.proc).tolist()
-                    last = dict(zip(LOG_NAMES, mean, strict=True))
-                    last["lr"] = self.net_optimizer.param_groups[0]["lr"]
-                    self.skipped |= skipped_indices(self.dataset)
-                    last["skipped_images"] = len(self.skipped)
-                    log.record(self.step, last)
-                    running.zero_()
-                    count = 0
-                if self.step % cfg.checkpoint_every == 0 and self.step != stop:
+            loader = batches(self.dataset, self.order, self.step, stop, cfg.data.num_workers)
+            try:
+                for batch in loader:
+                    # Before the step, so that every rank agrees (in one collective) to stop
+                    # after the same step; the step before it was logged and is checkpointed.
+                    if stopping.should_stop(self.proc, self.stop_group):
+                        break
+                    self.skipped |= substituted(self.order.indices(self.step), batch)
+                    running += self.train_step(batch).double()
+                    count += 1
+                    log.advance()
+                    if self.step % cfg.log_every == 0 or self.step == stop:
+                        mean = distributed.mean_over_ranks(running / count, self.proc).tolist()
+                        last = dict(zip(LOG_NAMES, mean, strict=True))
+                        last["lr"] = self.net_optimizer.param_groups[0]["lr"]
+                        self.skipped |= skipped_indices(self.dataset)
+                        last["skipped_images"] = len(self.skipped)
+                        log.record(self.step, last)
+                        running.zero_()
+                        count = 0
+                    if self.step % cfg.checkpoint_every == 0 and self.step != stop:
+                        self.train_seconds += time.perf_counter() - clock
+                        clock = time.perf_counter()
+                        self.save_checkpoint()
+            finally:
+                del loader  # its reader processes end here, not when garbage is collected
+                log.close()
+                # A finished run resumed trains nothing; its set-up time is not training time.
+                if self.step > start:
                     self.train_seconds += time.perf_counter() - clock
-                    clock = time.perf_counter()
-                    self.save_checkpoint()
-        finally:
-            interrupted.restore()
-            log.close()
-            # A finished run resumed trains nothing; its set-up time is not training time.
-            if self.step > start:
-                self.train_seconds += time.perf_counter() - clock
-        self._report_skipped()
-        self.save_checkpoint()
-        if interrupted.requested:
-            raise TrainingInterrupted(self.step, self.checkpoint_path)
+            self._report_skipped()
+            self.save_checkpoint()
+            if stopping.stopped:  # no rank exits (and so starts torchrun's teardown) before
+                distributed.barrier(self.proc, self.stop_group)  # rank 0 has saved
+        except BaseException:
+            stopping.restore(deliver=False)
+            raise
+        stopping.restore()
+        if stopping.stopped:
+            raise TrainingInterrupted(self.step, self.checkpoint_path, stopping.stopped)
         if self.proc.is_main and self.step == cfg.steps:
             if not last:  # a finished run resumed: its last logged losses
                 last = _last_losses(self.out_dir)

@@ -1,0 +1,89 @@
+"""Stopping a training run without losing it: on Ctrl-C (SIGINT) or SIGTERM, the step under
+way finishes, every rank stops after the same step, and the run is checkpointed there.
+
+SIGTERM is what asks a process to end everywhere a run is stopped for it: `kill`, a cluster
+scheduler at a time limit or a preemption (SLURM signals every process of the job step), a
+container being stopped, and torchrun's agent, which on its own Ctrl-C or SIGTERM sends SIGTERM
+to each worker's whole process group and kills it 30 s later. Its workers run in sessions of
+their own, so under torchrun a Ctrl-C in the terminal reaches the trainer only as that SIGTERM.
+
+A second Ctrl-C interrupts at once, as a user pressing it twice expects. A second SIGTERM asks
+the same again: what follows it from the sender is SIGKILL, not another request.
+
+The DataLoader's reader processes ignore both (`ignore_stop_signals`): they would otherwise die
+of the SIGTERM sent to their process group, and the trainer would fail on a dead reader instead
+of finishing its step. They end when the trainer closes the loader, or when it dies.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+import torch
+import torch.distributed as dist
+
+#: The signals that ask a run to stop after its step.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class GracefulStop:
+    """While installed (main thread only: Python delivers signals there), the first SIGINT or
+    SIGTERM is recorded and the run goes on to the end of its step; `should_stop`, asked
+    before each step, says when to leave the loop."""
+
+    def __init__(self) -> None:
+        #: The first signal this process received, or None.
+        self.signal: signal.Signals | None = None
+        #: The signal the run stopped for (in a distributed run, as every rank agreed), or None.
+        self.stopped: signal.Signals | None = None
+        self._previous: dict[signal.Signals, object] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in STOP_SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.signal is None:
+            self.signal = signal.Signals(signum)
+        if signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def should_stop(self, proc, group=None) -> bool:
+        """Whether to stop before the next step. In a distributed run every rank must call it
+        once per step, at the same point: one all-reduce of the signal number (the largest
+        wins, so SIGTERM over SIGINT) on `group`, a CPU (gloo) group, so that it costs no
+        wait on the GPU's queue. The answer is the all-reduce's alone: a signal that arrives
+        while it runs is carried by the next one, so every rank stops after the same step."""
+        if proc.distributed:
+            flag = torch.tensor([int(self.signal or 0)], dtype=torch.int32)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=group)
+            agreed = int(flag.item())
+        else:
+            agreed = int(self.signal or 0)
+        if agreed:
+            self.stopped = signal.Signals(agreed)
+        return self.stopped is not None
+
+    def restore(self, deliver: bool = True) -> None:
+        """Puts the earlier handlers back. A signal that came too late to stop a step (during
+        the last one) is then delivered to them (`deliver`), so that it is not lost: a Ctrl-C
+        raises KeyboardInterrupt, a SIGTERM ends the process as it would have."""
+        for sig, previous in self._previous.items():
+            # None: a handler not set from Python, which cannot be put back; the default then.
+            if previous is None:
+                previous = signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
+            signal.signal(sig, previous)
+        installed, self._previous = bool(self._previous), {}
+        if deliver and installed and self.signal is not None and self.stopped is None:
+            signal.raise_signal(self.signal)
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader worker_init_fn: the reader process leaves stopping to the trainer."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def exit_status(sig: signal.Signals | None) -> int:
+    """A shell's status for a process ended by `sig` (130 for Ctrl-C, 143 for SIGTERM)."""
+    return 128 + int(sig or signal.SIGINT)

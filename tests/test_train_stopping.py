@@ -1,0 +1,190 @@
+"""Ctrl-C and SIGTERM stop a training run after its step and checkpoint it there: in one
+process with reader processes, the signal sent to the whole process group (as SLURM sends it);
+and under torchrun, where one rank signalled is enough for every rank to stop after the same
+step (scops_fast.train.stopping)."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import threading
+
+import pytest
+import torch
+from conftest import hang_guard
+from train_helpers import free_port, join_local_group, spawn_ranks, tiny_config
+
+from scops_fast.train.checkpoint import load_checkpoint
+from scops_fast.train.distributed import ProcessInfo
+from scops_fast.train.stopping import GracefulStop
+
+TESTS = pathlib.Path(__file__).parent
+
+
+def run_env() -> dict:
+    env = dict(os.environ)  # the child imports train_fakes from here
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS), env.get("PYTHONPATH")) if p)
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def long_run(tmp_path, **overrides) -> list[str]:
+    """Arguments of a run far longer than the test: it ends only by being stopped."""
+    config = tmp_path / "tiny.json"
+    settings = {"steps": 5000, "log_every": 1, "checkpoint_every": 10000, **overrides}
+    config.write_text(json.dumps(tiny_config(**settings).to_dict()))
+    return ["--config", str(config), "--out", str(tmp_path / "out"), "--no-progress"]
+
+
+def read_until_step(proc, step: int) -> list[str]:
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        if line.startswith(f"step {step}/"):
+            return lines
+    raise AssertionError(f"the run ended before step {step}:\n" + "".join(lines))
+
+
+ONE_PROCESS = ProcessInfo(0, 1, torch.device("cpu"))
+
+
+def test_the_handler_waits_for_the_step_and_a_second_ctrl_c_interrupts_at_once():
+    assert threading.current_thread() is threading.main_thread()  # where signals arrive
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    stopping = GracefulStop()
+    try:
+        assert not stopping.should_stop(ONE_PROCESS)
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)  # asks the same again: no exception
+        os.kill(os.getpid(), signal.SIGINT)  # the first Ctrl-C also only asks
+        assert stopping.should_stop(ONE_PROCESS) and stopping.stopped == signal.SIGTERM
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        stopping.restore()
+    assert {sig: signal.getsignal(sig) for sig in before} == before
+
+
+def test_a_signal_too_late_to_stop_a_step_is_delivered_when_the_handlers_go():
+    """Ctrl-C during the last step: the run ends as finished, then the Ctrl-C is not lost."""
+    stopping = GracefulStop()
+    os.kill(os.getpid(), signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        stopping.restore()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    quiet = GracefulStop()
+    os.kill(os.getpid(), signal.SIGINT)
+    quiet.restore(deliver=False)  # on the way out of an error: the error is what is raised
+
+
+def _rank_hears_a_signal_mid_collective(rank: int, port: int, answers) -> None:
+    """Rank 1's signal arrives while the first all-reduce runs (its handler runs after it)."""
+    import torch.distributed as dist
+
+    join_local_group(rank, port, 2)
+    dist.init_process_group("gloo")
+    stopping = GracefulStop()
+    real = dist.all_reduce
+
+    def all_reduce_then_signal(*args, **kwargs):
+        done = real(*args, **kwargs)
+        if rank == 1 and stopping.signal is None:
+            stopping._handle(signal.SIGTERM, None)
+        return done
+
+    dist.all_reduce = all_reduce_then_signal
+    proc = ProcessInfo(rank, 2, torch.device("cpu"))
+    try:
+        answers[rank] = [stopping.should_stop(proc) for _ in range(2)]
+    finally:
+        dist.all_reduce = real
+        stopping.restore(deliver=False)
+        dist.destroy_process_group()
+
+
+def test_ranks_agree_when_a_signal_arrives_during_their_collective():
+    """The answer is the all-reduce's: rank 1 must not stop a step before rank 0 (which would
+    leave rank 0 waiting for its gradients); both stop after the second."""
+    import torch.multiprocessing as mp
+
+    with mp.get_context("spawn").Manager() as manager:
+        answers = manager.dict()
+        spawn_ranks(_rank_hears_a_signal_mid_collective, (free_port(), answers), timeout=120)
+        assert dict(answers) == {0: [False, True], 1: [False, True]}
+
+
+def test_sigterm_to_the_process_group_saves_the_step_and_exits_143(tmp_path):
+    """The readers get the signal too: they ignore it, and the trainer finishes its step
+    instead of failing on a dead reader."""
+    args = long_run(tmp_path, **{"data.num_workers": 1})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scops_fast.train", *args],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=run_env(),
+        start_new_session=True,  # its own process group, with its reader in it
+    )
+    try:
+        lines = read_until_step(proc, 3)
+        os.killpg(proc.pid, signal.SIGTERM)
+        rest = proc.stderr.read()
+        assert proc.wait(timeout=hang_guard(120)) == 143, "".join(lines) + rest
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    step = load_checkpoint(tmp_path / "out")["step"]
+    assert 3 <= step < 5000
+    assert f"stopped by SIGTERM after step {step}" in rest and "Traceback" not in rest
+    assert f"scops-train --out {tmp_path / 'out'} --resume" in rest
+    with pytest.raises(ProcessLookupError):  # the reader ended with it
+        os.killpg(proc.pid, 0)
+
+
+def worker_of_rank(agent: int, rank: int) -> int:
+    """The pid of torchrun's worker process for `rank` (a child of the agent process)."""
+    for entry in pathlib.Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if parent == agent and f"RANK={rank}".encode() in environ:
+            return int(entry.name)
+    raise AssertionError(f"no worker of rank {rank} under torchrun's agent {agent}")
+
+
+@pytest.mark.skipif(not pathlib.Path("/proc/self/environ").exists(), reason="needs Linux /proc")
+def test_under_torchrun_one_rank_signalled_stops_every_rank_after_the_same_step(tmp_path):
+    """SIGTERM to rank 1 alone: rank 0, never signalled, stops after the same step (else the
+    ranks would wait for each other's gradients until torchrun killed them, and nothing would
+    be saved), saves it, and the run resumes from there under torchrun."""
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    torchrun += ["--nproc_per_node=2", "-m", "scops_fast.train"]
+    args = long_run(tmp_path, **{"data.num_workers": 1, "data.batch_size": 4})
+    proc = subprocess.Popen(
+        torchrun + args, stderr=subprocess.PIPE, text=True, env=run_env(), start_new_session=True
+    )
+    try:
+        lines = read_until_step(proc, 3)
+        os.kill(worker_of_rank(proc.pid, 1), signal.SIGTERM)
+        rest = proc.stderr.read()
+        proc.wait(timeout=hang_guard(120))
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    step = load_checkpoint(tmp_path / "out")["step"]
+    assert f"stopped by SIGTERM after step {step}" in rest, "".join(lines) + rest
+    assert 3 <= step < 5000
+    resumed = subprocess.run(
+        torchrun + ["--out", str(tmp_path / "out"), "--resume", "--steps", str(step + 2)],
+        capture_output=True,
+        text=True,
+        env=run_env(),
+        timeout=hang_guard(300),
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert load_checkpoint(tmp_path / "out")["step"] == step + 2
