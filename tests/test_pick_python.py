@@ -63,43 +63,38 @@ def test_a_named_python_is_taken_or_refused_by_name(tmp_path, named, said):
     assert refused.returncode == 1 and said in refused.stderr and refused.stdout == ""
 
 
-def test_make_stops_before_making_a_venv_with_an_old_python(tmp_path):
-    checkout = tmp_path / "checkout"
-    (checkout / "scripts").mkdir(parents=True)
-    shutil.copy(ROOT / "Makefile", checkout)
+def make_in_checkout(checkout: pathlib.Path, target: str, env: dict[str, str]):
+    """`make target` in a checkout of the Makefile, requirements.txt and pick_python.sh."""
+    (checkout / "scripts").mkdir(parents=True, exist_ok=True)
+    for name in ("Makefile", "requirements.txt"):
+        shutil.copy(ROOT / name, checkout)
     shutil.copy(SCRIPT, checkout / "scripts")
-    env = fake_pythons(tmp_path / "bin", python3="3.10.12")
-    done = subprocess.run(
-        ["make", "--no-print-directory", ".venv/.stamps/venv"],
+    return subprocess.run(
+        ["make", "--no-print-directory", target],
         cwd=checkout,
         env=env,
         capture_output=True,
         text=True,
     )
+
+
+def test_make_stops_before_making_a_venv_with_an_old_python(tmp_path):
+    env = fake_pythons(tmp_path / "bin", python3="3.10.12")
+    done = make_in_checkout(tmp_path / "checkout", ".venv/.stamps/venv", env)
     assert done.returncode != 0
     assert "no Python 3.11 or newer on PATH (python3 is 3.10.12" in done.stderr
-    assert not (checkout / ".venv").exists()
+    assert not (tmp_path / "checkout" / ".venv").exists()
 
 
 def test_make_refuses_a_venv_an_old_python_made_before(tmp_path):
     """A checkout where an earlier `make test` made .venv with Python 3.10 (and pip failed)."""
-    checkout = tmp_path / "checkout"
-    (checkout / "scripts").mkdir(parents=True)
-    for name in ("Makefile", "requirements.txt"):
-        shutil.copy(ROOT / name, checkout)
-    shutil.copy(SCRIPT, checkout / "scripts")
-    fake_pythons(checkout / ".venv" / "bin", python="3.10.12")
-    (checkout / ".venv" / ".stamps").mkdir()
-    (checkout / ".venv" / ".stamps" / "venv").touch()
+    venv = tmp_path / "checkout" / ".venv"
+    fake_pythons(venv / "bin", python="3.10.12")
+    (venv / ".stamps").mkdir()
+    (venv / ".stamps" / "venv").touch()
     env = fake_pythons(tmp_path / "bin", python3="3.12.3")
-    done = subprocess.run(
-        ["make", "--no-print-directory", ".venv/.stamps/deps"],
-        cwd=checkout,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    done = make_in_checkout(tmp_path / "checkout", ".venv/.stamps/deps", env)
     assert done.returncode != 0
     assert ".venv/bin/python is Python 3.10.12" in done.stderr
     assert "rm -rf .venv" in done.stdout + done.stderr
-    assert not (checkout / ".venv" / ".stamps" / "deps").exists()
+    assert not (venv / ".stamps" / "deps").exists()
