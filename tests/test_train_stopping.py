@@ -80,11 +80,23 @@ def test_a_signal_too_late_to_stop_a_step_is_delivered_when_the_handlers_go():
 
 
 def _rank_hears_a_signal_mid_collective(rank: int, port: int, answers) -> None:
-    """Rank 1's signal arrives while the first all-reduce runs (its handler runs after it)."""
+    """Rank 1's signal arrives while the first all-reduce runs (its handler runs after it).
+    The default group says it is nccl, as on GPUs, so the ranks agree on a gloo group of
+    their own (distributed.cpu_group), as they would there."""
     import torch.distributed as dist
+
+    from scops_fast.train import distributed
 
     join_local_group(rank, port, 2)
     dist.init_process_group("gloo")
+    proc = ProcessInfo(rank, 2, torch.device("cpu"))
+    get_backend = dist.get_backend
+    dist.get_backend = lambda group=None: "nccl"
+    try:
+        group = distributed.cpu_group(proc)
+    finally:
+        dist.get_backend = get_backend
+    assert group is not None
     stopping = GracefulStop()
     real = dist.all_reduce
 
@@ -95,9 +107,8 @@ def _rank_hears_a_signal_mid_collective(rank: int, port: int, answers) -> None:
         return done
 
     dist.all_reduce = all_reduce_then_signal
-    proc = ProcessInfo(rank, 2, torch.device("cpu"))
     try:
-        answers[rank] = [stopping.should_stop(proc) for _ in range(2)]
+        answers[rank] = [stopping.should_stop(proc, group) for _ in range(2)]
     finally:
         dist.all_reduce = real
         stopping.restore(deliver=False)
