@@ -67,3 +67,32 @@ def test_ddp_ranks_agree_and_match_one_process(tmp_path):
     # and the run really moved away from the initial weights
     initial = _parameters(Trainer(cfg, tmp_path / "init", progress=False, tensorboard=False))
     assert (history[-1] - initial).abs().max() > 1e-3
+
+
+def _rank_builds_a_folder_with_auto_saliency(rank, port, root, out, counts):
+    join_local_group(rank, port, WORLD)
+    cfg = tiny_config(
+        **{"data.dataset": "folder", "data.args": {"root": root, "saliency_dir": "auto"}}
+    )
+    trainer = Trainer(cfg, out, progress=False, tensorboard=False)
+    counts[rank] = {k: trainer.dataset.saliency_counts[k] for k in ("written", "reused")}
+    distributed.teardown()
+
+
+def test_the_first_rank_of_a_machine_estimates_the_saliency_maps_the_others_reuse(tmp_path):
+    """--saliency auto under torchrun: one process estimates every map, not each of them."""
+    import numpy as np
+    import torch.multiprocessing as mp
+    from PIL import Image
+
+    root = tmp_path / "photos"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        pixels = (rng.random((30, 26, 3)) * 255).astype(np.uint8)
+        Image.fromarray(pixels).save(root / f"p{i}.png")
+    with mp.get_context("spawn").Manager() as manager:
+        counts = manager.dict()
+        args = (free_port(), str(root), str(tmp_path / "run"), counts)
+        spawn_ranks(_rank_builds_a_folder_with_auto_saliency, args, nprocs=WORLD)
+        assert dict(counts) == {0: {"written": 6, "reused": 0}, 1: {"written": 0, "reused": 6}}

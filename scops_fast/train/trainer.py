@@ -312,7 +312,10 @@ class Trainer:
             self.device.type, init_scale=2.0**10, enabled=cfg.precision == "float16"
         )
 
-        self.dataset = dataset if dataset is not None else build_dataset(cfg.data)
+        if dataset is None:
+            with distributed.local_rank_zero_first(self.proc):  # --saliency auto's maps
+                dataset = build_dataset(cfg.data)
+        self.dataset = dataset
         # Only now, with everything the run needs found: a bad backend, data root or
         # weight path leaves no empty run folder behind.
         self.order = GlobalBatchOrder(
