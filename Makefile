@@ -59,14 +59,27 @@ $(STAMPS)/build: $(STAMPS)/deps $(STAMPS)/cuda-state setup.py pyproject.toml $(E
 
 install: $(STAMPS)/build
 
-# tests/test_report_browser.py opens report.html in headless Chromium through chromedriver
-# (Debian's chromium and chromium-driver): installed here when missing, so that the test
-# run needs nothing installed by hand; nothing is done when both are on the PATH already.
+# tests/test_report_browser.py opens report.html in headless Chromium through chromedriver:
+# installed here when missing (Debian's chromium and chromium-driver, or Fedora's chromium and
+# chromedriver), so that the test run needs nothing installed by hand; nothing is done when a
+# Chromium or Chrome (any of BROWSER_NAMES) and chromedriver are on the PATH already. Where
+# neither apt-get nor dnf is found it stops and says what to install.
+BROWSER_NAMES := chromium chromium-browser google-chrome google-chrome-stable
 browser:
-	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
-		sudo=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$sudo apt-get update -q && \
-		DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -q chromium chromium-driver; \
+	@found=; for b in $(BROWSER_NAMES); do command -v $$b >/dev/null && found=$$b && break; done; \
+	if [ -z "$$found" ] || ! command -v chromedriver >/dev/null; then \
+		sudo=$$( [ "$$(id -u 2>/dev/null)" = 0 ] || echo sudo ); \
+		if command -v apt-get >/dev/null; then \
+			$$sudo apt-get update -q && \
+			DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -q chromium chromium-driver; \
+		elif command -v dnf >/dev/null; then \
+			$$sudo dnf install -y -q chromium chromedriver; \
+		else \
+			echo "make browser: tests/test_report_browser.py needs Chromium or Chrome" \
+				"($(BROWSER_NAMES)) and its chromedriver on PATH, and found no apt-get or dnf" \
+				"to install them: install both, then run make test again" >&2; \
+			exit 1; \
+		fi; \
 	fi
 
 # The suite runs on TEST_JOBS workers (pytest-xdist), one test file per worker at a time so

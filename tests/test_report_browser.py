@@ -5,13 +5,17 @@ look at the page never passes for one that did."""
 
 from __future__ import annotations
 
+import pathlib
 import shutil
+import subprocess
 
 import pytest
 from PIL import Image
 from train_helpers import tiny_config
 
 from scops_fast.train import Trainer
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 #: What Chromium needs here: no sandbox (root in a container), no GPU, and nothing that
 #: reaches out to the network (updates, sync, QUIC, first-run pages) from a test.
@@ -38,15 +42,21 @@ return Array.from(document.images).map(img => ({
 """
 
 
+#: The names Chromium and Chrome go by (Debian: chromium; Fedora: chromium-browser; Google's
+#: packages: google-chrome); the Makefile's BROWSER_NAMES.
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+
+
 def browser_paths() -> tuple[str, str]:
-    found = {name: shutil.which(name) for name in ("chromium", "chromedriver")}
-    missing = [name for name, path in found.items() if path is None]
+    browser = next(filter(None, map(shutil.which, BROWSERS)), None)
+    driver = shutil.which("chromedriver")
+    missing = [n for n, path in (("Chromium", browser), ("chromedriver", driver)) if not path]
     if missing:
         pytest.fail(
-            f"{' and '.join(missing)} not on the PATH: `make browser` installs them "
-            "(apt-get install chromium chromium-driver); `make test` runs it first"
+            f"{' and '.join(missing)} not on the PATH (looked for {', '.join(BROWSERS)}): "
+            "`make browser` installs them (apt-get or dnf); `make test` runs it first"
         )
-    return found["chromium"], found["chromedriver"]
+    return browser, driver
 
 
 @pytest.fixture
@@ -120,3 +130,32 @@ def test_a_missing_picture_is_seen(browser, report, tmp_path):
     images = {img["src"]: img for img in browser.execute_script(IMAGES_JS)}
     assert images["parts.png"]["width"] > 0
     assert images["curves.png"]["width"] == 0
+
+
+def make_browser(tmp_path, *tools: str):
+    """`make browser` with a PATH of `sh`, `make` and fake executables named `tools`."""
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    for tool in ("sh", "make"):
+        (folder / tool).symlink_to(shutil.which(tool))
+    for tool in tools:
+        (folder / tool).write_text("#!/bin/sh\nexit 0\n")
+        (folder / tool).chmod(0o755)
+    return subprocess.run(
+        ["make", "--no-print-directory", "-f", str(ROOT / "Makefile"), "browser"],
+        cwd=tmp_path,
+        env={"PATH": str(folder)},
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_make_browser_leaves_a_browser_found_under_another_name_alone(tmp_path):
+    done = make_browser(tmp_path, "google-chrome", "chromedriver", "apt-get")
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+
+
+def test_make_browser_without_a_package_manager_says_what_to_install(tmp_path):
+    done = make_browser(tmp_path, "chromium-browser")  # no chromedriver, no apt-get or dnf
+    assert done.returncode != 0
+    assert "found no apt-get or dnf" in done.stderr and "chromedriver" in done.stderr
