@@ -52,7 +52,7 @@ ONE_PROCESS = ProcessInfo(0, 1, torch.device("cpu"))
 
 def test_the_handler_waits_for_the_step_and_a_second_ctrl_c_interrupts_at_once():
     assert threading.current_thread() is threading.main_thread()  # where signals arrive
-    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     stopping = GracefulStop()
     try:
         assert not stopping.should_stop(ONE_PROCESS)
@@ -65,6 +65,24 @@ def test_the_handler_waits_for_the_step_and_a_second_ctrl_c_interrupts_at_once()
     finally:
         stopping.restore()
     assert {sig: signal.getsignal(sig) for sig in before} == before
+
+
+def test_a_hangup_stops_the_run_unless_it_runs_under_nohup():
+    before = signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    try:
+        stopping = GracefulStop()
+        os.kill(os.getpid(), signal.SIGHUP)
+        assert stopping.should_stop(ONE_PROCESS) and stopping.stopped == signal.SIGHUP
+        stopping.restore()
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as nohup leaves it
+        under_nohup = GracefulStop()
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+        os.kill(os.getpid(), signal.SIGHUP)
+        assert not under_nohup.should_stop(ONE_PROCESS)
+        under_nohup.restore()
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, before)
 
 
 def test_a_signal_too_late_to_stop_a_step_is_delivered_when_the_handlers_go():

@@ -7,10 +7,13 @@ container being stopped, and torchrun's agent, which on its own Ctrl-C or SIGTER
 to each worker's whole process group and kills it 30 s later. Its workers run in sessions of
 their own, so under torchrun a Ctrl-C in the terminal reaches the trainer only as that SIGTERM.
 
+SIGHUP, which a closed terminal or SSH session sends, is handled the same way, except where
+it is ignored already (`nohup`): such a run keeps going, as its user asked.
+
 A second Ctrl-C interrupts at once, as a user pressing it twice expects. A second SIGTERM asks
 the same again: what follows it from the sender is SIGKILL, not another request.
 
-The DataLoader's reader processes ignore both (`ignore_stop_signals`): they would otherwise die
+The DataLoader's reader processes ignore them (`ignore_stop_signals`): they would otherwise die
 of the SIGTERM sent to their process group, and the trainer would fail on a dead reader instead
 of finishing its step. They end when the trainer closes the loader, or when it dies.
 """
@@ -24,12 +27,12 @@ import torch
 import torch.distributed as dist
 
 #: The signals that ask a run to stop after its step.
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class GracefulStop:
-    """While installed (main thread only: Python delivers signals there), the first SIGINT or
-    SIGTERM is recorded and the run goes on to the end of its step; `should_stop`, asked
+    """While installed (main thread only: Python delivers signals there), the first of
+    STOP_SIGNALS is recorded and the run goes on to the end of its step; `should_stop`, asked
     before each step, says when to leave the loop."""
 
     def __init__(self) -> None:
@@ -40,6 +43,8 @@ class GracefulStop:
         self._previous: dict[signal.Signals, object] = {}
         if threading.current_thread() is threading.main_thread():
             for sig in STOP_SIGNALS:
+                if sig == signal.SIGHUP and signal.getsignal(sig) is signal.SIG_IGN:
+                    continue  # started under nohup
                 self._previous[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame) -> None:
@@ -85,5 +90,6 @@ def ignore_stop_signals(worker_id: int) -> None:
 
 
 def exit_status(sig: signal.Signals | None) -> int:
-    """A shell's status for a process ended by `sig` (130 for Ctrl-C, 143 for SIGTERM)."""
+    """A shell's status for a process ended by `sig` (130 for Ctrl-C, 143 for SIGTERM, 129
+    for SIGHUP)."""
     return 128 + int(sig or signal.SIGINT)
