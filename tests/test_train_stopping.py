@@ -86,15 +86,21 @@ def test_a_hangup_stops_the_run_unless_it_runs_under_nohup():
 
 
 def test_a_signal_too_late_to_stop_a_step_is_delivered_when_the_handlers_go():
-    """Ctrl-C during the last step: the run ends as finished, then the Ctrl-C is not lost."""
-    stopping = GracefulStop()
-    os.kill(os.getpid(), signal.SIGINT)
-    with pytest.raises(KeyboardInterrupt):
-        stopping.restore()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    quiet = GracefulStop()
-    os.kill(os.getpid(), signal.SIGINT)
-    quiet.restore(deliver=False)  # on the way out of an error: the error is what is raised
+    """Ctrl-C during the last step: the run ends as finished, then the Ctrl-C is not lost.
+    Python's own Ctrl-C handler first: a suite started in the background, as CI starts it,
+    inherits SIGINT ignored, and the request then goes where its handler says, nowhere."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        stopping = GracefulStop()
+        os.kill(os.getpid(), signal.SIGINT)
+        with pytest.raises(KeyboardInterrupt):
+            stopping.restore()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        quiet = GracefulStop()
+        os.kill(os.getpid(), signal.SIGINT)
+        quiet.restore(deliver=False)  # on the way out of an error: the error is what is raised
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def _rank_hears_a_signal_mid_collective(rank: int, port: int, answers) -> None:
