@@ -5,6 +5,7 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
 import torch
 from conftest import hang_guard
 from train_helpers import tiny_config
@@ -33,6 +34,22 @@ def test_train_then_resume_from_the_run_directory(tmp_path, capsys):
     assert load_checkpoint(out)["step"] == 4
     assert [r["step"] for r in read_metrics(out)] == [2, 4]
     assert "step 4/4" in capsys.readouterr().err
+
+
+def test_resume_auto_starts_a_run_then_continues_it(tmp_path, capsys):
+    """One command for a job's first run and its restarts (a scheduler's requeue)."""
+    out = tmp_path / "out"
+    argv = ["--config", str(write_config(tmp_path)), "--out", str(out), "--no-progress"]
+    assert main(argv + ["--resume", "auto", "--steps", "2"]) == 0
+    assert load_checkpoint(out)["step"] == 2
+    assert main(argv + ["--resume", "auto", "--steps", "4"]) == 0
+    assert load_checkpoint(out)["step"] == 4
+    assert [r["step"] for r in read_metrics(out)] == [2, 4]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as refused:
+        main(argv + ["--resume", "runs/other"])
+    assert refused.value.code == 2
+    assert "--resume: expected nothing or 'auto', got 'runs/other'" in capsys.readouterr().err
 
 
 def test_errors_name_the_field(tmp_path, capsys):

@@ -23,6 +23,12 @@ from scops_fast.train.config import (
 from scops_fast.train.data import DATASETS
 
 
+def _resume_mode(text: str) -> str:
+    if text != "auto":
+        raise argparse.ArgumentTypeError(f"expected nothing or 'auto', got {text!r}")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="scops-train",
@@ -40,10 +46,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", help="run directory (default: runs/<config name>)")
     parser.add_argument(
         "--resume",
-        action="store_true",
-        help="continue the run in OUT (refused when OUT holds none); it keeps its checkpoint's "
-        "settings but for --steps (a new schedule horizon), --backend, compile, channels_last "
-        "and model.activation_checkpointing, and prints what it ignored and changed",
+        nargs="?",
+        const=True,
+        default=False,
+        type=_resume_mode,
+        metavar="auto",
+        help="continue the run in OUT (refused when OUT holds none; '--resume auto' starts it "
+        "there instead, so that one command serves a job's first run and its restarts); it "
+        "keeps its checkpoint's settings but for --steps (a new schedule horizon), --backend, "
+        "compile, channels_last and model.activation_checkpointing, and prints what it ignored "
+        "and changed",
     )
     parser.add_argument(
         "--overwrite",
@@ -210,6 +222,8 @@ def main(argv=None) -> int:
         print(f"scops-train: error: --out: {out} is a file; name a folder", file=sys.stderr)
         return 2
     existing = out / CHECKPOINT_NAME
+    if args.resume == "auto":
+        args.resume = existing.exists()
     if args.resume and args.overwrite:
         print("scops-train: error: --resume and --overwrite: choose one", file=sys.stderr)
         return 2
