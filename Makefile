@@ -25,7 +25,7 @@ SCOPS_FAST_CUDA_EMU ?= 1
 all: test
 
 $(STAMPS)/venv:
-	py=$$(sh scripts/pick_python.sh $(PYTHON)) && $$py -m venv $(VENV)
+	py=$$(sh scripts/pick_python.sh "$(PYTHON)") && "$$py" -m venv $(VENV)
 	mkdir -p $(STAMPS) && touch $@
 
 # --no-compile: pip byte-compiles one file at a time (40 of the install's 106 s here);
@@ -235,9 +235,9 @@ test-gpu-stack:
 		$(GPU_STACK_CORE) -k "not triton"
 	$(GPU_STACK_PY) scripts/gpu_check.py --rehearse --out build/gpu-rehearsal-stack
 
-# The CPU kernels compiled (not linked, not run) for aarch64 with Debian's cross compiler
-# (apt install g++-aarch64-linux-gnu): what an ARM machine's build would reject first. About
-# 2 minutes of CPU; not part of `make test`.
+# The CPU kernels and the CUDA emulation compiled (not linked, not run) for aarch64 with
+# Debian's cross compiler (apt install g++-aarch64-linux-gnu): what an ARM machine's build would
+# reject first. About a minute of CPU; not part of `make test`.
 test-arm-compile: $(STAMPS)/deps
 	$(PY) scripts/cross_compile.py
 

@@ -57,6 +57,8 @@ CPU_FLAGS = [
     # file's compile time (30 s to 16 s here) for a library nobody steps through.
     "-g0",
 ]
+#: The CUDA kernels' CPU emulation (`_C_cuda_emu`), compiled as C++ with SCOPS_FAST_CUDA_EMU.
+EMU_FLAGS = ["-O2", "-std=c++20", "-pthread", "-g0"]
 #: The x86-64 builds: library suffix -> target flags. x86-64-v4 is AVX-512 F/BW/CD/DQ/VL
 #: (what torch calls AVX512); its loops are asked to use the full 512-bit registers.
 X86_VARIANTS = {
@@ -229,7 +231,7 @@ def extensions(cuda: bool):
                 [unity_source("scops_fast._C_cuda_emu", cuda_sources, ".cpp")],
                 include_dirs=[str(ROOT / "csrc"), str(ROOT / "csrc" / "cuda")],
                 define_macros=[("SCOPS_FAST_CUDA_EMU", "1")],
-                extra_compile_args=["-O2", "-std=c++20", "-pthread", "-g0"],
+                extra_compile_args=EMU_FLAGS,
                 extra_link_args=["-pthread"],
             )
         )

@@ -10,8 +10,12 @@
 MIN_MAJOR=3
 MIN_MINOR=11
 
-version_of() {
-    "$1" -c 'import sys; print("%d %d %d" % sys.version_info[:3])' 2>/dev/null
+version_of() {  # "major minor micro", or nothing for a command that is not a working Python
+    found=$("$1" -c 'import sys; print("%d %d %d" % sys.version_info[:3])' 2>/dev/null)
+    case "$found" in
+        *[!0-9\ ]* | "") return 1 ;;
+    esac
+    echo "$found"
 }
 
 new_enough() {  # major minor
@@ -19,8 +23,7 @@ new_enough() {  # major minor
 }
 
 if [ -n "$1" ]; then
-    found=$(version_of "$1")
-    if [ -z "$found" ]; then
+    if ! found=$(version_of "$1"); then
         echo "make: $1 does not run (not found, or not a Python interpreter)." >&2
         exit 1
     fi
@@ -35,18 +38,23 @@ fi
 
 seen=""
 for candidate in python3 python3.13 python3.12 python3.11 python3.14; do
-    command -v "$candidate" >/dev/null 2>&1 || continue
-    found=$(version_of "$candidate") || continue
-    [ -n "$found" ] || continue
+    if ! command -v "$candidate" >/dev/null 2>&1; then
+        [ "$candidate" = python3 ] && seen="no python3 on PATH"
+        continue
+    fi
+    if ! found=$(version_of "$candidate"); then
+        seen="${seen:+$seen, }$candidate does not run"
+        continue
+    fi
     set -- $found
     if new_enough "$1" "$2"; then
         if [ -n "$seen" ]; then
-            echo "make: using $candidate (Python $1.$2.$3); $seen, too old." >&2
+            echo "make: using $candidate (Python $1.$2.$3); $seen." >&2
         fi
         echo "$candidate"
         exit 0
     fi
-    seen="${seen:+$seen, }$candidate is $1.$2.$3"
+    seen="${seen:+$seen, }$candidate is $1.$2.$3, too old"
 done
 echo "make: no Python $MIN_MAJOR.$MIN_MINOR or newer on PATH (${seen:-none of them found};" \
     "tried python3 and python3.11 to python3.14). Install one (Debian/Ubuntu: apt install" \

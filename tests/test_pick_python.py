@@ -45,6 +45,17 @@ def test_it_passes_over_an_old_python3_and_says_so(tmp_path):
     assert "python3 is 3.10.12" in done.stderr and "python3.12 (Python 3.12.3)" in done.stderr
 
 
+def test_it_says_why_it_did_not_take_python3(tmp_path):
+    done = pick(fake_pythons(tmp_path / "absent", python3_12="3.12.3"))
+    assert done.stdout == "python3.12\n" and "no python3 on PATH" in done.stderr
+    broken = tmp_path / "broken"
+    env = fake_pythons(broken, python3_13="3.13.1")
+    (broken / "python3").write_text("#!/bin/sh\necho 'error while loading shared libraries'\n")
+    (broken / "python3").chmod(0o755)
+    done = pick(env)
+    assert done.stdout == "python3.13\n" and "python3 does not run" in done.stderr
+
+
 def test_without_a_new_enough_python_it_says_what_to_install(tmp_path):
     done = pick(fake_pythons(tmp_path, python3="3.10.12", python3_14="3.9.0"))
     assert done.returncode == 1 and done.stdout == ""

@@ -120,7 +120,15 @@ def test_ctrl_c_saves_the_step_and_says_how_to_resume(tmp_path):
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")])),
     }
-    proc = subprocess.Popen(cmd + ["--no-progress"], stderr=subprocess.PIPE, text=True, env=env)
+    # SIGINT as in a terminal: a suite run in the background inherits it ignored, which the
+    # trainer leaves so (the Ctrl-C of the shell that started it is not for it).
+    proc = subprocess.Popen(
+        cmd + ["--no-progress"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     # Wait for training to be under way (a logged step), then interrupt.
     lines = []
     for line in proc.stderr:

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 import torch
@@ -38,6 +39,21 @@ def long_run(tmp_path, **overrides) -> list[str]:
     return ["--config", str(config), "--out", str(tmp_path / "out"), "--no-progress"]
 
 
+def started(cmd: list[str], **kwargs) -> subprocess.Popen:
+    """The command in a process group of its own, killed whole after a hang guard's time (so
+    that a read of its output that would wait for ever ends), and at the end of the test."""
+    proc = subprocess.Popen(cmd, env=run_env(), start_new_session=True, **kwargs)
+    guard = threading.Timer(hang_guard(180), _kill_group, (proc,))
+    guard.daemon = True
+    guard.start()
+    return proc
+
+
+def _kill_group(proc) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
 def read_until_step(proc, step: int) -> list[str]:
     lines = []
     for line in proc.stderr:
@@ -53,6 +69,8 @@ ONE_PROCESS = ProcessInfo(0, 1, torch.device("cpu"))
 def test_the_handler_waits_for_the_step_and_a_second_ctrl_c_interrupts_at_once():
     assert threading.current_thread() is threading.main_thread()  # where signals arrive
     before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    # As in a terminal: a suite run in the background inherits SIGINT ignored, left so.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     stopping = GracefulStop()
     try:
         assert not stopping.should_stop(ONE_PROCESS)
@@ -64,7 +82,23 @@ def test_the_handler_waits_for_the_step_and_a_second_ctrl_c_interrupts_at_once()
             os.kill(os.getpid(), signal.SIGINT)
     finally:
         stopping.restore()
-    assert {sig: signal.getsignal(sig) for sig in before} == before
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    for sig, handler in before.items():
+        signal.signal(sig, handler)
+
+
+def test_a_signal_ignored_when_the_run_starts_stays_ignored():
+    """`cmd &` in a script: SIGINT ignored, so the terminal's Ctrl-C is not for this run."""
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        stopping = GracefulStop()
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        os.kill(os.getpid(), signal.SIGINT)
+        assert not stopping.should_stop(ONE_PROCESS)
+        stopping.restore()
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def test_a_hangup_stops_the_run_unless_it_runs_under_nohup():
@@ -154,27 +188,49 @@ def test_sigterm_to_the_process_group_saves_the_step_and_exits_143(tmp_path):
     """The readers get the signal too: they ignore it, and the trainer finishes its step
     instead of failing on a dead reader."""
     args = long_run(tmp_path, **{"data.num_workers": 1})
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "scops_fast.train", *args],
-        stderr=subprocess.PIPE,
-        text=True,
-        env=run_env(),
-        start_new_session=True,  # its own process group, with its reader in it
-    )
+    # Its own process group, with its reader in it.
+    cmd = [sys.executable, "-m", "scops_fast.train", *args]
+    proc = started(cmd, stderr=subprocess.PIPE, text=True)
     try:
         lines = read_until_step(proc, 3)
         os.killpg(proc.pid, signal.SIGTERM)
         rest = proc.stderr.read()
-        assert proc.wait(timeout=hang_guard(120)) == 143, "".join(lines) + rest
+        assert proc.wait() == 143, "".join(lines) + rest
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+        _kill_group(proc)
     step = load_checkpoint(tmp_path / "out")["step"]
     assert 3 <= step < 5000
     assert f"stopped by SIGTERM after step {step}" in rest and "Traceback" not in rest
     assert f"scops-train --out {tmp_path / 'out'} --resume" in rest
     with pytest.raises(ProcessLookupError):  # the reader ended with it
         os.killpg(proc.pid, 0)
+
+
+def test_a_closed_terminal_saves_the_step_and_exits_129(tmp_path):
+    """The run's output goes to a terminal that closes (its master end), then SIGHUP: a log
+    line written in between fails with EIO, which ends the lines, not the run; after the
+    signal the output goes to /dev/null, and the step is saved."""
+    import pty
+
+    master, terminal = pty.openpty()
+    args = long_run(tmp_path)
+    cmd = [sys.executable, "-m", "scops_fast.train", *args]
+    # SIGHUP as in a terminal's session: a suite run under nohup inherits it ignored.
+    restored = lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL)  # noqa: E731
+    proc = started(cmd, stdin=terminal, stdout=terminal, stderr=terminal, preexec_fn=restored)
+    os.close(terminal)
+    try:
+        seen = b""
+        while b"step 3/" not in seen:
+            chunk = os.read(master, 4096)  # raises OSError (EIO) when the run ended
+            seen += chunk
+        os.close(master)  # the terminal goes away: writes to it now fail
+        time.sleep(0.5)  # some steps' log lines meet the closed terminal before the signal
+        proc.send_signal(signal.SIGHUP)
+        assert proc.wait() == 129
+    finally:
+        _kill_group(proc)
+    assert 3 <= load_checkpoint(tmp_path / "out")["step"] < 5000
 
 
 def worker_of_rank(agent: int, rank: int) -> int:
@@ -200,17 +256,14 @@ def test_under_torchrun_one_rank_signalled_stops_every_rank_after_the_same_step(
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     torchrun += ["--nproc_per_node=2", "-m", "scops_fast.train"]
     args = long_run(tmp_path, **{"data.num_workers": 1, "data.batch_size": 4})
-    proc = subprocess.Popen(
-        torchrun + args, stderr=subprocess.PIPE, text=True, env=run_env(), start_new_session=True
-    )
+    proc = started(torchrun + args, stderr=subprocess.PIPE, text=True)
     try:
         lines = read_until_step(proc, 3)
         os.kill(worker_of_rank(proc.pid, 1), signal.SIGTERM)
         rest = proc.stderr.read()
-        proc.wait(timeout=hang_guard(120))
+        proc.wait()
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+        _kill_group(proc)
     step = load_checkpoint(tmp_path / "out")["step"]
     assert f"stopped by SIGTERM after step {step}" in rest, "".join(lines) + rest
     assert 3 <= step < 5000

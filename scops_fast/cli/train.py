@@ -266,11 +266,12 @@ def main(argv=None) -> int:
         return 2
     except TrainingInterrupted as stop:
         if trainer.proc.is_main:  # the one that saved it
-            print(
-                f"\nscops-train: stopped by {stop.signal.name} after step {stop.step}; saved "
-                f"{stop.checkpoint}. Continue with: {resume_hint}",
-                file=sys.stderr,
-            )
+            with contextlib.suppress(OSError):  # a closed terminal or pipe: it is saved anyway
+                print(
+                    f"\nscops-train: stopped by {stop.signal.name} after step {stop.step}; "
+                    f"saved {stop.checkpoint}. Continue with: {resume_hint}",
+                    file=sys.stderr,
+                )
         # No rank exits before rank 0 has said so: torchrun's agent sends SIGTERM to the
         # others as soon as one has exited, and its default action would cut the line short.
         distributed.barrier(trainer.proc, trainer.stop_group)
@@ -285,7 +286,8 @@ def main(argv=None) -> int:
     finally:
         distributed.teardown()
     if trainer.proc.is_main:
-        print(summary(trainer, out), file=sys.stderr)
+        with contextlib.suppress(OSError):  # a closed terminal or pipe: the run is saved
+            print(summary(trainer, out), file=sys.stderr)
     return 0
 
 

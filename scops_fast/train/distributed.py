@@ -82,19 +82,22 @@ def local_rank_zero_first(info: ProcessInfo):
     """Runs the body on each machine's first process (LOCAL_RANK 0) first, then on the other
     processes of the run at once: for work that fills a cache on disk which the others then
     read, instead of every process doing all of it at the same time (`--saliency auto`'s maps
-    on a machine of 8 GPUs). The waiting is on a gloo group of its own, with FIRST_RANK_WAIT.
-    If the first process fails, it exits without releasing the others, and torchrun ends them."""
+    on a machine of 8 GPUs). The others wait for every machine's first process, on a gloo
+    group of their own with FIRST_RANK_WAIT. Where a first process fails, it leaves the group
+    (the others' wait then fails) and raises, and torchrun ends the rest."""
     if not info.distributed:
         yield
         return
     first = int(os.environ.get("LOCAL_RANK", "0")) == 0
     waiting = dist.new_group(backend="gloo", timeout=FIRST_RANK_WAIT)
-    if not first:
-        dist.barrier(group=waiting)
-    yield
-    if first:
-        dist.barrier(group=waiting)
-    dist.destroy_process_group(waiting)
+    try:
+        if not first:
+            dist.barrier(group=waiting)
+        yield
+        if first:
+            dist.barrier(group=waiting)
+    finally:
+        dist.destroy_process_group(waiting)
 
 
 def mean_over_ranks(values: torch.Tensor, info: ProcessInfo) -> torch.Tensor:

@@ -89,9 +89,15 @@ class RunLog:
                 self.writer.add_scalar(f"train/{key}", value, step)
         if self.bar is not None:
             self.bar.set_postfix(loss=f"{values.get('loss', float('nan')):.4g}")
-        else:
+        elif self.stream is not None:
             shown = " ".join(f"{k}={v:.4g}" for k, v in values.items())
-            print(f"step {step}/{self.total_steps} {shown} ({rate:.2f} steps/s)", file=self.stream)
+            line = f"step {step}/{self.total_steps} {shown} ({rate:.2f} steps/s)"
+            try:
+                print(line, file=self.stream)
+            except OSError:
+                # A closed terminal (EIO) or pipe (`| head`): the line was only a view of
+                # metrics.jsonl, and the run must not end over it. No more lines.
+                self.stream = None
 
     def close(self) -> None:
         if self.bar is not None:

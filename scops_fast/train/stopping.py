@@ -1,32 +1,42 @@
-"""Stopping a training run without losing it: on Ctrl-C (SIGINT) or SIGTERM, the step under
-way finishes, every rank stops after the same step, and the run is checkpointed there.
+"""Stopping a training run without losing it: on Ctrl-C (SIGINT), SIGTERM or SIGHUP, the step
+under way finishes, every rank stops after the same step, and the run is checkpointed there.
 
-SIGTERM is what asks a process to end everywhere a run is stopped for it: `kill`, a cluster
+SIGTERM is what asks a process to end wherever a run is stopped for it: `kill`, a cluster
 scheduler at a time limit or a preemption (SLURM signals every process of the job step), a
-container being stopped, and torchrun's agent, which on its own Ctrl-C or SIGTERM sends SIGTERM
-to each worker's whole process group and kills it 30 s later. Its workers run in sessions of
-their own, so under torchrun a Ctrl-C in the terminal reaches the trainer only as that SIGTERM.
+container being stopped. torchrun's agent, on a SIGINT, SIGTERM or SIGHUP of its own, sends
+that same signal to each worker's whole process group (its workers run in sessions of their
+own, so the terminal's Ctrl-C reaches them only that way), and kills them 30 s later.
 
-SIGHUP, which a closed terminal or SSH session sends, is handled the same way, except where
-it is ignored already (`nohup`): such a run keeps going, as its user asked.
+SIGHUP comes from a closed terminal or SSH session. Its terminal is gone, so the output that
+went there goes to /dev/null from then on (a write would fail, and the run with it).
+
+A signal already ignored when the run starts is left ignored: `nohup` ignores SIGHUP, and a
+shell script's background job (`cmd &`) ignores SIGINT, so that the terminal's Ctrl-C is not
+meant for it. (torchrun installs its own handlers, so `nohup torchrun` still stops on SIGHUP:
+use `setsid`, tmux or screen, or TORCHELASTIC_SIGNALS_TO_HANDLE=SIGTERM,SIGINT,SIGQUIT.)
 
 A second Ctrl-C interrupts at once, as a user pressing it twice expects. A second SIGTERM asks
 the same again: what follows it from the sender is SIGKILL, not another request.
 
-The DataLoader's reader processes ignore them (`ignore_stop_signals`): they would otherwise die
-of the SIGTERM sent to their process group, and the trainer would fail on a dead reader instead
-of finishing its step. They end when the trainer closes the loader, or when it dies.
+The DataLoader's reader processes ignore these signals (`ignore_stop_signals`): they would
+otherwise die of the signal sent to their process group, and the trainer would fail on a dead
+reader (torch raises that in the middle of whatever the trainer is doing) instead of finishing
+its step. They end when the trainer closes the loader, or when it dies. The price: a reader
+stuck in a read that never returns can no longer be ended by the loader's SIGTERM, only by
+SIGKILL.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 
 import torch
 import torch.distributed as dist
 
-#: The signals that ask a run to stop after its step.
+#: The signals that ask a run to stop after its step. SIGINT is put back last (`restore`):
+#: a Ctrl-C that interrupts the restoring must not leave the others on our handler.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
@@ -41,17 +51,22 @@ class GracefulStop:
         #: The signal the run stopped for (in a distributed run, as every rank agreed), or None.
         self.stopped: signal.Signals | None = None
         self._previous: dict[signal.Signals, object] = {}
+        self._terminal = [fd for fd in (1, 2) if _is_terminal(fd)]  # before a hang-up
         if threading.current_thread() is threading.main_thread():
             for sig in STOP_SIGNALS:
-                if sig == signal.SIGHUP and signal.getsignal(sig) is signal.SIG_IGN:
-                    continue  # started under nohup
-                self._previous[sig] = signal.signal(sig, self._handle)
+                if signal.getsignal(sig) is not signal.SIG_IGN:  # nohup, `cmd &`
+                    self._previous[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame) -> None:
         if self.signal is None:
             self.signal = signal.Signals(signum)
         if signum == signal.SIGINT:
             signal.signal(signal.SIGINT, signal.default_int_handler)
+        elif signum == signal.SIGHUP and self._terminal:
+            with open(os.devnull, "w") as nowhere:  # the terminal is gone
+                for fd in self._terminal:
+                    os.dup2(nowhere.fileno(), fd)
+            self._terminal = []
 
     def should_stop(self, proc, group=None) -> bool:
         """Whether to stop before the next step. In a distributed run every rank must call it
@@ -73,7 +88,7 @@ class GracefulStop:
         """Puts the earlier handlers back. A signal that came too late to stop a step (during
         the last one) is then delivered to them (`deliver`), so that it is not lost: a Ctrl-C
         raises KeyboardInterrupt, a SIGTERM ends the process as it would have."""
-        for sig, previous in self._previous.items():
+        for sig, previous in reversed(self._previous.items()):
             # None: a handler not set from Python, which cannot be put back; the default then.
             if previous is None:
                 previous = signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
@@ -81,6 +96,13 @@ class GracefulStop:
         installed, self._previous = bool(self._previous), {}
         if deliver and installed and self.signal is not None and self.stopped is None:
             signal.raise_signal(self.signal)
+
+
+def _is_terminal(fd: int) -> bool:
+    try:
+        return os.isatty(fd)
+    except OSError:
+        return False
 
 
 def ignore_stop_signals(worker_id: int) -> None:
