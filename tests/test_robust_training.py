@@ -26,14 +26,13 @@ import torch
 from conftest import hang_guard
 from PIL import Image
 from train_helpers import assert_bitwise_equal, checkpoint_tensors, tiny_config
+from train_helpers import child_env as training_child_env
 
 from scops_fast.cli.train import main
 from scops_fast.train import Trainer
 from scops_fast.train import checkpoint as checkpoint_module
 from scops_fast.train.checkpoint import CheckpointError, load_checkpoint, save_atomic
 from scops_fast.train.progress import read_metrics
-
-TESTS = pathlib.Path(__file__).resolve().parent
 
 
 def write_config(path, **overrides):
@@ -42,11 +41,8 @@ def write_config(path, **overrides):
 
 
 def child_env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS), env.get("PYTHONPATH")) if p)
     # The same thread count as this process, which trains the uninterrupted run.
-    env["OMP_NUM_THREADS"] = str(torch.get_num_threads())
-    return env
+    return training_child_env(threads=torch.get_num_threads())
 
 
 def cli(*args):

@@ -1,14 +1,13 @@
 """`scops-train` / `python -m scops_fast.train`."""
 
 import json
-import pathlib
 import subprocess
 import sys
 
 import pytest
 import torch
 from conftest import hang_guard
-from train_helpers import tiny_config
+from train_helpers import child_env, tiny_config
 
 from scops_fast.cli.train import main
 from scops_fast.train.checkpoint import load_checkpoint
@@ -108,18 +107,13 @@ def test_unusable_backend_or_data_root_fail_before_any_folder(tmp_path, capsys):
 
 
 def test_ctrl_c_saves_the_step_and_says_how_to_resume(tmp_path):
-    import os
     import signal
     import time
 
     config = write_config(tmp_path, steps=400, log_every=1, checkpoint_every=1000)
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "scops_fast.train", "--config", str(config), "--out", str(out)]
-    tests = str(pathlib.Path(__file__).parent)  # the child imports train_fakes from here
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")])),
-    }
+    env = child_env()
     # SIGINT as in a terminal: a suite run in the background inherits it ignored, which the
     # trainer leaves so (the Ctrl-C of the shell that started it is not for it).
     proc = subprocess.Popen(

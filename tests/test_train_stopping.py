@@ -15,20 +15,11 @@ import time
 import pytest
 import torch
 from conftest import hang_guard
-from train_helpers import free_port, join_local_group, spawn_ranks, tiny_config
+from train_helpers import child_env, free_port, join_local_group, spawn_ranks, tiny_config
 
 from scops_fast.train.checkpoint import load_checkpoint
 from scops_fast.train.distributed import ProcessInfo
 from scops_fast.train.stopping import GracefulStop
-
-TESTS = pathlib.Path(__file__).parent
-
-
-def run_env() -> dict:
-    env = dict(os.environ)  # the child imports train_fakes from here
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS), env.get("PYTHONPATH")) if p)
-    env["OMP_NUM_THREADS"] = "1"
-    return env
 
 
 def long_run(tmp_path, **overrides) -> list[str]:
@@ -42,7 +33,7 @@ def long_run(tmp_path, **overrides) -> list[str]:
 def started(cmd: list[str], **kwargs) -> subprocess.Popen:
     """The command in a process group of its own, killed whole after a hang guard's time (so
     that a read of its output that would wait for ever ends), and at the end of the test."""
-    proc = subprocess.Popen(cmd, env=run_env(), start_new_session=True, **kwargs)
+    proc = subprocess.Popen(cmd, env=child_env(threads=1), start_new_session=True, **kwargs)
     guard = threading.Timer(hang_guard(180), _kill_group, (proc,))
     guard.daemon = True
     guard.start()
@@ -268,7 +259,7 @@ def test_under_torchrun_one_rank_signalled_stops_every_rank_after_the_same_step(
         torchrun + ["--out", str(tmp_path / "out"), "--resume", "--steps", str(step + 2)],
         capture_output=True,
         text=True,
-        env=run_env(),
+        env=child_env(threads=1),
         timeout=hang_guard(300),
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -77,6 +77,17 @@ def float64():
         torch.set_default_dtype(before)
 
 
+def child_env(threads: int | None = None) -> dict[str, str]:
+    """This process's environment for a training child (`python -m scops_fast.train`), which
+    imports the tests' data sets (train_fakes) from this folder; OMP_NUM_THREADS=threads."""
+    env = dict(os.environ)
+    tests = os.path.dirname(os.path.abspath(__file__))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (tests, env.get("PYTHONPATH")) if p)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
+    return env
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
