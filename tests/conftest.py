@@ -1,5 +1,6 @@
 import os
 import pathlib
+import shutil
 import sys
 
 import pytest
@@ -38,6 +39,21 @@ def without_cuda_toolkit(env: dict, scratch: pathlib.Path) -> dict:
     env = {**env, "PATH": os.pathsep.join(folders), "CUDA_HOME": str(scratch / "cuda")}
     env.pop("CUDA_PATH", None)
     return env
+
+
+def fake_commands(folder: pathlib.Path, **scripts: str) -> dict[str, str]:
+    """An environment whose PATH is `folder` alone: `sh` and `make` linked from this machine,
+    and a shell script per keyword (its name, its body; `_` in a name stands for `.`), for
+    testing what make and the shell scripts do on a machine other than this one."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for tool in ("sh", "make"):
+        if not (folder / tool).exists():
+            (folder / tool).symlink_to(shutil.which(tool))
+    for name, body in scripts.items():
+        exe = folder / name.replace("_", ".")
+        exe.write_text(f"#!/bin/sh\n{body}\n")
+        exe.chmod(0o755)
+    return {"PATH": str(folder), "HOME": os.environ.get("HOME", "/")}
 
 
 def rel_error(actual, expected) -> float:

@@ -2,12 +2,12 @@
 what to do (scripts/pick_python.sh). Fake interpreters on a PATH of their own stand in for a
 machine whose python3 is 3.10, as Ubuntu 22.04's is."""
 
-import os
 import pathlib
 import shutil
 import subprocess
 
 import pytest
+from conftest import fake_commands
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "pick_python.sh"
@@ -15,16 +15,10 @@ SCRIPT = ROOT / "scripts" / "pick_python.sh"
 
 def fake_pythons(folder: pathlib.Path, **versions: str) -> dict[str, str]:
     """Executables named like pythons (python3_12 -> python3.12) that print a version the way
-    pick_python.sh asks for it; returns an environment whose PATH holds only them and `sh`."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, version in versions.items():
-        exe = folder / name.replace("_", ".")
-        exe.write_text(f"#!/bin/sh\necho {' '.join(version.split('.'))}\n")
-        exe.chmod(0o755)
-    for tool in ("sh", "make"):
-        if not (folder / tool).exists():
-            (folder / tool).symlink_to(shutil.which(tool))
-    return {"PATH": str(folder), "HOME": os.environ.get("HOME", "/")}
+    pick_python.sh asks for it; returns an environment whose PATH holds only them, `sh` and
+    `make`."""
+    scripts = {name: f"echo {' '.join(version.split('.'))}" for name, version in versions.items()}
+    return fake_commands(folder, **scripts)
 
 
 def pick(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:

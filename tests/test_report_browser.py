@@ -10,6 +10,7 @@ import shutil
 import subprocess
 
 import pytest
+from conftest import fake_commands
 from PIL import Image
 from train_helpers import tiny_config
 
@@ -134,17 +135,11 @@ def test_a_missing_picture_is_seen(browser, report, tmp_path):
 
 def make_browser(tmp_path, *tools: str):
     """`make browser` with a PATH of `sh`, `make` and fake executables named `tools`."""
-    folder = tmp_path / "bin"
-    folder.mkdir()
-    for tool in ("sh", "make"):
-        (folder / tool).symlink_to(shutil.which(tool))
-    for tool in tools:
-        (folder / tool).write_text("#!/bin/sh\nexit 0\n")
-        (folder / tool).chmod(0o755)
+    env = fake_commands(tmp_path / "bin", **dict.fromkeys(tools, "exit 0"))
     return subprocess.run(
         ["make", "--no-print-directory", "-f", str(ROOT / "Makefile"), "browser"],
         cwd=tmp_path,
-        env={"PATH": str(folder)},
+        env=env,
         capture_output=True,
         text=True,
     )
