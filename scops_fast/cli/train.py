@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import pathlib
 import sys
 
@@ -291,10 +290,6 @@ def main(argv=None) -> int:
     return 0
 
 
-#: How long the other ranks wait for rank 0's batch-size probe under torchrun.
-PROBE_WAIT = datetime.timedelta(hours=2)
-
-
 def _auto_batch(cfg, *, resuming: bool):
     """cfg with the batch size (and activation checkpointing) --batch-size auto chose."""
     import os
@@ -360,8 +355,9 @@ def _auto_batch_ranks(cfg, world: int):
     split: LOCAL_WORLD_SIZE of them), every rank takes it, and the global batch is that
     times the processes. The process group is joined here; the trainer reuses it.
     Rank 0's probe steps run as a process of their own (no collectives); the others wait
-    for the answer on a gloo group with a timeout of PROBE_WAIT, not the default group's
-    (nccl's is ten minutes, which a probe of four levels at a large size can outlast)."""
+    for the answer on a gloo group with a timeout of distributed.ONE_RANK_WAIT, not the
+    default group's (nccl's is ten minutes, which a probe of four levels at a large size can
+    outlast)."""
     import os
 
     import torch
@@ -371,7 +367,7 @@ def _auto_batch_ranks(cfg, world: int):
     from scops_fast.train.data import build_dataset
 
     proc = distributed.setup(cfg.device)
-    waiting = dist.new_group(backend="gloo", timeout=PROBE_WAIT)
+    waiting = dist.new_group(backend="gloo", timeout=distributed.ONE_RANK_WAIT)
     device = proc.device.type
     budget = cfg.memory_budget_gb or autobatch.default_budget_gb(device)
     if device == "cpu":

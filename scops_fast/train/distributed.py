@@ -71,10 +71,11 @@ def barrier(info: ProcessInfo, group=None) -> None:
         dist.barrier(group=group)
 
 
-#: How long the other ranks wait for the work of a machine's first rank
-#: (`local_rank_zero_first`): the default groups' 10 (nccl) or 30 (gloo) minutes are less than
-#: estimating the saliency of a large folder of images takes.
-FIRST_RANK_WAIT = datetime.timedelta(hours=2)
+#: How long the other ranks wait, on a gloo group of their own, for work that one rank does
+#: for them: `--batch-size auto`'s probe on rank 0 (scops_fast.cli.train), the saliency maps
+#: of `local_rank_zero_first`. The default groups' 10 (nccl) or 30 (gloo) minutes are less
+#: than either can take.
+ONE_RANK_WAIT = datetime.timedelta(hours=2)
 
 
 @contextlib.contextmanager
@@ -83,13 +84,13 @@ def local_rank_zero_first(info: ProcessInfo):
     processes of the run at once: for work that fills a cache on disk which the others then
     read, instead of every process doing all of it at the same time (`--saliency auto`'s maps
     on a machine of 8 GPUs). The others wait for every machine's first process, on a gloo
-    group of their own with FIRST_RANK_WAIT. Where a first process fails, it leaves the group
+    group of their own with ONE_RANK_WAIT. Where a first process fails, it leaves the group
     (the others' wait then fails) and raises, and torchrun ends the rest."""
     if not info.distributed:
         yield
         return
     first = int(os.environ.get("LOCAL_RANK", "0")) == 0
-    waiting = dist.new_group(backend="gloo", timeout=FIRST_RANK_WAIT)
+    waiting = dist.new_group(backend="gloo", timeout=ONE_RANK_WAIT)
     try:
         if not first:
             dist.barrier(group=waiting)

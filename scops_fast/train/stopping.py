@@ -111,7 +111,7 @@ def ignore_stop_signals(worker_id: int) -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
-def exit_status(sig: signal.Signals | None) -> int:
+def exit_status(sig: signal.Signals) -> int:
     """A shell's status for a process ended by `sig` (130 for Ctrl-C, 143 for SIGTERM, 129
     for SIGHUP)."""
-    return 128 + int(sig or signal.SIGINT)
+    return 128 + int(sig)

@@ -72,7 +72,7 @@ class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C or SIGTERM during `Trainer.train`: the step under way was finished and
     checkpointed (`scops_fast.train.stopping`)."""
 
-    def __init__(self, step: int, checkpoint: pathlib.Path, sig=signal.SIGINT):
+    def __init__(self, step: int, checkpoint: pathlib.Path, sig: signal.Signals):
         super().__init__(f"stopped by {sig.name} after step {step}; checkpoint {checkpoint}")
         self.step, self.checkpoint, self.signal = step, checkpoint, sig
 
