@@ -105,13 +105,20 @@ def usable(request):
         yield
 
 
+# Marked `rounding` so that `make test-rounding` runs it too: a worker that imported triton
+# without the interpreter skips this file's triton-cpu cases, rounding ones included, and
+# which worker that is depends on the order xdist hands out files. The child takes the
+# parent's -m, so under -m rounding it runs the rounding cases only.
+@pytest.mark.rounding
 @pytest.mark.skipif(INTERPRETER_HERE, reason="the triton-cpu cases run in this process")
 @pytest.mark.skipif(GPU_ONLY, reason="SCOPS_FAST_TEST_GPU_ONLY=1: the GPU pairs only")
-def test_triton_cpu_in_a_fresh_interpreter():
+def test_triton_cpu_in_a_fresh_interpreter(request):
     env = dict(os.environ, TRITON_INTERPRET="1")
     root = pathlib.Path(__file__).resolve().parents[1]
     cmd = [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider"]
     cmd += ["-k", "triton-cpu"]
+    if request.config.option.markexpr:
+        cmd += ["-m", request.config.option.markexpr]
     done = subprocess.run(
         cmd, cwd=root, env=env, capture_output=True, text=True, timeout=hang_guard(1200)
     )
