@@ -8,44 +8,25 @@ flash-attention's rule: a kernel's error against the float64 reference is at mos
 the reference's own error in that dtype, plus a small atol (`ATOL`). The kernels
 accumulate in float32/float64, so they usually beat the reference.
 
-Triton on CPU runs through its interpreter, which must be switched on before Triton
-decorates anything (its own standard library included), so before `triton.language` is
-first imported. It is switched on below, before anything from scops_fast is imported. In
-a full run an earlier module (test_models, through torchvision) has usually imported
-triton already; the "triton-cpu" cases are then skipped here and
-`test_triton_cpu_in_a_fresh_interpreter` runs them in a child pytest with the variable
-set from the start. Where torch sees a GPU the interpreter is not switched on here (the
-"triton-cuda" cases test the compiled kernels); the child runs the CPU cases.
+Triton on CPU runs through its interpreter (tests/triton_interpreter.py): where an earlier
+module imported triton without it, the "triton-cpu" cases skip here and
+`test_triton_cpu_in_a_fresh_interpreter` runs them in a child pytest. Where torch sees a GPU
+the "triton-cuda" cases test the compiled kernels and the child runs the CPU cases.
 """
 
-import os
-import sys
-
-import torch
-
-
-def _triton_imported_without_interpreter() -> bool:
-    lang = sys.modules.get("triton.language")
-    if lang is None:
-        return False
-    from triton.runtime.interpreter import InterpretedFunction
-
-    return not isinstance(lang.standard.sum, InterpretedFunction)
-
-
-INTERPRETER_HERE = os.environ.get("TRITON_INTERPRET") == "1" or (
-    not torch.cuda.is_available() and not _triton_imported_without_interpreter()
+from triton_interpreter import (  # before anything imports triton
+    INTERPRETER_HERE,
+    SKIPPED_HERE,
+    run_in_a_fresh_interpreter,
 )
-if INTERPRETER_HERE:
-    os.environ["TRITON_INTERPRET"] = "1"
 
-import functools  # noqa: E402
-import pathlib  # noqa: E402
-import re  # noqa: E402
-import subprocess  # noqa: E402
+# isort: split
+import functools
+import re
 
-import pytest  # noqa: E402
-from backend_checks import (  # noqa: E402
+import pytest
+import torch
+from backend_checks import (
     assert_bitwise_equal,
     loss_calls,
     lowres_case,
@@ -54,12 +35,12 @@ from backend_checks import (  # noqa: E402
     run_all_ops,
     source_points,
 )
-from backends_under_test import GPU_ONLY, TARGETS, Target  # noqa: E402
-from conftest import hang_guard, rel_error  # noqa: E402
+from backends_under_test import GPU_ONLY, TARGETS, Target
+from conftest import rel_error
 
-import scops_fast  # noqa: E402
-from scops_fast import _dispatch, losses, reference, tps  # noqa: E402
-from scops_fast.ops import NATIVE, TRITON  # noqa: E402
+import scops_fast
+from scops_fast import _dispatch, losses, reference, tps
+from scops_fast.ops import NATIVE, TRITON
 
 F64, F32, F16, BF16 = torch.float64, torch.float32, torch.float16, torch.bfloat16
 RTOL64 = 1e-10
@@ -93,7 +74,7 @@ def usable(request):
         yield
         return
     if target.interpreted and not INTERPRETER_HERE:
-        pytest.skip("triton was imported without its interpreter: the child test runs these")
+        pytest.skip(SKIPPED_HERE)
     if target.interpreted:
         # A probe before the variable was set cached "no CUDA device".
         vars(_dispatch._loaded).pop("triton", None)
@@ -113,18 +94,7 @@ def usable(request):
 @pytest.mark.skipif(INTERPRETER_HERE, reason="the triton-cpu cases run in this process")
 @pytest.mark.skipif(GPU_ONLY, reason="SCOPS_FAST_TEST_GPU_ONLY=1: the GPU pairs only")
 def test_triton_cpu_in_a_fresh_interpreter(request):
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    root = pathlib.Path(__file__).resolve().parents[1]
-    cmd = [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider"]
-    cmd += ["-k", "triton-cpu"]
-    if request.config.option.markexpr:
-        cmd += ["-m", request.config.option.markexpr]
-    done = subprocess.run(
-        cmd, cwd=root, env=env, capture_output=True, text=True, timeout=hang_guard(1200)
-    )
-    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
-    last = done.stdout.strip().splitlines()[-1]
-    assert " passed" in last and "skipped" not in last, done.stdout[-2000:]
+    run_in_a_fresh_interpreter(__file__, "triton-cpu", request.config.option.markexpr, 1200)
 
 
 def check(target: Target, fn, inputs, dtype, atol=ATOL, n_grad=None):

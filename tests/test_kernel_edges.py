@@ -12,63 +12,36 @@ through Triton's interpreter.
 - int64 index math in the Triton kernels, where a program id times a size passes 2^31.
 """
 
-import os
-import sys
-
-import torch
-
-
-def _triton_imported_without_interpreter() -> bool:
-    lang = sys.modules.get("triton.language")
-    if lang is None:
-        return False
-    from triton.runtime.interpreter import InterpretedFunction
-
-    return not isinstance(lang.standard.sum, InterpretedFunction)
-
-
-# The interpreter must be on before Triton decorates anything; as in test_backends.py, not
-# where a GPU is (Triton compiles there), and the CPU cases then run in a child process.
-INTERPRETER_HERE = os.environ.get("TRITON_INTERPRET") == "1" or (
-    not torch.cuda.is_available() and not _triton_imported_without_interpreter()
+from triton_interpreter import (  # before anything imports triton
+    INTERPRETER_HERE,
+    SKIPPED_HERE,
+    run_in_a_fresh_interpreter,
 )
-if INTERPRETER_HERE:
-    os.environ["TRITON_INTERPRET"] = "1"
 
-import contextlib  # noqa: E402
-import pathlib  # noqa: E402
-import subprocess  # noqa: E402
+# isort: split
+import contextlib
 
-import pytest  # noqa: E402
-import triton  # noqa: E402
-import triton.language as tl  # noqa: E402
-from backend_checks import poisoned_allocations, source_points  # noqa: E402
-from conftest import hang_guard, rel_error  # noqa: E402
+import pytest
+import torch
+import triton
+import triton.language as tl
+from backend_checks import poisoned_allocations, source_points
+from backends_under_test import TRITON_TEST_BLOCKS
+from conftest import rel_error
 
-from scops_fast import _dispatch, reference  # noqa: E402
-from scops_fast.ops import CUDA_EMU, TRITON  # noqa: E402
-from scops_fast.triton_kernels.semantic import tile_range  # noqa: E402
+from scops_fast import _dispatch, reference
+from scops_fast.ops import CUDA_EMU, TRITON
+from scops_fast.triton_kernels.semantic import tile_range
 
 F64 = torch.float64
 RTOL64 = 1e-10  # test_backends.py's float64 tolerance
 CPU_BACKENDS = ("cuda_emu", "triton", "cpp")
-#: Small Triton launch sizes (as the shared suite's): several programs along every axis.
-TRITON_SMALL_BLOCKS = {
-    "tile_pixels": 16,
-    "span_pixels": 32,
-    "warp_pixels": 16,
-    "elementwise": 64,
-    "dense_pixels": 16,
-    "dense_channels": 16,
-    "dense_programs": 3,
-    "lowres_columns": 16,
-}
 
 
 def usable(backend: str, device: str = "cpu") -> None:
     if backend == "triton" and device == "cpu":
         if not INTERPRETER_HERE:
-            pytest.skip("triton was imported without its interpreter: the child test runs these")
+            pytest.skip(SKIPPED_HERE)
         vars(_dispatch._loaded).pop("triton", None)  # a probe before the variable was set
     reason = _dispatch.unavailable_reason(backend, None, device)
     assert reason is None, f"{backend} should be usable on {device} here: {reason}"
@@ -171,7 +144,7 @@ def test_empty_batch_gives_the_references_results_and_gradients(backend):
     cuda_emu passing also proves that no CUDA launcher launched one; the uninitialised
     memory is NaN, so a result the launchers return unwritten shows."""
     usable(backend)
-    with poisoned_allocations(), triton_blocks(**TRITON_SMALL_BLOCKS):
+    with poisoned_allocations(), triton_blocks(**TRITON_TEST_BLOCKS):
         got = all_ops(backend, (0, 4, 5, 6))
         expected = all_ops("reference", (0, 4, 5, 6))
     assert_matches(got, expected, rtol=0.0)
@@ -239,7 +212,7 @@ def test_kernel_primitives_take_inputs_without_pixels(backend, shape):
     of no blocks, so cuda_emu passing proves no CUDA launcher launches one."""
     usable(backend)
     ops = getattr(torch.ops, CUDA_EMU if backend == "cuda_emu" else TRITON)
-    with poisoned_allocations(), triton_blocks(**TRITON_SMALL_BLOCKS):
+    with poisoned_allocations(), triton_blocks(**TRITON_TEST_BLOCKS):
         for name, (op, args, expected) in _primitive_cases(*shape).items():
             out = getattr(ops, op)(*args)
             outs = list(out) if isinstance(out, tuple | list) else [out]
@@ -261,7 +234,7 @@ def test_kernel_primitives_take_inputs_without_channels(backend):
     m = reference.tps_mapping(source_points(2, F64, torch.Generator().manual_seed(1)))
     none = torch.randn(2, 0, 5, 6, dtype=F64)
     background = torch.randn(2, 1, 5, 6, dtype=F64)
-    with poisoned_allocations(), triton_blocks(**TRITON_SMALL_BLOCKS):
+    with poisoned_allocations(), triton_blocks(**TRITON_TEST_BLOCKS):
         assert ops.softmax_moments(none, False).shape == (2, 0, 4)
         grad = ops.softmax_moments_backward(none, torch.rand(2, 0, 4, dtype=F64), False)
         assert grad.shape == none.shape
@@ -357,7 +330,7 @@ def test_triton_batch_beyond_the_grid_y_limit(monkeypatch):
 
     monkeypatch.setattr(InterpretedFunction, "run", run)
     shape = (5, 4, 6, 7)
-    with poisoned_allocations(), triton_blocks(**TRITON_SMALL_BLOCKS):
+    with poisoned_allocations(), triton_blocks(**TRITON_TEST_BLOCKS):
         expected = all_ops("reference", shape)
         whole = all_ops("triton", shape)
         launches.clear()
@@ -420,17 +393,9 @@ def test_triton_dense_tile_range_is_exact_past_int32():
 
 
 @pytest.mark.skipif(INTERPRETER_HERE, reason="the triton cases run in this process")
-def test_triton_cases_in_a_fresh_interpreter():
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    root = pathlib.Path(__file__).resolve().parents[1]
-    cmd = [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider"]
-    cmd += ["-k", "triton and not fresh_interpreter"]
-    done = subprocess.run(
-        cmd, cwd=root, env=env, capture_output=True, text=True, timeout=hang_guard(900)
-    )
-    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
-    last = done.stdout.strip().splitlines()[-1]
-    assert " passed" in last and "skipped" not in last, done.stdout[-2000:]
+def test_triton_cases_in_a_fresh_interpreter(request):
+    selection = "triton and not fresh_interpreter"
+    run_in_a_fresh_interpreter(__file__, selection, request.config.option.markexpr, 900)
 
 
 @pytest.mark.gpu
