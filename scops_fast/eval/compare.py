@@ -22,10 +22,9 @@ import math
 import time
 
 import torch
-import torch.nn.functional as F
 
 from .baselines import KMeansPartBaseline, one_part_baseline
-from .evaluate import PartEvaluator, item_batches, stack_items
+from .evaluate import evaluate_many, item_batches, model_probs, stack_items
 
 __all__ = [
     "LANDMARK_RATIO_MAX",
@@ -120,48 +119,16 @@ def evaluate_with_baselines(
         fit_masks.append(mask)
     kmeans = KMeansPartBaseline(num_parts, seed=seed).fit(torch.cat(fit_masks))
 
-    def model_probs(items):
-        img = stack_items(items, "img")
-        p = torch.as_tensor(predict(img)).detach().float().cpu()
-        if p.shape[-2:] != img.shape[-2:]:
-            p = F.interpolate(p, size=img.shape[-2:], mode="bilinear", align_corners=True)
-        return p
-
     def all_probs(items):
         fg, _ = baseline_foreground(items)
         return {
-            "model": model_probs(items),
+            "model": model_probs(predict, items),
             "one_part": one_part_baseline(torch.ones_like(fg)),
             "kmeans": kmeans.predict(fg),
         }
 
     names = ("model", "one_part", "kmeans")
-    evaluators = {name: PartEvaluator() for name in names}
-    regress = train_set is not None
-    if regress:
-        for items in item_batches(train_set, batch_size, limit):
-            lm = stack_items(items, "landmarks")
-            if lm is None or not torch.isfinite(lm).all():
-                regress = False
-                break
-            for name, probs in all_probs(items).items():
-                evaluators[name].add_train(probs, lm)
-    for items in item_batches(test_set, batch_size, limit):
-        lm = stack_items(items, "landmarks")
-        regress = regress and lm is not None and bool(torch.isfinite(lm).all())
-        truth = {
-            "parts": stack_items(items, "parts"),
-            "fg": stack_items(items, "fg"),
-            "keypoints": lm,
-            "visible": stack_items(items, "visible"),
-        }
-        for name, probs in all_probs(items).items():
-            evaluators[name].add_test(probs, landmarks=lm if regress else None, **truth)
-    results = {}
-    for name in names:
-        if not regress:  # some landmarks were missing: a partial regression would mislead
-            evaluators[name].drop_landmarks()
-        results[name] = evaluators[name].compute()
+    results = evaluate_many(names, all_probs, train_set, test_set, batch_size, limit)
     return {
         "model": results["model"],
         "baselines": {"one_part": results["one_part"], "kmeans": results["kmeans"]},

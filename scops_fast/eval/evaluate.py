@@ -246,15 +246,29 @@ def evaluate_dataset(
     """
 
     def probs_of(items):
-        img = stack_items(items, "img")
-        p = torch.as_tensor(predict(img)).detach().float().cpu()
-        if p.shape[-2:] != img.shape[-2:]:
-            p = torch.nn.functional.interpolate(
-                p, size=img.shape[-2:], mode="bilinear", align_corners=True
-            )
-        return p
+        return {"model": model_probs(predict, items)}
 
-    evaluator = PartEvaluator()
+    return evaluate_many(("model",), probs_of, train_set, test_set, batch_size, limit)["model"]
+
+
+def model_probs(predict, items: list[dict]) -> torch.Tensor:
+    """`predict` on the items' images, as float32 on the CPU at the images' size."""
+    img = stack_items(items, "img")
+    p = torch.as_tensor(predict(img)).detach().float().cpu()
+    if p.shape[-2:] != img.shape[-2:]:
+        p = torch.nn.functional.interpolate(
+            p, size=img.shape[-2:], mode="bilinear", align_corners=True
+        )
+    return p
+
+
+def evaluate_many(
+    names, probs_of, train_set, test_set, batch_size: int, limit: int | None
+) -> dict[str, dict]:
+    """`PartEvaluator` results of several predictors scored on the same items, by name:
+    `probs_of(items)` gives {name: (B, K+1, H, W) probabilities} for each of `names`. As
+    `evaluate_dataset`."""
+    evaluators = {name: PartEvaluator() for name in names}
     regress = train_set is not None
     if regress:
         for items in item_batches(train_set, batch_size, limit):
@@ -262,18 +276,22 @@ def evaluate_dataset(
             if lm is None or not torch.isfinite(lm).all():
                 regress = False
                 break
-            evaluator.add_train(probs_of(items), lm)
+            for name, probs in probs_of(items).items():
+                evaluators[name].add_train(probs, lm)
     for items in item_batches(test_set, batch_size, limit):
         lm = stack_items(items, "landmarks")
         regress = regress and lm is not None and bool(torch.isfinite(lm).all())
-        evaluator.add_test(
-            probs_of(items),
-            landmarks=lm if regress else None,
-            parts=stack_items(items, "parts"),
-            fg=stack_items(items, "fg"),
-            keypoints=lm,
-            visible=stack_items(items, "visible"),
-        )
-    if not regress:  # some landmarks were missing: a partial regression would mislead
-        evaluator.drop_landmarks()
-    return evaluator.compute()
+        truth = {
+            "parts": stack_items(items, "parts"),
+            "fg": stack_items(items, "fg"),
+            "keypoints": lm,
+            "visible": stack_items(items, "visible"),
+        }
+        for name, probs in probs_of(items).items():
+            evaluators[name].add_test(probs, landmarks=lm if regress else None, **truth)
+    results = {}
+    for name, evaluator in evaluators.items():
+        if not regress:  # some landmarks were missing: a partial regression would mislead
+            evaluator.drop_landmarks()
+        results[name] = evaluator.compute()
+    return results

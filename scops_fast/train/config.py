@@ -230,7 +230,7 @@ class OptimConfig:
 
 @dataclass
 class EvaluationConfig:
-    """Evaluation at the end of training through `scops_fast.eval.evaluate_dataset`:
+    """Evaluation at the end of training through `scops_fast.eval.evaluate_with_baselines`:
     landmark regression fitted on `train_dataset`, scored with NMI/ARI/IoU on
     `test_dataset` (data set names as in `data.dataset`, built at data.image_size)."""
 
