@@ -66,6 +66,25 @@ def test_the_maps_are_what_training_reads(tmp_path):
     assert torch.equal(item["saliency"], torch.from_numpy(expected).float() / 255)
 
 
+def test_the_maps_of_a_folder_with_an_unreadable_image_are_accepted(tmp_path, capsys):
+    """scops-saliency skips an image it cannot read, so it has no map; training skips that
+    image too, so the folder of maps is complete for what training reads. A readable image
+    without a map is still refused, and named."""
+    photos, maps = tmp_path / "photos", tmp_path / "maps"
+    creatures(photos, {"a.png": (40, 56), "b.png": (40, 56)})
+    (photos / "broken.jpg").write_bytes(b"\xff\xd8 not a whole JPEG")
+    assert main([str(photos), "--out", str(maps), "--no-progress"]) == 0
+    data = ImageFolder(photos, size=(40, 56), saliency_dir=maps)
+    assert data.files == ["a.png", "b.png", "broken.jpg"]
+    assert [data[i]["name"] for i in range(3)] == ["a.png", "b.png", "a.png"]
+    assert "skipping unreadable" in capsys.readouterr().err
+    (maps / "b.png").unlink()
+    with pytest.raises(
+        ValueError, match=r"holds maps for 1 of the 3 .* 2 have none \(first: b.png\)"
+    ):
+        ImageFolder(photos, size=(40, 56), saliency_dir=maps)
+
+
 @pytest.mark.rounding
 @pytest.mark.parametrize("size", [64, 128])
 def test_estimate_beats_all_ones_on_synthetic_parts(size):

@@ -9,6 +9,7 @@ import torch
 
 from .imagefiles import (
     IMAGE_EXTENSIONS,
+    UNREADABLE,
     CropResize,
     SkippingDataset,
     image_tensor,
@@ -140,6 +141,13 @@ class ImageFolder(SkippingDataset):
                 f"{missing[0]})"
             )
         if missing_saliency == "refuse":
+            # An image that cannot be read has no map (scops-saliency skips it too) and would
+            # be skipped in training anyway: only a readable one without a map is refused.
+            readable = next((rel for rel in missing if _readable(self.root / rel)), None)
+            if readable is None:
+                return
+            missing.remove(readable)
+            missing.insert(0, readable)
             raise ValueError(
                 f"saliency folder {folder} holds maps for {n - m} of the {n} images under "
                 f"{self.root}; {m} have none (first: {missing[0]}); add them, or leave those "
@@ -170,3 +178,11 @@ class ImageFolder(SkippingDataset):
         else:
             sal = torch.ones(self.size)
         return {"img": image_tensor(tf.image(im)), "saliency": sal, "name": rel}
+
+
+def _readable(path: pathlib.Path) -> bool:
+    try:
+        load_rgb(path)
+    except UNREADABLE:
+        return False
+    return True
