@@ -34,7 +34,7 @@ from scops_fast.eval.evaluate import item_batches, stack_items
 from scops_fast.train.checkpoint import load_checkpoint
 from scops_fast.train.config import config_from_dict
 from scops_fast.train.crf import CRFParams, dense_crf
-from scops_fast.train.data import dataset_from_spec
+from scops_fast.train.evaluation import evaluation_sets
 from scops_fast.train.loading import load_model, predict_parts
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -59,8 +59,7 @@ def measure(run: pathlib.Path, batch_size: int = 50) -> dict:
     cfg = config_from_dict(load_checkpoint(run)["config"], source=str(run))
     net = load_model(run)
     e, size = cfg.evaluation, cfg.data.image_size
-    train_set = dataset_from_spec(e.train_dataset, e.train_args, size, "evaluation.train_args")
-    test_set = dataset_from_spec(e.test_dataset, e.test_args, size, "evaluation.test_args")
+    train_set, test_set = evaluation_sets(cfg)
     evaluators = {name: PartEvaluator() for name in SETTINGS}
     seconds = dict.fromkeys(SETTINGS, 0.0)
 

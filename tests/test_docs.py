@@ -29,3 +29,20 @@ def test_every_link_is_a_file_of_the_repository():
             assert file.exists(), f"{path.name}: {target} does not exist"
             checked += 1
     assert checked >= 3  # the README links its pictures and docs
+
+
+#: A repository path in backticks: `csrc/concentration.cpp`, `scops_fast/train/trainer.py`.
+CODE_PATH = re.compile(
+    r"`((?:csrc|scops_fast|scripts|benchmarks|tests|docs|\.ci)/[\w./*-]+?)[`:( ]"
+)
+
+
+def test_every_path_in_backticks_is_in_the_repository():
+    checked = 0
+    for path in DOCS:
+        for match in CODE_PATH.finditer(path.read_text()):
+            name = match.group(1).rstrip(".")
+            found = list(ROOT.glob(name)) if "*" in name else (ROOT / name).exists()
+            assert found, f"{path.name}: `{name}` is not in the repository"
+            checked += 1
+    assert checked >= 50

@@ -89,6 +89,11 @@ def test_a_missing_gpu_and_a_file_as_out_are_named(tmp_path, capsys, monkeypatch
     assert main(argv + ["--out", str(afile)]) == 2
     assert f"--out: {afile} is a file; name a folder" in capsys.readouterr().err
     assert afile.read_text() == "notes"
+    # Its own maps would be read as images by the next run (and by training).
+    inside = folder / "predicted"
+    assert main(argv + ["--out", str(inside)]) == 2
+    assert f"--out: {inside} is inside --images {folder}" in capsys.readouterr().err
+    assert not inside.exists()
 
 
 def trained(tmp_path):

@@ -303,6 +303,34 @@ def test_a_warm_start_the_small_network_cannot_use_is_refused(tmp_path, capsys):
     assert "Traceback" not in err and not other.exists()
 
 
+@pytest.mark.parametrize(
+    "setting, error",
+    [
+        (
+            "evaluation.test_dataset=foo",
+            "evaluation.test_dataset: expected one of ['celeba', 'cub', 'cub-original', 'folder', "
+            "'synthetic'] or 'package.module:attribute', got 'foo'",
+        ),
+        (
+            "evaluation.test_args.foo=1",
+            "evaluation.test_args do not fit 'synthetic': SyntheticParts.__init__() got an "
+            "unexpected keyword argument 'foo'",
+        ),
+        ("evaluation.test_args.n=0", "evaluation.test_dataset: SyntheticParts has no items"),
+        ("evaluation.limit=0", "config: evaluation.limit: expected at least 1, got 0"),
+    ],
+)
+def test_an_evaluation_mistake_stops_the_run_before_its_first_step(
+    tmp_path, capsys, setting, error
+):
+    config = write_config(tmp_path, **{"evaluation.enabled": True})
+    out = tmp_path / "run"
+    argv = ["--config", str(config), "--steps", "1", "--out", str(out), "--no-progress"]
+    assert main([*argv, "--set", setting]) == 2
+    assert capsys.readouterr().err == f"scops-train: error: {error}\n"
+    assert not out.exists()
+
+
 def test_saliency_coverage_is_checked_before_anything_is_written(tmp_path, capsys):
     from PIL import Image
 

@@ -9,6 +9,7 @@ import sys
 
 import torch
 
+from scops_fast.data.imagefiles import is_inside
 from scops_fast.train.loading import load_any_model
 from scops_fast.train.predict import (
     checkpoint_source,
@@ -75,6 +76,11 @@ def main(argv=None) -> int:
             raise FileNotFoundError(f"--images: {images} is not a folder")
         if out.exists() and not out.is_dir():
             raise ValueError(f"--out: {out} is a file; name a folder")
+        if is_inside(out, images):
+            raise ValueError(
+                f"--out: {out} is inside --images {images}; its maps and overlays would be "
+                "read as images by the next run"
+            )
         if args.batch_size is not None and args.batch_size < 1:
             raise ValueError(f"--batch-size: must be at least 1, got {args.batch_size}")
         if args.workers is not None and args.workers < 0:

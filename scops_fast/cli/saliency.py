@@ -7,8 +7,8 @@ import argparse
 import pathlib
 import sys
 
-from scops_fast.data.imagefiles import IMAGE_EXTENSIONS
-from scops_fast.data.saliency import image_files, is_inside, opencv_saliency, write_saliency_maps
+from scops_fast.data.imagefiles import IMAGE_EXTENSIONS, is_inside
+from scops_fast.data.saliency import image_files, opencv_saliency, write_saliency_maps
 
 
 def main(argv=None) -> int:

@@ -297,3 +297,9 @@ class SkippingDataset(Dataset):
             item["index"] = j
             return item
         raise RuntimeError(f"{type(self).__name__}: none of the {n} items could be read")
+
+
+def is_inside(path: pathlib.Path, folder: pathlib.Path) -> bool:
+    """Whether path is folder or lies under it (links resolved)."""
+    path, folder = path.resolve(), folder.resolve()
+    return path == folder or folder in path.parents

@@ -300,9 +300,3 @@ def cached_saliency_dir(root, files: list[str] | None = None, progress: bool = T
             file=sys.stderr,
         )
     return cache, counts
-
-
-def is_inside(path: pathlib.Path, folder: pathlib.Path) -> bool:
-    """Whether path is folder or lies under it."""
-    path, folder = path.resolve(), folder.resolve()
-    return path == folder or folder in path.parents

@@ -246,8 +246,8 @@ class EvaluationConfig:
     test_args: dict = field(default_factory=dict)
     #: Images per evaluation batch.
     batch_size: int = field(default=16, metadata={"min": 1})
-    #: At most this many items of each set.
-    limit: int | None = None
+    #: At most this many items of each set (None: all of them).
+    limit: int | None = field(default=None, metadata={"min": 1})
 
 
 @dataclass
@@ -267,9 +267,9 @@ class Config:
     #: checkpoints stay float32, and the network's output and the features are cast to
     #: float32 before every loss: fed bfloat16, the losses' values and gradients were off by
     #: 2e-3 to 8e-3 (float16: gradients by up to 90 %, underflowed), fed the same values in
-    #: float32 only by float32's rounding (docs/training.md, "Mixed precision"). For GPUs and
-    #: CPUs with native bfloat16/float16 convolutions; elsewhere torch's fallbacks are about
-    #: 12x slower than float32 (the trainer warns).
+    #: float32 only by float32's rounding (docs/training.md, "Large batches and large
+    #: images", `precision`). For GPUs and CPUs with native bfloat16/float16 convolutions;
+    #: elsewhere torch's fallbacks are about 12x slower than float32 (the trainer warns).
     precision: str = field(default="float32", metadata=_choices("float32", "bfloat16", "float16"))
     #: torch.compile of the segmentation network (in place: checkpoints are unchanged). A
     #: cold compile of the DeepLab step takes minutes on a CPU. None: the device's default

@@ -35,27 +35,27 @@ BATCH_KEYS = ("img", "saliency")
 INDEX_KEY = "index"
 
 
-def resolve_dataset_class(name: str):
+def resolve_dataset_class(name: str, field: str = "data.dataset"):
     target = DATASETS.get(name, name)
     module_name, sep, attr = target.partition(":")
     if not sep:
         raise ConfigError(
-            f"data.dataset: expected one of {sorted(DATASETS)} or 'package.module:attribute', "
+            f"{field}: expected one of {sorted(DATASETS)} or 'package.module:attribute', "
             f"got {name!r}"
         )
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ConfigError(f"data.dataset {name!r}: cannot import {module_name}: {exc}") from None
+        raise ConfigError(f"{field} {name!r}: cannot import {module_name}: {exc}") from None
     try:
         return getattr(module, attr)
     except AttributeError:
-        raise ConfigError(f"data.dataset {name!r}: {module_name} has no {attr!r}") from None
+        raise ConfigError(f"{field} {name!r}: {module_name} has no {attr!r}") from None
 
 
 def build_dataset(cfg: DataConfig):
     """The training data set of `cfg` (in a `CachedItems` when `cfg.cache`)."""
-    dataset = dataset_from_spec(cfg.dataset, cfg.args, cfg.image_size, "data.args")
+    dataset = dataset_from_spec(cfg.dataset, cfg.args, cfg.image_size)
     if len(dataset) == 0 and isinstance(getattr(dataset, "root", None), pathlib.Path):
         from scops_fast.data.imagefiles import IMAGE_EXTENSIONS
 
@@ -93,10 +93,11 @@ class CachedItems(torch.utils.data.Dataset):
         return item
 
 
-def dataset_from_spec(name: str, args: dict, image_size: int, option: str = "data.args"):
+def dataset_from_spec(name: str, args: dict, image_size: int, prefix: str = "data."):
     """Data set `name` built with `args`; `size=image_size` is added when the
-    constructor takes a size and `args` does not give one."""
-    factory = resolve_dataset_class(name)
+    constructor takes a size and `args` does not give one. Errors name the config fields
+    `{prefix}dataset` and `{prefix}args`."""
+    factory = resolve_dataset_class(name, f"{prefix}dataset")
     kwargs = dict(args)
     try:
         params = inspect.signature(factory).parameters
@@ -104,20 +105,21 @@ def dataset_from_spec(name: str, args: dict, image_size: int, option: str = "dat
         params = {}
     if "size" in params and "size" not in kwargs:
         kwargs["size"] = image_size
+    what_set = f"data set {name!r}" if prefix == "data." else f"{prefix}dataset {name!r}"
     try:
         return factory(**kwargs)
     except ConfigError:
         raise
     except TypeError as exc:
-        raise ConfigError(f"{option} do not fit {name!r}: {exc}") from None
+        raise ConfigError(f"{prefix}args do not fit {name!r}: {exc}") from None
     except ValueError as exc:  # an argument the data set refuses, in its own words
-        raise ConfigError(f"data set {name!r}: {exc}") from None
+        raise ConfigError(f"{what_set}: {exc}") from None
     except FileNotFoundError as exc:
         layout = expected_layout(factory)
         hint = f"; expected under the root: {layout}" if layout else ""
         # A message that already says what is wrong (no file name) is kept as it is.
         what = f"{exc.filename} is missing" if exc.filename else str(exc)
-        raise ConfigError(f"data set {name!r}: {what}{hint}") from None
+        raise ConfigError(f"{what_set}: {what}{hint}") from None
 
 
 def expected_layout(factory) -> str:

@@ -13,23 +13,36 @@ import pathlib
 
 import torch
 
-from scops_fast.train.config import Config
+from scops_fast.train.config import Config, ConfigError
 from scops_fast.train.data import dataset_from_spec
 from scops_fast.train.loading import predict_parts
 
 METRICS_JSON = "metrics.json"
 
 
-def evaluate_network(net, cfg: Config) -> dict:
-    """Numbers of `net` (put in eval mode, restored after) and of the baselines: the dict of
-    `evaluate_with_baselines` plus `data`, what it was evaluated on."""
-    from scops_fast.eval.compare import evaluate_with_baselines
-
+def evaluation_sets(cfg: Config) -> tuple:
+    """(train set or None, test set) of `cfg.evaluation`, built at data.image_size. The
+    trainer builds them before its first step, so that a mistake in `evaluation.*` is found
+    then and not after the last."""
     e, size = cfg.evaluation, cfg.data.image_size
     train_set = None
     if e.train_dataset is not None:
-        train_set = dataset_from_spec(e.train_dataset, e.train_args, size, "evaluation.train_args")
-    test_set = dataset_from_spec(e.test_dataset, e.test_args, size, "evaluation.test_args")
+        train_set = dataset_from_spec(e.train_dataset, e.train_args, size, "evaluation.train_")
+    test_set = dataset_from_spec(e.test_dataset, e.test_args, size, "evaluation.test_")
+    for field, data in (("train", train_set), ("test", test_set)):
+        if data is not None and len(data) == 0:
+            raise ConfigError(f"evaluation.{field}_dataset: {type(data).__name__} has no items")
+    return train_set, test_set
+
+
+def evaluate_network(net, cfg: Config, sets: tuple | None = None) -> dict:
+    """Numbers of `net` (put in eval mode, restored after) and of the baselines: the dict of
+    `evaluate_with_baselines` plus `data`, what it was evaluated on. `sets`: those of
+    `evaluation_sets(cfg)`, built here when None."""
+    from scops_fast.eval.compare import evaluate_with_baselines
+
+    e, size = cfg.evaluation, cfg.data.image_size
+    train_set, test_set = evaluation_sets(cfg) if sets is None else sets
     was_training = net.training
     net.eval()
     try:

@@ -316,6 +316,13 @@ class Trainer:
             with distributed.local_rank_zero_first(self.proc):  # --saliency auto's maps
                 dataset = build_dataset(cfg.data)
         self.dataset = dataset
+        #: (train, test) of the evaluation at the end, built now: a mistake in
+        #: `evaluation.*` stops the run before its first step, not after its last.
+        self.evaluation_sets = None
+        if cfg.evaluation.enabled:
+            from scops_fast.train.evaluation import evaluation_sets
+
+            self.evaluation_sets = evaluation_sets(cfg)
         # Only now, with everything the run needs found: a bad backend, data root or
         # weight path leaves no empty run folder behind.
         self.order = GlobalBatchOrder(
@@ -400,7 +407,7 @@ class Trainer:
         # Under autocast the logits come in bfloat16 or float16. Every loss takes them in
         # the weights' dtype: fed bfloat16 the four losses' values and gradients were off by
         # 2e-3 to 8e-3, fed the same values in float32 by 1e-6 at most
-        # (benchmarks/loss_precision.py; docs/training.md, "Mixed precision"). A no-op
+        # (benchmarks/loss_precision.py; docs/training.md, `precision`). A no-op
         # without autocast.
         pred = upsample_logits(logits.to(images.dtype), size)
         pred_warped = upsample_logits(logits_warped.to(images.dtype), size)
@@ -623,7 +630,7 @@ class Trainer:
         from scops_fast.train.report import write_training_report
 
         if self.cfg.evaluation.enabled:
-            self.evaluation = evaluate_network(self.net, self.cfg)
+            self.evaluation = evaluate_network(self.net, self.cfg, self.evaluation_sets)
         self.metrics = run_metrics(
             self.cfg,
             steps=self.step,
@@ -648,14 +655,9 @@ class Trainer:
 
     def _picture_dataset(self):
         """The report's images: the held-out test set when there is an evaluation."""
-        e = self.cfg.evaluation
-        if not e.enabled:
+        if self.evaluation_sets is None:
             return self.dataset
-        from scops_fast.train.data import dataset_from_spec
-
-        return dataset_from_spec(
-            e.test_dataset, e.test_args, self.cfg.data.image_size, "evaluation.test_args"
-        )
+        return self.evaluation_sets[1]
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
