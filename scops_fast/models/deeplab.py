@@ -17,7 +17,7 @@ from scops_fast.models.common import (
     PartSegmenter,
     freeze_batchnorm_affine,
 )
-from scops_fast.models.weights import resolve_weights
+from scops_fast.models.weights import load_tensor_file, resolve_weights
 
 DEEPLAB_DILATIONS = (6, 12, 18, 24)
 RESNET_CHANNELS = 2048
@@ -149,7 +149,7 @@ def deeplab_resnet(
         )
     trunk = DilatedResNet(depth, block_stride)
     if path is not None:
-        trunk.load_torchvision_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        trunk.load_torchvision_state_dict(load_tensor_file(path, f"ResNet-{depth} weights"))
     freeze_batchnorm_affine(trunk)
     if train_downsample_bn:
         for bn in trunk.downsample_batchnorms():

@@ -20,7 +20,7 @@ import torch
 
 from scops_fast.models.common import CAFFE_MEAN_RGB, PartSegmenter
 from scops_fast.models.deeplab import DEEPLAB_DILATIONS, deeplab_resnet
-from scops_fast.models.weights import resolve_weights
+from scops_fast.models.weights import WeightsFileError, load_tensor_file, resolve_weights
 
 #: The original's initialisations (its model_factory's URLs), found in the torch hub cache
 #: where its own download would have put them.
@@ -91,14 +91,9 @@ def _read(source) -> dict[str, torch.Tensor]:
     if isinstance(source, Mapping):
         return dict(source)
     try:
-        state = torch.load(os.fspath(source), map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - the unpickler's errors are many
-        raise CheckpointFormatError(
-            f"{os.fspath(source)!r}: not a plain state dict of tensors ({exc.__class__.__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}); nothing in it was run"
-        ) from None
+        state = load_tensor_file(source, "original SCOPS weights")
+    except WeightsFileError as exc:
+        raise CheckpointFormatError(str(exc)) from None
     if isinstance(state, Mapping) and "state_dict" in state and len(state) <= 4:
         state = state["state_dict"]
     if not isinstance(state, Mapping) or not all(torch.is_tensor(v) for v in state.values()):

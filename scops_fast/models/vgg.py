@@ -34,7 +34,7 @@ import torchvision
 from torch import nn
 
 from scops_fast.models.common import CAFFE_MEAN_RGB, IMAGENET_MEAN, IMAGENET_STD
-from scops_fast.models.weights import HUB_CACHE, resolve_weights
+from scops_fast.models.weights import HUB_CACHE, load_tensor_file, resolve_weights
 
 VGG19_WEIGHT_FILES = ("vgg19-dcbb9e9d.pth",)
 #: Index in `torchvision.models.vgg19().features` of the ReLU after each named conv.
@@ -96,7 +96,7 @@ class VGG19Features(FrozenExtractor):
         # Only the convolutional part: the classifier is 120M parameters we never use.
         features = _vgg19_convolutions()
         if path is not None:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = load_tensor_file(path, "VGG-19 weights")
             features.load_state_dict(_features_part(state, path))
         else:
             # Re-draw every weight from a private generator, so the "random" network is

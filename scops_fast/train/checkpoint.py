@@ -10,6 +10,8 @@ import pickle
 import torch
 from torch.torch_version import TorchVersion
 
+from scops_fast.models.weights import unpickler_reason
+
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT_VERSION = 1
 
@@ -62,7 +64,7 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
         with torch.serialization.safe_globals([TorchVersion]):
             ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        reason = str(exc).splitlines()[-1][:160] if str(exc) else type(exc).__name__
+        reason = unpickler_reason(exc)
         raise CheckpointError(
             f"checkpoint {str(path)!r} was refused: it holds objects other than tensors, numbers, "
             f"strings, lists and dicts, and unpickling them could run code ({reason}). Nothing in "

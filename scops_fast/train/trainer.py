@@ -246,14 +246,18 @@ class Trainer:
         self.net = build_network(cfg.model, load_pretrained=ckpt is None)
         # What predict_parts resizes inputs to (load_model sets the same).
         self.net.image_size = cfg.data.image_size
-        self.features = build_features(
-            cfg.features.kind,
-            weights=cfg.features.weights,
-            layers=cfg.features.layers,
-            seed=cfg.features.seed,
-            bgr_quirk=cfg.features.bgr_quirk,
-            stride=cfg.features.stride,
-        ).to(self.device)
+        try:
+            features = build_features(
+                cfg.features.kind,
+                weights=cfg.features.weights,
+                layers=cfg.features.layers,
+                seed=cfg.features.seed,
+                bgr_quirk=cfg.features.bgr_quirk,
+                stride=cfg.features.stride,
+            )
+        except ValueError as exc:  # weights of another network, or not a weight file
+            raise ConfigError(f"features.weights: {exc}") from None
+        self.features = features.to(self.device)
         self.autocast_dtype = AUTOCAST_DTYPES[cfg.precision]
         self.objective = SCOPSObjective(
             self.net,
