@@ -73,6 +73,43 @@ def test_errors(checkpoint, tmp_path, capsys):
     assert "--root" in capsys.readouterr().err
     assert main(["--checkpoint", str(checkpoint), "--data", "imagenet"]) == 2
     assert "expected one of" in capsys.readouterr().err
+    (tmp_path / "celeba").mkdir()
+    for root, says in ((tmp_path / "nosuch", "is not a folder"), (tmp_path / "celeba", "")):
+        assert main(["--checkpoint", str(checkpoint), "--data", "celeba", "--root", str(root)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"scops-eval: error: --root: {root}") and says in err
+        assert "[Errno" not in err
+    assert "list_landmarks_celeba.txt is missing; expected under the root: img_celeba/" in err
+
+
+@pytest.mark.parametrize(
+    "flag, value, least",
+    [
+        ("--batch-size", "0", 1),
+        ("--limit", "-1", 1),
+        ("--n", "-5", 1),
+        ("--train-n", "0", 1),
+        ("--net-size", "-3", 0),
+        ("--size", "0", 8),
+        ("--pictures-n", "0", 1),
+    ],
+)
+def test_a_number_out_of_range_is_refused_by_its_flag(checkpoint, capsys, flag, value, least):
+    with pytest.raises(SystemExit) as stop:
+        main(["--checkpoint", str(checkpoint), "--data", "synthetic", flag, value])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert f"scops-eval: error: argument {flag}: expected at least {least}, got {value}" in err
+
+
+def test_a_device_this_machine_lacks_is_named_before_the_checkpoint_is_read(
+    checkpoint, capsys, monkeypatch
+):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for device, says in (("cuda", "torch sees no CUDA device"), ("gpu", "is not a device")):
+        assert main(["--checkpoint", str(checkpoint), "--device", device]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"scops-eval: error: --device: '{device}'") and says in err
 
 
 def sheet_height(n_images, size, num_parts, truth_names=None):

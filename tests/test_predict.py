@@ -218,9 +218,15 @@ def test_device_auto_and_batch_arguments(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert main(argv + ["--out", str(tmp_path / "o"), "--no-progress"]) == 0
     assert "K=3, cpu)" in capsys.readouterr().err  # auto: no GPU, so the CPU
-    for flag, value in (("--batch-size", "0"), ("--workers", "-1")):
-        assert main(argv + ["--out", str(tmp_path / "p"), flag, value]) == 2
-        assert f"scops-predict: error: {flag}: must be" in capsys.readouterr().err
+    for flag, value, least in (("--batch-size", "0", 1), ("--workers", "-1", 0)):
+        with pytest.raises(SystemExit) as stop:
+            main(argv + ["--out", str(tmp_path / "p"), flag, value])
+        assert stop.value.code == 2
+        error = f"scops-predict: error: argument {flag}: expected at least {least}, got {value}\n"
+        assert capsys.readouterr().err.endswith(error)
+    for device in ("cuda:1", "gpu"):
+        assert main(argv + ["--out", str(tmp_path / "p"), "--device", device]) == 2
+        assert f"scops-predict: error: --device: '{device}'" in capsys.readouterr().err
     assert not (tmp_path / "p").exists()
 
 

@@ -358,8 +358,8 @@ def test_saliency_coverage_is_checked_before_anything_is_written(tmp_path, capsy
     err = capsys.readouterr().err
     assert (
         f"saliency folder {maps} holds maps for 2 of the 6 images under {photos}; 4 have none "
-        "(first: a.png); add them, or leave those images out with --set "
-        "data.args.missing_saliency=skip\n"
+        "(first: a.png); add them, or leave those images out with missing_saliency='skip' "
+        "(scops-train: --set data.args.missing_saliency=skip)\n"
     ) in err
     assert err.count("\n") == 1 and not out.exists()
     assert (

@@ -38,6 +38,7 @@ import pathlib
 import sys
 import time
 
+from scops_fast.cli.arguments import at_least, resolve_device
 from scops_fast.eval.compare import evaluate_with_baselines
 
 DATA_KINDS = ("synthetic", "celeba", "cub", "folder")
@@ -67,12 +68,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", help="data root of celeba / cub / folder")
     p.add_argument(
         "--size",
-        type=int,
+        type=at_least(8),
         help="image size the data set is built at (default: the checkpoint's training size)",
     )
-    p.add_argument("--n", type=int, default=300, help="synthetic: test items (default 300)")
+    p.add_argument("--n", type=at_least(1), default=300, help="synthetic: test items (default 300)")
     p.add_argument("--seed", type=int, default=2, help="synthetic: test seed (default 2)")
-    p.add_argument("--train-n", type=int, default=500, help="synthetic: train items (default 500)")
+    p.add_argument(
+        "--train-n",
+        type=at_least(1, " (--no-regression: no train split)"),
+        default=500,
+        help="synthetic: train items (default 500)",
+    )
     p.add_argument("--train-seed", type=int, default=1, help="synthetic: train seed (default 1)")
     p.add_argument("--split", help="celeba / cub: test split (default test)")
     p.add_argument("--train-split", help="celeba / cub: train split (default train)")
@@ -102,19 +108,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--net-size",
-        type=int,
+        type=at_least(0),
         help="size the network sees (default: its training size; 0: the image's own size)",
     )
-    p.add_argument("--limit", type=int, help="at most this many items of each split")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
+    p.add_argument("--limit", type=at_least(1), help="at most this many items of each split")
+    p.add_argument(
+        "--batch-size", type=at_least(1), default=32, help="images per network call (default 32)"
+    )
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu (default), auto (CUDA when torch sees a GPU, else cpu), cuda, cuda:1, ...",
+    )
     p.add_argument("--out", help="also write the JSON to this file")
     p.add_argument(
         "--pictures",
         help="PNG of the parts found on a sample of the test images (default, for data without "
         "labels only: OUT's name with _parts.png, else eval_parts.png beside the checkpoint)",
     )
-    p.add_argument("--pictures-n", type=int, default=8, help="images in the pictures (default 8)")
+    p.add_argument(
+        "--pictures-n", type=at_least(1), default=8, help="images in the pictures (default 8)"
+    )
     return p
 
 
@@ -145,7 +159,8 @@ def _datasets(args, image_size: int, protocol: str = "ours"):
         raise ValueError(f"--data {kind} needs --root (or --data {kind}:ROOT)")
     common = {"size": size, "saliency_dir": args.saliency_dir}
     if kind == "folder":
-        return None, ImageFolder(root, **common), {"dataset": kind, "root": root, "size": size}
+        test = _opened(ImageFolder, root, **common)
+        return None, test, {"dataset": kind, "root": root, "size": size}
     if protocol == "original" and kind == "cub":
         return _cub_original(args, root, size)
     cls = CelebAWild if kind == "celeba" else CUB
@@ -153,8 +168,8 @@ def _datasets(args, image_size: int, protocol: str = "ours"):
         common.update(ORIGINAL_CELEBA)
     test_split = args.split or SPLITS[kind][0]
     train_split = args.train_split or SPLITS[kind][1]
-    test = cls(root, split=test_split, **common)
-    train = None if args.no_regression else cls(root, split=train_split, **common)
+    test = _opened(cls, root, split=test_split, **common)
+    train = None if args.no_regression else _opened(cls, root, split=train_split, **common)
     spec = {
         "dataset": kind,
         "root": root,
@@ -164,6 +179,19 @@ def _datasets(args, image_size: int, protocol: str = "ours"):
         "train": None if train is None else {"split": train_split},
     }
     return train, test, spec
+
+
+def _opened(cls, root, **kwargs):
+    """The data set `cls(root, ...)`; a file it does not find is named, with the layout it
+    expects under --root."""
+    from scops_fast.train.data import missing_file
+
+    if not pathlib.Path(root).is_dir():
+        raise ValueError(f"--root: {root} is not a folder")
+    try:
+        return cls(root, **kwargs)
+    except FileNotFoundError as exc:
+        raise ValueError(f"--root: {missing_file(cls, exc)}") from None
 
 
 def _cub_original(args, root, size):
@@ -207,6 +235,8 @@ def evaluate_checkpoint(args) -> dict:
     from scops_fast.train.checkpoint import load_checkpoint
     from scops_fast.train.loading import load_any_model
 
+    # Before the checkpoint is read: a missing GPU is not a damaged checkpoint.
+    args.device = resolve_device(args.device)
     model, kind = load_any_model(args.checkpoint, map_location=args.device)
     original = kind == "original"
     ckpt = None if original else load_checkpoint(args.checkpoint)

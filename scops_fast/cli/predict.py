@@ -9,6 +9,7 @@ import sys
 
 import torch
 
+from scops_fast.cli.arguments import at_least, resolve_device
 from scops_fast.data.imagefiles import is_inside
 from scops_fast.train.loading import load_any_model
 from scops_fast.train.predict import (
@@ -17,17 +18,6 @@ from scops_fast.train.predict import (
     default_workers,
     predict_folder,
 )
-
-
-def resolve_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if torch.device(name).type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"--device: {name!r} asked for, but torch sees no CUDA device on this machine; "
-            "use --device cpu"
-        )
-    return name
 
 
 def main(argv=None) -> int:
@@ -46,13 +36,13 @@ def main(argv=None) -> int:
     )
     p.add_argument(
         "--batch-size",
-        type=int,
+        type=at_least(1),
         default=None,
         help="images per network call (default: 1 on the CPU, 8 on a GPU)",
     )
     p.add_argument(
         "--workers",
-        type=int,
+        type=at_least(0),
         default=None,
         help="reader processes (default: none on the CPU; on a GPU half the cores, at most 4)",
     )
@@ -67,7 +57,7 @@ def main(argv=None) -> int:
         help="refine the part probabilities with a dense CRF (needs pydensecrf2: "
         "pip install 'scops_fast[crf]')",
     )
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     images = pathlib.Path(args.images)
     out = pathlib.Path(args.out)
@@ -81,10 +71,6 @@ def main(argv=None) -> int:
                 f"--out: {out} is inside --images {images}; its maps and overlays would be "
                 "read as images by the next run"
             )
-        if args.batch_size is not None and args.batch_size < 1:
-            raise ValueError(f"--batch-size: must be at least 1, got {args.batch_size}")
-        if args.workers is not None and args.workers < 0:
-            raise ValueError(f"--workers: must be 0 or more, got {args.workers}")
         device = resolve_device(args.device)
         workers = default_workers(device) if args.workers is None else args.workers
         batch_size = default_batch_size(device) if args.batch_size is None else args.batch_size

@@ -151,7 +151,8 @@ class ImageFolder(SkippingDataset):
             raise ValueError(
                 f"saliency folder {folder} holds maps for {n - m} of the {n} images under "
                 f"{self.root}; {m} have none (first: {missing[0]}); add them, or leave those "
-                f"images out with --set data.args.missing_saliency=skip"
+                "images out with missing_saliency='skip' (scops-train: --set "
+                "data.args.missing_saliency=skip)"
             )
         left_out = set(missing)
         self.files = [rel for rel in self.files if rel not in left_out]

@@ -115,11 +115,15 @@ def dataset_from_spec(name: str, args: dict, image_size: int, prefix: str = "dat
     except ValueError as exc:  # an argument the data set refuses, in its own words
         raise ConfigError(f"{what_set}: {exc}") from None
     except FileNotFoundError as exc:
-        layout = expected_layout(factory)
-        hint = f"; expected under the root: {layout}" if layout else ""
-        # A message that already says what is wrong (no file name) is kept as it is.
-        what = f"{exc.filename} is missing" if exc.filename else str(exc)
-        raise ConfigError(f"{what_set}: {what}{hint}") from None
+        raise ConfigError(f"{what_set}: {missing_file(factory, exc)}") from None
+
+
+def missing_file(factory, exc: FileNotFoundError) -> str:
+    """What a data set's constructor did not find, with the files it expects under its root."""
+    layout = expected_layout(factory)
+    hint = f"; expected under the root: {layout}" if layout else ""
+    # A message that already says what is wrong (no file name) is kept as it is.
+    return (f"{exc.filename} is missing" if exc.filename else str(exc)) + hint
 
 
 def expected_layout(factory) -> str:
