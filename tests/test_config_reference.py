@@ -40,3 +40,11 @@ def test_print_config_without_a_preset_shows_the_defaults(capsys):
     assert out.startswith("# scops-train configuration: the defaults\n")
     assert f"steps = {Config().steps}  [>= 1]" in out
     assert "  [default " not in out  # nothing differs from the defaults
+
+
+def test_print_config_json_is_a_config_file_of_the_same_run(tmp_path, capsys):
+    for preset in ("demo", "celeba-k8-original"):
+        assert main(["--print-config", "json", "--config", preset, "--set", "steps=7"]) == 0
+        path = tmp_path / f"{preset}.json"
+        path.write_text(capsys.readouterr().out)
+        assert load_config(str(path)) == load_config(preset, {"steps": 7})

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import pathlib
 import sys
 
@@ -101,10 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-progress", action="store_true", help="log lines, no progress bar")
     parser.add_argument(
         "--print-config",
-        action="store_true",
+        nargs="?",
+        const="text",
+        choices=("text", "json"),
         help="print the resolved configuration (--config, --set and the data flags applied; "
         "the defaults without --config), each field with its meaning, default and allowed "
-        "values, and exit without training (the same as docs/config.md)",
+        "values (the same as docs/config.md), and exit without training; '--print-config "
+        "json' prints it as a whole config file for --config instead",
     )
     return parser
 
@@ -206,6 +210,9 @@ def main(argv=None) -> int:
     except (ConfigError, CheckpointError, FileNotFoundError) as exc:
         print(f"scops-train: error: {exc}", file=sys.stderr)
         return 2
+    if args.print_config == "json":
+        print(json.dumps(cfg.to_dict(), indent=2))
+        return 0
     if args.print_config:
         from scops_fast.train.config_reference import annotated
 
@@ -428,9 +435,14 @@ def summary(trainer, out: pathlib.Path) -> str:
             )
         lines.append(f"scops-train: criteria {verdict}: " + "; ".join(parts))
     elif not trainer.cfg.evaluation.enabled:
+        why = (
+            "a folder of images has no labels"
+            if trainer.cfg.data.dataset == "folder"
+            else "evaluation.enabled is false"
+        )
         lines.append(
-            "scops-train: nothing to score: no evaluation set with labels was configured "
-            "(a folder of images has none); the report shows the parts on your images"
+            f"scops-train: nothing to score: no evaluation was configured ({why}); the report "
+            "shows the parts found on the training images"
         )
     report = out / "report.html"
     if report.exists():

@@ -266,6 +266,15 @@ def skipped_indices(dataset) -> set[int]:
     return {int(i) for d in _wrapped(dataset) for i in getattr(d, "bad_indices", ())}
 
 
+def mark_unreadable(dataset, indices) -> None:
+    """Tells a skipping data set (or one it wraps) that `indices` are unreadable, as found in
+    other processes (the readers): it passes over them without naming them again."""
+    for d in _wrapped(dataset):
+        if isinstance(getattr(d, "bad_indices", None), set):
+            d.bad_indices.update(int(i) for i in indices)
+            d.skipped = len(d.bad_indices)
+
+
 def describe_items(dataset, indices) -> list[str]:
     """What a skipping data set (or one it wraps) calls each of `indices`: its file path."""
     for d in _wrapped(dataset):

@@ -41,6 +41,7 @@ from scops_fast.train.data import (
     batches,
     build_dataset,
     describe_items,
+    mark_unreadable,
     skipped_indices,
     substituted,
 )
@@ -618,7 +619,8 @@ class Trainer:
             names = describe_items(self.dataset, sorted(self.skipped)[:10])
             more = ", ..." if len(self.skipped) > 10 else ""
             print(
-                f"train: skipped {len(self.skipped)} unreadable image(s) of the data set so far "
+                f"train: skipped {len(self.skipped)} unreadable image(s) of the data set "
+                f"{'in this run' if self.step == self.cfg.steps else 'so far'} "
                 f"({', '.join(names)}{more}); each was replaced by the next readable one",
                 file=sys.stderr,
                 flush=True,
@@ -660,6 +662,7 @@ class Trainer:
     def _picture_dataset(self):
         """The report's images: the held-out test set when there is an evaluation."""
         if self.evaluation_sets is None:
+            mark_unreadable(self.dataset, self.skipped)  # named once, in training
             return self.dataset
         return self.evaluation_sets[1]
 
