@@ -11,7 +11,7 @@ def is_terminal(stream) -> bool:
     return bool(isatty and isatty())
 
 
-def progress_bar(total: int | None, initial: int = 0, unit: str = "step"):
+def progress_bar(total: int | None, initial: int = 0, unit: str = "step", desc: str | None = None):
     """A tqdm bar on stderr when it is a terminal and tqdm is installed, else None.
     total None: a count without an end."""
     # A bar only where someone watches: in a log file its redraws are noise, and the log
@@ -22,4 +22,6 @@ def progress_bar(total: int | None, initial: int = 0, unit: str = "step"):
         from tqdm import tqdm
     except ImportError:
         return None
-    return tqdm(total=total, initial=initial, unit=unit, dynamic_ncols=True, file=sys.stderr)
+    return tqdm(
+        total=total, initial=initial, unit=unit, desc=desc, dynamic_ncols=True, file=sys.stderr
+    )

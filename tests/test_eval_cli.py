@@ -56,6 +56,38 @@ def test_synthetic_json_on_stdout_and_file(checkpoint, tmp_path, capsys):
     assert crit["passed"] == (crit["landmark_ok"] and crit["nmi_ok"])
 
 
+def test_a_progress_bar_counts_every_image_on_a_terminal(checkpoint, capsys, monkeypatch):
+    import sys
+    import types
+
+    from scops_fast import terminal
+
+    bars = []
+
+    class FakeBar:
+        def __init__(self, total, initial, unit, desc, **kwargs):
+            bars.append({"total": total, "unit": unit, "desc": desc, "done": 0, "closed": False})
+
+        def update(self, n):
+            bars[-1]["done"] += n
+
+        def close(self):
+            bars[-1]["closed"] = True
+
+    monkeypatch.setattr(terminal, "is_terminal", lambda stream: True)
+    monkeypatch.setitem(sys.modules, "tqdm", types.SimpleNamespace(tqdm=FakeBar))
+    argv = ["--checkpoint", str(checkpoint), "--n", "7", "--train-n", "9", "--batch-size", "4"]
+    assert main(argv) == 0
+    assert bars == [
+        {"total": 16, "unit": "image", "desc": "evaluating", "done": 16, "closed": True}
+    ]
+    assert main([*argv, "--limit", "5"]) == 0
+    assert bars[-1]["total"] == bars[-1]["done"] == 10
+    assert main([*argv, "--no-progress"]) == 0
+    assert len(bars) == 2
+    capsys.readouterr()
+
+
 def test_other_image_size_and_no_regression(checkpoint, capsys):
     # 48x48 images: the network sees them at its training size, 32, and maps come back at 48.
     argv = ["--checkpoint", str(checkpoint.parent), "--size", "48", "--n", "4", "--no-regression"]

@@ -129,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--pictures-n", type=at_least(1), default=8, help="images in the pictures (default 8)"
     )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
 
@@ -270,6 +271,7 @@ def evaluate_checkpoint(args) -> dict:
                 model.num_parts,
                 batch_size=args.batch_size,
                 limit=args.limit,
+                progress=not args.no_progress,
             )
     else:
         n = len(test) if args.limit is None else min(args.limit, len(test))

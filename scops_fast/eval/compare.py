@@ -92,6 +92,7 @@ def evaluate_with_baselines(
     limit: int | None = None,
     kmeans_fit_images: int = 500,
     seed: int = 0,
+    progress: bool = False,
 ) -> dict:
     """Scores of `predict` and of the two baselines on the same items.
 
@@ -104,6 +105,7 @@ def evaluate_with_baselines(
     num_parts: K of the k-means baseline (the model's K).
     limit: at most this many items of each set; kmeans_fit_images: the k-means baseline is fitted
         on the foregrounds of the first this-many items.
+    progress: a progress bar over the images on a terminal.
 
     Returns {"model": {...}, "baselines": {"one_part": {...}, "kmeans": {...}},
     "baseline_notes": {...}, "criteria": {...}, "eval_seconds": float}; the inner dicts have the
@@ -128,7 +130,7 @@ def evaluate_with_baselines(
         }
 
     names = ("model", "one_part", "kmeans")
-    results = evaluate_many(names, all_probs, train_set, test_set, batch_size, limit)
+    results = evaluate_many(names, all_probs, train_set, test_set, batch_size, limit, progress)
     return {
         "model": results["model"],
         "baselines": {"one_part": results["one_part"], "kmeans": results["kmeans"]},

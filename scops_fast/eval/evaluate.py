@@ -232,7 +232,12 @@ def item_batches(dataset, batch_size: int, limit: int | None):
 
 @torch.no_grad()
 def evaluate_dataset(
-    predict, train_set, test_set, batch_size: int = 16, limit: int | None = None
+    predict,
+    train_set,
+    test_set,
+    batch_size: int = 16,
+    limit: int | None = None,
+    progress: bool = False,
 ) -> dict:
     """Run `predict` over two data sets of `scops_fast.data` items and evaluate (see PartEvaluator).
 
@@ -243,12 +248,15 @@ def evaluate_dataset(
     The regression runs only when every landmark is finite (CUB's invisible keypoints are NaN:
     its keys are then absent); the keypoint NMI/ARI use `visible` when the items have it.
     limit: evaluate at most this many items of each set.
+    progress: a progress bar over the images on a terminal.
     """
 
     def probs_of(items):
         return {"model": model_probs(predict, items)}
 
-    return evaluate_many(("model",), probs_of, train_set, test_set, batch_size, limit)["model"]
+    return evaluate_many(("model",), probs_of, train_set, test_set, batch_size, limit, progress)[
+        "model"
+    ]
 
 
 def model_probs(predict, items: list[dict]) -> torch.Tensor:
@@ -263,11 +271,32 @@ def model_probs(predict, items: list[dict]) -> torch.Tensor:
 
 
 def evaluate_many(
-    names, probs_of, train_set, test_set, batch_size: int, limit: int | None
+    names,
+    probs_of,
+    train_set,
+    test_set,
+    batch_size: int,
+    limit: int | None,
+    progress: bool = False,
 ) -> dict[str, dict]:
     """`PartEvaluator` results of several predictors scored on the same items, by name:
     `probs_of(items)` gives {name: (B, K+1, H, W) probabilities} for each of `names`. As
     `evaluate_dataset`."""
+    bar = None
+    if progress:
+        from scops_fast.terminal import progress_bar
+
+        sets = [d for d in (train_set, test_set) if d is not None]
+        total = sum(len(d) if limit is None else min(limit, len(d)) for d in sets)
+        bar = progress_bar(total, unit="image", desc="evaluating")
+    try:
+        return _evaluate_many(names, probs_of, train_set, test_set, batch_size, limit, bar)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _evaluate_many(names, probs_of, train_set, test_set, batch_size, limit, bar):
     evaluators = {name: PartEvaluator() for name in names}
     regress = train_set is not None
     if regress:
@@ -278,6 +307,8 @@ def evaluate_many(
                 break
             for name, probs in probs_of(items).items():
                 evaluators[name].add_train(probs, lm)
+            if bar is not None:
+                bar.update(len(items))
     for items in item_batches(test_set, batch_size, limit):
         lm = stack_items(items, "landmarks")
         regress = regress and lm is not None and bool(torch.isfinite(lm).all())
@@ -289,6 +320,8 @@ def evaluate_many(
         }
         for name, probs in probs_of(items).items():
             evaluators[name].add_test(probs, landmarks=lm if regress else None, **truth)
+        if bar is not None:
+            bar.update(len(items))
     results = {}
     for name, evaluator in evaluators.items():
         if not regress:  # some landmarks were missing: a partial regression would mislead

@@ -35,7 +35,7 @@ def evaluation_sets(cfg: Config) -> tuple:
     return train_set, test_set
 
 
-def evaluate_network(net, cfg: Config, sets: tuple | None = None) -> dict:
+def evaluate_network(net, cfg: Config, sets: tuple | None = None, progress: bool = False) -> dict:
     """Numbers of `net` (put in eval mode, restored after) and of the baselines: the dict of
     `evaluate_with_baselines` plus `data`, what it was evaluated on. `sets`: those of
     `evaluation_sets(cfg)`, built here when None."""
@@ -53,6 +53,7 @@ def evaluate_network(net, cfg: Config, sets: tuple | None = None) -> dict:
             cfg.model.num_parts,
             batch_size=e.batch_size,
             limit=e.limit,
+            progress=progress,
         )
     finally:
         net.train(was_training)

@@ -636,7 +636,9 @@ class Trainer:
         from scops_fast.train.report import write_training_report
 
         if self.cfg.evaluation.enabled:
-            self.evaluation = evaluate_network(self.net, self.cfg, self.evaluation_sets)
+            self.evaluation = evaluate_network(
+                self.net, self.cfg, self.evaluation_sets, progress=self.progress
+            )
         self.metrics = run_metrics(
             self.cfg,
             steps=self.step,
