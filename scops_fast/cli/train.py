@@ -42,7 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--steps", type=int, help="total steps (the learning-rate schedule's horizon)"
     )
-    parser.add_argument("--backend", help="loss backend: auto, reference, cpp, triton, cuda")
+    parser.add_argument(
+        "--backend",
+        help="loss backend: auto, reference, cpp, triton, cuda (and cuda_emu: the CUDA kernels' "
+        "code emulated on the CPU, slow, for checking them without a GPU)",
+    )
     parser.add_argument("--out", help="run directory (default: runs/<config name>)")
     parser.add_argument(
         "--resume",
