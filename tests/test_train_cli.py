@@ -98,6 +98,15 @@ def test_unusable_backend_or_data_root_fail_before_any_folder(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("scops-train: error: loss.backend 'cuda' cannot run") and not out.exists()
     assert err.count("\n") == 1
+    # The CUDA kernels' K limit (the emulation shares it): at start, not at the first step.
+    argv = ["--config", str(config), "--backend", "cuda_emu", "--out", str(out)]
+    assert main([*argv, "--set", "model.num_parts=40"]) == 2
+    assert capsys.readouterr().err == (
+        "scops-train: error: loss.backend 'cuda_emu' cannot run concentration_loss with "
+        "model.num_parts = 40: its kernels hold at most 33 channels of pred (K + 1), got 41; "
+        "use loss.backend 'auto', which passes such inputs to another backend\n"
+    )
+    assert not out.exists()
     argv = ["--config", "celeba-k8", "--set", f"data.args.root={tmp_path / 'nowhere'}"]
     argv += ["--set", "model.pretrained=null", "--set", "features.kind=lowlevel"]
     assert main(argv + ["--out", str(out)]) == 2

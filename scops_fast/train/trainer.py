@@ -125,10 +125,10 @@ def nested_repeats(net: nn.Module) -> list[nn.Parameter]:
     return out
 
 
-def _check_backend(backend: str | None, device_type: str) -> None:
-    """A named loss backend that cannot run here fails now, with the reason, not inside
-    the first step."""
-    from scops_fast._dispatch import unavailable_reason
+def _check_backend(backend: str | None, device_type: str, num_parts: int) -> None:
+    """A named loss backend that cannot run here, or cannot take K + 1 channels, fails now
+    with the reason, not inside the first step."""
+    from scops_fast._dispatch import _load, unavailable_reason
 
     if backend in (None, "auto"):
         return
@@ -137,6 +137,15 @@ def _check_backend(backend: str | None, device_type: str) -> None:
         raise ConfigError(
             f"loss.backend {backend!r} cannot run on this run's {device_type} device: {reason}"
         )
+    # Every op's input check on shapes alone (meta tensors): the part maps' channels.
+    probe = torch.empty(1, num_parts + 1, 1, 1, device="meta")
+    for op, entry in _load(backend).module.OPS.items():
+        reason = entry.supports(*[probe] * 4)
+        if reason is not None:
+            raise ConfigError(
+                f"loss.backend {backend!r} cannot run {op} with model.num_parts = {num_parts}: "
+                f"{reason}; use loss.backend 'auto', which passes such inputs to another backend"
+            )
 
 
 def _check_precision(cfg: Config, device_type: str) -> None:
@@ -228,7 +237,7 @@ class Trainer:
         self.stop_group = distributed.cpu_group(self.proc)
         self.device = self.proc.device
         self.progress, self.tensorboard = progress, tensorboard
-        _check_backend(cfg.loss.backend, self.device.type)
+        _check_backend(cfg.loss.backend, self.device.type, cfg.model.num_parts)
         _check_precision(cfg, self.device.type)
         if cfg.data.accumulate > 1 and cfg.model.batchnorm == "train" and self.proc.is_main:
             warnings.warn(
