@@ -65,6 +65,35 @@ def test_checkpoint_contents_and_atomic_write(tmp_path):
     assert ckpt["rng"]["data_order"]["batch_in_epoch"] == 2
 
 
+def test_a_cpu_run_on_a_machine_with_gpus_touches_no_gpu_generator(tmp_path, monkeypatch):
+    """torch.cuda.get_rng_state_all would start a CUDA context on every visible GPU (the
+    other ranks' too) for a run that uses none."""
+
+    def no(*args, **kwargs):
+        raise AssertionError("a CPU run read or set a CUDA generator")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for name in ("get_rng_state", "get_rng_state_all", "set_rng_state", "set_rng_state_all"):
+        monkeypatch.setattr(torch.cuda, name, no)
+    make(tmp_path, device="cpu").train(until=2)
+    assert load_checkpoint(tmp_path / "run")["rng"]["cuda"] is None
+    make(tmp_path, device="cpu", resume=True).train(until=3)
+
+
+def test_the_cuda_generator_state_to_restore():
+    from scops_fast.train.trainer import cuda_rng_state_for
+
+    states = [torch.full((4,), i, dtype=torch.uint8) for i in range(2)]
+    cuda0, cuda1, cuda5 = (torch.device("cuda", i) for i in (0, 1, 5))
+    assert cuda_rng_state_for(states[1], torch.device("cpu")) is None
+    assert cuda_rng_state_for(None, cuda0) is None
+    assert cuda_rng_state_for(states[1], cuda0) is states[1]  # this device's, as saved now
+    # Checkpoints before 2026-12-08: one per GPU the saving process saw.
+    assert cuda_rng_state_for(states, cuda1) is states[1]
+    assert cuda_rng_state_for(states, torch.device("cuda")) is states[0]
+    assert cuda_rng_state_for(states, cuda5) is None  # saved on fewer GPUs
+
+
 def test_save_atomic_keeps_the_old_file_on_failure(tmp_path):
     path = tmp_path / "c.pt"
     save_atomic({"a": 1}, path)

@@ -5,9 +5,10 @@ DistributedDataParallel under torchrun.
 
 Determinism: the network is initialised from `seed`; the basis, the warps, the
 colour jitter and the data order each draw from their own generator, derived from
-`seed`, whose states are checkpointed. The same config and seed give the same
-weights on the same machine and software, and 3 steps + resume + 3 steps give the
-weights of 6 steps.
+`seed`, whose states are checkpointed. On the CPU the same config and seed give the
+same weights on the same machine and software, and 3 steps + resume + 3 steps give the
+weights of 6 steps. On CUDA only to rounding: the upsampling's backward (atomics) and
+cuDNN's algorithms add in an order that varies.
 """
 
 from __future__ import annotations
@@ -146,6 +147,18 @@ def _check_backend(backend: str | None, device_type: str, num_parts: int) -> Non
                 f"loss.backend {backend!r} cannot run {op} with model.num_parts = {num_parts}: "
                 f"{reason}; use loss.backend 'auto', which passes such inputs to another backend"
             )
+
+
+def cuda_rng_state_for(saved, device: torch.device):
+    """The CUDA generator state of a checkpoint to restore on `device`, or None: a CPU run,
+    or none saved. Checkpoints before 2026-12-08 hold one state per GPU the saving process
+    saw (torch.cuda.get_rng_state_all): the one of the device's index, where there is one."""
+    if device.type != "cuda" or saved is None:
+        return None
+    if isinstance(saved, list | tuple):
+        index = device.index or 0
+        return saved[index] if index < len(saved) else None
+    return saved
 
 
 def _check_precision(cfg: Config, device_type: str) -> None:
@@ -691,7 +704,13 @@ class Trainer:
             },
             "rng": {
                 "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                # The run's GPU alone: get_rng_state_all would start a CUDA context on
+                # every visible GPU (the other ranks' too), and a resume on fewer GPUs
+                # could not restore that list. Nothing draws from it today (every draw
+                # is from the CPU generators above); kept for what may.
+                "cuda": torch.cuda.get_rng_state(self.device)
+                if self.device.type == "cuda"
+                else None,
                 "warp": self.warp_generator.get_state(),
                 "jitter": self.jitter_generator.get_state(),
                 "data_order": self.order.state(self.step),
@@ -714,8 +733,9 @@ class Trainer:
             self.scaler.load_state_dict(ckpt["grad_scaler"])
         rng = ckpt["rng"]
         torch.set_rng_state(rng["torch"])
-        if rng.get("cuda") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        cuda_state = cuda_rng_state_for(rng.get("cuda"), self.device)
+        if cuda_state is not None:
+            torch.cuda.set_rng_state(cuda_state, self.device)
         self.warp_generator.set_state(rng["warp"])
         self.jitter_generator.set_state(rng["jitter"])
         self.step = int(ckpt["step"])
