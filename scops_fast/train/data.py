@@ -292,14 +292,23 @@ def substituted(requested: list[int], batch: dict) -> set[int]:
     return {r for r, got in zip(requested, returned.tolist(), strict=False) if r != got}
 
 
-def batches(dataset, order: GlobalBatchOrder, start: int, stop: int, num_workers: int = 0):
-    """Iterator over the batches of steps start..stop-1."""
+def batches(
+    dataset,
+    order: GlobalBatchOrder,
+    start: int,
+    stop: int,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+):
+    """Iterator over the batches of steps start..stop-1 (in page-locked memory with
+    `pin_memory`, for copies to a GPU that do not wait for the CPU)."""
     return iter(
         torch.utils.data.DataLoader(
             dataset,
             batch_sampler=_StepBatches(order, start, stop),
             num_workers=num_workers,
             collate_fn=collate,
+            pin_memory=pin_memory,
             # The readers ignore Ctrl-C and SIGTERM: the trainer stops after its step, then
             # closes the loader (scops_fast.train.stopping).
             worker_init_fn=ignore_stop_signals if num_workers else None,

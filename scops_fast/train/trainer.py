@@ -544,7 +544,9 @@ class Trainer:
         if draws.get("source_points") is None:
             draws["source_points"] = self.warps.draw(positions)
         if draws.get("jittered") is None:
-            images = batch["img"].to(self.device, self.objective.basis.dtype)
+            images = batch["img"].to(self.device, self.objective.basis.dtype, non_blocking=True)
+            # Copied to the GPU once: compute_losses' copy of the images is then a no-op.
+            batch = {**batch, "img": images}
             draws["jittered"] = self.jitter(images, positions)
         parts = self.cfg.data.accumulate
         if parts == 1:
@@ -587,7 +589,14 @@ class Trainer:
         # to every worker once one has exited, which must not cut rank 0's save short.
         stopping = GracefulStop()
         try:
-            loader = batches(self.dataset, self.order, self.step, stop, cfg.data.num_workers)
+            loader = batches(
+                self.dataset,
+                self.order,
+                self.step,
+                stop,
+                cfg.data.num_workers,
+                pin_memory=self.device.type == "cuda",
+            )
             try:
                 for batch in loader:
                     # Before the step, so that every rank agrees (in one collective) to stop
