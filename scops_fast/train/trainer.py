@@ -339,17 +339,18 @@ class Trainer:
             self.device.type, init_scale=2.0**10, enabled=cfg.precision == "float16"
         )
 
-        if dataset is None:
-            with distributed.local_rank_zero_first(self.proc):  # --saliency auto's maps
-                dataset = build_dataset(cfg.data)
-        self.dataset = dataset
         #: (train, test) of the evaluation at the end, built now: a mistake in
         #: `evaluation.*` stops the run before its first step, not after its last.
         self.evaluation_sets = None
-        if cfg.evaluation.enabled:
+        if dataset is None or cfg.evaluation.enabled:
             from scops_fast.train.evaluation import evaluation_sets
 
-            self.evaluation_sets = evaluation_sets(cfg)
+            with distributed.local_rank_zero_first(self.proc):  # --saliency auto's maps
+                if dataset is None:
+                    dataset = build_dataset(cfg.data)
+                if cfg.evaluation.enabled:
+                    self.evaluation_sets = evaluation_sets(cfg)
+        self.dataset = dataset
         # Only now, with everything the run needs found: a bad backend, data root or
         # weight path leaves no empty run folder behind.
         self.order = GlobalBatchOrder(
