@@ -43,7 +43,9 @@ def semantic_consistency_loss(features, pred, basis, *, backend=None):
     features V (SPEC section 4).
 
     features: (B, C, H, W) at the resolution of pred; pred: logits (B, K+1, H, W);
-    basis: (K, C). Gradients reach pred and basis, never features.
+    basis: (K, C). Gradients reach pred and basis, and features where they require grad (as in
+    the original, whose trainer computes them without a graph): the fused kernels take
+    features as constants and refuse ones that require grad, and "auto" runs the reference.
     """
     check.logits("pred", pred)
     check.tensor("features", features, 4, "(B, C, H, W)")

@@ -86,7 +86,7 @@ def semantic_consistency_loss(
     ct = compute_dtype(dtype)
     probs = part_probabilities(pred.to(ct))
     recon = torch.einsum("bkhw,kc->bchw", probs, basis.to(ct))
-    return F.mse_loss(recon, features.detach().to(ct)).to(dtype)
+    return F.mse_loss(recon, features.to(ct)).to(dtype)
 
 
 def upsample_features(features, height: int, width: int, saliency=None) -> torch.Tensor:
@@ -108,8 +108,8 @@ def semantic_consistency_loss_lowres(features, pred, basis, saliency=None) -> to
     dtype = pred.dtype
     ct = compute_dtype(dtype)
     maps = [features] if torch.is_tensor(features) else list(features)
-    maps = [f.detach().to(ct) for f in maps]
-    sal = None if saliency is None else saliency.detach().to(ct)
+    maps = [f.to(ct) for f in maps]
+    sal = None if saliency is None else saliency.to(ct)
     upsampled = upsample_features(maps, pred.shape[2], pred.shape[3], sal)
     return semantic_consistency_loss(upsampled, pred.to(ct), basis.to(ct)).to(dtype)
 

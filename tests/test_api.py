@@ -212,6 +212,51 @@ def test_source_points_that_need_a_gradient_get_it_from_the_reference():
     assert _dispatch.explain("tps_warp", "cpu", (x, pts.detach(), "zeros"))["backend"] == "cpp"
 
 
+def test_features_that_need_a_gradient_get_it_from_the_reference():
+    """As the original's loss: it differentiates the features (its trainer computes them
+    without a graph). The fused kernels take them as constants, so they refuse such
+    features by name and "auto" runs the reference; frozen features still go to them."""
+    import importlib
+
+    pred = torch.randn(2, 4, 6, 5, requires_grad=True)
+    basis = torch.rand(3, 7, requires_grad=True)
+    feats = torch.randn(2, 7, 6, 5, requires_grad=True)
+    low = [torch.randn(2, 4, 3, 3, requires_grad=True), torch.randn(2, 3, 2, 2)]
+    sal = torch.rand(2, 6, 5, requires_grad=True)
+    for name in FUSED:
+        module = importlib.import_module(_dispatch.BACKEND_MODULES[name])
+        for op, args in (
+            ("semantic_consistency_loss", (feats, pred, basis)),
+            ("semantic_consistency_loss_lowres", (low, pred, basis, None)),
+            ("semantic_consistency_loss_lowres", ([f.detach() for f in low], pred, basis, sal)),
+        ):
+            assert "features (or saliency) require grad" in module.OPS[op].supports(*args)
+            with torch.no_grad():
+                assert module.OPS[op].supports(*args) is None, (name, op)
+    with pytest.raises(scops_fast.BackendUnavailableError, match="require grad"):
+        losses.semantic_consistency_loss(feats, pred, basis, backend="cpp")
+    dense = _dispatch.explain("semantic_consistency_loss", "cpu", (feats, pred, basis))
+    assert dense["backend"] == "reference", dense
+
+    def plain(v):  # the loss written out with torch's autograd: what the original computes
+        recon = torch.einsum("bkhw,kc->bchw", torch.softmax(pred, 1)[:, 1:], basis)
+        return torch.nn.functional.mse_loss(recon, v)
+
+    got = torch.autograd.grad(losses.semantic_consistency_loss(feats, pred, basis), feats)[0]
+    want = torch.autograd.grad(plain(feats), feats)[0]
+    assert got.abs().sum() > 0 and torch.allclose(got, want, rtol=1e-5, atol=1e-9)
+    up = reference.upsample_features(low, 6, 5, sal)
+    loss = losses.semantic_consistency_loss_lowres(low, pred, basis, sal)
+    for got, want in zip(
+        torch.autograd.grad(loss, [low[0], sal]),
+        torch.autograd.grad(plain(up), [low[0], sal]),
+        strict=True,
+    ):
+        assert got.abs().sum() > 0 and torch.allclose(got, want, rtol=1e-5, atol=1e-9)
+    frozen = (feats.detach(), pred, basis)
+    assert _dispatch.explain("semantic_consistency_loss", "cpu", frozen)["backend"] == "cpp"
+
+
 TRANSFORMS = {
     "grad": lambda f, x, t: torch.func.grad(f)(x),
     "jacrev": lambda f, x, t: torch.func.jacrev(f)(x),

@@ -29,6 +29,17 @@ def test_semantic(gen):
         lambda p, m: losses.semantic_consistency_loss_lowres(low, p, m, sal),
         (t(2, 4, 5, 3, gen=gen), t(3, 5, gen=gen)),
     )
+    # Features and saliency that require grad: differentiated, as in the original.
+    basis = torch.rand(3, 5, generator=gen, dtype=torch.float64)
+    sal = torch.rand(2, 5, 3, generator=gen, dtype=torch.float64).requires_grad_(True)
+    assert torch.autograd.gradcheck(
+        losses.semantic_consistency_loss,
+        (t(2, 5, 4, 3, gen=gen), t(2, 4, 4, 3, gen=gen), t(3, 5, gen=gen)),
+    )
+    assert torch.autograd.gradcheck(
+        lambda v, s, p: losses.semantic_consistency_loss_lowres(v, p, basis, s),
+        (t(2, 5, 2, 2, gen=gen), sal, t(2, 4, 5, 3, gen=gen)),
+    )
 
 
 def test_orthonormal(gen):

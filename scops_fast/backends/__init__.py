@@ -61,6 +61,29 @@ def constant_source_points(index: int) -> Callable[..., str | None]:
     return supports
 
 
+def constant_features(*indices: int) -> Callable[..., str | None]:
+    """A predicate refusing features (or a saliency) that need a gradient, at argument
+    `indices` (a tensor or a list of them): the fused kernels take them as constants (SCOPS's
+    frozen VGG features), so they would return none. The original's loss differentiates
+    them, as the reference does, and "auto" passes on to it."""
+
+    def supports(*args) -> str | None:
+        if not torch.is_grad_enabled():
+            return None
+        for index in indices:
+            value = args[index] if index < len(args) else None
+            values = value if isinstance(value, list | tuple) else (value,)
+            if any(getattr(v, "requires_grad", False) for v in values):
+                return (
+                    "features (or saliency) require grad, and its kernels take them as "
+                    'constants, as SCOPS\'s frozen features are (backend "reference" '
+                    "differentiates them; or pass them detached)"
+                )
+        return None
+
+    return supports
+
+
 def reverse_mode_autograd(*args) -> str | None:
     """A predicate refusing calls under forward-mode AD (dual tensors, torch.func.jvp,
     jacfwd) or torch.func's other differentiating transforms (grad, vjp, jacrev, hessian).
@@ -105,6 +128,8 @@ def all_of(*predicates: Callable[..., str | None]) -> Callable[..., str | None]:
 FUSED_SUPPORTS = {
     "tps_warp": constant_source_points(1),
     "equivariance_losses": constant_source_points(2),
+    "semantic_consistency_loss": constant_features(0),
+    "semantic_consistency_loss_lowres": constant_features(0, 3),
 }
 
 
