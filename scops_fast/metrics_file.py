@@ -5,9 +5,26 @@ pictures read it (scops_fast.viz), and neither package imports the other for it.
 from __future__ import annotations
 
 import json
+import math
 import pathlib
 
 METRICS_NAME = "metrics.jsonl"
+
+
+def strict_json(value, **kwargs) -> str:
+    """`json.dumps` that every parser reads: a non-finite number (NaN, infinity), which
+    Python would write as the bare word NaN or Infinity, is written as null."""
+    return json.dumps(_finite(value), allow_nan=False, **kwargs)
+
+
+def _finite(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def read_metrics(path) -> list[dict]:

@@ -476,7 +476,9 @@ def y_axis(values: Sequence[float], log_scale: bool = True):
     y_lo, y_hi = min(ys), max(ys)
     if y_hi - y_lo < 1e-12 * max(1.0, abs(y_hi)):
         # A constant: a range around it, not below 0 for a value that cannot be negative.
-        half = 1.0 if integer or y_hi == 0 else 0.1 * abs(y_hi)
+        # Integer steps for small counts; beyond 2^53 every float is an integer, and a
+        # step of 1 would be lost in the rounding.
+        half = 1.0 if y_hi == 0 or (integer and abs(y_hi) < 1e6) else 0.1 * abs(y_hi)
         y_lo, y_hi = y_lo - half, y_hi + half
         if min(values) >= 0:
             y_lo = max(y_lo, 0.0)

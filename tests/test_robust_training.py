@@ -14,6 +14,7 @@ import io
 import json
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -172,6 +173,40 @@ def test_a_kill_mid_write_leaves_nothing_that_loads_as_a_checkpoint(tmp_path):
     # The next save replaces the partial file.
     save_atomic({"model": {}, "config": {}, "step": 3}, path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+
+
+def test_a_diverged_run_stops_without_saving_its_weights(tmp_path, capsys):
+    """A learning rate of 1e8: the weights become NaN. The run stops at the first log or
+    checkpoint step that sees them, keeps the checkpoint of the last finite weights, and
+    its metrics.jsonl stays JSON that a strict parser reads (null, not NaN)."""
+    out = tmp_path / "run"
+    config = write_config(
+        tmp_path / "c.json",
+        steps=12,
+        log_every=2,
+        checkpoint_every=2,
+        **{"optim.lr": 1e8, "optim.basis_lr": 1e8},
+    )
+    assert main(["--config", str(config), "--out", str(out), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    found = re.search(r"the weights are not finite at step (\d+) ", err)
+    assert found and "Traceback" not in err, err
+    step = int(found[1])
+    # Which step first holds NaN is the rounding's: the step saved before it, if any.
+    if (out / "checkpoint.pt").exists():
+        saved = load_checkpoint(out)["step"]
+        assert saved < step and f"still holds step {saved}, the last saved" in err
+        weights = checkpoint_tensors(out)
+        assert all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point())
+    else:
+        assert "no checkpoint was written" in err
+
+    def refuse(word):
+        raise ValueError(f"not JSON: {word}")
+
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line, parse_constant=refuse) for line in lines]
+    assert records[-1]["step"] == step and records[-1]["loss"] is None
 
 
 def test_a_corrupt_checkpoint_is_reported_by_name(tmp_path, capsys):

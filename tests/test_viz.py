@@ -167,6 +167,7 @@ def test_plot_curves(tmp_path):
         ([3, 3, 7], False),
         ([1.21e-7, 1.23e-7], False),
         ([-2.0, 3.0], False),
+        ([2.386232934295167e16], False),  # a diverged loss, logged once: an integer float
     ],
 )
 def test_y_axis_scale_and_ticks(values, log):

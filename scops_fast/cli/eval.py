@@ -33,13 +33,13 @@ with the true parts in a row of their own where the data set has them.
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import sys
 import time
 
 from scops_fast.cli.arguments import at_least, resolve_device
 from scops_fast.eval.compare import evaluate_with_baselines
+from scops_fast.metrics_file import strict_json
 
 DATA_KINDS = ("synthetic", "celeba", "cub", "folder")
 PROTOCOLS = ("ours", "original")
@@ -378,7 +378,7 @@ def main(argv=None) -> int:
             f"{result['n_images']} images: {result['pictures']['path']}",
             file=sys.stderr,
         )
-    text = json.dumps(result, indent=2) + "\n"
+    text = strict_json(result, indent=2) + "\n"
     sys.stdout.write(text)
     if args.out:
         path = pathlib.Path(args.out)

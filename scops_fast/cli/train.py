@@ -225,7 +225,7 @@ def main(argv=None) -> int:
 
     from scops_fast.train import distributed
     from scops_fast.train.stopping import exit_status
-    from scops_fast.train.trainer import Trainer, TrainingInterrupted
+    from scops_fast.train.trainer import Trainer, TrainingDiverged, TrainingInterrupted
 
     out = pathlib.Path(args.out or pathlib.Path("runs") / cfg.name)
     if out.exists() and not out.is_dir():
@@ -274,6 +274,10 @@ def main(argv=None) -> int:
     except (ConfigError, CheckpointError, FileNotFoundError, KeyError) as exc:
         print(f"scops-train: error: {exc}", file=sys.stderr)
         return 2
+    except TrainingDiverged as diverged:
+        if trainer.proc.is_main:
+            print(f"scops-train: error: {diverged}", file=sys.stderr)
+        return 1
     except TrainingInterrupted as stop:
         if trainer.proc.is_main:  # the one that saved it
             with contextlib.suppress(OSError):  # a closed terminal or pipe: it is saved anyway

@@ -8,11 +8,11 @@ criteria against the k-means baseline."""
 
 from __future__ import annotations
 
-import json
 import pathlib
 
 import torch
 
+from scops_fast.metrics_file import strict_json
 from scops_fast.train.config import Config, ConfigError
 from scops_fast.train.data import dataset_from_spec
 from scops_fast.train.loading import predict_parts
@@ -114,6 +114,6 @@ def run_metrics(
 def write_metrics(out_dir, metrics: dict) -> pathlib.Path:
     path = pathlib.Path(out_dir) / METRICS_JSON
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(metrics, indent=2) + "\n")
+    tmp.write_text(strict_json(metrics, indent=2) + "\n")
     tmp.replace(path)
     return path

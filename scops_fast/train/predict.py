@@ -50,6 +50,7 @@ from scops_fast.data.imagefiles import (
     load_rgb,
     save_image_atomic,
 )
+from scops_fast.metrics_file import strict_json
 from scops_fast.terminal import progress_bar
 from scops_fast.train.loading import (
     framed_input,
@@ -169,7 +170,7 @@ def _keep_complete(out: pathlib.Path) -> set[str]:
             rel = record["image"]
             if rel not in done and all(p.is_file() for p in _outputs(out, rel)):
                 done.add(rel)
-                f.write(json.dumps(record) + "\n")
+                f.write(strict_json(record) + "\n")
     os.replace(tmp, path)
     return done
 
@@ -209,7 +210,7 @@ def _write_summaries(out: pathlib.Path, skipped: list[str], crf_used) -> int:
                 x, y = p["center"] if p["center"] is not None else ("", "")
                 writer.writerow([rel, p["part"], p["pixels"], x, y])
             entry = {"size": record["size"], "parts": record["parts"]}
-            fj.write(("," if count else "") + f"\n {json.dumps(rel)}: {json.dumps(entry)}")
+            fj.write(("," if count else "") + f"\n {json.dumps(rel)}: {strict_json(entry)}")
             count += 1
         fj.write(f'\n}}, "skipped": {json.dumps(skipped)}, "crf": {json.dumps(crf_used)}}}\n')
     os.replace(csv_tmp, out / "parts.csv")
@@ -303,7 +304,7 @@ def predict_folder(
                             out, rel, image01, probs, labels, colours, palette, parts
                         )
                         record = {"image": rel, "size": list(probs.shape[-2:]), "parts": parts}
-                        records.write(json.dumps(record) + "\n")
+                        records.write(strict_json(record) + "\n")
                         records.flush()
                         new += 1
                 if bar is not None:

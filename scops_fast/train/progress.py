@@ -4,21 +4,20 @@ logged step: the loss curves) and TensorBoard scalars when tensorboard is instal
 
 from __future__ import annotations
 
-import json
 import pathlib
 import sys
 import time
 import warnings
 
 # Re-exported: the trainer and its users have always imported them from here.
-from scops_fast.metrics_file import METRICS_NAME, read_metrics
+from scops_fast.metrics_file import METRICS_NAME, read_metrics, strict_json
 from scops_fast.terminal import progress_bar
 
 
 def truncate_metrics(path: pathlib.Path, last_step: int) -> None:
     """Drops records after `last_step`: a resumed run replays those steps."""
     kept = [r for r in read_metrics(path) if r.get("step", 0) <= last_step]
-    path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    path.write_text("".join(strict_json(r) + "\n" for r in kept))
 
 
 _warned_no_tensorboard = False
@@ -83,7 +82,7 @@ class RunLog:
         rate = (step - self._step0) / elapsed if elapsed > 0 else 0.0
         record = {"step": step, **values, "steps_per_s": round(rate, 4)}
         with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(strict_json(record) + "\n")
         if self.writer is not None:
             for key, value in values.items():
                 self.writer.add_scalar(f"train/{key}", value, step)

@@ -79,6 +79,25 @@ class TrainingInterrupted(KeyboardInterrupt):
         self.step, self.checkpoint, self.signal = step, checkpoint, sig
 
 
+class TrainingDiverged(RuntimeError):
+    """The weights became non-finite (NaN or infinite), found at a log or checkpoint step:
+    the run stops there without saving them, so its checkpoint keeps the last finite
+    weights."""
+
+    def __init__(self, step: int, checkpoint: pathlib.Path, saved_step: int | None):
+        kept = (
+            f"{checkpoint} still holds step {saved_step}, the last saved"
+            if saved_step is not None
+            else "no checkpoint was written"
+        )
+        super().__init__(
+            f"training diverged: the weights are not finite at step {step} (the losses in "
+            f"metrics.jsonl show where it started); nothing of it was saved, and {kept}. "
+            "Start again with a lower optim.lr, or look for data that is not finite"
+        )
+        self.step, self.checkpoint, self.saved_step = step, checkpoint, saved_step
+
+
 class SCOPSObjective(nn.Module):
     """The trained parameters: segmentation network and part basis w (K, C). One
     module so that DistributedDataParallel averages the basis gradient too."""
@@ -608,7 +627,9 @@ class Trainer:
                     running += self.train_step(batch).double()
                     count += 1
                     log.advance()
-                    if self.step % cfg.log_every == 0 or self.step == stop:
+                    at_log = self.step % cfg.log_every == 0 or self.step == stop
+                    at_save = self.step % cfg.checkpoint_every == 0 and self.step != stop
+                    if at_log:
                         mean = distributed.mean_over_ranks(running / count, self.proc).tolist()
                         last = dict(zip(LOG_NAMES, mean, strict=True))
                         last["lr"] = self.net_optimizer.param_groups[0]["lr"]
@@ -617,7 +638,9 @@ class Trainer:
                         log.record(self.step, last)
                         running.zero_()
                         count = 0
-                    if self.step % cfg.checkpoint_every == 0 and self.step != stop:
+                    if at_log or at_save:
+                        self._check_finite()
+                    if at_save:
                         self.train_seconds += time.perf_counter() - clock
                         clock = time.perf_counter()
                         self.save_checkpoint()
@@ -628,6 +651,7 @@ class Trainer:
                 if self.step > start:
                     self.train_seconds += time.perf_counter() - clock
             self._report_skipped()
+            self._check_finite()
             self.save_checkpoint()
             if stopping.stopped:  # no rank exits (and so starts torchrun's teardown) before
                 distributed.barrier(self.proc, self.stop_group)  # rank 0 has saved
@@ -642,6 +666,19 @@ class Trainer:
                 last = _last_losses(self.out_dir)
             self._finish(last, session_steps=self.step - start)
         return last
+
+    def _check_finite(self) -> None:
+        """Raises TrainingDiverged where a trained weight is NaN or infinite, before it can
+        be saved over the last finite checkpoint. The weights, not the losses: a float16
+        step whose gradients overflow is skipped by the scaler with the weights intact. The
+        ranks hold the same weights, so they all stop at the same step."""
+        trained = [*self.net_parameters, self.objective.basis]
+        if bool(torch.stack([torch.isfinite(p.detach()).all() for p in trained]).all()):
+            return
+        saved = None
+        if self.checkpoint_path.exists():
+            saved = int(load_checkpoint(self.checkpoint_path)["step"])
+        raise TrainingDiverged(self.step, self.checkpoint_path, saved)
 
     def _report_skipped(self) -> None:
         """The count and the first files, as one stderr line of the command's own (a Python
