@@ -89,6 +89,15 @@ def test_a_missing_gpu_and_a_file_as_out_are_named(tmp_path, capsys, monkeypatch
     assert main(argv + ["--out", str(afile)]) == 2
     assert f"--out: {afile} is a file; name a folder" in capsys.readouterr().err
     assert afile.read_text() == "notes"
+    # Two images whose maps would be one file.
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(folder / "x.jpg")
+    assert main(argv + ["--out", str(tmp_path / "o")]) == 2
+    assert (
+        "x.jpg and x.png would share the part map maps/x.png, one written over the other"
+        in capsys.readouterr().err
+    )
+    assert not (tmp_path / "o").exists()
+    (folder / "x.jpg").unlink()
     # Its own maps would be read as images by the next run (and by training).
     inside = folder / "predicted"
     assert main(argv + ["--out", str(inside)]) == 2

@@ -85,6 +85,23 @@ def test_the_maps_of_a_folder_with_an_unreadable_image_are_accepted(tmp_path, ca
         ImageFolder(photos, size=(40, 56), saliency_dir=maps)
 
 
+def test_images_that_would_share_a_map_are_refused_by_name(tmp_path, capsys):
+    """a.png and a.jpg would both have the map a.png, the second written over the first (or
+    read for both): refused before anything is written, naming both."""
+    photos, maps = tmp_path / "photos", tmp_path / "maps"
+    creatures(photos, {"a.png": (40, 56), "sub/b.png": (40, 56), "a.jpg": (40, 56)})
+    assert main([str(photos), "--out", str(maps), "--no-progress"]) == 2
+    assert capsys.readouterr().err == (
+        "scops-saliency: error: a.jpg and a.png would share the saliency map a.png, one written "
+        "over the other: rename one of them\n"
+    )
+    assert not maps.exists()
+    maps.mkdir()
+    with pytest.raises(ValueError, match="a.jpg and a.png would share the saliency map a.png"):
+        ImageFolder(photos, size=32, saliency_dir=maps)
+    assert len(ImageFolder(photos, size=32)) == 3  # without maps, nothing is shared
+
+
 @pytest.mark.rounding
 @pytest.mark.parametrize("size", [64, 128])
 def test_estimate_beats_all_ones_on_synthetic_parts(size):

@@ -10,7 +10,8 @@ import sys
 import torch
 
 from scops_fast.cli.arguments import at_least, resolve_device
-from scops_fast.data.imagefiles import is_inside
+from scops_fast.data import ImageFolder
+from scops_fast.data.imagefiles import check_distinct_stems, is_inside
 from scops_fast.train.loading import load_any_model
 from scops_fast.train.predict import (
     checkpoint_source,
@@ -66,6 +67,8 @@ def main(argv=None) -> int:
             raise FileNotFoundError(f"--images: {images} is not a folder")
         if out.exists() and not out.is_dir():
             raise ValueError(f"--out: {out} is a file; name a folder")
+        # Before the model is loaded: predict_folder checks it too, for library callers.
+        check_distinct_stems(ImageFolder(images).files, "the part map maps/")
         if is_inside(out, images):
             raise ValueError(
                 f"--out: {out} is inside --images {images}; its maps and overlays would be "

@@ -12,6 +12,7 @@ from .imagefiles import (
     UNREADABLE,
     CropResize,
     SkippingDataset,
+    check_distinct_stems,
     image_tensor,
     load_rgb,
     load_saliency,
@@ -122,6 +123,7 @@ class ImageFolder(SkippingDataset):
             self._check_saliency_coverage(missing_saliency)
 
     def _check_saliency_coverage(self, missing_saliency: str) -> None:
+        check_distinct_stems(self.files, "the saliency map ")
         folder = self.saliency_dir
         if not folder.is_dir():
             raise FileNotFoundError(f"saliency folder {folder} does not exist")

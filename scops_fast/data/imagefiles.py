@@ -303,3 +303,18 @@ def is_inside(path: pathlib.Path, folder: pathlib.Path) -> bool:
     """Whether path is folder or lies under it (links resolved)."""
     path, folder = path.resolve(), folder.resolve()
     return path == folder or folder in path.parents
+
+
+def check_distinct_stems(files, what: str) -> None:
+    """Raises ValueError naming the first two of `files` (relative paths) that differ only in
+    their extension (a.png, a.jpg): outputs named by the image's stem, as saliency maps and
+    scops-predict's maps are, would be one file for both, the second written over the first."""
+    seen: dict[str, str] = {}
+    for rel in files:
+        stem = pathlib.PurePosixPath(rel).with_suffix("").as_posix()
+        if stem in seen:
+            raise ValueError(
+                f"{seen[stem]} and {rel} would share {what}{stem}.png, one written over the "
+                "other: rename one of them"
+            )
+        seen[stem] = rel

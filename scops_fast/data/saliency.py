@@ -39,7 +39,7 @@ import numpy as np
 from PIL import Image
 
 from .folder import CACHE_DIR_NAME, ImageFolder
-from .imagefiles import UNREADABLE, load_rgb, save_image_atomic
+from .imagefiles import UNREADABLE, check_distinct_stems, load_rgb, save_image_atomic
 
 __all__ = [
     "CACHE_DIR_NAME",
@@ -218,6 +218,7 @@ def write_saliency_maps(
     """
     root, out = pathlib.Path(root), pathlib.Path(out)
     files = image_files(root) if files is None else files
+    check_distinct_stems(files, "the saliency map ")
     written, reused, skipped = 0, 0, []
     bar = None
     if progress and files:

@@ -47,6 +47,7 @@ from scops_fast.data import ImageFolder
 from scops_fast.data.imagefiles import (
     IMAGE_EXTENSIONS,
     UNREADABLE,
+    check_distinct_stems,
     load_rgb,
     save_image_atomic,
 )
@@ -248,6 +249,7 @@ def predict_folder(
     files = ImageFolder(images).files  # its listing; each image is read at its own size
     if not files:
         raise FileNotFoundError(f"no image files under {images} ({', '.join(IMAGE_EXTENSIONS)})")
+    check_distinct_stems(files, "the part map maps/")
     crf_used = None if crf is None else crf.to_dict()
     _check_state(out, {"model": source or {}, "crf": crf_used}, overwrite)
     if overwrite:
