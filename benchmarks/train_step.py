@@ -145,10 +145,10 @@ def _overrides(args) -> dict:
     return dict(parse_override(text) for text in args.set)
 
 
-def guard_address_space(args) -> None:
+def guard_address_space(trainer, args) -> None:
     """The CPU run's memory cap. Not on a GPU: CUDA reserves far more address space than
     it uses (its unified addressing), and a cap would fail its allocations, not ours."""
-    if str(args.device).startswith("cpu"):
+    if trainer.device.type == "cpu":
         memprobe.guard(args.guard_gb * 1024)
 
 
@@ -157,7 +157,7 @@ def child_run(args) -> dict:
     trainer, batch = build(
         args.backend, args.size, args.batch, args.form, args.device, _overrides(args)
     )
-    guard_address_space(args)
+    guard_address_space(trainer, args)
     result = describe(args)
     try:
         with memprobe.Peak() as peak:
@@ -186,7 +186,7 @@ def child_serve(args) -> None:
     trainer, batch = build(
         args.backend, args.size, args.batch, args.form, args.device, _overrides(args)
     )
-    guard_address_space(args)
+    guard_address_space(trainer, args)
     peak = memprobe.Peak().__enter__()
     _send({"ready": True, **describe(args), "baseline_mb": peak.baseline_mb})
     for line in sys.stdin:

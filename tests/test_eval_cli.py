@@ -88,6 +88,41 @@ def test_a_progress_bar_counts_every_image_on_a_terminal(checkpoint, capsys, mon
     capsys.readouterr()
 
 
+def test_the_bar_ends_full_when_the_regression_is_dropped(monkeypatch):
+    """CUB's invisible keypoints are NaN: the regression is dropped at the first train batch,
+    and the bar's total loses the train items it will not score."""
+    from scops_fast import terminal
+    from scops_fast.eval import evaluate_dataset
+
+    class Bar:
+        def __init__(self, total, **kwargs):
+            self.total, self.n = total, 0
+
+        def update(self, n):
+            self.n += n
+
+        def refresh(self):
+            pass
+
+        def close(self):
+            bars.append((self.n, self.total))
+
+    bars = []
+    monkeypatch.setattr(terminal, "progress_bar", lambda total, **kwargs: Bar(total))
+
+    class Invisible(SyntheticParts):
+        def __getitem__(self, i):
+            item = super().__getitem__(i)
+            return {**item, "landmarks": torch.full_like(item["landmarks"], float("nan"))}
+
+    def predict(images):
+        return torch.softmax(torch.randn(len(images), 4, *images.shape[-2:]), 1)
+
+    train, test = Invisible(9, size=16, seed=1), SyntheticParts(5, size=16, seed=2)
+    result = evaluate_dataset(predict, train, test, batch_size=4, progress=True)
+    assert result["n_test"] == 5 and bars == [(5, 5)]
+
+
 def test_other_image_size_and_no_regression(checkpoint, capsys):
     # 48x48 images: the network sees them at its training size, 32, and maps come back at 48.
     argv = ["--checkpoint", str(checkpoint.parent), "--size", "48", "--n", "4", "--no-regression"]
@@ -112,6 +147,14 @@ def test_errors(checkpoint, tmp_path, capsys):
         assert err.startswith(f"scops-eval: error: --root: {root}") and says in err
         assert "[Errno" not in err
     assert "list_landmarks_celeba.txt is missing; expected under the root: img_celeba/" in err
+    # Another argument's missing folder is named as itself, not as --root's.
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (8, 8)).save(photos / "a.png")
+    argv = ["--checkpoint", str(checkpoint), "--data", "folder", "--root", str(photos)]
+    assert main([*argv, "--saliency-dir", str(tmp_path / "nosal")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("scops-eval: error: saliency folder") and "--root" not in err, err
 
 
 @pytest.mark.parametrize(

@@ -206,7 +206,27 @@ def test_a_diverged_run_stops_without_saving_its_weights(tmp_path, capsys):
 
     lines = (out / "metrics.jsonl").read_text().splitlines()
     records = [json.loads(line, parse_constant=refuse) for line in lines]
-    assert records[-1]["step"] == step and records[-1]["loss"] is None
+    assert records[-1]["step"] == step  # logged, then found: every log step is checked
+
+
+def test_a_diverged_run_over_an_earlier_one_does_not_offer_the_earlier_checkpoint(tmp_path, capsys):
+    """--overwrite leaves the earlier run's checkpoint on disk until the first save: the
+    message names what this run saved (nothing), not that file."""
+    out = tmp_path / "run"
+    calm = write_config(tmp_path / "calm.json", steps=3)
+    assert main(["--config", str(calm), "--out", str(out), "--no-progress"]) == 0
+    wild = write_config(
+        tmp_path / "wild.json",
+        steps=12,
+        log_every=4,
+        checkpoint_every=100,
+        **{"optim.lr": 1e8, "optim.basis_lr": 1e8},
+    )
+    capsys.readouterr()
+    assert main(["--config", str(wild), "--out", str(out), "--no-progress", "--overwrite"]) == 1
+    err = capsys.readouterr().err
+    assert "this run has saved no checkpoint" in err and "still holds" not in err, err
+    assert load_checkpoint(out)["step"] == 3  # the earlier run's, untouched
 
 
 def test_a_corrupt_checkpoint_is_reported_by_name(tmp_path, capsys):

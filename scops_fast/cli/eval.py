@@ -38,6 +38,7 @@ import sys
 import time
 
 from scops_fast.cli.arguments import at_least, resolve_device
+from scops_fast.data.imagefiles import is_inside
 from scops_fast.eval.compare import evaluate_with_baselines
 from scops_fast.metrics_file import strict_json
 
@@ -192,6 +193,9 @@ def _opened(cls, root, **kwargs):
     try:
         return cls(root, **kwargs)
     except FileNotFoundError as exc:
+        missing = exc.filename and is_inside(pathlib.Path(exc.filename), pathlib.Path(root))
+        if not missing:  # another argument's file (--saliency-dir): its own message
+            raise
         raise ValueError(f"--root: {missing_file(cls, exc)}") from None
 
 

@@ -286,14 +286,17 @@ def evaluate_many(
     if progress:
         from scops_fast.terminal import progress_bar
 
-        sets = [d for d in (train_set, test_set) if d is not None]
-        total = sum(len(d) if limit is None else min(limit, len(d)) for d in sets)
+        total = sum(_count(d, limit) for d in (train_set, test_set) if d is not None)
         bar = progress_bar(total, unit="image", desc="evaluating")
     try:
         return _evaluate_many(names, probs_of, train_set, test_set, batch_size, limit, bar)
     finally:
         if bar is not None:
             bar.close()
+
+
+def _count(dataset, limit: int | None) -> int:
+    return len(dataset) if limit is None else min(limit, len(dataset))
 
 
 def _evaluate_many(names, probs_of, train_set, test_set, batch_size, limit, bar):
@@ -304,6 +307,9 @@ def _evaluate_many(names, probs_of, train_set, test_set, batch_size, limit, bar)
             lm = stack_items(items, "landmarks")
             if lm is None or not torch.isfinite(lm).all():
                 regress = False
+                if bar is not None:  # the rest of the train split is not scored
+                    bar.total -= _count(train_set, limit) - bar.n
+                    bar.refresh()
                 break
             for name, probs in probs_of(items).items():
                 evaluators[name].add_train(probs, lm)

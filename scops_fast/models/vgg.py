@@ -34,7 +34,12 @@ import torchvision
 from torch import nn
 
 from scops_fast.models.common import CAFFE_MEAN_RGB, IMAGENET_MEAN, IMAGENET_STD
-from scops_fast.models.weights import HUB_CACHE, load_tensor_file, resolve_weights
+from scops_fast.models.weights import (
+    HUB_CACHE,
+    WeightsFileError,
+    load_tensor_file,
+    resolve_weights,
+)
 
 VGG19_WEIGHT_FILES = ("vgg19-dcbb9e9d.pth",)
 #: Index in `torchvision.models.vgg19().features` of the ReLU after each named conv.
@@ -153,7 +158,9 @@ def _features_part(state: dict, path) -> dict:
     """The `features.*` entries of a torchvision VGG-19 state dict, renamed."""
     part = {k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")}
     if not part:
-        raise ValueError(f"{str(path)!r} is not a torchvision VGG-19 state dict (no features.*)")
+        raise WeightsFileError(
+            f"{str(path)!r} is not a torchvision VGG-19 state dict (no features.*)"
+        )
     return part
 
 

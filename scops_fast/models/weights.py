@@ -71,8 +71,10 @@ def load_tensor_file(path, what: str, map_location="cpu", **kwargs):
         ) from None
     except (FileNotFoundError, IsADirectoryError):
         raise
+    except PermissionError:
+        raise WeightsFileError(f"{what} {os.fspath(path)!r}: permission denied") from None
     except Exception as exc:  # noqa: BLE001 - truncated or corrupt: torch raises many types
-        first = str(exc).split(". ")[0].splitlines()[0][:200] if str(exc) else ""
+        first = str(exc).split(". ")[0].splitlines()[0][:200] if str(exc) else "an empty file?"
         raise WeightsFileError(
             f"{what} {os.fspath(path)!r} is unreadable (truncated or corrupt?): "
             f"{type(exc).__name__}: {first}"

@@ -27,6 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from scops_fast import losses
 from scops_fast.models import build_features
+from scops_fast.models.weights import WeightsFileError
 from scops_fast.tps import tps_grid, tps_warp
 from scops_fast.train import distributed
 from scops_fast.train.augment import GlobalBatchColorJitter, GlobalBatchWarps
@@ -88,7 +89,7 @@ class TrainingDiverged(RuntimeError):
         kept = (
             f"{checkpoint} still holds step {saved_step}, the last saved"
             if saved_step is not None
-            else "no checkpoint was written"
+            else "this run has saved no checkpoint"
         )
         super().__init__(
             f"training diverged: the weights are not finite at step {step} (the losses in "
@@ -297,7 +298,7 @@ class Trainer:
                 bgr_quirk=cfg.features.bgr_quirk,
                 stride=cfg.features.stride,
             )
-        except ValueError as exc:  # weights of another network, or not a weight file
+        except WeightsFileError as exc:  # weights of another network, or not a weight file
             raise ConfigError(f"features.weights: {exc}") from None
         self.features = features.to(self.device)
         self.autocast_dtype = AUTOCAST_DTYPES[cfg.precision]
@@ -404,6 +405,9 @@ class Trainer:
         #: item) so far in this run, resumed sessions included.
         self.skipped: set[int] = set()
         self.evaluation: dict | None = None
+        #: The step this run last saved or resumed from (None: none yet). Not the file on
+        #: disk: --overwrite leaves the earlier run's checkpoint there until the first save.
+        self.saved_step: int | None = None
         if ckpt is not None:
             self.load_state_dict(ckpt)
 
@@ -675,10 +679,7 @@ class Trainer:
         trained = [*self.net_parameters, self.objective.basis]
         if bool(torch.stack([torch.isfinite(p.detach()).all() for p in trained]).all()):
             return
-        saved = None
-        if self.checkpoint_path.exists():
-            saved = int(load_checkpoint(self.checkpoint_path)["step"])
-        raise TrainingDiverged(self.step, self.checkpoint_path, saved)
+        raise TrainingDiverged(self.step, self.checkpoint_path, self.saved_step)
 
     def _report_skipped(self) -> None:
         """The count and the first files, as one stderr line of the command's own (a Python
@@ -786,12 +787,14 @@ class Trainer:
         self.warp_generator.set_state(rng["warp"])
         self.jitter_generator.set_state(rng["jitter"])
         self.step = int(ckpt["step"])
+        self.saved_step = self.step
         self.skipped = {int(i) for i in ckpt.get("skipped_indices", ())}
         self.train_seconds = float(ckpt.get("train_seconds", 0.0))
 
     def save_checkpoint(self) -> None:
         if self.proc.is_main:  # the ranks hold the same weights
             save_atomic(self.state_dict(), self.checkpoint_path)
+        self.saved_step = self.step
 
 
 def run_summary(cfg: Config, world_size: int) -> str:
