@@ -14,6 +14,7 @@ import html
 import json
 import math
 import pathlib
+import unicodedata
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -104,6 +105,14 @@ def _font(size: int):
         return ImageFont.load_default(size=size)
     except (TypeError, OSError):  # Pillow without FreeType: the fixed bitmap font
         return ImageFont.load_default()
+
+
+def drawable(text: str) -> str:
+    """`text` in the characters Pillow's built-in font has (ASCII), which draws every other
+    one as the same empty box: accents dropped (ñandú_é.png -> nandu_e.png), any other
+    character as "?". The same on every machine, unlike a system font."""
+    plain = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+    return "".join(c if c.isascii() and c.isprintable() else "?" for c in plain)
 
 
 def draw_centres(image: Image.Image, centres, colours, radius: int | None = None) -> Image.Image:
@@ -336,14 +345,14 @@ def part_grid(
     sheet = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
     if title:
-        draw.text((8, 7), title, fill=(0, 0, 0), font=title_font)
+        draw.text((8, 7), drawable(title), fill=(0, 0, 0), font=title_font)
     rendered = [tiles() for _, tiles, _ in views]
     for block in range(blocks):
         top = title_h + block * (block_h + gap)
         for c in range(columns if captions else 0):
             i = block * columns + c
             if i < b:
-                text = _shorten(str(captions[i]), w, draw, font)
+                text = _shorten(drawable(str(captions[i])), w, draw, font)
                 x = label_w + padding + c * (w + padding) + w / 2
                 draw.text((x, top + caption_h - 3), text, fill=(0, 0, 0), font=font, anchor="md")
         top += caption_h

@@ -75,6 +75,21 @@ def test_part_grid_rows_and_blocks(tmp_path):
     assert with_truth == rows + 20 * scale + 2
 
 
+def test_captions_outside_the_fonts_characters_are_drawn_in_ascii():
+    """Pillow's built-in font draws ñ, é and 名 as the same empty box: they are drawn as
+    n, e and ? instead, so that a caption stays readable."""
+    assert viz.drawable("ñandú_é/名前.png") == "nandu_e/??.png"
+    images, probs = torch.rand(2, 3, 20, 30), blob_probs().expand(2, -1, -1, -1)
+
+    def sheet(captions, title):
+        grid = viz.part_grid(images, probs, captions=captions, title=title, legend=False)
+        return grid.tobytes()
+
+    drawn = sheet(["ñandú_é.png", "名.png"], "photos/ñ")
+    assert drawn == sheet(["nandu_e.png", "?.png"], "photos/n")
+    assert drawn != sheet(["nandu_e.png", "x.png"], "photos/n")
+
+
 def test_part_grid_names_its_rows_and_its_colours():
     images = torch.full((2, 3, 100, 100), 0.5)
     probs = torch.rand(2, 5, 100, 100).softmax(1)
