@@ -56,26 +56,48 @@ def test_synthetic_json_on_stdout_and_file(checkpoint, tmp_path, capsys):
     assert crit["passed"] == (crit["landmark_ok"] and crit["nmi_ok"])
 
 
-def test_a_progress_bar_counts_every_image_on_a_terminal(checkpoint, capsys, monkeypatch):
+@pytest.fixture
+def bars(monkeypatch):
+    """tqdm on a terminal, faked: every bar made, as a dict of what it was given and did."""
     import sys
     import types
 
     from scops_fast import terminal
 
-    bars = []
+    made = []
 
     class FakeBar:
         def __init__(self, total, initial, unit, desc, **kwargs):
-            bars.append({"total": total, "unit": unit, "desc": desc, "done": 0, "closed": False})
+            self.record = {"total": total, "unit": unit, "desc": desc, "done": 0, "closed": False}
+            made.append(self.record)
+
+        @property
+        def n(self):
+            return self.record["done"]
+
+        @property
+        def total(self):
+            return self.record["total"]
+
+        @total.setter
+        def total(self, value):
+            self.record["total"] = value
 
         def update(self, n):
-            bars[-1]["done"] += n
+            self.record["done"] += n
+
+        def refresh(self):
+            pass
 
         def close(self):
-            bars[-1]["closed"] = True
+            self.record["closed"] = True
 
     monkeypatch.setattr(terminal, "is_terminal", lambda stream: True)
     monkeypatch.setitem(sys.modules, "tqdm", types.SimpleNamespace(tqdm=FakeBar))
+    return made
+
+
+def test_a_progress_bar_counts_every_image_on_a_terminal(checkpoint, capsys, bars):
     argv = ["--checkpoint", str(checkpoint), "--n", "7", "--train-n", "9", "--batch-size", "4"]
     assert main(argv) == 0
     assert bars == [
@@ -88,27 +110,10 @@ def test_a_progress_bar_counts_every_image_on_a_terminal(checkpoint, capsys, mon
     capsys.readouterr()
 
 
-def test_the_bar_ends_full_when_the_regression_is_dropped(monkeypatch):
+def test_the_bar_ends_full_when_the_regression_is_dropped(bars):
     """CUB's invisible keypoints are NaN: the regression is dropped at the first train batch,
     and the bar's total loses the train items it will not score."""
-    from scops_fast import terminal
     from scops_fast.eval import evaluate_dataset
-
-    class Bar:
-        def __init__(self, total, **kwargs):
-            self.total, self.n = total, 0
-
-        def update(self, n):
-            self.n += n
-
-        def refresh(self):
-            pass
-
-        def close(self):
-            bars.append((self.n, self.total))
-
-    bars = []
-    monkeypatch.setattr(terminal, "progress_bar", lambda total, **kwargs: Bar(total))
 
     class Invisible(SyntheticParts):
         def __getitem__(self, i):
@@ -120,7 +125,8 @@ def test_the_bar_ends_full_when_the_regression_is_dropped(monkeypatch):
 
     train, test = Invisible(9, size=16, seed=1), SyntheticParts(5, size=16, seed=2)
     result = evaluate_dataset(predict, train, test, batch_size=4, progress=True)
-    assert result["n_test"] == 5 and bars == [(5, 5)]
+    assert result["n_test"] == 5
+    assert [(b["done"], b["total"], b["closed"]) for b in bars] == [(5, 5, True)]
 
 
 def test_other_image_size_and_no_regression(checkpoint, capsys):

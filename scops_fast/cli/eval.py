@@ -40,6 +40,7 @@ import time
 from scops_fast.cli.arguments import at_least, resolve_device
 from scops_fast.data.imagefiles import is_inside
 from scops_fast.eval.compare import evaluate_with_baselines
+from scops_fast.eval.evaluate import item_count
 from scops_fast.metrics_file import strict_json
 
 DATA_KINDS = ("synthetic", "celeba", "cub", "folder")
@@ -278,8 +279,7 @@ def evaluate_checkpoint(args) -> dict:
                 progress=not args.no_progress,
             )
     else:
-        n = len(test) if args.limit is None else min(args.limit, len(test))
-        result = {"criteria": None, "n_images": n}
+        result = {"criteria": None, "n_images": item_count(test, args.limit)}
     out = {
         "checkpoint": str(args.checkpoint),
         "checkpoint_step": step,
@@ -343,7 +343,7 @@ def write_pictures(path, predict, dataset, count: int, limit, spec: dict, step) 
 
     from scops_fast import viz
 
-    available = len(dataset) if limit is None else min(limit, len(dataset))
+    available = item_count(dataset, limit)
     count = max(1, min(count, available))
     indices = torch.linspace(0, available - 1, count).round().long().unique().tolist()
     items = [dataset[i] for i in indices]

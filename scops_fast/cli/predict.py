@@ -67,8 +67,9 @@ def main(argv=None) -> int:
             raise FileNotFoundError(f"--images: {images} is not a folder")
         if out.exists() and not out.is_dir():
             raise ValueError(f"--out: {out} is a file; name a folder")
-        # Before the model is loaded: predict_folder checks it too, for library callers.
-        check_distinct_stems(ImageFolder(images).files, "the part map maps/")
+        # Listed before the model is loaded, so that a clash of names fails at once.
+        files = ImageFolder(images).files
+        check_distinct_stems(files, "the part map maps/")
         if is_inside(out, images):
             raise ValueError(
                 f"--out: {out} is inside --images {images}; its maps and overlays would be "
@@ -97,6 +98,7 @@ def main(argv=None) -> int:
                 crf=crf,
                 overwrite=args.overwrite,
                 source=checkpoint_source(args.checkpoint),
+                files=files,
             )
     except (FileNotFoundError, ValueError) as exc:
         print(f"scops-predict: error: {exc}", file=sys.stderr)

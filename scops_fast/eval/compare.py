@@ -24,7 +24,7 @@ import time
 import torch
 
 from .baselines import KMeansPartBaseline, one_part_baseline
-from .evaluate import evaluate_many, item_batches, model_probs, stack_items
+from .evaluate import evaluate_many, item_batches, item_count, model_probs, stack_items
 
 __all__ = [
     "LANDMARK_RATIO_MAX",
@@ -114,7 +114,7 @@ def evaluate_with_baselines(
     """
     t0 = time.perf_counter()
     fit_set = train_set if train_set is not None else test_set
-    fit_n = min(kmeans_fit_images, len(fit_set) if limit is None else min(limit, len(fit_set)))
+    fit_n = min(kmeans_fit_images, item_count(fit_set, limit))
     fit_masks, fg_source = [], None
     for items in item_batches(fit_set, batch_size, fit_n):
         mask, fg_source = baseline_foreground(items)

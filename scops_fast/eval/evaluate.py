@@ -7,6 +7,8 @@ one-call form for predictions that fit in memory.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 
@@ -223,9 +225,14 @@ def stack_items(items: list[dict], key: str):
     return torch.stack([torch.as_tensor(it[key]) for it in items])
 
 
+def item_count(dataset, limit: int | None) -> int:
+    """How many items of `dataset` an evaluation limited to `limit` (None: all) reads."""
+    return len(dataset) if limit is None else min(limit, len(dataset))
+
+
 def item_batches(dataset, batch_size: int, limit: int | None):
     """Lists of consecutive dataset items, at most `limit` items in all."""
-    n = len(dataset) if limit is None else min(limit, len(dataset))
+    n = item_count(dataset, limit)
     for start in range(0, n, batch_size):
         yield [dataset[i] for i in range(start, min(start + batch_size, n))]
 
@@ -286,48 +293,37 @@ def evaluate_many(
     if progress:
         from scops_fast.terminal import progress_bar
 
-        total = sum(_count(d, limit) for d in (train_set, test_set) if d is not None)
+        total = sum(item_count(d, limit) for d in (train_set, test_set) if d is not None)
         bar = progress_bar(total, unit="image", desc="evaluating")
-    try:
-        return _evaluate_many(names, probs_of, train_set, test_set, batch_size, limit, bar)
-    finally:
-        if bar is not None:
-            bar.close()
-
-
-def _count(dataset, limit: int | None) -> int:
-    return len(dataset) if limit is None else min(limit, len(dataset))
-
-
-def _evaluate_many(names, probs_of, train_set, test_set, batch_size, limit, bar):
-    evaluators = {name: PartEvaluator() for name in names}
-    regress = train_set is not None
-    if regress:
-        for items in item_batches(train_set, batch_size, limit):
+    with contextlib.closing(bar) if bar is not None else contextlib.nullcontext():
+        evaluators = {name: PartEvaluator() for name in names}
+        regress = train_set is not None
+        if regress:
+            for items in item_batches(train_set, batch_size, limit):
+                lm = stack_items(items, "landmarks")
+                if lm is None or not torch.isfinite(lm).all():
+                    regress = False
+                    if bar is not None:  # the rest of the train split is not scored
+                        bar.total -= item_count(train_set, limit) - bar.n
+                        bar.refresh()
+                    break
+                for name, probs in probs_of(items).items():
+                    evaluators[name].add_train(probs, lm)
+                if bar is not None:
+                    bar.update(len(items))
+        for items in item_batches(test_set, batch_size, limit):
             lm = stack_items(items, "landmarks")
-            if lm is None or not torch.isfinite(lm).all():
-                regress = False
-                if bar is not None:  # the rest of the train split is not scored
-                    bar.total -= _count(train_set, limit) - bar.n
-                    bar.refresh()
-                break
+            regress = regress and lm is not None and bool(torch.isfinite(lm).all())
+            truth = {
+                "parts": stack_items(items, "parts"),
+                "fg": stack_items(items, "fg"),
+                "keypoints": lm,
+                "visible": stack_items(items, "visible"),
+            }
             for name, probs in probs_of(items).items():
-                evaluators[name].add_train(probs, lm)
+                evaluators[name].add_test(probs, landmarks=lm if regress else None, **truth)
             if bar is not None:
                 bar.update(len(items))
-    for items in item_batches(test_set, batch_size, limit):
-        lm = stack_items(items, "landmarks")
-        regress = regress and lm is not None and bool(torch.isfinite(lm).all())
-        truth = {
-            "parts": stack_items(items, "parts"),
-            "fg": stack_items(items, "fg"),
-            "keypoints": lm,
-            "visible": stack_items(items, "visible"),
-        }
-        for name, probs in probs_of(items).items():
-            evaluators[name].add_test(probs, landmarks=lm if regress else None, **truth)
-        if bar is not None:
-            bar.update(len(items))
     results = {}
     for name, evaluator in evaluators.items():
         if not regress:  # some landmarks were missing: a partial regression would mislead

@@ -230,13 +230,16 @@ def predict_folder(
     crf=None,
     overwrite: bool = False,
     source: dict | None = None,
+    files: list[str] | None = None,
 ) -> dict:
     """Writes the maps, overlays, parts.csv and parts.json of every image under `images`.
 
     Returns {"images": images with results in OUT, "new": predicted by this call, "reused":
     found complete and skipped, "skipped": [relative paths that could not be read]}.
     crf: None, or the `CRFParams` of a dense-CRF refinement. source: what produced the model
-    (recorded in OUT/predict.json; a different one refuses to resume)."""
+    (recorded in OUT/predict.json; a different one refuses to resume). files: the images'
+    paths relative to `images`, as `ImageFolder(images).files` lists them (listed here when
+    None)."""
     from scops_fast import viz
 
     if crf is not None:
@@ -246,7 +249,8 @@ def predict_folder(
     if workers < 0:
         raise ValueError(f"--workers: must be 0 or more, got {workers}")
     images, out = pathlib.Path(images), pathlib.Path(out)
-    files = ImageFolder(images).files  # its listing; each image is read at its own size
+    if files is None:
+        files = ImageFolder(images).files  # its listing; each image is read at its own size
     if not files:
         raise FileNotFoundError(f"no image files under {images} ({', '.join(IMAGE_EXTENSIONS)})")
     check_distinct_stems(files, "the part map maps/")
